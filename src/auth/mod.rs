@@ -1,0 +1,101 @@
+//! Authentication primitives: secrets, SCRAM-SHA-256 (both sides), MD5 and the `auth_file`.
+//!
+//! Everything here is sans-IO: functions take and return message *payloads* (the bytes inside
+//! `AuthenticationSASL*` / `PasswordMessage`), never touch sockets and never block on anything but
+//! CPU. Framing the `R`/`p` messages is the caller's job.
+//!
+//! Invariants:
+//! * No secret (password, MD5 hash, SCRAM keys) ever appears in `Debug` output or in an [`Error`].
+//! * Comparisons against secrets are constant time (`subtle`).
+//! * No input, however malformed or large, can make this module panic; bad input is an [`Error`].
+//! * A stored SCRAM verifier never runs PBKDF2 at login; only [`Secret::Plain`] does, and callers
+//!   should cache [`scram::verifier_for_plain`] at config load instead (see [`scram::ScramServer::new`]).
+
+use std::fmt;
+
+pub mod md5;
+pub mod scram;
+pub mod userlist;
+
+/// A user's secret as stored in the auth_file (PgBouncer userlist.txt format) or in config.
+#[derive(Clone)]
+pub enum Secret {
+    /// A cleartext password.
+    Plain(String),
+    /// A `pg_authid`-style MD5 hash: `"md5"` followed by 32 lowercase hex digits of `md5(password || user)`.
+    Md5(String),
+    /// A `pg_authid`-style SCRAM-SHA-256 verifier.
+    Scram(scram::Verifier),
+}
+
+// === impl Secret ===
+
+impl Secret {
+    /// Classify a stored secret the way PostgreSQL does: `"md5"` + 32 lowercase hex digits is an
+    /// MD5 hash, a `SCRAM-SHA-256$` prefix is a verifier (an error if malformed), anything else is
+    /// a cleartext password.
+    pub fn parse(s: &str) -> Result<Secret, Error> {
+        if s.starts_with("SCRAM-SHA-256$") {
+            return scram::Verifier::parse(s).map(Secret::Scram);
+        }
+        let is_md5 =
+            s.len() == 35 && s.starts_with("md5") && s.bytes().skip(3).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        Ok(if is_md5 { Secret::Md5(s.to_owned()) } else { Secret::Plain(s.to_owned()) })
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Secret::Plain(_) => "Secret::Plain(<redacted>)",
+            Secret::Md5(_) => "Secret::Md5(<redacted>)",
+            Secret::Scram(_) => "Secret::Scram(<redacted>)",
+        })
+    }
+}
+
+/// Authentication failure. Carries only static context, never secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A SASL message did not follow the RFC 5802 grammar, or exceeded the size cap.
+    #[error("malformed SCRAM message: {0}")]
+    MalformedMessage(&'static str),
+    /// A message arrived in the wrong state of the exchange (or after it finished or failed).
+    #[error("SCRAM message out of order")]
+    OutOfOrder,
+    /// The client's proof did not match the stored key: wrong password.
+    #[error("invalid SCRAM client proof")]
+    InvalidProof,
+    /// The nonce in a message does not extend / equal the one negotiated.
+    #[error("SCRAM nonce mismatch")]
+    NonceMismatch,
+    /// The client asked for a SASL mechanism other than `SCRAM-SHA-256`.
+    #[error("unsupported SASL mechanism")]
+    UnsupportedMechanism,
+    /// The client requested channel binding (`p=...` or `SCRAM-SHA-256-PLUS`), which we never offer.
+    #[error("SCRAM channel binding is not supported")]
+    ChannelBindingNotSupported,
+    /// SCRAM passthrough: the server's salt or iteration count differ from those of the client keys.
+    #[error("server SCRAM salt or iteration count differ from the client keys")]
+    MismatchedSaltOrIterations,
+    /// A stored `SCRAM-SHA-256$...` verifier is malformed.
+    #[error("malformed SCRAM verifier: {0}")]
+    BadVerifier(&'static str),
+    /// The server-final-message signature did not match: the server does not know the verifier.
+    #[error("invalid SCRAM server signature")]
+    InvalidServerSignature,
+    /// The server answered the client-final-message with `e=...`.
+    #[error("server rejected SCRAM authentication")]
+    ServerRejected,
+    /// A malformed line in the auth_file (1-based line number).
+    #[error("auth_file line {line}: {reason}")]
+    Userlist {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! Configuration: one TOML file (`[general]`, `[tls]`, `[databases.NAME]`, `[users.NAME]`)
+//! plus a PgBouncer-format auth_file, parsed with `deny_unknown_fields` and validated once
+//! into the runtime [`Config`]. Nothing downstream re-parses or re-validates settings.
+//!
+//! Invariants of a `Config`: every database has at least one parseable host and a pool size
+//! ≥ 1 with `min_pool_size <= pool_size`; the TLS material (if any) loaded; auth_file entries
+//! parsed. Paths in the file are relative to the file's directory.
+
+mod duration;
+mod general;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Dur;
+pub use general::{AuthType, ClientTlsMode, DatabaseSection, General, PoolMode, TlsSection, UserSection};
+
+use crate::auth::{scram::Verifier, Secret};
+
+/// A config that could not be loaded, with a message precise enough to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// What is wrong and where.
+    pub message: String,
+}
+
+/// The file as written (plus defaults): what `check-config` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Global settings.
+    #[serde(default)]
+    pub general: General,
+    /// Client TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
+    /// Client-visible databases.
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseSection>,
+    /// Per-user overrides.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserSection>,
+}
+
+/// A backend address, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    /// Host name or IP literal.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl BackendAddr {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (default port 5432).
+    pub fn parse(s: &str) -> Result<BackendAddr, String> {
+        let s = s.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(|| format!("invalid host {s:?}: missing ']'"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                _ => (s, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("invalid host {s:?}: empty host name"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("invalid port in {s:?}"))?,
+            None => 5432,
+        };
+        Ok(BackendAddr { host: host.to_string(), port })
+    }
+}
+
+/// A validated `[databases.NAME]`.
+#[derive(Debug)]
+pub struct Database {
+    /// Client-visible name.
+    pub name: String,
+    /// Backend hosts, in config order.
+    pub hosts: Vec<BackendAddr>,
+    /// Backend database name.
+    pub dbname: String,
+    /// Fixed backend user, if any.
+    pub fixed_user: Option<String>,
+    /// Secret for the fixed user, from the section or the auth_file.
+    pub fixed_secret: Option<Secret>,
+    /// Server connections per pool.
+    pub pool_size: u32,
+    /// Connections kept warm per pool.
+    pub min_pool_size: u32,
+    /// Reserve connections per pool.
+    pub reserve_pool_size: u32,
+    /// Pool mode unless the user overrides it.
+    pub pool_mode: PoolMode,
+    /// Limit over all pools of this database; 0 = none.
+    pub max_db_connections: u32,
+}
+
+/// A user known from the auth_file.
+pub struct UserAuth {
+    /// Stored secret.
+    pub secret: Secret,
+    /// SCRAM verifier derived lazily from a plaintext secret (PBKDF2 runs once per user, not
+    /// once per login).
+    derived: OnceLock<Verifier>,
+}
+
+impl UserAuth {
+    /// Wraps a secret.
+    pub fn new(secret: Secret) -> UserAuth {
+        UserAuth { secret, derived: OnceLock::new() }
+    }
+
+    /// The SCRAM verifier to check a client against, if SCRAM is possible for this secret.
+    pub fn scram_verifier(&self) -> Option<&Verifier> {
+        match &self.secret {
+            Secret::Scram(v) => Some(v),
+            Secret::Plain(p) => Some(self.derived.get_or_init(|| crate::auth::scram::verifier_for_plain(p))),
+            Secret::Md5(_) => None,
+        }
+    }
+}
+
+/// Client TLS, loaded.
+pub struct TlsSettings {
+    /// Acceptor configuration.
+    pub server_config: Arc<rustls::ServerConfig>,
+    /// Requirement for clients.
+    pub mode: ClientTlsMode,
+}
+
+/// The validated runtime configuration. Shared as `Arc<Config>` and swapped whole on reload.
+pub struct Config {
+    /// What the file said, with defaults filled in.
+    pub file: ConfigFile,
+    /// Resolved listen address.
+    pub listen: SocketAddr,
+    /// Client TLS, if configured and not disabled.
+    pub tls: Option<TlsSettings>,
+    /// Databases by client-visible name.
+    pub databases: HashMap<String, Arc<Database>>,
+    /// auth_file users.
+    pub users: HashMap<String, Arc<UserAuth>>,
+    /// Where the file was read from.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config").field("path", &self.path).field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { path: path.into(), message: format!("cannot read: {e}") })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses and validates config text; `path` anchors relative paths and error messages.
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError { path: path.into(), message };
+        let file: ConfigFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate(file, &base, path).map_err(err)
+    }
+
+    /// The general section.
+    pub fn general(&self) -> &General {
+        &self.file.general
+    }
+
+    /// Effective pool mode for `db` and `user` (user overrides database overrides general).
+    pub fn pool_mode(&self, db: &Database, user: &str) -> PoolMode {
+        self.file.users.get(user).and_then(|u| u.pool_mode).unwrap_or(db.pool_mode)
+    }
+
+    /// Effective `max_user_connections` for `user`; 0 = unlimited.
+    pub fn max_user_connections(&self, user: &str) -> u32 {
+        self.file.users.get(user).and_then(|u| u.max_user_connections).unwrap_or(self.file.general.max_user_connections)
+    }
+
+    /// The effective configuration as TOML (secrets redacted).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn positive(d: Dur, name: &str) -> Result<Duration, String> {
+    d.nonzero().ok_or_else(|| format!("[general] {name} must be greater than 0"))
+}
+
+fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String> {
+    let g = &file.general;
+    let ip: IpAddr = match g.listen_addr.trim() {
+        "*" | "" => IpAddr::from([0, 0, 0, 0]),
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        a => a.parse().map_err(|_| format!("[general] listen_addr {a:?} is not an IP address (or \"*\")"))?,
+    };
+    if g.max_client_conn == 0 {
+        return Err("[general] max_client_conn must be at least 1".into());
+    }
+    if g.default_pool_size == 0 {
+        return Err("[general] default_pool_size must be at least 1".into());
+    }
+    positive(g.server_connect_timeout, "server_connect_timeout")?;
+    positive(g.shutdown_timeout, "shutdown_timeout")?;
+    if g.max_packet_size < 1024 || g.max_packet_size as usize > crate::protocol::MAX_MESSAGE_LEN {
+        return Err(format!("[general] max_packet_size must be between 1024 and {}", crate::protocol::MAX_MESSAGE_LEN));
+    }
+
+    let mut users = HashMap::new();
+    if let Some(f) = &g.auth_file {
+        let p = resolve(base, f);
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("[general] auth_file {}: {e}", p.display()))?;
+        for (name, secret) in
+            crate::auth::userlist::parse(&text).map_err(|e| format!("auth_file {}: {e}", p.display()))?
+        {
+            users.insert(name, Arc::new(UserAuth::new(secret)));
+        }
+    } else if g.auth_type != AuthType::Trust {
+        return Err(format!("[general] auth_type {:?} needs an auth_file", g.auth_type));
+    }
+
+    let tls = match &file.tls {
+        Some(t) if t.client_tls_sslmode != ClientTlsMode::Disable => Some(TlsSettings {
+            server_config: crate::net::tls::server_config(&resolve(base, &t.cert_file), &resolve(base, &t.key_file))
+                .map_err(|e| format!("[tls] {e}"))?,
+            mode: t.client_tls_sslmode,
+        }),
+        _ => None,
+    };
+
+    let mut databases = HashMap::new();
+    for (name, d) in &file.databases {
+        let ctx = |m: String| format!("[databases.{name}] {m}");
+        if d.hosts.is_empty() {
+            return Err(ctx("hosts must list at least one host".into()));
+        }
+        let hosts = d.hosts.iter().map(|h| BackendAddr::parse(h)).collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        let pool_size = d.pool_size.unwrap_or(g.default_pool_size);
+        let min_pool_size = d.min_pool_size.unwrap_or(g.min_pool_size);
+        if pool_size == 0 {
+            return Err(ctx("pool_size must be at least 1".into()));
+        }
+        if min_pool_size > pool_size {
+            return Err(ctx(format!("min_pool_size ({min_pool_size}) is larger than pool_size ({pool_size})")));
+        }
+        let fixed_secret = match (&d.user, &d.password) {
+            (_, Some(p)) => Some(Secret::parse(p).map_err(|e| ctx(format!("password: {e}")))?),
+            (Some(u), None) => users.get(u).map(|a: &Arc<UserAuth>| a.secret.clone()),
+            (None, None) => None,
+        };
+        if d.password.is_some() && d.user.is_none() {
+            return Err(ctx("password is set but user is not".into()));
+        }
+        databases.insert(
+            name.clone(),
+            Arc::new(Database {
+                name: name.clone(),
+                hosts,
+                dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
+                fixed_user: d.user.clone(),
+                fixed_secret,
+                pool_size,
+                min_pool_size,
+                reserve_pool_size: d.reserve_pool_size.unwrap_or(g.reserve_pool_size),
+                pool_mode: d.pool_mode.unwrap_or(g.pool_mode),
+                max_db_connections: d.max_db_connections.unwrap_or(g.max_db_connections),
+            }),
+        );
+    }
+
+    Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), file })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! `[general]` settings: PgBouncer's names and meanings (its `[pgbouncer]` section), plus a
+//! few of our own that are marked as such. Every field documents its default.
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// For the whole client session; `server_reset_query` on release.
+    Session,
+    /// Until the transaction ends (ReadyForQuery `I`). The default.
+    #[default]
+    Transaction,
+    /// Until the statement ends; multi-statement transactions are refused.
+    Statement,
+}
+
+impl PoolMode {
+    /// Lower-case name, as in the config file and `SHOW` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+/// How clients authenticate to pgsluice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 (RFC 7677). The default.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge; users whose auth_file entry is a SCRAM verifier get SCRAM instead
+    /// (as in PgBouncer).
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password (use only over TLS).
+    #[serde(rename = "plain")]
+    Plain,
+    /// No password; the user name need not be in the auth_file.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// TLS requirement for client connections (PgBouncer's `client_tls_sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// Refuse TLS (answer `N` to SSLRequest).
+    Disable,
+    /// Accept TLS when the client asks.
+    Allow,
+    /// Accept TLS when the client asks. The default when `[tls]` is configured.
+    #[default]
+    Prefer,
+    /// Refuse clients that do not use TLS.
+    Require,
+}
+
+/// The `[general]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Address to listen on; `*` means all IPv4 addresses. Default `127.0.0.1`. Restart to change.
+    pub listen_addr: String,
+    /// TCP port. Default 6432. Restart to change.
+    pub listen_port: u16,
+    /// Most client connections at once; more get `53300`. Default 100.
+    pub max_client_conn: u32,
+    /// Default pool mode. Default `transaction`.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user) pool. Default 20.
+    pub default_pool_size: u32,
+    /// Server connections kept open even when idle. Default 0.
+    pub min_pool_size: u32,
+    /// Extra connections a pool may open when a client has waited `reserve_pool_timeout`.
+    /// Default 0.
+    pub reserve_pool_size: u32,
+    /// See `reserve_pool_size`. Default 5s.
+    pub reserve_pool_timeout: Dur,
+    /// Most server connections per database over all its pools; 0 = unlimited. Default 0.
+    pub max_db_connections: u32,
+    /// Most server connections per user over all its pools; 0 = unlimited. Default 0.
+    pub max_user_connections: u32,
+    /// Time allowed for connecting and logging in to a server. Default 15s.
+    pub server_connect_timeout: Dur,
+    /// Idle server connections older than this (idle time) are closed; 0 = never. Default 600s.
+    pub server_idle_timeout: Dur,
+    /// Server connections older than this are closed when released; 0 = never. Default 3600s.
+    pub server_lifetime: Dur,
+    /// A connection idle longer than this runs `server_check_query` before reuse; 0 = always.
+    /// Default 30s.
+    pub server_check_delay: Dur,
+    /// Query for the check above; empty = an empty query. Default `select 1`.
+    pub server_check_query: String,
+    /// A client waiting for a server longer than this gets an error; 0 = wait forever.
+    /// Default 120s.
+    pub query_wait_timeout: Dur,
+    /// A query running longer than this is canceled and the client disconnected;
+    /// 0 = disabled. Default 0.
+    pub query_timeout: Dur,
+    /// A client idle inside a transaction longer than this is disconnected; 0 = disabled.
+    /// Default 0.
+    pub idle_transaction_timeout: Dur,
+    /// A client idle (no transaction) longer than this is disconnected; 0 = disabled.
+    /// Default 0.
+    pub client_idle_timeout: Dur,
+    /// Time a client has to finish TLS + startup + authentication. Default 60s.
+    pub client_login_timeout: Dur,
+    /// Run on a server connection released by a session-mode client (or always, see
+    /// below). Default `DISCARD ALL`; empty disables.
+    pub server_reset_query: String,
+    /// Run `server_reset_query` in transaction mode too. Default false.
+    pub server_reset_query_always: bool,
+    /// Client authentication method. Default `scram-sha-256`.
+    pub auth_type: AuthType,
+    /// PgBouncer-format userlist (`"user" "password-or-verifier"`), relative to the config
+    /// file. Default none.
+    pub auth_file: Option<String>,
+    /// Startup parameters accepted and ignored (others not tracked are refused).
+    /// Default `["extra_float_digits"]`.
+    pub ignore_startup_parameters: Vec<String>,
+    /// Append ` - host:port` of the client to `application_name` sent to servers. Default false.
+    pub application_name_add_host: bool,
+    /// (pgsluice) Longest a graceful stop waits for running transactions. Default 30s.
+    pub shutdown_timeout: Dur,
+    /// (pgsluice) Worker threads; 0 = one per core. Default 0. Restart to change.
+    pub worker_threads: usize,
+    /// Largest client message accepted, bytes (PgBouncer's `max_packet_size`). Default
+    /// 1 GiB − 1, PostgreSQL's own limit.
+    pub max_packet_size: u32,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            max_client_conn: 100,
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Dur::secs(5),
+            max_db_connections: 0,
+            max_user_connections: 0,
+            server_connect_timeout: Dur::secs(15),
+            server_idle_timeout: Dur::secs(600),
+            server_lifetime: Dur::secs(3600),
+            server_check_delay: Dur::secs(30),
+            server_check_query: "select 1".into(),
+            query_wait_timeout: Dur::secs(120),
+            query_timeout: Dur::secs(0),
+            idle_transaction_timeout: Dur::secs(0),
+            client_idle_timeout: Dur::secs(0),
+            client_login_timeout: Dur::secs(60),
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            ignore_startup_parameters: vec!["extra_float_digits".into()],
+            application_name_add_host: false,
+            shutdown_timeout: Dur::secs(30),
+            worker_threads: 0,
+            max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,
+        }
+    }
+}
+
+/// The `[tls]` section: TLS for client connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain file, relative to the config file.
+    pub cert_file: String,
+    /// PEM private key file, relative to the config file.
+    pub key_file: String,
+    /// Default `prefer`.
+    #[serde(default)]
+    pub client_tls_sslmode: ClientTlsMode,
+}
+
+/// A `[databases.NAME]` section: a client-visible database and the backend it maps to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// Backend hosts as `host:port` (port defaults to 5432). For now the first is used;
+    /// the topology issue gives hosts roles.
+    pub hosts: Vec<String>,
+    /// Backend database name; default: the section name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
+    /// Fixed backend user: all clients of this database share one pool as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password (or verifier, or md5 hash) for the fixed `user`; else looked up in auth_file.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub password: Option<String>,
+    /// Overrides `default_pool_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+    /// Overrides `min_pool_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pool_size: Option<u32>,
+    /// Overrides `reserve_pool_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_pool_size: Option<u32>,
+    /// Overrides `pool_mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `max_db_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_db_connections: Option<u32>,
+}
+
+/// A `[users.NAME]` section: per-user overrides.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    /// Overrides the database's and the general `pool_mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `max_user_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_user_connections: Option<u32>,
+}
+
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}

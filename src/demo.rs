@@ -1,0 +1,77 @@
+//! `pgsluice demo`: a throw-away local PostgreSQL primary (via [`crate::localpg`]), a role
+//! and database `app`, an auth_file holding only the role's SCRAM verifier (so SCRAM
+//! passthrough is what logs pgsluice in to Postgres), and pgsluice serving it on a port
+//! until Ctrl-C. Works as root (Postgres runs as an unprivileged OS user) and as a normal user.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::localpg::{ClusterOptions, LocalCluster};
+use crate::server::ServerHandle;
+use crate::shared::Shared;
+
+/// Demo role, database and password.
+pub const DEMO_USER: &str = "app";
+/// Demo password.
+pub const DEMO_PASSWORD: &str = "app-secret";
+
+/// The demo's config file text, for a primary on `pg_port` and pgsluice on `port`.
+pub fn demo_config(port: u16, pg_port: u16) -> String {
+    format!(
+        r#"# Written by `pgsluice demo`.
+[general]
+listen_addr = "127.0.0.1"
+listen_port = {port}
+max_client_conn = 1000
+pool_mode = "transaction"
+default_pool_size = 10
+auth_type = "scram-sha-256"
+auth_file = "userlist.txt"
+
+[databases.{DEMO_USER}]
+hosts = ["127.0.0.1:{pg_port}"]
+"#
+    )
+}
+
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(port: u16) -> anyhow::Result<()> {
+    println!("pgsluice demo: starting a local PostgreSQL cluster (this takes a few seconds)...");
+    let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<LocalCluster> {
+        let opts = ClusterOptions { superuser_password: format!("su-{:016x}", rand::random::<u64>()), ..ClusterOptions::default() };
+        let c = LocalCluster::start_primary(opts).context("cannot start PostgreSQL")?;
+        c.create_user_and_db(DEMO_USER, DEMO_PASSWORD).context("cannot create the demo role")?;
+        c.psql(DEMO_USER, "CREATE TABLE IF NOT EXISTS greetings(id serial primary key, msg text); INSERT INTO greetings(msg) VALUES ('hello from pgsluice'); ALTER TABLE greetings OWNER TO app;")?;
+        Ok(c)
+    })
+    .await??;
+    let verifier = cluster.scram_verifier(DEMO_USER)?;
+    let dir = cluster
+        .data_dir()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("pgsluice-demo");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("userlist.txt"), format!("\"{DEMO_USER}\" \"{verifier}\"\n"))?;
+    let cfg_path = dir.join("pgsluice.toml");
+    std::fs::write(&cfg_path, demo_config(port, cluster.port()))?;
+    let cfg = Config::load(&cfg_path)?;
+    let handle = ServerHandle::start(Shared::new(cfg), None)
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    println!();
+    println!("PostgreSQL primary is on 127.0.0.1:{}; pgsluice serves it on {}.", cluster.port(), handle.addr);
+    println!("Config: {}", cfg_path.display());
+    println!("Connect with:");
+    println!("    psql \"postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{}/{DEMO_USER}\"", handle.addr.port());
+    println!("Admin tools: pgbench -h 127.0.0.1 -p {} -U {DEMO_USER} {DEMO_USER}", handle.addr.port());
+    println!("Press Ctrl-C to stop (the cluster is deleted).");
+    crate::shutdown::wait_for_signal().await;
+    println!("stopping...");
+    handle.shutdown(Duration::from_secs(10)).await;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}

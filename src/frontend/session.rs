@@ -1,0 +1,341 @@
+//! `Session`: one task per client, driving the state machine of `../shared/DESIGN.md`:
+//! `Idle` (no server; wait for a complete request) → `Waiting` (pool check-out) → `Active`
+//! (relay until the server is releasable) → back to `Idle`, or `Closing`.
+//!
+//! This is the single boundary where failures become the client's `ErrorResponse`.
+//!
+//! Invariants:
+//! - A server goes back to its pool only through `release()`, and only when `Txn` says it is
+//!   idle with nothing pending; every other exit discards it.
+//! - An idle client holds no read buffer (it is freed when empty and allocated again when
+//!   the socket becomes readable).
+//! - The cancel slot names a server only while this session holds it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::cancel::CancelHandle;
+use crate::config::PoolMode;
+use crate::error::{ClientError, ErrorSource};
+use crate::net::Stream;
+use crate::pool::{Pool, PoolGuard};
+use crate::protocol::{status, write};
+use crate::shared::Shared;
+use crate::shutdown::{DrainToken, Shutdown};
+
+use super::params::ClientParams;
+use super::relay::{self, ClientIo, Event, Half, Relay, RelayTimeouts, ScanPos, Txn};
+use super::startup::{self, Startup};
+
+/// Bytes per client read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one client connection from accept to close.
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
+    let _ = tcp.set_nodelay(true);
+    // Boxed so the (large, short-lived) login future does not inflate every idle session.
+    let login = match Box::pin(startup::startup(&shared, tcp, peer)).await {
+        Startup::LoggedIn(l) => l,
+        Startup::Done => return,
+    };
+    let id = shared.next_client_id();
+    let span = tracing::info_span!("client", id, db = %login.db.name, user = %login.user);
+    let cfg = shared.config.load();
+    let g = cfg.general();
+    let l = *login;
+    let release_on_idle = l.mode != PoolMode::Session;
+    let reset_query = {
+        let q = g.server_reset_query.trim();
+        let wanted = l.mode == PoolMode::Session || g.server_reset_query_always;
+        (!q.is_empty() && wanted).then(|| q.to_string())
+    };
+    let relay = Relay::new(
+        release_on_idle,
+        l.mode == PoolMode::Statement,
+        g.max_packet_size as usize,
+        RelayTimeouts { query: g.query_timeout.nonzero(), idle_transaction: g.idle_transaction_timeout.nonzero() },
+    );
+    let session = Session {
+        stream: l.stream,
+        buf: l.buf,
+        pos: ScanPos::default(),
+        spos: ScanPos::default(),
+        txn: Txn::new(),
+        params: l.params,
+        pool: l.pool,
+        cancel: l.cancel,
+        relay,
+        client_idle_timeout: g.client_idle_timeout.nonzero(),
+        reset_query,
+    };
+    drop(cfg);
+    async move {
+        tracing::debug!(%peer, "client logged in");
+        session.serve(shutdown).await;
+        tracing::debug!("client closed");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    stream: Stream,
+    buf: BytesMut,
+    pos: ScanPos,
+    spos: ScanPos,
+    txn: Txn,
+    params: ClientParams,
+    pool: Pool,
+    cancel: CancelHandle,
+    relay: Relay,
+    client_idle_timeout: Option<Duration>,
+    reset_query: Option<String>,
+}
+
+enum Wait {
+    Ready,
+    Closed,
+    Shutdown,
+    Failed(ClientError),
+}
+
+impl Session {
+    async fn serve(mut self, mut shutdown: Shutdown) {
+        let mut server: Option<PoolGuard> = None;
+        let mut draining = false;
+        loop {
+            if server.is_none() {
+                match self.wait_request(&mut shutdown).await {
+                    Wait::Ready => {}
+                    Wait::Closed => return,
+                    Wait::Shutdown => return self.close_with(shutting_down()).await,
+                    Wait::Failed(e) => return self.close_with(e).await,
+                }
+                match self.attach().await {
+                    Ok(g) => server = Some(g),
+                    Err(e) if e.severity == write::Severity::Fatal => return self.close_with(e).await,
+                    Err(e) => {
+                        if !self.reject_request(e).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(g) = server.as_mut() else { continue };
+            let watch_shutdown = !draining && !self.relay.release_on_idle;
+            let ev = {
+                let client = ClientIo {
+                    stream: &mut self.stream,
+                    buf: &mut self.buf,
+                    pos: &mut self.pos,
+                    params: &mut self.params,
+                };
+                let pump = relay::pump(&mut self.relay, client, g.server(), &mut self.spos, &mut self.txn);
+                tokio::select! {
+                    ev = pump => Some(ev),
+                    _ = shutdown.wait(), if watch_shutdown => None,
+                }
+            };
+            let Some(ev) = ev else {
+                // Session mode on shutdown: give the server back at the next idle point.
+                draining = true;
+                self.relay.release_on_idle = true;
+                continue;
+            };
+            self.cancel.slot.clear();
+            match ev {
+                Event::Released => {
+                    if let Some(g) = server.take() {
+                        self.release(g).await;
+                    }
+                    if shutdown.is_set() {
+                        return self.close_with(shutting_down()).await;
+                    }
+                }
+                Event::ClientClosed | Event::ClientIo(_) => {
+                    if let Some(g) = server.take() {
+                        if self.server_clean() {
+                            self.release(g).await;
+                        } else {
+                            g.discard();
+                        }
+                    }
+                    return;
+                }
+                Event::ClientProtocol(e) => {
+                    if let Some(g) = server.take() {
+                        g.discard();
+                    }
+                    return self.close_with(ClientError::protocol(format!("invalid message from client: {e}"))).await;
+                }
+                Event::ServerClosed | Event::ServerIo(_) | Event::ServerProtocol(_) => {
+                    tracing::warn!(event = ?ev, "server connection lost during a request");
+                    drop(server.take());
+                    return self
+                        .close_with(ClientError::fatal(
+                            "08006",
+                            "server connection closed unexpectedly",
+                            ErrorSource::Server,
+                        ))
+                        .await;
+                }
+                Event::TransactionInStatementMode => {
+                    if let Some(g) = server.take() {
+                        g.discard();
+                    }
+                    return self
+                        .close_with(ClientError::fatal(
+                            "0A000",
+                            "transaction blocks not allowed in statement pooling mode",
+                            ErrorSource::Client,
+                        ))
+                        .await;
+                }
+                Event::QueryTimeout => {
+                    if let Some(mut g) = server.take() {
+                        let target = g.server().cancel.clone();
+                        tokio::spawn(crate::cancel::send_cancel(target));
+                        g.discard();
+                    }
+                    return self.close_with(ClientError::fatal("57014", "query_timeout", ErrorSource::Internal)).await;
+                }
+                Event::IdleTransactionTimeout => {
+                    if let Some(g) = server.take() {
+                        g.discard();
+                    }
+                    return self
+                        .close_with(ClientError::fatal("25P03", "idle_transaction_timeout", ErrorSource::Internal))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Whether the held server is idle with nothing in flight, so it may be reused.
+    fn server_clean(&self) -> bool {
+        self.txn.server_idle() && self.spos.fwd == 0 && self.spos.skip == 0 && self.pos.fwd == 0 && self.pos.skip == 0
+    }
+
+    /// Returns a clean server to its pool, after `server_reset_query` where configured.
+    async fn release(&mut self, mut g: PoolGuard) {
+        if let Some(q) = &self.reset_query {
+            if g.server().run_discard(q).await.is_err() {
+                return g.discard();
+            }
+        }
+        self.spos = ScanPos::default();
+        g.check_in();
+    }
+
+    /// Checks out a server and prepares it for this client (tracked parameters).
+    async fn attach(&mut self) -> Result<PoolGuard, ClientError> {
+        let mut g = self.pool.check_out().await.map_err(|e| ClientError::from(&e))?;
+        if let Some(sql) = self.params.sync_sql(g.server()) {
+            if let Err(e) = g.server().run_discard(&sql).await {
+                g.discard();
+                return Err(ClientError::error(
+                    "08006",
+                    format!("could not set session parameters on server: {e}"),
+                    ErrorSource::Server,
+                ));
+            }
+        }
+        self.spos = ScanPos::default();
+        self.relay.reset_timer();
+        self.cancel.slot.set(&g.server().cancel);
+        Ok(g)
+    }
+
+    /// Waits (without a server) until the client has a complete request buffered.
+    async fn wait_request(&mut self, shutdown: &mut Shutdown) -> Wait {
+        loop {
+            if self.txn.terminated {
+                return Wait::Closed;
+            }
+            if self.txn.request_ready(&self.pos) {
+                return Wait::Ready;
+            }
+            if shutdown.is_set() && self.buf.is_empty() {
+                return Wait::Shutdown;
+            }
+            let read = async {
+                if self.buf.is_empty() {
+                    // Hold no buffer while idle.
+                    self.buf = BytesMut::new();
+                    if let Stream::Plain(tcp) = &self.stream {
+                        tcp.readable().await?;
+                    }
+                }
+                self.buf.reserve(READ_CHUNK);
+                self.stream.read_buf(&mut self.buf).await
+            };
+            let idle_limit = async {
+                match self.client_idle_timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let n = tokio::select! {
+                r = read => r,
+                _ = shutdown.wait(), if !shutdown.is_set() => continue,
+                _ = idle_limit => return Wait::Failed(ClientError::fatal("08P01", "client_idle_timeout", ErrorSource::Internal)),
+            };
+            match n {
+                Ok(0) | Err(_) => return Wait::Closed,
+                Ok(_) => {
+                    let mut half = Half { buf: &mut self.buf, pos: &mut self.pos };
+                    if let Err(e) = relay::scan_client(&mut half, &mut self.txn, self.relay.max_client_message) {
+                        return Wait::Failed(ClientError::protocol(format!("invalid message from client: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the buffered request and answers it with `e` (and the ReadyForQuery messages
+    /// the client waits for). Returns false if the session cannot go on.
+    async fn reject_request(&mut self, e: ClientError) -> bool {
+        if self.pos.skip > 0 {
+            // The client is in the middle of a large message we cannot resynchronise with.
+            self.close_with(e.into_fatal()).await;
+            return false;
+        }
+        tracing::debug!(code = %e.code, message = %e.message, "request rejected");
+        let mut out = BytesMut::with_capacity(128);
+        e.encode(&mut out);
+        for _ in 0..self.txn.pending {
+            write::ready_for_query(&mut out, status::IDLE);
+        }
+        self.buf.clear();
+        self.pos = ScanPos::default();
+        self.txn = Txn::new();
+        self.stream.write_all(&out).await.is_ok()
+    }
+
+    /// Sends `e` and closes the client.
+    async fn close_with(&mut self, e: ClientError) {
+        tracing::debug!(code = %e.code, message = %e.message, "closing client");
+        let mut out = BytesMut::with_capacity(128);
+        e.into_fatal().encode(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+fn shutting_down() -> ClientError {
+    ClientError::fatal(
+        "57P01",
+        "terminating connection due to administrator command (pgsluice is shutting down)",
+        ErrorSource::Internal,
+    )
+}

@@ -1,0 +1,402 @@
+//! Client startup: SSL/GSSENC negotiation, CancelRequest, the StartupMessage (protocol
+//! version and parameters), authentication, and the login reply (AuthenticationOk,
+//! ParameterStatus set, BackendKeyData, ReadyForQuery) — all within `client_login_timeout`.
+//!
+//! Invariants: wrong password and unknown user fail identically (same SQLSTATE, same
+//! message, same SCRAM exchange shape, constant-time comparisons); nothing secret is logged;
+//! any malformed input ends in an `ErrorResponse` for this client only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
+use crate::auth::{md5, Secret};
+use crate::cancel::CancelHandle;
+use crate::config::{AuthType, ClientTlsMode, Config, Database, PoolMode};
+use crate::error::{ClientError, ErrorSource};
+use crate::net::{read_message, ReadError, Stream};
+use crate::pool::Pool;
+use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use crate::protocol::{ftag, status, write, MAX_STARTUP_PACKET_LEN};
+use crate::shared::Shared;
+
+use super::params::{canonical, ClientParams};
+
+/// Largest authentication message accepted from a client.
+const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+
+/// A logged-in client, ready for its session.
+pub struct LoggedIn {
+    /// Client socket.
+    pub stream: Stream,
+    /// Bytes the client already sent after its login messages.
+    pub buf: BytesMut,
+    /// The database it connected to.
+    pub db: Arc<Database>,
+    /// Client user name.
+    pub user: String,
+    /// Its pool.
+    pub pool: Pool,
+    /// Effective pool mode.
+    pub mode: PoolMode,
+    /// Its cancel key registration.
+    pub cancel: CancelHandle,
+    /// Tracked parameters it asked for.
+    pub params: ClientParams,
+}
+
+/// How a connection's startup ended.
+pub enum Startup {
+    /// Authenticated; run a session.
+    LoggedIn(Box<LoggedIn>),
+    /// A CancelRequest was handled, or the client went away; nothing more to do.
+    Done,
+}
+
+/// Runs startup on a new connection. Errors are reported to the client here.
+pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Startup {
+    let cfg = shared.config.load_full();
+    let mut stream = Some(Stream::Plain(tcp));
+    let mut buf = BytesMut::new();
+    let run = login(shared, &cfg, &mut stream, &mut buf, peer);
+    let res = match cfg.general().client_login_timeout.nonzero() {
+        Some(t) => tokio::time::timeout(t, run).await.unwrap_or_else(|_| {
+            Err(Some(ClientError::protocol(
+                "pgsluice: client_login_timeout (client did not finish logging in in time)",
+            )))
+        }),
+        None => run.await,
+    };
+    match res {
+        Ok(Some(l)) => Startup::LoggedIn(l),
+        Ok(None) => Startup::Done,
+        Err(err) => {
+            if let (Some(e), Some(s)) = (err, stream.as_mut()) {
+                tracing::debug!(%peer, code = %e.code, message = %e.message, "login failed");
+                let mut out = BytesMut::new();
+                e.into_fatal().encode(&mut out);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = s.write_all(&out).await;
+                    let _ = s.shutdown().await;
+                })
+                .await;
+            }
+            Startup::Done
+        }
+    }
+}
+
+/// `Err(None)`: the connection is gone, do not answer. `Err(Some(e))`: answer `e`.
+type LoginResult<T> = Result<T, Option<ClientError>>;
+
+fn read_err(e: ReadError) -> Option<ClientError> {
+    match e {
+        ReadError::Io(_) | ReadError::Closed => None,
+        ReadError::Protocol(p) => Some(ClientError::protocol(format!("invalid message during login: {p}"))),
+    }
+}
+
+/// Reads one untagged startup-family packet body.
+async fn read_startup_packet(s: &mut Stream, buf: &mut BytesMut) -> LoginResult<BytesMut> {
+    while buf.len() < 4 {
+        buf.reserve(64);
+        if s.read_buf(buf).await.map_err(|_| None)? == 0 {
+            return Err(None);
+        }
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
+        return Err(Some(ClientError::protocol(format!("invalid length of startup packet ({len} bytes)"))));
+    }
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        if s.read_buf(buf).await.map_err(|_| None)? == 0 {
+            return Err(None);
+        }
+    }
+    let mut pkt = buf.split_to(len);
+    pkt.advance(4);
+    Ok(pkt)
+}
+
+async fn login(
+    shared: &Arc<Shared>,
+    cfg: &Arc<Config>,
+    slot: &mut Option<Stream>,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> LoginResult<Option<Box<LoggedIn>>> {
+    // 1. Negotiate encryption until a StartupMessage arrives.
+    let (major, minor, params) = loop {
+        let s = slot.as_mut().ok_or(None)?;
+        let pkt = read_startup_packet(s, buf).await?;
+        match fmsg::parse_startup(&pkt) {
+            Ok(StartupPacket::SslRequest) => {
+                if s.is_tls() {
+                    return Err(Some(ClientError::protocol("SSLRequest received on an encrypted connection")));
+                }
+                if !buf.is_empty() {
+                    // Bytes pipelined before the TLS handshake could be injected by a MITM.
+                    return Err(Some(ClientError::protocol("received unencrypted data after SSL request")));
+                }
+                match &cfg.tls {
+                    Some(tls) => {
+                        s.write_all(b"S").await.map_err(|_| None)?;
+                        let Some(Stream::Plain(tcp)) = slot.take() else { return Err(None) };
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+                        match acceptor.accept(tcp).await {
+                            Ok(t) => *slot = Some(Stream::Tls(Box::new(t))),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return Err(None);
+                            }
+                        }
+                    }
+                    None => s.write_all(b"N").await.map_err(|_| None)?,
+                }
+            }
+            Ok(StartupPacket::GssEncRequest) => {
+                if !buf.is_empty() {
+                    return Err(Some(ClientError::protocol("received unencrypted data after GSSENC request")));
+                }
+                s.write_all(b"N").await.map_err(|_| None)?;
+            }
+            Ok(StartupPacket::CancelRequest { pid, secret }) => {
+                shared.cancel.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup { major, minor, params }) => {
+                let params: Vec<(String, String)> = fmsg::startup_params(params)
+                    .map(|r| r.map(|(k, v)| (k.to_string(), v.to_string())))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| Some(ClientError::protocol("invalid startup packet layout")))?;
+                break (major, minor, params);
+            }
+            Err(_) => return Err(Some(ClientError::protocol("invalid startup packet"))),
+        }
+    };
+    let stream = slot.as_mut().ok_or(None)?;
+    if major != PROTOCOL_MAJOR {
+        return Err(Some(ClientError::protocol(format!(
+            "unsupported frontend protocol {major}.{minor}: server supports {PROTOCOL_MAJOR}.0 to {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+        ))));
+    }
+    if cfg.tls.as_ref().is_some_and(|t| t.mode == ClientTlsMode::Require) && !stream.is_tls() {
+        return Err(Some(ClientError::fatal("28000", "SSL required", ErrorSource::Client)));
+    }
+
+    // 2. Startup parameters.
+    let g = cfg.general();
+    let mut user = None;
+    let mut database = None;
+    let mut client_params = ClientParams::default();
+    let mut unrecognized = Vec::new();
+    for (k, v) in &params {
+        match k.as_str() {
+            "user" => user = Some(v.clone()),
+            "database" => database = Some(v.clone()),
+            k if k.starts_with("_pq_.") => unrecognized.push(k.to_string()),
+            k => match canonical(k) {
+                Some(name) => client_params.set(name, v),
+                None if g.ignore_startup_parameters.iter().any(|i| i.eq_ignore_ascii_case(k)) => {}
+                None => return Err(Some(ClientError::protocol(format!("unsupported startup parameter: {k}")))),
+            },
+        }
+    }
+    let mut out = BytesMut::with_capacity(512);
+    if minor > PROTOCOL_MINOR || !unrecognized.is_empty() {
+        write::negotiate_protocol_version(&mut out, PROTOCOL_MINOR, unrecognized.iter().map(String::as_str));
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        Some(ClientError::fatal("28000", "no PostgreSQL user name specified in startup packet", ErrorSource::Client))
+    })?;
+    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    if g.application_name_add_host {
+        let app = client_params.get("application_name").unwrap_or("").to_string();
+        client_params.set("application_name", &format!("{app} - {peer}"));
+    }
+
+    // 3. Authenticate.
+    let keys = authenticate(shared, cfg, stream, buf, &mut out, &user).await?;
+
+    // 4. Database and pool.
+    let Some(db) = cfg.databases.get(&database).cloned() else {
+        return Err(Some(ClientError::fatal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+            ErrorSource::Client,
+        )));
+    };
+    let pool = shared.pools.get_or_create(cfg, &db, &user);
+    if let Some(k) = keys {
+        if db.fixed_user.is_none() {
+            pool.learn_scram_keys(k);
+        }
+    }
+    let server_params = pool.server_params().await.map_err(|e| Some(ClientError::from(&e).into_fatal()))?;
+    let cancel = shared.cancel.register();
+
+    // 5. Login reply, one write.
+    write::auth_ok(&mut out);
+    for (k, v) in server_params.iter() {
+        let v = canonical(k).and_then(|c| client_params.get(c)).unwrap_or(v);
+        write::parameter_status(&mut out, k, v);
+    }
+    write::backend_key_data(&mut out, cancel.key.0, cancel.key.1);
+    write::ready_for_query(&mut out, status::IDLE);
+    stream.write_all(&out).await.map_err(|_| None)?;
+
+    let mode = cfg.pool_mode(&db, &user);
+    let stream = slot.take().ok_or(None)?;
+    Ok(Some(Box::new(LoggedIn {
+        stream,
+        buf: std::mem::take(buf),
+        db,
+        user,
+        pool,
+        mode,
+        cancel,
+        params: client_params,
+    })))
+}
+
+fn auth_failed(user: &str) -> Option<ClientError> {
+    Some(ClientError::fatal(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+        ErrorSource::Client,
+    ))
+}
+
+/// Reads the client's next `p` message.
+async fn read_password_message(s: &mut Stream, buf: &mut BytesMut) -> LoginResult<BytesMut> {
+    let (tag, body) = read_message(s, buf, MAX_AUTH_MESSAGE).await.map_err(read_err)?;
+    if tag != ftag::PASSWORD {
+        return Err(Some(ClientError::protocol(format!(
+            "expected password response, got message type {:?}",
+            tag as char
+        ))));
+    }
+    Ok(body)
+}
+
+/// Sends what is in `out` and clears it.
+async fn flush(s: &mut Stream, out: &mut BytesMut) -> LoginResult<()> {
+    s.write_all(out).await.map_err(|_| None)?;
+    out.clear();
+    Ok(())
+}
+
+/// Authenticates per `auth_type`. Returns SCRAM keys when the client used SCRAM (they let
+/// pgsluice log in to servers that hold the same verifier).
+async fn authenticate(
+    shared: &Shared,
+    cfg: &Config,
+    s: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    user: &str,
+) -> LoginResult<Option<ClientKeys>> {
+    let entry = cfg.users.get(user);
+    let auth_type = cfg.general().auth_type;
+    let use_scram = match auth_type {
+        AuthType::Trust => return Ok(None),
+        AuthType::ScramSha256 => true,
+        AuthType::Md5 => matches!(entry.map(|e| &e.secret), Some(Secret::Scram(_))),
+        AuthType::Plain => false,
+    };
+    if use_scram {
+        // Unknown users and md5-only secrets get a mock verifier: the exchange looks the same
+        // and fails at the end with the same error.
+        let real = entry.and_then(|e| e.scram_verifier()).cloned();
+        let known = real.is_some();
+        let verifier = real.unwrap_or_else(|| shared.mock_verifier(user));
+        let mut server = ScramServer::from_verifier(verifier);
+        write::auth_sasl(out, &["SCRAM-SHA-256"]);
+        flush(s, out).await?;
+        let body = read_password_message(s, buf).await?;
+        let (mech, data) = fmsg::parse_sasl_initial_response(&body)
+            .map_err(|_| Some(ClientError::protocol("malformed SASLInitialResponse")))?;
+        let first = server.client_first(mech, data).map_err(|e| Some(sasl_error(e)))?;
+        write::auth_sasl_continue(out, &first);
+        flush(s, out).await?;
+        let body = read_password_message(s, buf).await?;
+        let (fin, keys) = match server.client_final(&body) {
+            Ok(r) if known => r,
+            _ => return Err(auth_failed(user)),
+        };
+        write::auth_sasl_final(out, &fin);
+        return Ok(Some(keys));
+    }
+    let secret = entry.map(|e| &e.secret);
+    if auth_type == AuthType::Md5 {
+        let salt = md5::random_salt();
+        write::auth_md5(out, salt);
+        flush(s, out).await?;
+        let body = read_password_message(s, buf).await?;
+        let resp =
+            fmsg::parse_password(&body).map_err(|_| Some(ClientError::protocol("malformed password message")))?;
+        return match secret {
+            Some(sec) if md5::verify(sec, user, salt, resp) => Ok(None),
+            _ => Err(auth_failed(user)),
+        };
+    }
+    // Plain.
+    write::auth_cleartext(out);
+    flush(s, out).await?;
+    let body = read_password_message(s, buf).await?;
+    let pw = fmsg::parse_password(&body).map_err(|_| Some(ClientError::protocol("malformed password message")))?;
+    let ok = match secret {
+        Some(sec) => plain_matches(sec, user, pw),
+        None => false,
+    };
+    if ok {
+        Ok(None)
+    } else {
+        Err(auth_failed(user))
+    }
+}
+
+fn sasl_error(e: crate::auth::Error) -> ClientError {
+    match e {
+        crate::auth::Error::UnsupportedMechanism => {
+            ClientError::fatal("28000", "client selected an invalid SASL authentication mechanism", ErrorSource::Client)
+        }
+        crate::auth::Error::ChannelBindingNotSupported => {
+            ClientError::protocol("channel binding is not supported by pgsluice (SCRAM-SHA-256-PLUS not offered)")
+        }
+        other => ClientError::protocol(format!("malformed SCRAM message: {other}")),
+    }
+}
+
+/// Checks a cleartext password against any stored secret form, in constant time.
+fn plain_matches(secret: &Secret, user: &str, pw: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(pw) = std::str::from_utf8(pw) else { return false };
+    match secret {
+        Secret::Plain(p) => p.as_bytes().ct_eq(pw.as_bytes()).into(),
+        Secret::Md5(h) => {
+            let computed = postgres_protocol::password::md5(pw.as_bytes(), user);
+            h.as_bytes().ct_eq(computed.as_bytes()).into()
+        }
+        Secret::Scram(v) => {
+            let candidate = Verifier::from_password(pw, &v.salt, v.iterations);
+            candidate.stored_key.ct_eq(&v.stored_key).into()
+        }
+    }
+}
+
+/// Mock SCRAM salt for unknown users: stable per user name, keyed by a per-process secret so
+/// it cannot be told apart from a real one.
+pub fn mock_verifier(key: &[u8; 32], user: &str) -> Verifier {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(user.as_bytes());
+    let d = h.finalize();
+    Verifier { iterations: 4096, salt: d[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
+}

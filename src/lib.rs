@@ -1,0 +1,34 @@
+//! pgsluice — a PostgreSQL connection pooler.
+//!
+//! Clients connect to pgsluice as if it were PostgreSQL; pgsluice authenticates them and
+//! multiplexes their transactions onto small pools of server connections.
+//!
+//! # Layout
+//! - [`server`]: accept loop, `max_client_conn`, pool upkeep, graceful stop.
+//! - [`frontend`]: per-client `startup` (TLS, auth), `session` state machine, `relay` hot path.
+//! - [`pool`]: per-(database, user) pools: FIFO waiters, limits, reserve, expiry.
+//! - [`backend`]: connecting and logging in to PostgreSQL.
+//! - [`auth`]: SCRAM-SHA-256 (both sides, stored verifiers, passthrough), md5, auth_file.
+//! - [`protocol`]: wire-format framing, views and encoders; pure and fuzzable.
+//! - [`config`]: TOML config, validated once into runtime types.
+//! - [`net`]: the plain/TLS `Stream` and rustls setup.
+//! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
+//! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
+//!
+//! Data flows one way: server → session → relay; pools never call into sessions, and
+//! shared state is passed down as `Arc<Shared>` (no global statics).
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod frontend;
+pub mod localpg;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod shared;
+pub mod shutdown;

@@ -1,0 +1,52 @@
+//! Transport: the `Stream` enum over plain TCP and TLS, and the rustls acceptor setup.
+
+pub mod stream;
+pub mod tls;
+
+pub use stream::Stream;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::protocol::{self, Header};
+
+/// Errors while reading a whole message outside the hot path (login, admin queries).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Socket error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// A framing error.
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+}
+
+/// Reads one complete tagged message into `buf` and splits it off as `(tag, body)`.
+/// Used during login only; the relay frames incrementally instead.
+///
+/// # Cancel safety
+/// Cancel-safe: partial data stays in `buf`.
+pub async fn read_message<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    max_body: usize,
+) -> Result<(u8, BytesMut), ReadError> {
+    loop {
+        if let Some(h) = Header::parse(buf, max_body)? {
+            if buf.len() >= h.frame_len() {
+                let mut frame = buf.split_to(h.frame_len());
+                let body = frame.split_off(protocol::HEADER_LEN);
+                return Ok((h.tag, body));
+            }
+            buf.reserve(h.frame_len() - buf.len());
+        } else {
+            buf.reserve(512);
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Server connection pools, one per (database, user).
+//!
+//! A `Pool` is an `Arc` around a short `parking_lot::Mutex` holding the idle stack, a FIFO
+//! of waiters (`oneshot` senders) and counters. The lock is never held across an `.await`.
+//!
+//! Invariants:
+//! - Every open (or opening) server connection owns exactly one [`Slot`]; the slot's `Drop`
+//!   decrements the pool's `open` count and the database/user limits, whatever path the
+//!   connection leaves by (checked in and expired, discarded dirty, lost in a channel).
+//! - Only [`PoolGuard::check_in`] returns a connection to the idle stack; dropping a guard
+//!   discards the connection. So a connection is never handed to another client unless the
+//!   session explicitly declared it clean.
+//! - Waiters are served strictly FIFO; a returned connection goes to the oldest live waiter
+//!   before it goes idle.
+
+mod limit;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::{timeout_at, Instant};
+
+use crate::backend::{self, Credential, LoginParams, ServerConn};
+use crate::config::{BackendAddr, PoolMode};
+
+pub use limit::Limit;
+
+/// Why no server connection could be provided.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// `query_wait_timeout` passed while waiting.
+    #[error("query_wait_timeout: no server connection became available within {0:?}")]
+    Timeout(Duration),
+    /// Opening a server connection failed (the server's own error code, if it sent one).
+    #[error("{message}")]
+    Connect {
+        /// SQLSTATE to report.
+        code: &'static str,
+        /// Server code when the server refused the login (e.g. 28P01, 3D000).
+        server_code: Option<Arc<str>>,
+        /// Human message.
+        message: Arc<str>,
+    },
+    /// The pool was shut down.
+    #[error("pool is closed")]
+    Closed,
+}
+
+/// Settings of one pool, computed once from the config when the pool is created.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Pool mode.
+    pub mode: PoolMode,
+    /// Regular size.
+    pub size: u32,
+    /// Connections kept open.
+    pub min_size: u32,
+    /// Extra connections after `reserve_timeout`.
+    pub reserve_size: u32,
+    /// Wait before using the reserve.
+    pub reserve_timeout: Duration,
+    /// `query_wait_timeout`; `None` waits forever.
+    pub wait_timeout: Option<Duration>,
+    /// `server_connect_timeout`.
+    pub connect_timeout: Duration,
+    /// `server_idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `server_lifetime`.
+    pub lifetime: Option<Duration>,
+    /// `server_check_delay`.
+    pub check_delay: Duration,
+    /// `server_check_query` ("" = empty query).
+    pub check_query: String,
+    /// Backend host to connect to.
+    pub addr: BackendAddr,
+    /// Backend database name.
+    pub dbname: String,
+    /// Backend user name.
+    pub user: String,
+    /// `application_name` sent to servers.
+    pub application_name: String,
+}
+
+/// A point-in-time view of a pool, for the admin console and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSnapshot {
+    /// Connections open or opening.
+    pub open: u32,
+    /// Connections being opened.
+    pub connecting: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Clients waiting.
+    pub waiting: u32,
+    /// How long the oldest waiter has waited.
+    pub max_wait: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a waiter re-checks whether it may open a connection (reserve pool, shared
+/// database/user limits freed by another pool).
+const WAITER_RECHECK: Duration = Duration::from_millis(200);
+
+type Delivery = Result<Pooled, Error>;
+
+/// A ParameterStatus set, shared.
+pub type ServerParams = Arc<[(String, String)]>;
+
+struct Waiter {
+    tx: oneshot::Sender<Delivery>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Pooled>,
+    waiters: VecDeque<Waiter>,
+    open: u32,
+    connecting: u32,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    last_error: Option<Error>,
+    closed: bool,
+}
+
+struct Inner {
+    settings: PoolSettings,
+    credential: Mutex<Credential>,
+    /// ParameterStatus set of the first server connection (what clients are told at login).
+    server_params: Mutex<Option<ServerParams>>,
+    state: Mutex<State>,
+    db_limit: Arc<Limit>,
+    user_limit: Arc<Limit>,
+    /// Total transactions (check-ins) served; read by stats.
+    checkouts: AtomicU64,
+}
+
+/// A pool of server connections for one (database, user).
+#[derive(Clone)]
+pub struct Pool(Arc<Inner>);
+
+/// The pool accounting of one server connection; see the module invariants.
+struct Slot(Arc<Inner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let inner = &self.0;
+        inner.db_limit.release();
+        inner.user_limit.release();
+        let mut st = inner.state.lock();
+        st.open -= 1;
+        Pool(inner.clone()).maybe_open(&mut st, false);
+    }
+}
+
+/// A server connection with its slot. Dropping it closes the connection.
+pub struct Pooled {
+    conn: ServerConn,
+    _slot: Slot,
+}
+
+/// A checked-out connection. Dropping the guard discards the connection; call
+/// [`PoolGuard::check_in`] to return a clean one.
+pub struct PoolGuard {
+    conn: Option<Pooled>,
+    pool: Pool,
+}
+
+impl Pool {
+    /// Creates an empty pool. Connections are opened on demand.
+    pub fn new(settings: PoolSettings, credential: Credential, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Pool {
+        Pool(Arc::new(Inner {
+            settings,
+            credential: Mutex::new(credential),
+            server_params: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            db_limit,
+            user_limit,
+            checkouts: AtomicU64::new(0),
+        }))
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.0.settings
+    }
+
+    /// Remembers SCRAM keys recovered from a client login, for passthrough to the server.
+    pub fn learn_scram_keys(&self, keys: crate::auth::scram::ClientKeys) {
+        let mut c = self.0.credential.lock();
+        if c.keys.is_none() {
+            c.keys = Some(keys);
+        }
+    }
+
+    /// The ParameterStatus set reported by this pool's servers, connecting once if unknown.
+    pub async fn server_params(&self) -> Result<ServerParams, Error> {
+        if let Some(p) = self.0.server_params.lock().clone() {
+            return Ok(p);
+        }
+        let guard = self.check_out().await?;
+        guard.check_in();
+        self.0.server_params.lock().clone().ok_or(Error::Closed)
+    }
+
+    /// Checks out a server connection, waiting FIFO behind earlier clients for at most
+    /// `query_wait_timeout`. Opens a new connection if the pool has room.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a dropped waiter is skipped, and a connection already sent to it goes back
+    /// to the pool through its slot.
+    pub async fn check_out(&self) -> Result<PoolGuard, Error> {
+        let s = &self.0.settings;
+        let started = Instant::now();
+        let deadline = s.wait_timeout.map(|t| started + t);
+        let reserve_at = started + s.reserve_timeout;
+        loop {
+            let (tx, mut rx) = oneshot::channel();
+            let idle = {
+                let mut st = self.0.state.lock();
+                if st.closed {
+                    return Err(Error::Closed);
+                }
+                if st.open == 0 && st.retry_at.is_some_and(|t| Instant::now() < t) {
+                    if let Some(e) = st.last_error.clone() {
+                        return Err(e);
+                    }
+                }
+                match st.idle.pop() {
+                    Some(p) if st.waiters.is_empty() => Some(p),
+                    other => {
+                        if let Some(p) = other {
+                            st.idle.push(p);
+                        }
+                        st.waiters.push_back(Waiter { tx, since: started });
+                        self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                        None
+                    }
+                }
+            };
+            if let Some(p) = idle {
+                match self.verify_idle(p).await {
+                    Some(p) => return Ok(self.guard(p)),
+                    None => continue,
+                }
+            }
+            loop {
+                let now = Instant::now();
+                let mut wake = now + WAITER_RECHECK;
+                if let Some(d) = deadline {
+                    wake = wake.min(d);
+                }
+                match timeout_at(wake, &mut rx).await {
+                    Ok(Ok(Ok(p))) => return Ok(self.guard(p)),
+                    Ok(Ok(Err(e))) => return Err(e),
+                    Ok(Err(_)) => return Err(Error::Closed),
+                    Err(_) => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            rx.close();
+                            return match rx.try_recv() {
+                                Ok(Ok(p)) => Ok(self.guard(p)),
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(Error::Timeout(s.wait_timeout.unwrap_or_default())),
+                            };
+                        }
+                        let mut st = self.0.state.lock();
+                        self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                    }
+                }
+            }
+        }
+    }
+
+    fn guard(&self, p: Pooled) -> PoolGuard {
+        self.0.checkouts.fetch_add(1, Ordering::Relaxed);
+        PoolGuard { conn: Some(p), pool: self.clone() }
+    }
+
+    /// Checks an idle connection before reuse: socket still open and silent, and, if it sat
+    /// idle longer than `server_check_delay`, a round trip of `server_check_query`.
+    async fn verify_idle(&self, mut p: Pooled) -> Option<Pooled> {
+        if !p.conn.stream.idle_and_open() || self.expired(&p.conn, Instant::now()) {
+            return None;
+        }
+        let s = &self.0.settings;
+        if p.conn.last_used.elapsed() >= s.check_delay {
+            let check = tokio::time::timeout(s.connect_timeout, p.conn.run_discard(&s.check_query)).await;
+            if !matches!(check, Ok(Ok(()))) {
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    fn expired(&self, c: &ServerConn, now: Instant) -> bool {
+        self.0.settings.lifetime.is_some_and(|l| now.duration_since(c.created) >= l)
+    }
+
+    /// Returns a clean connection: to the oldest live waiter, else onto the idle stack.
+    fn check_in(&self, mut p: Pooled) {
+        let now = Instant::now();
+        p.conn.last_used = now;
+        if self.expired(&p.conn, now) {
+            tokio::spawn(p.conn.terminate());
+            return;
+        }
+        let mut st = self.0.state.lock();
+        if st.closed {
+            drop(st);
+            tokio::spawn(p.conn.terminate());
+            return;
+        }
+        while let Some(w) = st.waiters.pop_front() {
+            match w.tx.send(Ok(p)) {
+                Ok(()) => return,
+                Err(Ok(back)) => p = back,
+                Err(Err(_)) => return,
+            }
+        }
+        st.idle.push(p);
+    }
+
+    /// Opens a connection if waiters outnumber connections being opened and limits allow.
+    /// Called with the state locked.
+    fn maybe_open(&self, st: &mut State, allow_reserve: bool) {
+        st.waiters.retain(|w| !w.tx.is_closed());
+        if st.closed || st.waiters.len() <= st.connecting as usize {
+            return;
+        }
+        self.open_one(st, allow_reserve);
+    }
+
+    fn open_one(&self, st: &mut State, allow_reserve: bool) {
+        let s = &self.0.settings;
+        let cap = s.size + if allow_reserve { s.reserve_size } else { 0 };
+        if st.open >= cap || st.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if !self.0.db_limit.try_acquire() {
+            return;
+        }
+        if !self.0.user_limit.try_acquire() {
+            self.0.db_limit.release();
+            return;
+        }
+        st.open += 1;
+        st.connecting += 1;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            st.open -= 1;
+            st.connecting -= 1;
+            self.0.db_limit.release();
+            self.0.user_limit.release();
+            return;
+        };
+        let slot = Slot(self.0.clone());
+        rt.spawn(self.clone().connect_task(slot));
+    }
+
+    async fn connect_task(self, slot: Slot) {
+        let s = &self.0.settings;
+        let cred = self.0.credential.lock().clone();
+        let login = LoginParams { user: &s.user, database: &s.dbname, application_name: &s.application_name };
+        let res = ServerConn::connect(&s.addr, &login, &cred, s.connect_timeout).await;
+        match res {
+            Ok(conn) => {
+                {
+                    let mut params = self.0.server_params.lock();
+                    if params.is_none() {
+                        *params = Some(conn.params.clone().into());
+                    }
+                }
+                {
+                    let mut st = self.0.state.lock();
+                    st.connecting -= 1;
+                    st.backoff = Duration::ZERO;
+                    st.retry_at = None;
+                    st.last_error = None;
+                }
+                self.check_in(Pooled { conn, _slot: slot });
+            }
+            Err(e) => {
+                tracing::warn!(server = %s.addr, db = %s.dbname, user = %s.user, error = %e, "server connection failed");
+                let err = connect_error(&e);
+                let mut failed = Vec::new();
+                {
+                    let mut st = self.0.state.lock();
+                    st.connecting -= 1;
+                    st.backoff = (st.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    st.retry_at = Some(Instant::now() + st.backoff);
+                    st.last_error = Some(err.clone());
+                    // With no other connection to wait for, waiting is pointless: fail now.
+                    if st.open == 1 {
+                        failed.extend(st.waiters.drain(..));
+                    }
+                }
+                for w in failed {
+                    let _ = w.tx.send(Err(err.clone()));
+                }
+                drop(slot);
+            }
+        }
+    }
+
+    /// Periodic upkeep: closes idle connections past `server_idle_timeout` (down to
+    /// `min_pool_size`) or `server_lifetime`, and opens connections up to `min_pool_size`.
+    pub fn maintain(&self) {
+        let s = &self.0.settings;
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        {
+            let mut st = self.0.state.lock();
+            let mut i = 0;
+            while i < st.idle.len() {
+                let c = &st.idle[i].conn;
+                let keep_warm = st.open - closing.len() as u32 <= s.min_size;
+                let idle_long = s.idle_timeout.is_some_and(|t| now.duration_since(c.last_used) >= t) && !keep_warm;
+                if idle_long || self.expired(c, now) || !c.stream.idle_and_open() {
+                    closing.push(st.idle.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // Slots are released outside the lock (their Drop takes it).
+        for p in closing {
+            tokio::spawn(p.conn.terminate());
+        }
+        let have_cred = {
+            let c = self.0.credential.lock();
+            c.secret.is_some() || c.keys.is_some()
+        };
+        if have_cred {
+            let mut st = self.0.state.lock();
+            for _ in st.open..s.min_size {
+                self.open_one(&mut st, false);
+            }
+        }
+    }
+
+    /// Closes idle connections and refuses new check-outs; busy ones close on check-in.
+    pub fn close(&self) {
+        let idle = {
+            let mut st = self.0.state.lock();
+            st.closed = true;
+            for w in st.waiters.drain(..) {
+                let _ = w.tx.send(Err(Error::Closed));
+            }
+            std::mem::take(&mut st.idle)
+        };
+        drop(idle);
+    }
+
+    /// Counters for the admin console and metrics.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let st = self.0.state.lock();
+        PoolSnapshot {
+            open: st.open,
+            connecting: st.connecting,
+            idle: st.idle.len() as u32,
+            waiting: st.waiters.len() as u32,
+            max_wait: st.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+        }
+    }
+
+    /// Check-outs served so far.
+    pub fn checkouts(&self) -> u64 {
+        self.0.checkouts.load(Ordering::Relaxed)
+    }
+}
+
+fn connect_error(e: &backend::Error) -> Error {
+    match e {
+        backend::Error::Server { code, message } => {
+            Error::Connect { code: "08006", server_code: Some(code.as_str().into()), message: message.as_str().into() }
+        }
+        other => Error::Connect { code: "08006", server_code: None, message: other.to_string().into() },
+    }
+}
+
+impl PoolGuard {
+    /// The server connection.
+    #[inline]
+    pub fn server(&mut self) -> &mut ServerConn {
+        // Invariant: `conn` is only taken by `check_in`/`discard`, which consume the guard.
+        &mut self.conn.as_mut().expect("guard holds a connection until consumed").conn
+    }
+
+    /// The pool this connection belongs to.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Returns the connection to the pool. Call only when it is clean: `Z I` received,
+    /// nothing pending, no session state the next client must not see.
+    pub fn check_in(mut self) {
+        if let Some(p) = self.conn.take() {
+            self.pool.check_in(p);
+        }
+    }
+
+    /// Closes the connection (politely, with Terminate) instead of returning it.
+    pub fn discard(mut self) {
+        if let Some(p) = self.conn.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(async move {
+                    let Pooled { conn, _slot } = p;
+                    conn.terminate().await;
+                });
+            }
+        }
+    }
+}

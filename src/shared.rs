@@ -1,0 +1,117 @@
+//! `Shared`: the one piece of state every task sees, built in `main` (or a test) and passed
+//! down as `Arc<Shared>`. No global statics. The config is swapped whole through `ArcSwap`;
+//! pools live in a registry keyed by (database, backend user) and are looked up at client
+//! login only, never per message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::backend::Credential;
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, Database};
+use crate::pool::{Limit, Pool, PoolSettings};
+
+/// State shared by the listener, sessions and background tasks.
+pub struct Shared {
+    /// Current configuration.
+    pub config: ArcSwap<Config>,
+    /// Server pools.
+    pub pools: PoolRegistry,
+    /// Client cancel keys.
+    pub cancel: Arc<CancelRegistry>,
+    next_client_id: AtomicU64,
+    /// Per-process key for mock SCRAM salts of unknown users.
+    mock_key: [u8; 32],
+}
+
+impl Shared {
+    /// Builds the shared state for `config`.
+    pub fn new(config: Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            pools: PoolRegistry::default(),
+            cancel: Arc::new(CancelRegistry::default()),
+            next_client_id: AtomicU64::new(1),
+            mock_key: rand::random(),
+        })
+    }
+
+    /// The SCRAM verifier presented for a user that does not exist (see `startup`).
+    pub fn mock_verifier(&self, user: &str) -> crate::auth::scram::Verifier {
+        crate::frontend::startup::mock_verifier(&self.mock_key, user)
+    }
+
+    /// A process-unique id for a new client session (logs, admin console).
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// All pools, plus the database- and user-wide connection limits they share.
+#[derive(Default)]
+pub struct PoolRegistry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    pools: HashMap<(String, String), Pool>,
+    db_limits: HashMap<String, Arc<Limit>>,
+    user_limits: HashMap<String, Arc<Limit>>,
+}
+
+impl PoolRegistry {
+    /// The pool serving `client_user` on `db`, created on first use. The backend user is the
+    /// database's fixed user if it has one.
+    pub fn get_or_create(&self, cfg: &Config, db: &Arc<Database>, client_user: &str) -> Pool {
+        let user = db.fixed_user.as_deref().unwrap_or(client_user);
+        let mut inner = self.inner.lock();
+        if let Some(p) = inner.pools.get(&(db.name.clone(), user.to_string())) {
+            return p.clone();
+        }
+        let g = cfg.general();
+        let db_limit = inner
+            .db_limits
+            .entry(db.name.clone())
+            .or_insert_with(|| Arc::new(Limit::new(db.max_db_connections)))
+            .clone();
+        let user_limit = inner
+            .user_limits
+            .entry(user.to_string())
+            .or_insert_with(|| Arc::new(Limit::new(cfg.max_user_connections(user))))
+            .clone();
+        let secret = match &db.fixed_user {
+            Some(_) => db.fixed_secret.clone(),
+            None => cfg.users.get(user).map(|u| u.secret.clone()),
+        };
+        let settings = PoolSettings {
+            mode: cfg.pool_mode(db, user),
+            size: db.pool_size,
+            min_size: db.min_pool_size,
+            reserve_size: db.reserve_pool_size,
+            reserve_timeout: g.reserve_pool_timeout.0,
+            wait_timeout: g.query_wait_timeout.nonzero(),
+            connect_timeout: g.server_connect_timeout.0,
+            idle_timeout: g.server_idle_timeout.nonzero(),
+            lifetime: g.server_lifetime.nonzero(),
+            check_delay: g.server_check_delay.0,
+            check_query: g.server_check_query.clone(),
+            addr: db.hosts[0].clone(),
+            dbname: db.dbname.clone(),
+            user: user.to_string(),
+            application_name: "pgsluice".into(),
+        };
+        let pool = Pool::new(settings, Credential { secret, keys: None }, db_limit, user_limit);
+        inner.pools.insert((db.name.clone(), user.to_string()), pool.clone());
+        pool
+    }
+
+    /// A snapshot of all pools with their (database, user) keys.
+    pub fn all(&self) -> Vec<((String, String), Pool)> {
+        self.inner.lock().pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
+    }
+}

@@ -1,0 +1,100 @@
+//! Graceful-stop signalling. `main` flips one `watch` channel; every task holds a
+//! [`Shutdown`] and a [`DrainToken`]. The listener stops accepting, idle sessions close at
+//! once, sessions inside a transaction close right after it ends, and `main` waits (bounded
+//! by `shutdown_timeout`) until every `DrainToken` is dropped.
+
+use tokio::sync::{mpsc, watch};
+
+/// Receives the stop signal.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Whether the stop was requested.
+    pub fn is_set(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the stop is requested.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|&v| v).await;
+    }
+}
+
+/// Held by each running task; the drain finishes when all are dropped.
+#[derive(Clone)]
+pub struct DrainToken {
+    _tx: mpsc::Sender<()>,
+}
+
+/// The controlling side: trigger the stop and wait for the drain.
+pub struct ShutdownController {
+    tx: watch::Sender<bool>,
+    drain_tx: Option<mpsc::Sender<()>>,
+    drain_rx: mpsc::Receiver<()>,
+}
+
+impl Default for ShutdownController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShutdownController {
+    /// A controller with the stop not yet requested.
+    pub fn new() -> ShutdownController {
+        let (tx, _) = watch::channel(false);
+        let (drain_tx, drain_rx) = mpsc::channel(1);
+        ShutdownController { tx, drain_tx: Some(drain_tx), drain_rx }
+    }
+
+    /// A receiver of the stop signal.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown { rx: self.tx.subscribe() }
+    }
+
+    /// A token that keeps the drain open while held.
+    pub fn token(&self) -> DrainToken {
+        DrainToken { _tx: self.drain_tx.clone().expect("token() called after drain()") }
+    }
+
+    /// Requests the stop.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    /// Requests the stop and waits until every token is dropped.
+    pub async fn drain(mut self) {
+        self.trigger();
+        self.drain_tx = None;
+        let _ = self.drain_rx.recv().await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
