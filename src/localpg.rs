@@ -1,27 +1,18 @@
-//! Throw-away local PostgreSQL clusters built from the installed server binaries.
-//!
-//! Used by `pgsluice demo` (a primary plus replicas until Ctrl-C) and by the integration-test
-//! harness (many clusters at once, from many threads and several test binaries). Everything is
-//! blocking `std::process::Command`; there is no tokio in here.
+//! Throw-away local PostgreSQL clusters from the installed server binaries, for `pgsluice demo` and
+//! the integration tests (many clusters at once, from many threads and processes). Blocking, no tokio.
 //!
 //! # Invariants
 //!
-//! * Every cluster listens on `127.0.0.1` only, with its unix socket inside its own directory, and
-//!   uses SCRAM-SHA-256 for every `pg_hba.conf` line (no `trust` anywhere).
-//! * Each cluster gets a unique directory (`<tmp>/pgsluice-localpg-<euid>/<pid>-<counter>-<nanos>`)
-//!   unless [`ClusterOptions::base_dir`] is given, so parallel creation never collides.
-//!   Ports picked automatically (`port = 0`) are retried up to 5 times when the postmaster
-//!   reports that the address is already in use.
-//! * `initdb` refuses to run as root. When the process runs as root, every server binary runs as
-//!   the system user `pgsluice_pg` (created on demand) through `runuser`, and the cluster
-//!   directory is owned by that user. Its parents must be traversable by that user, so the base
-//!   directory is created with mode 0755 (0700 when not root).
-//! * **Orphan guard**: a cluster can live in a `static` whose `Drop` never runs, so each cluster
-//!   has a detached watchdog shell that stops the postmaster (`-m immediate`) and removes the
-//!   temporary directory as soon as the owning process is gone. [`Drop`] does the same directly.
-//! * Nothing here panics; failures carry the command, its stderr tail and the server log tail.
+//! * 127.0.0.1 only (unix socket in the cluster directory); every `pg_hba.conf` line is SCRAM.
+//! * Each cluster has a unique directory `<tmp>/pgsluice-localpg-<euid>/<pid>-<n>-<nanos>` (unless
+//!   [`ClusterOptions::base_dir`] is set). A port found taken at start-up is replaced (5 attempts).
+//! * `initdb` refuses root, so as root the server binaries run via `runuser` as the system user
+//!   `pgsluice_pg` (created on demand), which owns the cluster directory; the base directory is 0755.
+//! * **Orphan guard**: clusters may live in `static`s whose `Drop` never runs, so each one has a
+//!   detached watchdog shell that stops it (`-m immediate`) and removes its temporary directory once
+//!   the owning process is gone. `Drop` does the same directly.
+//! * No panics; errors carry the command, its stderr tail and the server log tail.
 
-use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -33,24 +24,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// OS user the server binaries run as when this process is root.
+/// Runs the server binaries when this process is root.
 const PG_USER: &str = "pgsluice_pg";
-/// The only address clusters listen on.
 const HOST: &str = "127.0.0.1";
-/// Start attempts when the automatically picked port turns out to be taken.
-const START_ATTEMPTS: usize = 5;
-/// How long to wait for a started server to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Lines of stderr / server log kept in errors.
 const TAIL_LINES: usize = 30;
-
-/// Watchdog script, run as `sh -c WATCHDOG name OWNER_PID DATA_DIR RM_DIR PG_CTL...`.
-/// `kill -0` runs as the owner's user (root may signal anyone; an unprivileged `pgsluice_pg`
-/// could not probe a root owner), and `pg_ctl` goes through `runuser` when needed.
+/// Settings for every primary (replicas inherit them), appended to `postgresql.conf`.
+const TUNING: &str = "fsync=off synchronous_commit=off full_page_writes=off max_connections=200 wal_level=replica \
+    max_wal_senders=10 hot_standby=on wal_keep_size=256MB shared_buffers=128MB logging_collector=off \
+    password_encryption=scram-sha-256";
+const HBA: &str = "# written by pgsluice localpg: SCRAM everywhere, TCP on 127.0.0.1 only
+local all         all              scram-sha-256
+host  all         all 127.0.0.1/32 scram-sha-256
+local replication all              scram-sha-256
+host  replication all 127.0.0.1/32 scram-sha-256
+";
+/// `sh -c WATCHDOG name OWNER_PID DATA_DIR RM_DIR PG_CTL...`, as the owner's user (`pgsluice_pg` cannot
+/// `kill -0` a root owner), in its own process group (a terminal's Ctrl-C must not end it first).
 const WATCHDOG: &str = r#"owner=$1 data=$2 dir=$3; shift 3
 while kill -0 "$owner" 2>/dev/null; do sleep 1; done
 "$@" -D "$data" -m immediate -w -t 30 stop
-if [ -n "$dir" ]; then rm -rf -- "$dir"; fi"#;
+[ -z "$dir" ] || for i in 1 2 3 4 5; do rm -rf -- "$dir" 2>/dev/null && break; sleep 1; done"#;
 
 /// Errors from creating or driving a local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +51,9 @@ pub enum Error {
     /// No directory with `initdb` was found.
     #[error("PostgreSQL server binaries not found; install postgresql-15 (or set PGSLUICE_PG_BINDIR): {0}")]
     BinariesNotFound(String),
-    /// The options cannot work (empty superuser, password with a newline, ...).
-    #[error("invalid cluster options: {0}")]
-    InvalidOptions(String),
     /// A filesystem operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, including the path.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
     /// A command could not be spawned or exited unsuccessfully.
     #[error("`{command}` failed ({status}):\n{stderr}")]
     Command {
@@ -77,7 +61,7 @@ pub enum Error {
         command: String,
         /// Exit status, or why it could not be spawned.
         status: String,
-        /// Tail of its stderr (stdout when stderr was empty).
+        /// Tail of its stderr (of stdout when stderr was empty).
         stderr: String,
     },
     /// The server did not start, or did not accept connections in time.
@@ -87,12 +71,12 @@ pub enum Error {
         what: String,
         /// The last command involved.
         command: String,
-        /// Tail of that command's stderr or error.
+        /// Tail of that command's stderr, or its error.
         stderr: String,
         /// Tail of the server log written during the attempt.
         log_tail: String,
     },
-    /// `pg_authid` has no password for this role (or no such role).
+    /// `pg_authid` has no password for this role, or there is no such role.
     #[error("role {0:?} not found or has no password")]
     RoleNotFound(String),
 }
@@ -100,34 +84,31 @@ pub enum Error {
 /// How to create a primary with [`LocalCluster::start_primary`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// TCP port on 127.0.0.1; 0 (the default) picks a free one and retries on collisions.
+    /// Preferred TCP port on 127.0.0.1, 0 (the default) for any free one. If it turns out to be taken,
+    /// up to 4 other free ports are tried, so read [`LocalCluster::port`] afterwards.
     pub port: u16,
     /// Bootstrap superuser name; default `"postgres"`.
     pub superuser: String,
-    /// Superuser password (SCRAM everywhere, so it must not be empty); default `"postgres"`.
+    /// Superuser password: one non-empty line (initdb reads the first line of a file); default `"postgres"`.
     pub superuser_password: String,
-    /// Extra `postgresql.conf` settings, appended last as `name = 'value'` (value quoted for you).
+    /// Extra `postgresql.conf` settings, appended last as `name = 'value'` (quoting is done here).
     pub extra_conf: Vec<(String, String)>,
-    /// Directory to hold the cluster (`data/`, socket, log); created if missing, kept on drop
-    /// (chowned to `pgsluice_pg` when root; its parents must be traversable by that user).
-    /// `None` (the default) makes a fresh temporary directory that is removed on drop.
+    /// Directory for the cluster (`data/`, socket, `postgres.log`); created if missing, chowned to
+    /// `pgsluice_pg` when root (whose parents it must be able to traverse), kept on drop.
+    /// `None` (the default): a fresh temporary directory, removed on drop.
     pub base_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            port: 0,
-            superuser: "postgres".to_owned(),
-            superuser_password: "postgres".to_owned(),
-            extra_conf: Vec::new(),
-            base_dir: None,
-        }
+        let (port, extra_conf, base_dir, postgres) = (0, Vec::new(), None, String::from("postgres"));
+        ClusterOptions { port, superuser: postgres.clone(), superuser_password: postgres, extra_conf, base_dir }
     }
 }
 
 /// A running postmaster in its own directory. `Drop` stops it (`pg_ctl stop -m immediate`),
-/// ends its watchdog and removes its directory if it was a temporary one.
+/// ends its watchdog and removes the directory if it was a temporary one.
+#[derive(Debug)]
 pub struct LocalCluster {
     bin_dir: PathBuf,
     dir: PathBuf,
@@ -136,7 +117,7 @@ pub struct LocalCluster {
     port: u16,
     superuser: String,
     password: String,
-    /// `(uid, gid)` of `pgsluice_pg` when running as root; binaries then go through `runuser`.
+    /// `(uid, gid)` of `pgsluice_pg` when running as root; server binaries then go through `runuser`.
     pg_user: Option<(u32, u32)>,
     remove_on_drop: bool,
     watchdog: Option<Child>,
@@ -145,91 +126,43 @@ pub struct LocalCluster {
 // === impl LocalCluster ===
 
 impl LocalCluster {
-    /// Creates and starts a primary: `initdb --auth=scram-sha-256` (superuser and password via
-    /// `--pwfile`), listen on 127.0.0.1 only with the unix socket in the cluster directory,
-    /// durability off (`fsync`, `synchronous_commit`, `full_page_writes`), `max_connections=200`,
-    /// replication enabled (`wal_level=replica`, `max_wal_senders=10`, `hot_standby=on`,
-    /// `wal_keep_size=256MB`), `shared_buffers=128MB`, no logging collector (the server log is
-    /// `postgres.log` in the cluster directory), and a `pg_hba.conf` with scram-sha-256 for local
-    /// and 127.0.0.1/32 connections, replication included. Then starts it
-    /// (`pg_ctl -w -t 60 start -l logfile`) and waits until it accepts connections.
-    pub fn start_primary(opts: ClusterOptions) -> Result<LocalCluster, Error> {
-        let retry_port = opts.port == 0;
-        Self::start_primary_inner(opts, retry_port)
-    }
-
-    fn start_primary_inner(opts: ClusterOptions, retry_port: bool) -> Result<Self, Error> {
-        if opts.superuser.is_empty() || opts.superuser_password.is_empty() {
-            return Err(Error::InvalidOptions("superuser and password must be non-empty".into()));
-        }
-        if opts.superuser_password.contains(['\n', '\r']) {
-            return Err(Error::InvalidOptions("password must be a single line".into()));
-        }
-        let bin_dir = find_bin_dir()?;
-        let port = if opts.port == 0 { free_port() } else { opts.port };
-        let mut c = Self::prepare(bin_dir, opts.superuser, opts.superuser_password, opts.base_dir, port)?;
+    /// Creates a primary: `initdb --auth=scram-sha-256` (password via `--pwfile`); `fsync`, `synchronous_commit`,
+    /// `full_page_writes` off; `max_connections=200`, `wal_level=replica`, `max_wal_senders=10`, `hot_standby=on`,
+    /// `wal_keep_size=256MB`, `shared_buffers=128MB`; log in `postgres.log` (no collector); scram-sha-256 on every
+    /// `pg_hba.conf` line. Then `pg_ctl -w -t 60 start -l logfile` and waits until it accepts connections.
+    pub fn start_primary(mut opts: ClusterOptions) -> Result<LocalCluster, Error> {
+        let extra_conf = std::mem::take(&mut opts.extra_conf);
+        let c = Self::prepare(find_bin_dir()?, opts)?;
         let pwfile = c.dir.join("pwfile");
-        c.write_private(&pwfile, format!("{}\n", c.password).as_bytes())?;
+        let mut create = OpenOptions::new();
+        write_file(&pwfile, create.write(true).create_new(true).mode(0o600), &format!("{}\n", c.password))?;
+        chown_to(&pwfile, c.pg_user)?;
         let mut initdb = c.pg_cmd("initdb");
-        initdb.arg("-D").arg(&c.data_dir).arg("-U").arg(&c.superuser).arg("--pwfile").arg(&pwfile);
-        initdb.args(["--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"]);
-        let result = run(&mut initdb);
+        initdb.arg("-D").arg(&c.data_dir).args(["-U", &c.superuser, "--pwfile"]).arg(&pwfile);
+        let result = run(initdb.args(["--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"]));
         let _ = fs::remove_file(&pwfile);
         result?;
-        let mut conf = c.own_conf();
-        for (k, v) in [
-            ("fsync", "off"),
-            ("synchronous_commit", "off"),
-            ("full_page_writes", "off"),
-            ("max_connections", "200"),
-            ("wal_level", "replica"),
-            ("max_wal_senders", "10"),
-            ("hot_standby", "on"),
-            ("wal_keep_size", "256MB"),
-            ("shared_buffers", "128MB"),
-            ("logging_collector", "off"),
-            ("password_encryption", "scram-sha-256"),
-        ] {
-            conf.push((k.to_owned(), v.to_owned()));
-        }
-        conf.extend(opts.extra_conf);
-        c.append_conf(&conf)?;
-        let hba = "# written by pgsluice localpg: SCRAM everywhere, TCP on 127.0.0.1 only\n\
-                   local all         all              scram-sha-256\n\
-                   host  all         all 127.0.0.1/32 scram-sha-256\n\
-                   local replication all              scram-sha-256\n\
-                   host  replication all 127.0.0.1/32 scram-sha-256\n";
-        let path = c.data_dir.join("pg_hba.conf");
+        c.append_conf(TUNING.split_whitespace().filter_map(|kv| kv.split_once('=')))?;
+        c.append_conf(extra_conf)?;
         // No `create`: truncating the existing file keeps it owned by the server user.
-        OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(hba.as_bytes()))
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
-        c.start_postmaster(retry_port)?;
-        Ok(c)
+        write_file(&c.data_dir.join("pg_hba.conf"), OpenOptions::new().write(true).truncate(true), HBA)?;
+        c.start_postmaster()
     }
 
-    /// Creates a streaming replica of `primary`: `pg_basebackup -R -X stream` as the primary's
-    /// superuser (password via `PGPASSWORD`, which `-R` records in `primary_conninfo`), on `port`
-    /// (0 = pick a free one, retried on collisions), then starts it and waits until it accepts
-    /// connections in recovery.
+    /// Creates a streaming replica of `primary` with `pg_basebackup -R -X stream` as its superuser
+    /// (password via `PGPASSWORD`, which `-R` records in `primary_conninfo`), listening on `port`
+    /// (as [`ClusterOptions::port`]), starts it and waits until it accepts connections in recovery.
     pub fn start_replica(primary: &LocalCluster, port: u16) -> Result<LocalCluster, Error> {
-        let chosen = if port == 0 { free_port() } else { port };
-        let (su, pw) = (primary.superuser.clone(), primary.password.clone());
-        let mut c = Self::prepare(primary.bin_dir.clone(), su, pw, None, chosen)?;
+        let (superuser, superuser_password) = (primary.superuser.clone(), primary.password.clone());
+        let opts = ClusterOptions { port, superuser, superuser_password, ..ClusterOptions::default() };
+        let c = Self::prepare(primary.bin_dir.clone(), opts)?;
         let mut cmd = c.pg_cmd("pg_basebackup");
-        cmd.arg("-D").arg(&c.data_dir).args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        cmd.args(["-h", HOST, "-p", &primary.port.to_string(), "-U", &c.superuser]);
-        c.client_env(&mut cmd);
-        run(&mut cmd)?;
-        // postgresql.conf came from the primary: override what is per-cluster.
-        c.append_conf(&c.own_conf())?;
-        c.start_postmaster(port == 0)?;
+        cmd.arg("-D").arg(&c.data_dir).args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-h", HOST]);
+        run(c.client_env(cmd.args(["-p", &primary.port.to_string(), "-U", &c.superuser])))?;
+        let c = c.start_postmaster()?;
         match c.psql("postgres", "select pg_is_in_recovery()")?.as_str() {
             "t" => Ok(c),
-            other => Err(c.server_error(format!("replica is not in recovery ({other:?})"), "", String::new(), 0)),
+            other => Err(c.server_error(format!("replica not in recovery ({other:?})"), "psql", String::new(), 0)),
         }
     }
 
@@ -258,52 +191,41 @@ impl LocalCluster {
         &self.password
     }
 
-    /// Runs `sql` with `psql -X -q -v ON_ERROR_STOP=1 -At -h 127.0.0.1 -p PORT -U superuser -d db
-    /// -c sql` (password via `PGPASSWORD` on the child) and returns stdout, trimmed. Several
-    /// statements in one call run in one transaction, so `CREATE DATABASE` needs its own call.
+    /// Runs `psql -X -q -v ON_ERROR_STOP=1 -At -h 127.0.0.1 -p PORT -U superuser -d db -c sql`
+    /// (password via `PGPASSWORD` on the child) and returns stdout, trimmed. Several statements in
+    /// one call run in one transaction, so `CREATE DATABASE` needs a call of its own.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, Error> {
         let mut cmd = Command::new(self.bin_dir.join("psql"));
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", HOST]);
-        cmd.args(["-p", &self.port.to_string(), "-U", &self.superuser, "-d", db, "-c", sql]);
-        self.client_env(&mut cmd);
-        run(&mut cmd)
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", HOST, "-p", &self.port.to_string()]);
+        run(self.client_env(cmd.args(["-U", &self.superuser, "-d", db, "-c", sql])))
     }
 
-    /// `CREATE ROLE name LOGIN PASSWORD 'password'` (SCRAM-hashed) and
-    /// `CREATE DATABASE name OWNER name`. Fails if either already exists.
+    /// `CREATE ROLE name LOGIN PASSWORD 'password'` (SCRAM-hashed) and `CREATE DATABASE name OWNER
+    /// name`, with proper quoting. Fails if either already exists.
     pub fn create_user_and_db(&self, name: &str, password: &str) -> Result<(), Error> {
         let (ident, lit) = (quote_ident(name), quote_literal(password));
         let role = format!("SET password_encryption = 'scram-sha-256'; CREATE ROLE {ident} LOGIN PASSWORD {lit}");
         self.psql("postgres", &role)?;
-        self.psql("postgres", &format!("CREATE DATABASE {ident} OWNER {ident}"))?;
-        Ok(())
+        self.psql("postgres", &format!("CREATE DATABASE {ident} OWNER {ident}")).map(drop)
     }
 
-    /// The stored SCRAM verifier of `role` (`SELECT rolpassword FROM pg_authid WHERE rolname = ...`),
+    /// The stored verifier of `role` (`SELECT rolpassword FROM pg_authid WHERE rolname = ...`):
     /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
     pub fn scram_verifier(&self, role: &str) -> Result<String, Error> {
         let sql = format!("SELECT rolpassword FROM pg_authid WHERE rolname = {}", quote_literal(role));
-        let verifier = self.psql("postgres", &sql)?;
-        if verifier.is_empty() {
-            return Err(Error::RoleNotFound(role.to_owned()));
-        }
-        Ok(verifier)
+        Some(self.psql("postgres", &sql)?).filter(|v| !v.is_empty()).ok_or_else(|| Error::RoleNotFound(role.to_owned()))
     }
 
     /// Promotes a replica: `pg_ctl promote -w`, which returns once it has left recovery.
     pub fn promote(&self) -> Result<(), Error> {
-        let mut cmd = self.pg_cmd("pg_ctl");
-        cmd.arg("-D").arg(&self.data_dir).args(["-w", "-t", "60", "promote"]);
-        run(&mut cmd).map(drop)
+        run(self.pg_cmd("pg_ctl").arg("-D").arg(&self.data_dir).args(["-w", "-t", "60", "promote"])).map(drop)
     }
 
-    /// Stops the server with `pg_ctl stop -m fast`, or `-m immediate` (crash-like) when
-    /// `immediate`. The cluster stays usable for [`LocalCluster::start_again`].
+    /// Stops the server: `pg_ctl stop -m fast`, or `-m immediate` (crash-like) when `immediate`.
+    /// The cluster stays usable for [`LocalCluster::start_again`].
     pub fn stop(&self, immediate: bool) -> Result<(), Error> {
         let mode = if immediate { "immediate" } else { "fast" };
-        let mut cmd = self.pg_cmd("pg_ctl");
-        cmd.arg("-D").arg(&self.data_dir).args(["-m", mode, "-w", "-t", "60", "stop"]);
-        run(&mut cmd).map(drop)
+        run(self.pg_cmd("pg_ctl").arg("-D").arg(&self.data_dir).args(["-m", mode, "-w", "-t", "60", "stop"])).map(drop)
     }
 
     /// Starts a stopped server again on the same port and waits until it accepts connections.
@@ -312,356 +234,214 @@ impl LocalCluster {
         self.wait_ready()
     }
 
-    /// The last `lines` lines of the server log, for test failure messages.
+    /// The last `lines` lines of the server log (empty if unreadable), for test failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        match fs::read(&self.log_file) {
-            Ok(bytes) => tail(&String::from_utf8_lossy(&bytes), lines),
-            Err(e) => format!("<could not read {}: {e}>", self.log_file.display()),
-        }
+        tail(&String::from_utf8_lossy(&fs::read(&self.log_file).unwrap_or_default()), lines)
     }
 
-    /// Makes the cluster directory and its watchdog; the returned value cleans up on drop, so
-    /// every later failure in the constructors just returns.
-    fn prepare(
-        bin_dir: PathBuf,
-        superuser: String,
-        password: String,
-        base_dir: Option<PathBuf>,
-        port: u16,
-    ) -> Result<Self, Error> {
-        let pg_user = if is_root() { Some(ensure_pg_user()?) } else { None };
-        let (dir, remove_on_drop) = match base_dir {
+    /// Makes the cluster directory and its watchdog. From here on the value cleans up on drop, so
+    /// later failures in the constructors just return.
+    fn prepare(bin_dir: PathBuf, opts: ClusterOptions) -> Result<Self, Error> {
+        let root = current_euid() == 0;
+        let base = temp_base_dir(root)?;
+        let pg_user = if root { Some(ensure_pg_user(&base)?) } else { None };
+        let (dir, remove_on_drop) = match opts.base_dir {
             Some(dir) => {
-                fs::create_dir_all(&dir).map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+                fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
                 chown_to(&dir, pg_user)?;
                 (dir, false)
             }
-            None => (temp_cluster_dir(pg_user)?, true),
+            None => (unique_dir(&base, pg_user)?, true),
         };
+        let port = if opts.port == 0 { free_port() } else { opts.port };
         let mut c = LocalCluster {
-            bin_dir,
             data_dir: dir.join("data"),
             log_file: dir.join("postgres.log"),
+            superuser: opts.superuser,
+            password: opts.superuser_password,
             dir,
+            bin_dir,
             port,
-            superuser,
-            password,
             pg_user,
             remove_on_drop,
             watchdog: None,
         };
-        c.watchdog = Some(c.spawn_watchdog()?);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", WATCHDOG, "pgsluice-localpg-watchdog", &std::process::id().to_string()]);
+        cmd.arg(&c.data_dir).arg(if remove_on_drop { c.dir.as_os_str() } else { "".as_ref() });
+        if root {
+            cmd.args(["runuser", "-u", PG_USER, "--"]);
+        }
+        cmd.arg(c.bin_dir.join("pg_ctl")).stdout(Stdio::null()).stderr(Stdio::null()).current_dir("/").process_group(0);
+        let spawned = cmd.stdin(Stdio::null()).spawn();
+        c.watchdog = Some(spawned.map_err(|e| spawn_err(&cmd, e))?);
         Ok(c)
     }
 
-    fn spawn_watchdog(&self) -> Result<Child, Error> {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", WATCHDOG, "pgsluice-localpg-watchdog", &std::process::id().to_string()]);
-        cmd.arg(&self.data_dir).arg(if self.remove_on_drop { self.dir.as_os_str() } else { std::ffi::OsStr::new("") });
-        if self.pg_user.is_some() {
-            cmd.args(["runuser", "-u", PG_USER, "--"]);
-        }
-        cmd.arg(self.bin_dir.join("pg_ctl"));
-        // Own process group: a terminal Ctrl-C must not kill the guard before the owner.
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).current_dir("/").process_group(0);
-        let command = describe(&cmd);
-        cmd.spawn().map_err(|e| Error::Command {
-            command,
-            status: format!("could not spawn: {e}"),
-            stderr: String::new(),
-        })
-    }
-
-    /// Settings that differ per cluster (a replica inherits the rest from its primary).
-    fn own_conf(&self) -> Vec<(String, String)> {
-        vec![
-            ("listen_addresses".to_owned(), HOST.to_owned()),
-            ("port".to_owned(), self.port.to_string()),
-            ("unix_socket_directories".to_owned(), self.dir.display().to_string()),
-        ]
-    }
-
-    fn append_conf(&self, settings: &[(String, String)]) -> Result<(), Error> {
+    /// Appends `name = 'value'` lines to `postgresql.conf`; later lines win.
+    fn append_conf(&self, settings: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>) -> Result<(), Error> {
         let mut text = String::from("\n# added by pgsluice localpg\n");
         for (k, v) in settings {
-            text.push_str(&format!("{k} = '{}'\n", v.replace('\\', "\\\\").replace('\'', "''")));
+            let value = v.as_ref().replace('\\', "\\\\").replace('\'', "''");
+            text.push_str(&format!("{} = '{value}'\n", k.as_ref()));
         }
-        let path = self.data_dir.join("postgresql.conf");
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| io_err(format!("appending to {}", path.display()), e))
+        write_file(&self.data_dir.join("postgresql.conf"), OpenOptions::new().append(true), &text)
     }
 
-    /// Starts the postmaster, moving to another free port when `retry_port` and the port is taken.
-    fn start_postmaster(&mut self, retry_port: bool) -> Result<(), Error> {
+    /// Sets the per-cluster settings (a replica's `postgresql.conf` is the primary's), starts the
+    /// postmaster and waits for it; moves to another free port when the port is taken.
+    fn start_postmaster(mut self) -> Result<Self, Error> {
+        let socket_dir = self.dir.display().to_string();
+        self.append_conf([("listen_addresses", HOST), ("unix_socket_directories", &socket_dir)])?;
         let mut attempt = 1;
         loop {
+            self.append_conf([("port", self.port.to_string())])?;
             match self.pg_ctl_start() {
-                Ok(()) => return self.wait_ready(),
-                Err(Error::Server { ref log_tail, .. })
-                    if retry_port
-                        && attempt < START_ATTEMPTS
-                        && (log_tail.contains("could not bind") || log_tail.contains("Address already in use")) =>
-                {
-                    attempt += 1;
-                    self.port = free_port();
-                    self.append_conf(&[("port".to_owned(), self.port.to_string())])?;
+                // "could not bind IPv4 address "127.0.0.1": Address already in use"
+                Err(Error::Server { log_tail, .. }) if attempt < 5 && log_tail.contains("could not bind") => {
+                    (attempt, self.port) = (attempt + 1, free_port());
                 }
-                Err(e) => return Err(e),
+                started => return started.and_then(|()| self.wait_ready()).map(|()| self),
             }
         }
     }
 
     fn pg_ctl_start(&self) -> Result<(), Error> {
-        let offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
+        let offset = fs::metadata(&self.log_file).map_or(0, |m| m.len() as usize);
         let mut cmd = self.pg_cmd("pg_ctl");
-        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file);
-        // Own process group (inherited by the postmaster): Ctrl-C in `pgsluice demo` reaches only
-        // pgsluice, which then shuts the clusters down in order.
-        cmd.args(["-w", "-t", "60", "start"]).process_group(0);
-        match run(&mut cmd) {
-            Ok(_) => Ok(()),
-            Err(Error::Command { command, status, stderr }) => Err(self.server_error(
-                format!("server failed to start on port {} ({status})", self.port),
-                &command,
-                stderr,
-                offset,
-            )),
-            Err(e) => Err(e),
+        // Own process group, inherited by the postmaster: a terminal's Ctrl-C reaches only pgsluice.
+        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file).args(["-w", "-t", "60", "start"]);
+        match run(cmd.process_group(0)) {
+            Err(Error::Command { command, status, stderr }) => {
+                let what = format!("server failed to start on port {} ({status})", self.port);
+                Err(self.server_error(what, &command, stderr, offset))
+            }
+            other => other.map(drop),
         }
     }
 
-    /// Polls with psql until the server accepts a login (or is gone, or the timeout passes).
+    /// Polls with psql until the server accepts a login, is gone, or 60 s have passed.
     fn wait_ready(&self) -> Result<(), Error> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let err = match self.psql("postgres", "select 1") {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
+            let Err(err) = self.psql("postgres", "select 1") else { return Ok(()) };
             let gone = !self.data_dir.join("postmaster.pid").exists();
             if gone || Instant::now() > deadline {
-                let what = if gone {
-                    "server exited before accepting connections"
-                } else {
-                    "server did not accept connections in time"
-                };
-                return Err(self.server_error(what.to_owned(), "psql -c 'select 1'", err.to_string(), 0));
+                let what = format!("server {}", if gone { "exited" } else { "not accepting connections after 60 s" });
+                return Err(self.server_error(what, "psql -c 'select 1'", err.to_string(), 0));
             }
             sleep(Duration::from_millis(100));
         }
     }
 
-    fn server_error(&self, what: String, command: &str, stderr: String, log_offset: u64) -> Error {
+    fn server_error(&self, what: String, command: &str, stderr: String, log_offset: usize) -> Error {
         let log = fs::read(&self.log_file).unwrap_or_default();
-        let from = usize::try_from(log_offset).unwrap_or(0).min(log.len());
-        let log_tail = tail(&String::from_utf8_lossy(&log[from..]), TAIL_LINES);
+        let log_tail = tail(&String::from_utf8_lossy(log.get(log_offset..).unwrap_or(&log)), TAIL_LINES);
         Error::Server { what, command: command.to_owned(), stderr, log_tail }
     }
 
-    /// A command for a server binary, run as `pgsluice_pg` via `runuser` when we are root.
+    /// A server binary, run as `pgsluice_pg` via `runuser` when we are root. Its cwd is "/" so that
+    /// an unreadable cwd (such as /root) does not trip up the unprivileged binaries.
     fn pg_cmd(&self, bin: &str) -> Command {
         let path = self.bin_dir.join(bin);
-        let mut cmd = if self.pg_user.is_some() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", PG_USER, "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        };
-        // "/" so that a root-only cwd does not trip up the unprivileged binaries.
+        let mut cmd = Command::new(if self.pg_user.is_some() { Path::new("runuser") } else { &path });
+        if self.pg_user.is_some() {
+            cmd.args(["-u", PG_USER, "--"]).arg(&path);
+        }
         cmd.current_dir("/").env("LC_ALL", "C");
         cmd
     }
 
-    /// Connection environment for libpq clients; env survives `runuser` (no `--login`).
-    fn client_env(&self, cmd: &mut Command) {
+    /// libpq settings for a client child; they survive `runuser` (no `--login`).
+    fn client_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("PGPASSWORD", &self.password).env("PGSSLMODE", "disable").env("PGCONNECT_TIMEOUT", "10");
-        cmd.env_remove("PGSERVICE").env_remove("PGOPTIONS").env("LC_ALL", "C");
-    }
-
-    /// Writes a 0600 file owned by the server user.
-    fn write_private(&self, path: &Path, contents: &[u8]) -> Result<(), Error> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut f| f.write_all(contents))
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
-        chown_to(path, self.pg_user)
-    }
-
-    /// Last resort when `pg_ctl stop` fails: SIGKILL the postmaster named in postmaster.pid.
-    fn kill_postmaster(&self) {
-        let pid = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok();
-        if let Some(pid) = pid.as_deref().and_then(|s| s.lines().next()).and_then(|l| l.trim().parse::<u32>().ok()) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
-        }
+        cmd.env_remove("PGSERVICE").env_remove("PGOPTIONS").env("LC_ALL", "C")
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        if self.data_dir.join("postmaster.pid").exists() && self.stop(true).is_err() {
-            self.kill_postmaster();
-        }
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
-        if self.remove_on_drop {
-            for _ in 0..5 {
-                match fs::remove_dir_all(&self.dir) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => sleep(Duration::from_millis(200)),
-                    _ => break,
-                }
-            }
-        }
+        let _ = self.data_dir.join("postmaster.pid").exists().then(|| self.stop(true));
+        let _ = self.watchdog.take().map(|mut watchdog| (watchdog.kill(), watchdog.wait()));
+        let _ = self.remove_on_drop.then(|| fs::remove_dir_all(&self.dir));
     }
 }
 
-impl fmt::Debug for LocalCluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalCluster")
-            .field("port", &self.port)
-            .field("data_dir", &self.data_dir)
-            .field("superuser", &self.superuser)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the socket). Another process may
-/// grab it before the server binds it; cluster start-up retries for that case.
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the socket), or 0 if nothing can be
+/// bound. Someone may take it before the server binds it; clusters started with port 0 retry then.
 pub fn free_port() -> u16 {
-    match TcpListener::bind((HOST, 0)).and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
-        // Practically unreachable; a pseudo-random high port still goes through the retry.
-        Err(_) => {
-            20_000 + (SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 30_000) as u16
-        }
-    }
+    TcpListener::bind((HOST, 0)).and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
-/// `PGSLUICE_PG_BINDIR`, else the highest `/usr/lib/postgresql/<version>/bin` with `initdb`,
-/// else `pg_config --bindir`.
+/// `PGSLUICE_PG_BINDIR`, else the highest `/usr/lib/postgresql/<version>/bin` with `initdb`, else
+/// `pg_config --bindir`.
 fn find_bin_dir() -> Result<PathBuf, Error> {
-    if let Some(dir) = std::env::var_os("PGSLUICE_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        if dir.join("initdb").is_file() {
-            return Ok(dir);
-        }
-        return Err(Error::BinariesNotFound(format!("PGSLUICE_PG_BINDIR={} has no initdb", dir.display())));
+    let has_initdb = |dir: &PathBuf| dir.join("initdb").is_file();
+    if let Some(dir) = std::env::var_os("PGSLUICE_PG_BINDIR").map(PathBuf::from) {
+        let err = format!("PGSLUICE_PG_BINDIR={} has no initdb", dir.display());
+        return Some(dir).filter(has_initdb).ok_or(Error::BinariesNotFound(err));
     }
-    let mut best: Option<(Vec<u32>, PathBuf)> = None;
-    for entry in fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten() {
-        let Some(version) = parse_version(&entry.file_name().to_string_lossy()) else { continue };
-        let bin = entry.path().join("bin");
-        let better = match &best {
-            Some((v, _)) => version > *v,
-            None => true,
-        };
-        if better && bin.join("initdb").is_file() {
-            best = Some((version, bin));
-        }
-    }
-    if let Some((_, bin)) = best {
-        return Ok(bin);
-    }
-    if let Ok(out) = run(Command::new("pg_config").arg("--bindir")) {
-        let bin = PathBuf::from(out);
-        if bin.join("initdb").is_file() {
-            return Ok(bin);
-        }
-    }
-    Err(Error::BinariesNotFound(
-        "searched PGSLUICE_PG_BINDIR, /usr/lib/postgresql/*/bin and `pg_config --bindir`".into(),
-    ))
+    let entries = fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten();
+    // "15" -> [15], "9.6" -> [9, 6]; other names are not versions.
+    let version = |name: &str| name.split('.').map(|p| p.parse::<u32>().ok()).collect::<Option<Vec<_>>>();
+    let versions = entries.filter_map(|e| Some((version(e.file_name().to_str()?)?, e.path().join("bin"))));
+    let newest = versions.filter(|(_, bin)| has_initdb(bin)).max().map(|(_, bin)| bin);
+    newest
+        .or_else(|| run(Command::new("pg_config").arg("--bindir")).ok().map(PathBuf::from).filter(has_initdb))
+        .ok_or_else(|| Error::BinariesNotFound("searched /usr/lib/postgresql/*/bin and `pg_config --bindir`".into()))
 }
 
-/// "15" -> [15], "9.6" -> [9, 6]; anything else is not a version directory.
-fn parse_version(name: &str) -> Option<Vec<u32>> {
-    name.split('.').map(|p| p.parse().ok()).collect()
-}
-
-/// `<tmp>/pgsluice-localpg-<euid>/<pid>-<counter>-<nanos>`, 0700, owned by the server user.
-fn temp_cluster_dir(pg_user: Option<(u32, u32)>) -> Result<PathBuf, Error> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// `<tmp>/pgsluice-localpg-<euid>` (per euid, so root and normal users never share it), owned by
+/// us, 0755 when root so that `pgsluice_pg` can traverse it, else 0700.
+fn temp_base_dir(root: bool) -> Result<PathBuf, Error> {
     let euid = current_euid();
-    let mut root = std::env::temp_dir();
-    if pg_user.is_some() && !world_traversable(&root) {
-        root = PathBuf::from("/tmp");
-    }
-    let base = root.join(format!("pgsluice-localpg-{euid}"));
-    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
-    match fs::DirBuilder::new().mode(0o700).create(&base) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(ctx("creating", &base), e)),
-        _ => {}
-    }
-    let meta = fs::symlink_metadata(&base).map_err(|e| io_err(ctx("inspecting", &base), e))?;
+    let base = std::env::temp_dir().join(format!("pgsluice-localpg-{euid}"));
+    let _ = fs::DirBuilder::new().mode(0o700).create(&base); // usually exists already; checked next
+    let meta = fs::symlink_metadata(&base).map_err(|e| io_err("creating", &base, e))?;
     if !meta.is_dir() || meta.uid() != euid {
-        let e = io::Error::new(io::ErrorKind::PermissionDenied, "not a directory owned by this user");
-        return Err(io_err(ctx("refusing base directory", &base), e));
+        return Err(io_err("refusing", &base, io::Error::other("not a directory owned by this user")));
     }
-    // Explicit mode (not subject to umask): the server user must be able to traverse it.
-    let mode = if pg_user.is_some() { 0o755 } else { 0o700 };
-    fs::set_permissions(&base, fs::Permissions::from_mode(mode)).map_err(|e| io_err(ctx("chmod", &base), e))?;
-    for _ in 0..100 {
+    // Explicitly, since DirBuilder's mode is subject to the umask.
+    let mode = fs::Permissions::from_mode(if root { 0o755 } else { 0o700 });
+    fs::set_permissions(&base, mode).map_err(|e| io_err("chmod", &base, e))?;
+    Ok(base)
+}
+
+/// `<base>/<pid>-<counter>-<nanos>`, 0700, owned by the server user.
+fn unique_dir(base: &Path, pg_user: Option<(u32, u32)>) -> Result<PathBuf, Error> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("{}-{n}-{nanos}", std::process::id()));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {
-                if let Err(e) = chown_to(&dir, pg_user) {
-                    let _ = fs::remove_dir(&dir);
-                    return Err(e);
-                }
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err(ctx("creating", &dir), e)),
+            Ok(()) => return chown_to(&dir, pg_user).map(|()| dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 => continue,
+            Err(e) => return Err(io_err("creating", &dir, e)),
         }
     }
-    Err(io_err(ctx("no unique directory name under", &base), io::ErrorKind::AlreadyExists.into()))
-}
-
-/// Whether every ancestor of `path` is searchable by other users.
-fn world_traversable(path: &Path) -> bool {
-    path.ancestors().all(|p| fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0))
 }
 
 fn chown_to(path: &Path, pg_user: Option<(u32, u32)>) -> Result<(), Error> {
-    match pg_user {
-        Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| io_err(format!("chown {} to {PG_USER}", path.display()), e)),
-        None => Ok(()),
-    }
+    let Some((uid, gid)) = pg_user else { return Ok(()) };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| io_err("chown", path, e))
 }
 
-/// Looks up `pgsluice_pg`, creating it if missing. Several processes may race here: `useradd`
-/// then fails with "already exists" (exit 9) or cannot lock /etc/passwd (exit 10), so retry
-/// until the user is visible.
-fn ensure_pg_user() -> Result<(u32, u32), Error> {
-    let mut last = None;
-    for attempt in 0..50u64 {
-        if let Some(ids) = lookup_user(PG_USER) {
-            return Ok(ids);
-        }
-        let mut cmd = Command::new("useradd");
-        cmd.args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER]);
-        match run(&mut cmd) {
-            Ok(_) => continue,
-            Err(e) => last = Some(e),
-        }
-        sleep(Duration::from_millis(20 + 20 * (attempt % 5)));
+/// Looks up `pgsluice_pg`, creating it if missing. `useradd` checks the name before it locks /etc/passwd and
+/// then replaces a same-named entry, so concurrent calls all "succeed" with different UIDs (seen here: initdb
+/// "could not look up effective user ID"). Hence `flock` across processes, in our root-owned base directory.
+fn ensure_pg_user(base: &Path) -> Result<(u32, u32), Error> {
+    if let Some(ids) = lookup_user() {
+        return Ok(ids);
     }
-    Err(last.unwrap_or_else(|| Error::InvalidOptions(format!("user {PG_USER} could not be created"))))
+    let script = r#"getent passwd "$1" >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin "$1""#;
+    let mut cmd = Command::new("flock");
+    run(cmd.args(["-w", "60"]).arg(base.join(".useradd.lock")).args(["sh", "-c", script, "sh", PG_USER]))?;
+    lookup_user().ok_or_else(|| spawn_err(&cmd, io::Error::other(format!("{PG_USER} still unknown after useradd"))))
 }
 
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let line = run(Command::new("getent").args(["passwd", name])).ok()?;
+fn lookup_user() -> Option<(u32, u32)> {
+    let line = run(Command::new("getent").args(["passwd", PG_USER])).ok()?;
     let mut fields = line.split(':').skip(2);
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
@@ -672,40 +452,30 @@ fn current_euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn is_root() -> bool {
-    current_euid() == 0
-}
-
-/// Runs `cmd` with stdin null; on success returns stdout trimmed.
+/// Runs `cmd` with stdin null; on success returns stdout, trimmed.
 fn run(cmd: &mut Command) -> Result<String, Error> {
-    let command = describe(cmd);
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| Error::Command {
-        command: command.clone(),
-        status: format!("could not spawn: {e}"),
-        stderr: String::new(),
-    })?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| spawn_err(cmd, e))?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    if text.trim().is_empty() {
-        text = String::from_utf8_lossy(&out.stdout).into_owned();
-    }
-    Err(Error::Command { command, status: out.status.to_string(), stderr: tail(&text, TAIL_LINES) })
+    let text = if out.stderr.trim_ascii().is_empty() { &out.stdout } else { &out.stderr };
+    let stderr = tail(&String::from_utf8_lossy(text), TAIL_LINES);
+    Err(Error::Command { command: describe(cmd), status: out.status.to_string(), stderr })
+}
+
+fn spawn_err(cmd: &Command, e: io::Error) -> Error {
+    Error::Command { command: describe(cmd), status: format!("could not spawn: {e}"), stderr: String::new() }
 }
 
 fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        let arg = arg.to_string_lossy();
-        if arg.is_empty() || arg.contains(char::is_whitespace) {
-            s.push_str(&format!(" {arg:?}"));
-        } else {
-            s.push(' ');
-            s.push_str(&arg);
-        }
-    }
-    s
+    let args = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy());
+    let words: Vec<_> =
+        args.map(|a| if a.contains(' ') || a.is_empty() { format!("{a:?}") } else { a.into() }).collect();
+    words.join(" ")
+}
+
+fn write_file(path: &Path, options: &mut OpenOptions, text: &str) -> Result<(), Error> {
+    options.open(path).and_then(|mut f| f.write_all(text.as_bytes())).map_err(|e| io_err("writing", path, e))
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -713,16 +483,16 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn io_err(context: String, source: io::Error) -> Error {
-    Error::Io { context, source }
+fn io_err(what: &str, path: &Path, source: io::Error) -> Error {
+    Error::Io(format!("{what} {}", path.display()), source)
 }
 
-/// `"name"` with embedded quotes doubled.
+/// `"name"`, embedded quotes doubled.
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// `'text'` with embedded quotes doubled (standard_conforming_strings is on by default).
+/// `'text'`, embedded quotes doubled (standard_conforming_strings is on by default).
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -760,12 +530,12 @@ mod tests {
     }
 
     #[test]
-    fn quoting_and_versions() {
+    fn helpers_and_bin_dir() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LocalCluster>();
         assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
         assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(parse_version("9.6"), Some(vec![9, 6]));
-        assert!(parse_version("16").unwrap() > parse_version("9.6").unwrap());
-        assert_eq!(parse_version("main"), None);
+        assert!(find_bin_dir().is_ok_and(|dir| dir.join("postgres").is_file()));
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_ne!(free_port(), 0);
     }
@@ -828,6 +598,7 @@ mod tests {
             .collect();
         let clusters: Vec<LocalCluster> = handles.into_iter().map(|h| h.join().expect("thread panicked")).collect();
         let mut ports: Vec<u16> = clusters.iter().map(LocalCluster::port).collect();
+        ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 3);
         let dirs: Vec<PathBuf> = clusters.iter().map(|c| c.dir.clone()).collect();
@@ -836,16 +607,26 @@ mod tests {
     }
 
     #[test]
-    fn port_in_use_is_reported_or_retried() {
+    fn taken_port_is_replaced() {
         let taken = TcpListener::bind((HOST, 0)).expect("bind");
         let port = taken.local_addr().expect("addr").port();
-        let opts = ClusterOptions { port, ..ClusterOptions::default() };
-        let err = LocalCluster::start_primary(opts.clone()).unwrap_err().to_string();
-        assert!(err.contains("could not bind") || err.contains("already in use"), "{err}");
-        // Same collision with an automatically picked port: moves to another one.
-        let c = ok(LocalCluster::start_primary_inner(opts, true));
+        let c = ok(LocalCluster::start_primary(ClusterOptions { port, ..ClusterOptions::default() }));
         assert_ne!(c.port(), port);
         assert_eq!(ok(c.psql("postgres", "select 1")), "1");
+        assert!(c.log_tail(1000).contains("could not bind"), "{}", c.log_tail(20));
+    }
+
+    #[test]
+    fn base_dir_is_kept() {
+        let base = std::env::temp_dir().join(format!("localpg-base-dir-test-{}", std::process::id()));
+        let opts = ClusterOptions { base_dir: Some(base.clone()), ..ClusterOptions::default() };
+        let c = ok(LocalCluster::start_primary(opts));
+        assert_eq!(c.data_dir(), base.join("data"));
+        drop(c);
+        assert!(base.join("data/PG_VERSION").exists());
+        assert!(!base.join("data/postmaster.pid").exists());
+        assert_eq!(processes_mentioning(&base), Vec::<u32>::new());
+        fs::remove_dir_all(&base).expect("remove base_dir");
     }
 
     const ORPHAN_ENV: &str = "PGSLUICE_LOCALPG_ORPHAN_CHILD";

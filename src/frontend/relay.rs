@@ -261,7 +261,9 @@ fn scan_server(
                     txn.pending = txn.pending.saturating_sub(1);
                     txn.status = st;
                     if statement_mode && st != status::IDLE {
+                        // Held back: the client gets an error in place of this ReadyForQuery.
                         txn.opened_transaction = true;
+                        return Ok(());
                     }
                 } else {
                     let (k, v) = bmsg::parse_parameter_status(body)?;

@@ -244,7 +244,18 @@ async fn login(
     // 5. Login reply, one write.
     write::auth_ok(&mut out);
     for (k, v) in server_params.iter() {
-        let v = canonical(k).and_then(|c| client_params.get(c)).unwrap_or(v);
+        // Tracked parameters the client did not choose take the server default, so a value
+        // another client `SET` on a shared server connection is undone before this one uses it.
+        let v = match canonical(k) {
+            Some(c) => match client_params.get(c) {
+                Some(mine) => mine,
+                None => {
+                    client_params.set(c, v);
+                    v
+                }
+            },
+            None => v,
+        };
         write::parameter_status(&mut out, k, v);
     }
     write::backend_key_data(&mut out, cancel.key.0, cancel.key.1);

@@ -1,0 +1,222 @@
+//! Test harness: one real PostgreSQL primary per test binary (started on first use, stopped
+//! by its watchdog when the binary exits), a fresh role + database per test, and pgsluice
+//! started in-process on 127.0.0.1:0 from a config the test describes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgsluice::config::Config;
+use pgsluice::localpg::{ClusterOptions, LocalCluster};
+use pgsluice::server::ServerHandle;
+use pgsluice::shared::Shared;
+use tokio_postgres::{Client, NoTls};
+
+/// Superuser password of the shared cluster.
+pub const SU_PASSWORD: &str = "test-superuser-pw";
+
+static PG: OnceLock<LocalCluster> = OnceLock::new();
+
+/// The binary's PostgreSQL primary.
+pub fn pg() -> &'static LocalCluster {
+    PG.get_or_init(|| {
+        let opts = ClusterOptions {
+            superuser_password: SU_PASSWORD.into(),
+            extra_conf: vec![("max_connections".into(), "300".into())],
+            ..ClusterOptions::default()
+        };
+        LocalCluster::start_primary(opts).unwrap_or_else(|e| panic!("cannot start PostgreSQL for tests: {e}"))
+    })
+}
+
+/// A role and database owned by one test.
+#[derive(Clone)]
+pub struct TestDb {
+    /// Role and database name.
+    pub name: String,
+    /// Role password.
+    pub password: String,
+}
+
+impl TestDb {
+    /// The role's SCRAM verifier as pg_authid stores it.
+    pub fn verifier(&self) -> String {
+        pg().scram_verifier(&self.name).expect("verifier")
+    }
+}
+
+/// Creates a fresh role + database named after `prefix`.
+pub fn fresh_db(prefix: &str) -> TestDb {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let password = format!("pw-{name}");
+    pg().create_user_and_db(&name, &password).expect("create role and database");
+    TestDb { name, password }
+}
+
+/// Runs SQL as the superuser on `db`.
+pub fn su_sql(db: &str, sql: &str) -> String {
+    pg().psql(db, sql).unwrap_or_else(|e| panic!("psql failed: {e}"))
+}
+
+/// Describes a pgsluice instance to start.
+pub struct PoolerBuilder {
+    general: Vec<String>,
+    sections: Vec<String>,
+    users: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+}
+
+impl Default for PoolerBuilder {
+    fn default() -> Self {
+        PoolerBuilder {
+            general: vec!["auth_type = \"scram-sha-256\"".into(), "auth_file = \"userlist.txt\"".into()],
+            sections: Vec::new(),
+            users: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+/// Starts describing a pgsluice instance.
+pub fn pooler() -> PoolerBuilder {
+    PoolerBuilder::default()
+}
+
+impl PoolerBuilder {
+    /// Adds a `[general]` line, e.g. `pool_mode = "session"` (later lines override earlier).
+    pub fn general(mut self, line: &str) -> Self {
+        let key = line.split('=').next().unwrap_or("").trim().to_string();
+        self.general.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+        self.general.push(line.into());
+        self
+    }
+
+    /// Serves `db` (same name on the client side and in PostgreSQL) with extra section lines.
+    pub fn database(mut self, db: &TestDb, extra: &[&str]) -> Self {
+        self.sections.push(format!(
+            "[databases.{}]\nhosts = [\"127.0.0.1:{}\"]\n{}\n",
+            db.name,
+            pg().port(),
+            extra.join("\n")
+        ));
+        self
+    }
+
+    /// Adds a raw TOML section.
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push(text.into());
+        self
+    }
+
+    /// Adds an auth_file entry.
+    pub fn user(mut self, name: &str, secret: &str) -> Self {
+        self.users.push((name.into(), secret.into()));
+        self
+    }
+
+    /// Puts a file next to the config (certificates...).
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.into(), contents.into()));
+        self
+    }
+
+    /// The config text this builder produces.
+    pub fn config_text(&self) -> String {
+        format!("[general]\n{}\n\n{}", self.general.join("\n"), self.sections.join("\n"))
+    }
+
+    /// Writes the files, loads the config and starts pgsluice on 127.0.0.1:0.
+    pub async fn start(self) -> Pooler {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        pg();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let userlist: String =
+            self.users.iter().map(|(u, s)| format!("\"{u}\" \"{}\"\n", s.replace('"', "\"\""))).collect();
+        std::fs::write(dir.path().join("userlist.txt"), userlist).unwrap();
+        for (name, contents) in &self.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        let path = dir.path().join("pgsluice.toml");
+        let text = self.config_text();
+        std::fs::write(&path, &text).unwrap();
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let handle =
+            ServerHandle::start(Shared::new(cfg), Some("127.0.0.1:0".parse().unwrap())).await.expect("start pgsluice");
+        Pooler { addr: handle.addr, handle: Some(handle), _dir: dir }
+    }
+}
+
+/// A running in-process pgsluice.
+pub struct Pooler {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Server handle (taken by `shutdown`).
+    pub handle: Option<ServerHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pooler {
+    /// Port pgsluice listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style connection string.
+    pub fn connstr(&self, user: &str, password: &str, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={dbname} connect_timeout=10",
+            self.port()
+        )
+    }
+
+    /// Connects with tokio-postgres.
+    pub async fn try_connect(&self, user: &str, password: &str, dbname: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.connstr(user, password, dbname), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects as the test's role to its database, panicking on failure.
+    pub async fn connect(&self, db: &TestDb) -> Client {
+        self.try_connect(&db.name, &db.password, &db.name).await.unwrap_or_else(|e| panic!("connect via pgsluice: {e}"))
+    }
+
+    /// Graceful stop; returns whether all sessions finished within `timeout`.
+    pub async fn shutdown(&mut self, timeout: Duration) -> bool {
+        match self.handle.take() {
+            Some(h) => h.shutdown(timeout).await,
+            None => true,
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or pgsluice) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// The server-side message of a tokio-postgres error (or its Display).
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
