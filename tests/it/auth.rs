@@ -34,7 +34,7 @@ async fn md5_client_auth() {
     let db = fresh_db("md5auth");
     let p = pooler().general("auth_type = \"md5\"").database(&db, &[]).user(&db.name, &db.password).start().await;
     assert_eq!(select_one(&p, &db).await, 42);
-    let e = p.try_connect(&db.name, "wrong", &db.name).await.err().expect("wrong md5 password must fail");
+    let e = p.try_connect(&db.name, "wrong", &db.name).await.must_fail("wrong md5 password must fail");
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
 }
 
@@ -64,8 +64,8 @@ async fn plain_client_auth() {
 async fn wrong_password_and_unknown_user_fail_the_same_way() {
     let db = fresh_db("wrongpw");
     let p = pooler().database(&db, &[]).user(&db.name, &db.password).start().await;
-    let wrong = p.try_connect(&db.name, "not-the-password", &db.name).await.err().expect("must fail");
-    let unknown = p.try_connect("nobody_here", "whatever", &db.name).await.err().expect("must fail");
+    let wrong = p.try_connect(&db.name, "not-the-password", &db.name).await.must_fail("must fail");
+    let unknown = p.try_connect("nobody_here", "whatever", &db.name).await.must_fail("must fail");
     assert_eq!(sqlstate(&wrong).as_deref(), Some("28P01"));
     assert_eq!(sqlstate(&unknown).as_deref(), Some("28P01"));
     let (w, u) = (wrong.as_db_error().unwrap().message(), unknown.as_db_error().unwrap().message());
@@ -78,7 +78,7 @@ async fn wrong_password_and_unknown_user_fail_the_same_way() {
 async fn unknown_database_is_3d000() {
     let db = fresh_db("unknowndb");
     let p = pooler().database(&db, &[]).user(&db.name, &db.password).start().await;
-    let e = p.try_connect(&db.name, &db.password, "no_such_db").await.err().expect("must fail");
+    let e = p.try_connect(&db.name, &db.password, "no_such_db").await.must_fail("must fail");
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"));
 }
 
@@ -88,6 +88,6 @@ async fn server_refusing_login_reports_its_error() {
     // pgsluice accepts the client, but the backend database does not exist.
     let p =
         pooler().database(&db, &["dbname = \"does_not_exist_anywhere\""]).user(&db.name, &db.password).start().await;
-    let e = p.try_connect(&db.name, &db.password, &db.name).await.err().expect("must fail");
+    let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("must fail");
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e}");
 }

@@ -220,3 +220,18 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
 }
+
+/// `expect_err` for results whose success type has no `Debug` (tokio-postgres `Client`).
+pub trait MustFail<E> {
+    /// The error, or a panic with `why`.
+    fn must_fail(self, why: &str) -> E;
+}
+
+impl<T, E> MustFail<E> for Result<T, E> {
+    fn must_fail(self, why: &str) -> E {
+        match self {
+            Ok(_) => panic!("{why}"),
+            Err(e) => e,
+        }
+    }
+}

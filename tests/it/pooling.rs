@@ -113,7 +113,7 @@ async fn statement_mode_refuses_transaction_blocks() {
     let c = p.connect(&db).await;
     let v: i32 = c.query_one("select 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
-    let e = c.batch_execute("begin").await.err().expect("BEGIN must be refused in statement mode");
+    let e = c.batch_execute("begin").await.must_fail("BEGIN must be refused in statement mode");
     assert!(message(&e).contains("statement pooling mode"), "{e}");
     // Other clients are unaffected.
     let c2 = p.connect(&db).await;
@@ -148,7 +148,7 @@ async fn query_wait_timeout_gives_an_error_not_a_hang() {
     holder.batch_execute("begin; select 1").await.unwrap();
     let waiter = p.connect(&db).await;
     let started = Instant::now();
-    let e = waiter.query_one("select 2", &[]).await.err().expect("must time out");
+    let e = waiter.query_one("select 2", &[]).await.must_fail("must time out");
     let waited = started.elapsed();
     assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e}");
     assert!(message(&e).contains("query_wait_timeout"), "{e}");
@@ -179,7 +179,7 @@ async fn max_client_conn_exceeded_is_53300() {
     let p = pooler().general("max_client_conn = 2").database(&db, &[]).user(&db.name, &db.password).start().await;
     let _a = p.connect(&db).await;
     let _b = p.connect(&db).await;
-    let e = p.try_connect(&db.name, &db.password, &db.name).await.err().expect("third client must be refused");
+    let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("third client must be refused");
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
     drop(_a);
     // A slot frees up once a client leaves.
