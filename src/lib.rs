@@ -27,6 +27,7 @@ pub mod error;
 pub mod frontend;
 pub mod localpg;
 pub mod net;
+pub mod params;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -26,6 +26,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::backend::{self, Credential, LoginParams, ServerConn};
 use crate::config::{BackendAddr, PoolMode};
+use crate::params::Interner;
 
 pub use limit::Limit;
 
@@ -136,8 +137,10 @@ struct Inner {
     state: Mutex<State>,
     db_limit: Arc<Limit>,
     user_limit: Arc<Limit>,
-    /// Total transactions (check-ins) served; read by stats.
+    /// Total check-outs served; read by stats.
     checkouts: AtomicU64,
+    /// Client parameter sets in use with this pool (shared between identical clients).
+    interner: Interner,
 }
 
 /// A pool of server connections for one (database, user).
@@ -174,7 +177,7 @@ pub struct PoolGuard {
 impl Pool {
     /// Creates an empty pool. Connections are opened on demand.
     pub fn new(settings: PoolSettings, credential: Credential, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Pool {
-        Pool(Arc::new(Inner {
+        let pool = Pool(Arc::new(Inner {
             settings,
             credential: Mutex::new(credential),
             server_params: Mutex::new(None),
@@ -182,12 +185,66 @@ impl Pool {
             db_limit,
             user_limit,
             checkouts: AtomicU64::new(0),
-        }))
+            interner: Interner::default(),
+        }));
+        pool.0.db_limit.register(&pool.0);
+        pool.0.user_limit.register(&pool.0);
+        pool
+    }
+
+    /// When a shared limit keeps this pool from opening a connection its clients wait for,
+    /// closes an idle connection of a sibling pool. Call without holding the state lock.
+    fn relieve_limits(&self) {
+        let blocked_by_limit = {
+            let st = self.0.state.lock();
+            let s = &self.0.settings;
+            st.waiters.len() > st.connecting as usize && st.open < s.size + s.reserve_size
+        };
+        if !blocked_by_limit {
+            return;
+        }
+        for limit in [&self.0.db_limit, &self.0.user_limit] {
+            if limit.at_max() && limit.evict_idle_from_others(&self.0) {
+                let mut st = self.0.state.lock();
+                self.maybe_open(&mut st, false);
+                return;
+            }
+        }
     }
 
     /// The pool's settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.0.settings
+    }
+
+    /// The pool's parameter-set interner.
+    pub fn interner(&self) -> &Interner {
+        &self.0.interner
+    }
+
+    /// Fast path of [`Pool::check_out`]: an idle connection that needs no health-check round
+    /// trip, without waiting. `None` means "use `check_out`".
+    pub fn try_check_out(&self) -> Option<PoolGuard> {
+        let s = &self.0.settings;
+        loop {
+            let now = Instant::now();
+            let p = {
+                let mut st = self.0.state.lock();
+                if st.closed || !st.waiters.is_empty() {
+                    return None;
+                }
+                let p = st.idle.pop()?;
+                if now.duration_since(p.conn.last_used) >= s.check_delay {
+                    st.idle.push(p);
+                    return None;
+                }
+                p
+            };
+            if p.conn.stream.idle_and_open() && !self.expired(&p.conn, now) {
+                return Some(self.guard(p));
+            }
+            // Dead or expired: dropped here, outside the lock (its slot takes it).
+        }
     }
 
     /// Remembers SCRAM keys recovered from a client login, for passthrough to the server.
@@ -243,6 +300,9 @@ impl Pool {
                     }
                 }
             };
+            if idle.is_none() {
+                self.relieve_limits();
+            }
             if let Some(p) = idle {
                 match self.verify_idle(p).await {
                     Some(p) => return Ok(self.guard(p)),
@@ -268,8 +328,11 @@ impl Pool {
                                 Err(_) => Err(Error::Timeout(s.wait_timeout.unwrap_or_default())),
                             };
                         }
-                        let mut st = self.0.state.lock();
-                        self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                        {
+                            let mut st = self.0.state.lock();
+                            self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                        }
+                        self.relieve_limits();
                     }
                 }
             }

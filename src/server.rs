@@ -50,8 +50,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutd
             }
             Err(_) => {
                 if let Ok(p) = rejecting.clone().try_acquire_owned() {
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        reject(tcp, peer).await;
+                        reject(&shared, tcp, peer).await;
                         drop(p);
                     });
                 }
@@ -62,9 +63,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutd
 }
 
 /// Answers a connection over `max_client_conn` with `53300` once it has sent its startup
-/// packet (answering an SSLRequest with `N` first), so the client sees a clear error.
-async fn reject(mut tcp: TcpStream, peer: SocketAddr) {
-    tracing::warn!(%peer, "max_client_conn reached, rejecting client");
+/// packet (answering an SSLRequest with `N` first), so the client sees a clear error. A
+/// CancelRequest is still honoured (as in PgBouncer, it is not a client).
+async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let mut err = BytesMut::new();
     ClientError::fatal("53300", "no more connections allowed (max_client_conn)", ErrorSource::Internal)
         .encode(&mut err);
@@ -88,9 +89,14 @@ async fn reject(mut tcp: TcpStream, peer: SocketAddr) {
             let pkt = buf.split_to(len);
             match parse_startup(&pkt[4..]) {
                 Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => tcp.write_all(b"N").await?,
+                Ok(StartupPacket::CancelRequest { pid, secret }) => {
+                    shared.cancel.cancel(pid, secret).await;
+                    return Ok(());
+                }
                 _ => break,
             }
         }
+        tracing::warn!(%peer, "max_client_conn reached, rejecting client");
         tcp.write_all(&err).await?;
         tcp.shutdown().await
     })

@@ -17,6 +17,7 @@ use crate::auth::scram::{ClientCredential, ClientKeys, ScramClient};
 use crate::auth::{md5, Secret};
 use crate::config::BackendAddr;
 use crate::net::{read_message, ReadError, Stream};
+use crate::params::ParamSet;
 use crate::protocol::backend::{self as bmsg, AuthRequest};
 use crate::protocol::{btag, status, write};
 
@@ -109,6 +110,9 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it was last checked in.
     pub last_used: Instant,
+    /// The client parameter set this connection was last brought to (`None` once a
+    /// parameter changed in a way not attributed to a client).
+    pub synced: Option<Arc<ParamSet>>,
 }
 
 impl ServerConn {
@@ -180,6 +184,7 @@ impl ServerConn {
             params,
             created: now,
             last_used: now,
+            synced: None,
         })
     }
 
@@ -197,6 +202,7 @@ impl ServerConn {
                 btag::PARAMETER_STATUS => {
                     if let Ok((k, v)) = bmsg::parse_parameter_status(&body) {
                         self.set_param(k, v);
+                        self.synced = None;
                     }
                 }
                 btag::READY_FOR_QUERY => {

@@ -28,7 +28,7 @@ use crate::backend::ServerConn;
 use crate::net::Stream;
 use crate::protocol::{self, backend as bmsg, btag, ftag, status, Header};
 
-use super::params::ClientParams;
+use crate::params::ClientParams;
 
 /// Bytes read ahead per direction before reading pauses (backpressure).
 pub const READ_AHEAD: usize = 64 * 1024;
@@ -140,8 +140,19 @@ pub struct Relay {
     pub max_client_message: usize,
     timeouts: RelayTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Whether the timer currently measures a running request (else idle in transaction).
-    timing_request: Option<bool>,
+    /// What the timer currently measures.
+    phase: Option<Phase>,
+}
+
+/// What a held server is doing, for `query_timeout` / `idle_transaction_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A request is in flight.
+    Running,
+    /// Waiting for the client inside a transaction (or an unsynced extended-protocol batch).
+    InTransaction,
+    /// Session mode, between transactions.
+    Idle,
 }
 
 impl Relay {
@@ -154,30 +165,41 @@ impl Relay {
     ) -> Relay {
         let timer = (timeouts.query.is_some() || timeouts.idle_transaction.is_some())
             .then(|| Box::pin(tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400 * 365))));
-        Relay { release_on_idle, statement_mode, max_client_message, timeouts, timer, timing_request: None }
+        Relay { release_on_idle, statement_mode, max_client_message, timeouts, timer, phase: None }
     }
 
     /// Re-arms the timer when the session moves between "request running" and "idle in a
     /// transaction". Returns an event if the armed timer has fired.
     fn poll_timer(&mut self, cx: &mut Context<'_>, txn: &Txn, client: &ScanPos, server: &ScanPos) -> Option<Event> {
         let timer = self.timer.as_mut()?;
-        let running = txn.pending > 0 || client.fwd > 0 || server.fwd > 0;
-        if self.timing_request != Some(running) {
-            self.timing_request = Some(running);
-            let limit = if running { self.timeouts.query } else { self.timeouts.idle_transaction };
+        let phase = if txn.pending > 0 || client.fwd > 0 || server.fwd > 0 {
+            Phase::Running
+        } else if txn.status != status::IDLE || txn.unsynced {
+            Phase::InTransaction
+        } else {
+            // Session mode between transactions: no timeout applies.
+            Phase::Idle
+        };
+        if self.phase != Some(phase) {
+            self.phase = Some(phase);
+            let limit = match phase {
+                Phase::Running => self.timeouts.query,
+                Phase::InTransaction => self.timeouts.idle_transaction,
+                Phase::Idle => None,
+            };
             let far = std::time::Duration::from_secs(86_400 * 365);
             timer.as_mut().reset(Instant::now() + limit.unwrap_or(far));
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) if running => Some(Event::QueryTimeout),
-            Poll::Ready(()) => Some(Event::IdleTransactionTimeout),
-            Poll::Pending => None,
+        match (timer.as_mut().poll(cx), phase) {
+            (Poll::Ready(()), Phase::Running) => Some(Event::QueryTimeout),
+            (Poll::Ready(()), Phase::InTransaction) => Some(Event::IdleTransactionTimeout),
+            _ => None,
         }
     }
 
     /// Forgets the timer phase (call when a new server is attached).
     pub fn reset_timer(&mut self) {
-        self.timing_request = None;
+        self.phase = None;
     }
 }
 
@@ -269,6 +291,7 @@ fn scan_server(
                     let (k, v) = bmsg::parse_parameter_status(body)?;
                     crate::backend::conn::set_param(server.conn, k, v);
                     server.client.observe(k, v);
+                    *server.synced = Some(server.client.shared());
                 }
                 h.pos.fwd += hdr.frame_len();
             }
@@ -288,6 +311,7 @@ fn scan_server(
 
 struct ParamSink<'a> {
     conn: &'a mut Vec<(String, String)>,
+    synced: &'a mut Option<std::sync::Arc<crate::params::ParamSet>>,
     client: &'a mut ClientParams,
 }
 
@@ -335,11 +359,11 @@ pub async fn pump(
     txn: &mut Txn,
 ) -> Event {
     let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params } = client;
-    let ServerConn { stream: sstream, buf: sbuf, params: sparams, .. } = server;
+    let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, .. } = server;
     std::future::poll_fn(|cx| {
         let mut c = Half { buf: &mut *cbuf, pos: &mut *cpos };
         let mut s = Half { buf: &mut *sbuf, pos: &mut *spos };
-        let mut sink = ParamSink { conn: &mut *sparams, client: &mut *params };
+        let mut sink = ParamSink { conn: &mut *sparams, synced: &mut *synced, client: &mut *params };
         poll_pump(cx, relay, cstream, &mut c, sstream, &mut s, txn, &mut sink)
     })
     .await

@@ -29,9 +29,9 @@ use crate::protocol::{status, write};
 use crate::shared::Shared;
 use crate::shutdown::{DrainToken, Shutdown};
 
-use super::params::ClientParams;
 use super::relay::{self, ClientIo, Event, Half, Relay, RelayTimeouts, ScanPos, Txn};
 use super::startup::{self, Startup};
+use crate::params::ClientParams;
 
 /// Bytes per client read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -45,7 +45,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         Startup::Done => return,
     };
     let id = shared.next_client_id();
-    let span = tracing::info_span!("client", id, db = %login.db.name, user = %login.user);
+    // Debug level: at the default `info` a per-session span would cost memory per idle client.
+    let span = tracing::debug_span!("client", id, db = %login.db.name, user = %login.user);
     let cfg = shared.config.load();
     let g = cfg.general();
     let l = *login;
@@ -75,13 +76,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         reset_query,
     };
     drop(cfg);
-    async move {
-        tracing::debug!(%peer, "client logged in");
-        session.serve(shutdown).await;
-        tracing::debug!("client closed");
-    }
-    .instrument(span)
-    .await
+    session.serve(shutdown, peer).instrument(span).await;
 }
 
 struct Session {
@@ -106,7 +101,8 @@ enum Wait {
 }
 
 impl Session {
-    async fn serve(mut self, mut shutdown: Shutdown) {
+    async fn serve(mut self, mut shutdown: Shutdown, peer: SocketAddr) {
+        tracing::debug!(%peer, "client logged in");
         let mut server: Option<PoolGuard> = None;
         let mut draining = false;
         loop {
@@ -226,7 +222,7 @@ impl Session {
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
     async fn release(&mut self, mut g: PoolGuard) {
         if let Some(q) = &self.reset_query {
-            if g.server().run_discard(q).await.is_err() {
+            if Box::pin(g.server().run_discard(q)).await.is_err() {
                 return g.discard();
             }
         }
@@ -236,9 +232,14 @@ impl Session {
 
     /// Checks out a server and prepares it for this client (tracked parameters).
     async fn attach(&mut self) -> Result<PoolGuard, ClientError> {
-        let mut g = self.pool.check_out().await.map_err(|e| ClientError::from(&e))?;
-        if let Some(sql) = self.params.sync_sql(g.server()) {
-            if let Err(e) = g.server().run_discard(&sql).await {
+        // The slow paths are boxed so that their futures do not enlarge every idle session.
+        let mut g = match self.pool.try_check_out() {
+            Some(g) => g,
+            None => Box::pin(self.pool.check_out()).await.map_err(|e| ClientError::from(&e))?,
+        };
+        let server = g.server();
+        if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
+            if let Err(e) = Box::pin(server.run_discard(&sql)).await {
                 g.discard();
                 return Err(ClientError::error(
                     "08006",
@@ -247,6 +248,7 @@ impl Session {
                 ));
             }
         }
+        g.server().synced = Some(self.params.shared());
         self.spos = ScanPos::default();
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
@@ -302,9 +304,13 @@ impl Session {
     /// Drops the buffered request and answers it with `e` (and the ReadyForQuery messages
     /// the client waits for). Returns false if the session cannot go on.
     async fn reject_request(&mut self, e: ClientError) -> bool {
+        Box::pin(self.reject_request_inner(e)).await
+    }
+
+    async fn reject_request_inner(&mut self, e: ClientError) -> bool {
         if self.pos.skip > 0 {
             // The client is in the middle of a large message we cannot resynchronise with.
-            self.close_with(e.into_fatal()).await;
+            self.close_with_inner(e.into_fatal()).await;
             return false;
         }
         tracing::debug!(code = %e.code, message = %e.message, "request rejected");
@@ -321,6 +327,10 @@ impl Session {
 
     /// Sends `e` and closes the client.
     async fn close_with(&mut self, e: ClientError) {
+        Box::pin(self.close_with_inner(e)).await
+    }
+
+    async fn close_with_inner(&mut self, e: ClientError) {
         tracing::debug!(code = %e.code, message = %e.message, "closing client");
         let mut out = BytesMut::with_capacity(128);
         e.into_fatal().encode(&mut out);

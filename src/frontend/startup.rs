@@ -25,7 +25,7 @@ use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PRO
 use crate::protocol::{ftag, status, write, MAX_STARTUP_PACKET_LEN};
 use crate::shared::Shared;
 
-use super::params::{canonical, ClientParams};
+use crate::params::{canonical, ClientParams};
 
 /// Largest authentication message accepted from a client.
 const MAX_AUTH_MESSAGE: usize = 8 * 1024;
@@ -262,6 +262,7 @@ async fn login(
     write::ready_for_query(&mut out, status::IDLE);
     stream.write_all(&out).await.map_err(|_| None)?;
 
+    client_params.intern(pool.interner());
     let mode = cfg.pool_mode(&db, &user);
     let stream = slot.take().ok_or(None)?;
     Ok(Some(Box::new(LoggedIn {

@@ -81,7 +81,8 @@ fn server_scan_tracks_ready_for_query_and_parameters() {
     let z = msg(b'Z', b"I");
     bytes.extend(&z[..3]);
     buf.extend_from_slice(&bytes);
-    let mut sink = ParamSink { conn: &mut server_params, client: &mut client };
+    let mut synced = None;
+    let mut sink = ParamSink { conn: &mut server_params, synced: &mut synced, client: &mut client };
     scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, false, &mut sink).unwrap();
     assert_eq!((txn.pending, txn.status), (1, b'T'));
     assert_eq!(pos.fwd, bytes.len() - 3);
@@ -98,7 +99,8 @@ fn statement_mode_flags_transaction_blocks() {
     let mut txn = Txn { pending: 1, ..Txn::new() };
     let (mut sp, mut cp) = (Vec::new(), ClientParams::default());
     buf.extend_from_slice(&msg(b'Z', b"T"));
-    let mut sink = ParamSink { conn: &mut sp, client: &mut cp };
+    let mut synced = None;
+    let mut sink = ParamSink { conn: &mut sp, synced: &mut synced, client: &mut cp };
     scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, true, &mut sink).unwrap();
     assert!(txn.opened_transaction);
 }
