@@ -67,7 +67,10 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     println!("Config: {}", cfg_path.display());
     println!("Connect with:");
     println!("    psql \"postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{}/{DEMO_USER}\"", handle.addr.port());
-    println!("Admin tools: pgbench -h 127.0.0.1 -p {} -U {DEMO_USER} {DEMO_USER}", handle.addr.port());
+    println!(
+        "Load test: PGPASSWORD={DEMO_PASSWORD} pgbench -i -h 127.0.0.1 -p {0} -U {DEMO_USER} {DEMO_USER} && PGPASSWORD={DEMO_PASSWORD} pgbench -S -c 20 -T 10 -h 127.0.0.1 -p {0} -U {DEMO_USER} {DEMO_USER}",
+        handle.addr.port()
+    );
     println!("Press Ctrl-C to stop (the cluster is deleted).");
     crate::shutdown::wait_for_signal().await;
     println!("stopping...");

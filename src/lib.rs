@@ -12,6 +12,7 @@
 //! - [`protocol`]: wire-format framing, views and encoders; pure and fuzzable.
 //! - [`config`]: TOML config, validated once into runtime types.
 //! - [`net`]: the plain/TLS `Stream` and rustls setup.
+//! - [`params`]: tracked session parameters, shared between identical clients.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
 //!

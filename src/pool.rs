@@ -70,11 +70,11 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// `server_idle_timeout`.
     pub idle_timeout: Option<Duration>,
-    /// `server_lifetime`.
+    /// `server_lifetime` (zero: each connection is used once, as in PgBouncer).
     pub lifetime: Option<Duration>,
     /// `server_check_delay`.
     pub check_delay: Duration,
-    /// `server_check_query` ("" = empty query).
+    /// `server_check_query` ("" disables the check).
     pub check_query: String,
     /// Backend host to connect to.
     pub addr: BackendAddr,
@@ -194,11 +194,12 @@ impl Pool {
 
     /// When a shared limit keeps this pool from opening a connection its clients wait for,
     /// closes an idle connection of a sibling pool. Call without holding the state lock.
-    fn relieve_limits(&self) {
+    fn relieve_limits(&self, allow_reserve: bool) {
         let blocked_by_limit = {
             let st = self.0.state.lock();
             let s = &self.0.settings;
-            st.waiters.len() > st.connecting as usize && st.open < s.size + s.reserve_size
+            let cap = s.size + if allow_reserve { s.reserve_size } else { 0 };
+            st.waiters.len() > st.connecting as usize && st.open < cap
         };
         if !blocked_by_limit {
             return;
@@ -206,7 +207,7 @@ impl Pool {
         for limit in [&self.0.db_limit, &self.0.user_limit] {
             if limit.at_max() && limit.evict_idle_from_others(&self.0) {
                 let mut st = self.0.state.lock();
-                self.maybe_open(&mut st, false);
+                self.maybe_open(&mut st, allow_reserve);
                 return;
             }
         }
@@ -234,7 +235,7 @@ impl Pool {
                     return None;
                 }
                 let p = st.idle.pop()?;
-                if now.duration_since(p.conn.last_used) >= s.check_delay {
+                if !s.check_query.is_empty() && now.duration_since(p.conn.last_used) >= s.check_delay {
                     st.idle.push(p);
                     return None;
                 }
@@ -269,8 +270,8 @@ impl Pool {
     /// `query_wait_timeout`. Opens a new connection if the pool has room.
     ///
     /// # Cancel safety
-    /// Cancel-safe: a dropped waiter is skipped, and a connection already sent to it goes back
-    /// to the pool through its slot.
+    /// Cancel-safe: a dropped waiter is skipped by check-in; a connection already sent to it
+    /// is closed, and its slot returns the accounting (pool count and limits).
     pub async fn check_out(&self) -> Result<PoolGuard, Error> {
         let s = &self.0.settings;
         let started = Instant::now();
@@ -295,13 +296,13 @@ impl Pool {
                             st.idle.push(p);
                         }
                         st.waiters.push_back(Waiter { tx, since: started });
-                        self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                        self.maybe_open(&mut st, reserve_allowed(s, reserve_at));
                         None
                     }
                 }
             };
             if idle.is_none() {
-                self.relieve_limits();
+                self.relieve_limits(reserve_allowed(s, reserve_at));
             }
             if let Some(p) = idle {
                 match self.verify_idle(p).await {
@@ -330,9 +331,9 @@ impl Pool {
                         }
                         {
                             let mut st = self.0.state.lock();
-                            self.maybe_open(&mut st, s.reserve_size > 0 && Instant::now() >= reserve_at);
+                            self.maybe_open(&mut st, reserve_allowed(s, reserve_at));
                         }
-                        self.relieve_limits();
+                        self.relieve_limits(reserve_allowed(s, reserve_at));
                     }
                 }
             }
@@ -351,7 +352,7 @@ impl Pool {
             return None;
         }
         let s = &self.0.settings;
-        if p.conn.last_used.elapsed() >= s.check_delay {
+        if !s.check_query.is_empty() && p.conn.last_used.elapsed() >= s.check_delay {
             let check = tokio::time::timeout(s.connect_timeout, p.conn.run_discard(&s.check_query)).await;
             if !matches!(check, Ok(Ok(()))) {
                 return None;
@@ -534,6 +535,12 @@ impl Pool {
     pub fn checkouts(&self) -> u64 {
         self.0.checkouts.load(Ordering::Relaxed)
     }
+}
+
+/// The reserve may be used once a waiter has waited `reserve_pool_timeout` (0 disables the
+/// reserve, as in PgBouncer).
+fn reserve_allowed(s: &PoolSettings, reserve_at: Instant) -> bool {
+    s.reserve_size > 0 && !s.reserve_timeout.is_zero() && Instant::now() >= reserve_at
 }
 
 fn connect_error(e: &backend::Error) -> Error {

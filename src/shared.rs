@@ -97,7 +97,7 @@ impl PoolRegistry {
             wait_timeout: g.query_wait_timeout.nonzero(),
             connect_timeout: g.server_connect_timeout.0,
             idle_timeout: g.server_idle_timeout.nonzero(),
-            lifetime: g.server_lifetime.nonzero(),
+            lifetime: Some(g.server_lifetime.0),
             check_delay: g.server_check_delay.0,
             check_query: g.server_check_query.clone(),
             addr: db.hosts[0].clone(),

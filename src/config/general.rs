@@ -82,7 +82,7 @@ pub struct General {
     /// Extra connections a pool may open when a client has waited `reserve_pool_timeout`.
     /// Default 0.
     pub reserve_pool_size: u32,
-    /// See `reserve_pool_size`. Default 5s.
+    /// See `reserve_pool_size`; 0 disables the reserve (as in PgBouncer). Default 5s.
     pub reserve_pool_timeout: Dur,
     /// Most server connections per database over all its pools; 0 = unlimited. Default 0.
     pub max_db_connections: u32,
@@ -92,12 +92,13 @@ pub struct General {
     pub server_connect_timeout: Dur,
     /// Idle server connections older than this (idle time) are closed; 0 = never. Default 600s.
     pub server_idle_timeout: Dur,
-    /// Server connections older than this are closed when released; 0 = never. Default 3600s.
+    /// Server connections older than this are closed when released; 0 = use each connection
+    /// only once (PgBouncer's meaning). Default 3600s.
     pub server_lifetime: Dur,
     /// A connection idle longer than this runs `server_check_query` before reuse; 0 = always.
     /// Default 30s.
     pub server_check_delay: Dur,
-    /// Query for the check above; empty = an empty query. Default `select 1`.
+    /// Query for the check above; empty disables the check. Default `select 1`.
     pub server_check_query: String,
     /// A client waiting for a server longer than this gets an error; 0 = wait forever.
     /// Default 120s.
@@ -111,7 +112,7 @@ pub struct General {
     /// A client idle (no transaction) longer than this is disconnected; 0 = disabled.
     /// Default 0.
     pub client_idle_timeout: Dur,
-    /// Time a client has to finish TLS + startup + authentication. Default 60s.
+    /// Time a client has to finish TLS + startup + authentication; 0 = no limit. Default 60s.
     pub client_login_timeout: Dur,
     /// Run on a server connection released by a session-mode client (or always, see
     /// below). Default `DISCARD ALL`; empty disables.

@@ -1,1 +1,94 @@
+use super::*;
 
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, Path::new("/nonexistent/pgsluice.toml"))
+}
+
+const TRUST: &str = "[general]\nauth_type = \"trust\"\n";
+
+#[test]
+fn defaults_follow_pgbouncer() {
+    let c = load(TRUST).unwrap();
+    let g = c.general();
+    assert_eq!(c.listen, "127.0.0.1:6432".parse().unwrap());
+    assert_eq!(g.pool_mode, PoolMode::Transaction);
+    assert_eq!(g.default_pool_size, 20);
+    assert_eq!(g.server_reset_query, "DISCARD ALL");
+    assert_eq!(g.query_wait_timeout, Dur::secs(120));
+    assert_eq!(g.server_lifetime, Dur::secs(3600));
+    assert_eq!(g.query_timeout.nonzero(), None);
+    assert!(c.databases.is_empty());
+}
+
+#[test]
+fn databases_and_overrides() {
+    let c = load(&format!(
+        "{TRUST}default_pool_size = 7\npool_mode = \"session\"\n\
+         [databases.app]\nhosts = [\"db1:5433\", \"[::1]\", \"10.0.0.3\"]\npool_size = 3\n\
+         [databases.other]\nhosts = [\"h\"]\ndbname = \"real\"\npool_mode = \"statement\"\n\
+         [users.batch]\npool_mode = \"transaction\"\nmax_user_connections = 4\n"
+    ))
+    .unwrap();
+    let app = &c.databases["app"];
+    assert_eq!(app.hosts[0], BackendAddr { host: "db1".into(), port: 5433 });
+    assert_eq!(app.hosts[1], BackendAddr { host: "::1".into(), port: 5432 });
+    assert_eq!(app.hosts[1].to_string(), "[::1]:5432");
+    assert_eq!((app.pool_size, app.dbname.as_str()), (3, "app"));
+    let other = &c.databases["other"];
+    assert_eq!((other.pool_size, other.dbname.as_str()), (7, "real"));
+    assert_eq!(c.pool_mode(app, "someone"), PoolMode::Session);
+    assert_eq!(c.pool_mode(other, "someone"), PoolMode::Statement);
+    assert_eq!(c.pool_mode(other, "batch"), PoolMode::Transaction);
+    assert_eq!(c.max_user_connections("batch"), 4);
+    assert_eq!(c.max_user_connections("someone"), 0);
+}
+
+#[test]
+fn errors_are_precise() {
+    let e = |t: &str| load(t).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e(&format!("{TRUST}bogus_setting = 1\n")).contains("unknown field `bogus_setting`"));
+    assert!(e(&format!("{TRUST}query_wait_timeout = \"soon\"\n")).contains("invalid duration"));
+    assert!(e(&format!("{TRUST}pool_mode = \"sometimes\"\n")).contains("unknown variant"));
+    assert!(
+        e(&format!("{TRUST}[databases.a]\nhosts = []\n")).contains("[databases.a] hosts must list at least one host")
+    );
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h:0\"]\n")).contains("invalid port"));
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h\"]\nmin_pool_size = 30\n")).contains("min_pool_size (30)"));
+    assert!(e(&format!("{TRUST}listen_addr = \"not-an-ip\"\n")).contains("listen_addr"));
+    assert!(e("[general]\nauth_type = \"md5\"\n").contains("needs an auth_file"));
+    assert!(e("[general]\nauth_file = \"missing.txt\"\n").contains("missing.txt"));
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h\"]\npassword = \"x\"\n"))
+        .contains("password is set but user is not"));
+    // Line numbers from the TOML parser reach the message.
+    assert!(e("[general]\nlisten_port = \"x\"\n").contains("line 2"));
+}
+
+#[test]
+fn auth_file_is_resolved_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("pgsluice-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("users.txt"), "\"alice\" \"secret\"\n\"bob\" \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n")
+        .unwrap();
+    let path = dir.join("p.toml");
+    std::fs::write(&path, "[general]\nauth_file = \"users.txt\"\n[databases.d]\nhosts = [\"h\"]\nuser = \"alice\"\n")
+        .unwrap();
+    let c = Config::load(&path).unwrap();
+    assert!(matches!(c.users["alice"].secret, Secret::Plain(_)));
+    assert!(matches!(c.users["bob"].secret, Secret::Md5(_)));
+    assert!(c.users["bob"].scram_verifier().is_none());
+    assert!(c.users["alice"].scram_verifier().is_some());
+    assert!(matches!(c.databases["d"].fixed_secret, Some(Secret::Plain(_))));
+    // The effective config round-trips and never prints secrets.
+    let printed = c.to_toml();
+    assert!(!printed.contains("secret"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn effective_config_redacts_passwords_and_round_trips() {
+    let c = load(&format!("{TRUST}[databases.a]\nhosts = [\"h\"]\nuser = \"u\"\npassword = \"hunter2\"\n")).unwrap();
+    let printed = c.to_toml();
+    assert!(printed.contains("<redacted>") && !printed.contains("hunter2"));
+    let again = toml::from_str::<ConfigFile>(&printed.replace("<redacted>", "x")).unwrap();
+    assert_eq!(again.general.default_pool_size, c.general().default_pool_size);
+}

@@ -168,11 +168,12 @@ impl Relay {
         Relay { release_on_idle, statement_mode, max_client_message, timeouts, timer, phase: None }
     }
 
-    /// Re-arms the timer when the session moves between "request running" and "idle in a
-    /// transaction". Returns an event if the armed timer has fired.
+    /// Re-arms the timer when the session moves between "request running" (`query_timeout`),
+    /// "waiting for the client inside a transaction" (`idle_transaction_timeout`) and "idle
+    /// between transactions" (no timer). Returns an event if the armed timer has fired.
     fn poll_timer(&mut self, cx: &mut Context<'_>, txn: &Txn, client: &ScanPos, server: &ScanPos) -> Option<Event> {
         let timer = self.timer.as_mut()?;
-        let phase = if txn.pending > 0 || client.fwd > 0 || server.fwd > 0 {
+        let phase = if txn.pending > 0 || txn.flushed || client.fwd > 0 || server.fwd > 0 {
             Phase::Running
         } else if txn.status != status::IDLE || txn.unsynced {
             Phase::InTransaction

@@ -7,8 +7,8 @@
 //! Invariants:
 //! - A server goes back to its pool only through `release()`, and only when `Txn` says it is
 //!   idle with nothing pending; every other exit discards it.
-//! - An idle client holds no read buffer (it is freed when empty and allocated again when
-//!   the socket becomes readable).
+//! - An idle plain-TCP client holds no read buffer (it is freed when empty and allocated
+//!   again when the socket becomes readable); a TLS client keeps its buffers.
 //! - The cancel slot names a server only while this session holds it.
 
 use std::net::SocketAddr;
@@ -156,10 +156,14 @@ impl Session {
                     }
                 }
                 Event::ClientClosed | Event::ClientIo(_) => {
-                    if let Some(g) = server.take() {
+                    if let Some(mut g) = server.take() {
                         if self.server_clean() {
                             self.release(g).await;
                         } else {
+                            if self.txn.pending > 0 {
+                                // Nobody will read the result: stop the query too.
+                                tokio::spawn(crate::cancel::send_cancel(g.server().cancel.clone()));
+                            }
                             g.discard();
                         }
                     }
@@ -188,7 +192,7 @@ impl Session {
                     }
                     return self
                         .close_with(ClientError::fatal(
-                            "0A000",
+                            "08P01",
                             "transaction blocks not allowed in statement pooling mode",
                             ErrorSource::Client,
                         ))
@@ -258,11 +262,12 @@ impl Session {
     /// Waits (without a server) until the client has a complete request buffered.
     async fn wait_request(&mut self, shutdown: &mut Shutdown) -> Wait {
         loop {
-            if self.txn.terminated {
-                return Wait::Closed;
-            }
+            // A request pipelined before Terminate still runs (the relay closes after it).
             if self.txn.request_ready(&self.pos) {
                 return Wait::Ready;
+            }
+            if self.txn.terminated {
+                return Wait::Closed;
             }
             if shutdown.is_set() && self.buf.is_empty() {
                 return Wait::Shutdown;

@@ -235,3 +235,15 @@ impl<T, E> MustFail<E> for Result<T, E> {
         }
     }
 }
+
+/// First column of the first row of `sql`, over the simple protocol (safe outside
+/// transactions in transaction mode).
+pub async fn simple_one(c: &Client, sql: &str) -> String {
+    let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}

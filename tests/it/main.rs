@@ -7,3 +7,4 @@ mod harness;
 mod auth;
 mod lifecycle;
 mod pooling;
+mod robustness;

@@ -111,14 +111,12 @@ async fn statement_mode_refuses_transaction_blocks() {
         .start()
         .await;
     let c = p.connect(&db).await;
-    let v: i32 = c.query_one("select 7", &[]).await.unwrap().get(0);
-    assert_eq!(v, 7);
+    assert_eq!(simple_one(&c, "select 7").await, "7");
     let e = c.batch_execute("begin").await.must_fail("BEGIN must be refused in statement mode");
     assert!(message(&e).contains("statement pooling mode"), "{e}");
     // Other clients are unaffected.
     let c2 = p.connect(&db).await;
-    let v: i32 = c2.query_one("select 8", &[]).await.unwrap().get(0);
-    assert_eq!(v, 8);
+    assert_eq!(simple_one(&c2, "select 8").await, "8");
 }
 
 #[tokio::test]
@@ -202,8 +200,8 @@ async fn session_parameters_follow_the_client() {
     let b = p.connect(&db).await;
     a.batch_execute("set timezone = 'Asia/Tokyo'").await.unwrap();
     for _ in 0..10 {
-        let tz_b: String = b.query_one("show timezone", &[]).await.unwrap().get(0);
-        let tz_a: String = a.query_one("show timezone", &[]).await.unwrap().get(0);
+        let tz_b = simple_one(&b, "show timezone").await;
+        let tz_a = simple_one(&a, "show timezone").await;
         assert_eq!(tz_a, "Asia/Tokyo");
         assert_ne!(tz_b, "Asia/Tokyo");
     }
