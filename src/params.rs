@@ -97,6 +97,11 @@ impl ClientParams {
         (!sql.is_empty()).then_some(sql)
     }
 
+    /// Whether `other` is this client's current set (pointer equality).
+    pub fn is_same(&self, other: &Arc<ParamSet>) -> bool {
+        Arc::ptr_eq(&self.set, other)
+    }
+
     /// The shared set, to remember on the server connection after syncing.
     pub fn shared(&self) -> Arc<ParamSet> {
         self.set.clone()

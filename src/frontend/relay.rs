@@ -32,8 +32,9 @@ use crate::params::ClientParams;
 
 /// Bytes read ahead per direction before reading pauses (backpressure).
 pub const READ_AHEAD: usize = 64 * 1024;
-/// Size of each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Free space ensured before each read (the session uses the same, so a request read while
+/// idle does not force a reallocation once the relay reads more).
+pub const READ_CHUNK: usize = 16 * 1024;
 /// Largest server message we buffer whole to inspect (ParameterStatus, ReadyForQuery).
 const MAX_INSPECTED: usize = 64 * 1024;
 

@@ -33,9 +33,6 @@ use super::relay::{self, ClientIo, Event, Half, Relay, RelayTimeouts, ScanPos, T
 use super::startup::{self, Startup};
 use crate::params::ClientParams;
 
-/// Bytes per client read.
-const READ_CHUNK: usize = 8 * 1024;
-
 /// Serves one client connection from accept to close.
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
     let _ = tcp.set_nodelay(true);
@@ -101,13 +98,19 @@ enum Wait {
 }
 
 impl Session {
-    async fn serve(mut self, mut shutdown: Shutdown, peer: SocketAddr) {
+    async fn serve(mut self, shutdown: Shutdown, peer: SocketAddr) {
+        // One stop-signal future for the whole session: registering a fresh waiter on the
+        // shared watch channel per transaction would contend across all sessions.
+        let mut stop: StopSignal = Box::pin({
+            let mut s = shutdown.clone();
+            async move { s.wait().await }
+        });
         tracing::debug!(%peer, "client logged in");
         let mut server: Option<PoolGuard> = None;
         let mut draining = false;
         loop {
             if server.is_none() {
-                match self.wait_request(&mut shutdown).await {
+                match self.wait_request(&shutdown, &mut stop).await {
                     Wait::Ready => {}
                     Wait::Closed => return,
                     Wait::Shutdown => return self.close_with(shutting_down()).await,
@@ -125,6 +128,10 @@ impl Session {
                 }
             }
             let Some(g) = server.as_mut() else { continue };
+            if !draining && !self.relay.release_on_idle && shutdown.is_set() {
+                draining = true;
+                self.relay.release_on_idle = true;
+            }
             let watch_shutdown = !draining && !self.relay.release_on_idle;
             let ev = {
                 let client = ClientIo {
@@ -136,7 +143,7 @@ impl Session {
                 let pump = relay::pump(&mut self.relay, client, g.server(), &mut self.spos, &mut self.txn);
                 tokio::select! {
                     ev = pump => Some(ev),
-                    _ = shutdown.wait(), if watch_shutdown => None,
+                    _ = &mut stop, if watch_shutdown && !shutdown.is_set() => None,
                 }
             };
             let Some(ev) = ev else {
@@ -252,7 +259,11 @@ impl Session {
                 ));
             }
         }
-        g.server().synced = Some(self.params.shared());
+        let server = g.server();
+        if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
+            // Only on change: the set is shared by many clients, its refcount is a hot line.
+            server.synced = Some(self.params.shared());
+        }
         self.spos = ScanPos::default();
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
@@ -260,7 +271,7 @@ impl Session {
     }
 
     /// Waits (without a server) until the client has a complete request buffered.
-    async fn wait_request(&mut self, shutdown: &mut Shutdown) -> Wait {
+    async fn wait_request(&mut self, shutdown: &Shutdown, stop: &mut StopSignal) -> Wait {
         loop {
             // A request pipelined before Terminate still runs (the relay closes after it).
             if self.txn.request_ready(&self.pos) {
@@ -280,7 +291,7 @@ impl Session {
                         tcp.readable().await?;
                     }
                 }
-                self.buf.reserve(READ_CHUNK);
+                self.buf.reserve(relay::READ_CHUNK);
                 self.stream.read_buf(&mut self.buf).await
             };
             let idle_limit = async {
@@ -291,7 +302,7 @@ impl Session {
             };
             let n = tokio::select! {
                 r = read => r,
-                _ = shutdown.wait(), if !shutdown.is_set() => continue,
+                _ = &mut *stop, if !shutdown.is_set() => continue,
                 _ = idle_limit => return Wait::Failed(ClientError::fatal("08P01", "client_idle_timeout", ErrorSource::Internal)),
             };
             match n {
@@ -346,6 +357,10 @@ impl Session {
         .await;
     }
 }
+
+/// The session's stop-signal future; polled only while the stop is not yet set (it must not
+/// be polled again after it completed).
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn shutting_down() -> ClientError {
     ClientError::fatal(
