@@ -84,6 +84,8 @@ pub struct PoolSettings {
     pub user: String,
     /// `application_name` sent to servers.
     pub application_name: String,
+    /// `tcp_keepalive`.
+    pub keepalive: bool,
 }
 
 /// A point-in-time view of a pool, for the admin console and metrics.
@@ -428,7 +430,12 @@ impl Pool {
     async fn connect_task(self, slot: Slot) {
         let s = &self.0.settings;
         let cred = self.0.credential.lock().clone();
-        let login = LoginParams { user: &s.user, database: &s.dbname, application_name: &s.application_name };
+        let login = LoginParams {
+            user: &s.user,
+            database: &s.dbname,
+            application_name: &s.application_name,
+            keepalive: s.keepalive,
+        };
         let res = ServerConn::connect(&s.addr, &login, &cred, s.connect_timeout).await;
         match res {
             Ok(conn) => {

@@ -40,6 +40,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutd
                 continue;
             }
         };
+        if shared.config.load().general().tcp_keepalive {
+            let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
+        }
         match clients.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (shared, shutdown, drain) = (shared.clone(), shutdown.clone(), drain.clone());

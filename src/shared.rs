@@ -104,6 +104,7 @@ impl PoolRegistry {
             dbname: db.dbname.clone(),
             user: user.to_string(),
             application_name: "pgsluice".into(),
+            keepalive: g.tcp_keepalive,
         };
         let pool = Pool::new(settings, Credential { secret, keys: None }, db_limit, user_limit);
         inner.pools.insert((db.name.clone(), user.to_string()), pool.clone());

@@ -41,6 +41,8 @@ pub struct LoginParams<'a> {
     pub database: &'a str,
     /// `application_name` for the server session.
     pub application_name: &'a str,
+    /// Enable TCP keepalive on the socket.
+    pub keepalive: bool,
 }
 
 /// Why a server connection could not be opened or used.
@@ -138,6 +140,9 @@ impl ServerConn {
             .await
             .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
         tcp.set_nodelay(true)?;
+        if login.keepalive {
+            socket2::SockRef::from(&tcp).set_keepalive(true)?;
+        }
         let peer = tcp.peer_addr()?;
         let mut stream = Stream::Plain(tcp);
         let mut out = BytesMut::with_capacity(256);

@@ -129,6 +129,9 @@ pub struct General {
     pub ignore_startup_parameters: Vec<String>,
     /// Append ` - host:port` of the client to `application_name` sent to servers. Default false.
     pub application_name_add_host: bool,
+    /// Enable TCP keepalive (OS default timings) on client and server sockets, so dead peers
+    /// are eventually detected. Default true. PgBouncer's `tcp_keepalive`.
+    pub tcp_keepalive: bool,
     /// (pgsluice) Longest a graceful stop waits for running transactions. Default 30s.
     pub shutdown_timeout: Dur,
     /// (pgsluice) Worker threads; 0 = one per core. Default 0. Restart to change.
@@ -167,6 +170,7 @@ impl Default for General {
             auth_file: None,
             ignore_startup_parameters: vec!["extra_float_digits".into()],
             application_name_add_host: false,
+            tcp_keepalive: true,
             shutdown_timeout: Dur::secs(30),
             worker_threads: 0,
             max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,

@@ -17,6 +17,7 @@ fn defaults_follow_pgbouncer() {
     assert_eq!(g.query_wait_timeout, Dur::secs(120));
     assert_eq!(g.server_lifetime, Dur::secs(3600));
     assert_eq!(g.query_timeout.nonzero(), None);
+    assert!(g.tcp_keepalive);
     assert!(c.databases.is_empty());
 }
 
