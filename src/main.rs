@@ -49,7 +49,13 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -94,9 +100,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let handle = ServerHandle::start(shared, None).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(addr = %handle.addr, version = env!("CARGO_PKG_VERSION"), "pgsluice listening");
     pgsluice::shutdown::wait_for_signal().await;
-    tracing::info!("shutting down: waiting for running transactions (at most {timeout:?})");
-    if !handle.shutdown(timeout).await {
-        tracing::warn!("shutdown_timeout passed; closing remaining connections");
+    tracing::info!("shutting down: waiting for running transactions (at most {timeout:?}; signal again to stop now)");
+    tokio::select! {
+        finished = handle.shutdown(timeout) => {
+            if !finished {
+                tracing::warn!("shutdown_timeout passed; closing remaining connections");
+            }
+        }
+        _ = pgsluice::shutdown::wait_for_signal() => tracing::warn!("second signal: closing all connections now"),
     }
     Ok(())
 }
