@@ -87,10 +87,11 @@ impl ClientParams {
         for (k, v) in &self.set.values {
             let current = server_params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             if current != Some(&**v) {
+                // E'' quoting is right whatever standard_conforming_strings is on the server.
                 sql.push_str("SET ");
                 sql.push_str(k);
-                sql.push_str(" = '");
-                sql.push_str(&v.replace('\'', "''"));
+                sql.push_str(" = E'");
+                sql.push_str(&v.replace('\\', "\\\\").replace('\'', "''"));
                 sql.push_str("';");
             }
         }
@@ -148,10 +149,10 @@ mod tests {
         b.intern(&interner);
         assert!(Arc::ptr_eq(&a.shared(), &b.shared()));
         let server = vec![("TimeZone".to_string(), "Asia/Tokyo".to_string())];
-        assert_eq!(a.sync_sql(&server, None).as_deref(), Some("SET TimeZone = 'UTC';"));
+        assert_eq!(a.sync_sql(&server, None).as_deref(), Some("SET TimeZone = E'UTC';"));
         assert_eq!(a.sync_sql(&server, Some(&b.shared())), None);
         let mut c = b.clone();
-        c.set("TimeZone", "it's");
-        assert_eq!(c.sync_sql(&server, Some(&b.shared())).as_deref(), Some("SET TimeZone = 'it''s';"));
+        c.set("TimeZone", "it's\\");
+        assert_eq!(c.sync_sql(&server, Some(&b.shared())).as_deref(), Some("SET TimeZone = E'it''s\\\\';"));
     }
 }

@@ -22,7 +22,11 @@ impl Shutdown {
     /// # Cancel safety
     /// Cancel-safe.
     pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|&v| v).await;
+        if self.rx.wait_for(|&v| v).await.is_err() {
+            // The controller is gone without a stop: never resolve (callers may poll this
+            // future again until `is_set()`, which must not see it completed).
+            std::future::pending::<()>().await;
+        }
     }
 }
 

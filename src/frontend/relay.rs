@@ -36,7 +36,8 @@ pub const READ_AHEAD: usize = 64 * 1024;
 /// idle does not force a reallocation once the relay reads more).
 pub const READ_CHUNK: usize = 16 * 1024;
 /// Largest server message we buffer whole to inspect (ParameterStatus, ReadyForQuery).
-const MAX_INSPECTED: usize = 64 * 1024;
+/// Must fit in `READ_AHEAD` with its header, or reading would stop before the frame is whole.
+const MAX_INSPECTED: usize = READ_AHEAD - protocol::HEADER_LEN;
 
 /// One direction's read buffer (owned elsewhere) plus its scan position.
 pub struct Half<'a> {
@@ -77,6 +78,9 @@ pub struct Txn {
     pub terminated: bool,
     /// Statement mode: a `ReadyForQuery` reported an open transaction.
     pub opened_transaction: bool,
+    /// Syncs sent since the last `Execute`/`Query`. If that started a COPY FROM STDIN, the
+    /// server ignored them (it ignores Sync in copy-in mode), so they get no `ReadyForQuery`.
+    syncs_since_exec: u32,
 }
 
 impl Txn {
@@ -220,18 +224,35 @@ pub fn scan_client(h: &mut Half<'_>, txn: &mut Txn, max_body: usize) -> Result<(
             return Ok(());
         };
         match hdr.tag {
-            ftag::QUERY | ftag::FUNCTION_CALL => txn.pending += 1,
+            ftag::QUERY => {
+                txn.pending += 1;
+                txn.syncs_since_exec = 0;
+            }
+            ftag::FUNCTION_CALL => txn.pending += 1,
             ftag::SYNC => {
                 txn.pending += 1;
+                txn.syncs_since_exec += 1;
                 txn.unsynced = false;
                 txn.flushed = false;
             }
-            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::EXECUTE | ftag::CLOSE => txn.unsynced = true,
-            ftag::FLUSH => {
+            ftag::EXECUTE => {
                 txn.unsynced = true;
-                txn.flushed = true;
+                txn.syncs_since_exec = 0;
             }
-            ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL => {}
+            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => txn.unsynced = true,
+            ftag::FLUSH => {
+                // A Flush only matters after unsynced extended-protocol messages; a lone one
+                // produces no output and must not pin the server.
+                if txn.unsynced {
+                    txn.flushed = true;
+                }
+            }
+            ftag::COPY_DONE | ftag::COPY_FAIL => {
+                // Syncs pipelined after the Execute that started this COPY were ignored.
+                txn.pending -= txn.syncs_since_exec.min(txn.pending);
+                txn.syncs_since_exec = 0;
+            }
+            ftag::COPY_DATA => {}
             ftag::TERMINATE => {
                 // Never forwarded: in transaction mode the server is not the client's to end.
                 h.buf.truncate(h.pos.fwd);

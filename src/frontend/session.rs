@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -106,6 +106,13 @@ impl Session {
             async move { s.wait().await }
         });
         tracing::debug!(%peer, "client logged in");
+        // Requests the client pipelined behind its login messages.
+        if !self.buf.is_empty() {
+            let mut half = Half { buf: &mut self.buf, pos: &mut self.pos };
+            if let Err(e) = relay::scan_client(&mut half, &mut self.txn, self.relay.max_client_message) {
+                return self.close_with(ClientError::protocol(format!("invalid message from client: {e}"))).await;
+            }
+        }
         let mut server: Option<PoolGuard> = None;
         let mut draining = false;
         loop {
@@ -164,7 +171,7 @@ impl Session {
                 }
                 Event::ClientClosed | Event::ClientIo(_) => {
                     if let Some(mut g) = server.take() {
-                        if self.server_clean() {
+                        if self.server_clean() && g.server().buf.is_empty() {
                             self.release(g).await;
                         } else {
                             if self.txn.pending > 0 {
@@ -233,7 +240,8 @@ impl Session {
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
     async fn release(&mut self, mut g: PoolGuard) {
         if let Some(q) = &self.reset_query {
-            if Box::pin(g.server().run_discard(q)).await.is_err() {
+            let limit = self.pool.settings().connect_timeout;
+            if !matches!(tokio::time::timeout(limit, Box::pin(g.server().run_discard(q))).await, Ok(Ok(()))) {
                 return g.discard();
             }
         }
@@ -250,7 +258,12 @@ impl Session {
         };
         let server = g.server();
         if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
-            if let Err(e) = Box::pin(server.run_discard(&sql)).await {
+            let limit = self.pool.settings().connect_timeout;
+            let synced = match tokio::time::timeout(limit, Box::pin(server.run_discard(&sql))).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            };
+            if let Err(e) = synced {
                 g.discard();
                 return Err(ClientError::error(
                     "08006",
@@ -335,7 +348,8 @@ impl Session {
         for _ in 0..self.txn.pending {
             write::ready_for_query(&mut out, status::IDLE);
         }
-        self.buf.clear();
+        // Drop the rejected request, keep a partly received next message.
+        self.buf.advance(self.pos.fwd);
         self.pos = ScanPos::default();
         self.txn = Txn::new();
         self.stream.write_all(&out).await.is_ok()

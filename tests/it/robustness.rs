@@ -959,3 +959,87 @@ async fn copy_with_a_bad_row_midstream_fails_cleanly() {
     assert_eq!(data_values(&msgs), [Some("0".to_string())], "{msgs:?}");
     assert_serves(&p, &db).await;
 }
+
+// === found in review ===
+
+/// COPY FROM STDIN through the extended protocol (Parse/Bind/Execute/Sync, data, CopyDone,
+/// Sync — libpq's PQexecParams): the server ignores the Sync sent during copy-in, so only one
+/// ReadyForQuery comes. The server must still be released afterwards: with a pool of one,
+/// another client gets served.
+#[tokio::test]
+async fn extended_protocol_copy_in_releases_the_server() {
+    let db = fresh_db("extcopy");
+    su_sql(&db.name, &format!("create table t (v int); alter table t owner to {}", db.name));
+    let p = pooler()
+        .general("auth_type = \"trust\"")
+        .general("query_wait_timeout = \"3s\"")
+        .database(
+            &db,
+            &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password), "pool_size = 1"],
+        )
+        .start()
+        .await;
+    let mut s = raw_login(&p, &db, &[]).await;
+    let mut req = parse("copy t from stdin");
+    req.extend(bind(&[]));
+    req.extend(execute());
+    req.extend(sync());
+    s.write_all(&req).await.unwrap();
+    let g = expect_msg(&mut s).await;
+    assert_eq!(g.tag, b'1', "ParseComplete expected: {g:?}");
+    assert_eq!(expect_msg(&mut s).await.tag, b'2');
+    assert_eq!(expect_msg(&mut s).await.tag, b'G');
+    let mut data = frame(b'd', b"1\n2\n3\n");
+    data.extend(frame(b'c', b""));
+    data.extend(sync());
+    s.write_all(&data).await.unwrap();
+    let msgs = read_until_ready(&mut s).await;
+    assert!(msgs.iter().any(|m| m.tag == b'C'), "{msgs:?}");
+    // The single server connection must be free now.
+    let other = p.try_connect(&db.name, "x", &db.name).await.expect("second client");
+    assert_eq!(simple_one(&other, "select count(*) from t").await, "3");
+}
+
+/// A request pipelined right behind the startup packet (trust auth needs no round trip) is
+/// answered, not left unread.
+#[tokio::test]
+async fn request_pipelined_with_the_startup_packet_is_answered() {
+    let db = fresh_db("pipelogin");
+    let p = trust_pooler(&db).start().await;
+    let mut s = raw(&p).await;
+    let mut bytes = startup_for(&db, &[]);
+    bytes.extend(query("select 41 + 1"));
+    s.write_all(&bytes).await.unwrap();
+    let login = read_until_ready(&mut s).await;
+    assert!(!login.iter().any(|m| m.tag == b'E'), "{login:?}");
+    let msgs = tokio::time::timeout(Duration::from_secs(5), read_until_ready(&mut s)).await.expect("answer");
+    assert_eq!(data_values(&msgs), vec![Some("42".to_string())]);
+}
+
+/// When a request is rejected (query_wait_timeout), a partly received next message survives.
+#[tokio::test]
+async fn rejected_request_keeps_the_partial_next_message() {
+    let db = fresh_db("rejectpartial");
+    let p = pooler()
+        .general("auth_type = \"trust\"")
+        .general("query_wait_timeout = \"1s\"")
+        .database(
+            &db,
+            &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password), "pool_size = 1"],
+        )
+        .start()
+        .await;
+    let holder = p.try_connect(&db.name, "x", &db.name).await.unwrap();
+    holder.batch_execute("begin").await.unwrap();
+    let mut s = raw_login(&p, &db, &[]).await;
+    let q2 = query("select 2");
+    let mut bytes = query("select 1");
+    bytes.extend(&q2[..3]);
+    s.write_all(&bytes).await.unwrap();
+    let first = read_until_ready(&mut s).await;
+    assert_eq!(first.first().map(|m| m.code()), Some("57014".to_string()), "{first:?}");
+    holder.batch_execute("commit").await.unwrap();
+    s.write_all(&q2[3..]).await.unwrap();
+    let second = read_until_ready(&mut s).await;
+    assert_eq!(data_values(&second), vec![Some("2".to_string())], "{second:?}");
+}

@@ -104,3 +104,42 @@ fn statement_mode_flags_transaction_blocks() {
     scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, true, &mut sink).unwrap();
     assert!(txn.opened_transaction);
 }
+
+#[test]
+fn extended_copy_in_does_not_count_ignored_syncs() {
+    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
+    let mut bytes = msg(b'P', b"\0copy t from stdin\0\0\0");
+    bytes.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    bytes.extend(msg(b'E', b"\0\0\0\0\0"));
+    bytes.extend(msg(b'S', b""));
+    scan(&bytes, &mut buf, &mut pos, &mut txn).unwrap();
+    assert_eq!(txn.pending, 1);
+    let mut copy = msg(b'd', b"1\n");
+    copy.extend(msg(b'c', b""));
+    copy.extend(msg(b'S', b""));
+    scan(&copy, &mut buf, &mut pos, &mut txn).unwrap();
+    // The server answers one C + one Z: exactly one ReadyForQuery is owed.
+    assert_eq!(txn.pending, 1);
+}
+
+#[test]
+fn simple_copy_in_keeps_its_ready_for_query() {
+    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
+    scan(&msg(b'Q', b"copy t from stdin\0"), &mut buf, &mut pos, &mut txn).unwrap();
+    let mut copy = msg(b'd', b"1\n");
+    copy.extend(msg(b'c', b""));
+    scan(&copy, &mut buf, &mut pos, &mut txn).unwrap();
+    assert_eq!(txn.pending, 1);
+}
+
+#[test]
+fn lone_flush_does_not_pin_the_server() {
+    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
+    scan(&msg(b'H', b""), &mut buf, &mut pos, &mut txn).unwrap();
+    assert!(!txn.unsynced && !txn.flushed && !txn.request_ready(&pos));
+    scan(&msg(b'Q', b"select 1\0"), &mut buf, &mut pos, &mut txn).unwrap();
+    assert!(txn.request_ready(&pos));
+    // After the query's `Z I` the server is idle again.
+    txn.pending = 0;
+    assert!(txn.server_idle());
+}
