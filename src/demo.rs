@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::localpg::{ClusterOptions, LocalCluster};
 use crate::server::ServerHandle;
 use crate::shared::Shared;
@@ -36,13 +34,38 @@ hosts = ["127.0.0.1:{pg_port}"]
     )
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Starting or preparing the local cluster failed.
+    #[error("local PostgreSQL: {0}")]
+    Cluster(#[from] crate::localpg::Error),
+    /// Writing the demo's files failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The generated config did not load (a bug).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The port is taken.
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen {
+        /// Requested port.
+        port: u16,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A background task panicked.
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(port: u16) -> anyhow::Result<()> {
+pub async fn run(port: u16) -> Result<(), DemoError> {
     println!("pgsluice demo: starting a local PostgreSQL cluster (this takes a few seconds)...");
-    let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<LocalCluster> {
+    let cluster = tokio::task::spawn_blocking(|| -> Result<LocalCluster, DemoError> {
         let opts = ClusterOptions { superuser_password: format!("su-{:016x}", rand::random::<u64>()), ..ClusterOptions::default() };
-        let c = LocalCluster::start_primary(opts).context("cannot start PostgreSQL")?;
-        c.create_user_and_db(DEMO_USER, DEMO_PASSWORD).context("cannot create the demo role")?;
+        let c = LocalCluster::start_primary(opts)?;
+        c.create_user_and_db(DEMO_USER, DEMO_PASSWORD)?;
         c.psql(DEMO_USER, "CREATE TABLE IF NOT EXISTS greetings(id serial primary key, msg text); INSERT INTO greetings(msg) VALUES ('hello from pgsluice'); ALTER TABLE greetings OWNER TO app;")?;
         Ok(c)
     })
@@ -59,9 +82,8 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     let cfg_path = dir.join("pgsluice.toml");
     std::fs::write(&cfg_path, demo_config(port, cluster.port()))?;
     let cfg = Config::load(&cfg_path)?;
-    let handle = ServerHandle::start(Shared::new(cfg), None)
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let handle =
+        ServerHandle::start(Shared::new(cfg), None).await.map_err(|source| DemoError::Listen { port, source })?;
     println!();
     println!("PostgreSQL primary is on 127.0.0.1:{}; pgsluice serves it on {}.", cluster.port(), handle.addr);
     println!("Config: {}", cfg_path.display());

@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Demo { port }) => {
             init_tracing();
             let rt = runtime(0)?;
-            rt.block_on(pgsluice::demo::run(port))
+            Ok(rt.block_on(pgsluice::demo::run(port))?)
         }
         None => {
             let cfg = Config::load(&cli.config)?;
