@@ -24,6 +24,35 @@ pub enum ReadError {
     Protocol(#[from] protocol::Error),
 }
 
+/// Reads one untagged startup-family packet (`Int32` length, then the body) into `buf` and
+/// splits off its body. A length outside 8..=`MAX_STARTUP_PACKET_LEN` is
+/// `ReadError::Protocol(BadLength)` (tag 0).
+///
+/// # Cancel safety
+/// Cancel-safe: partial data stays in `buf`.
+pub async fn read_startup_packet<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Result<BytesMut, ReadError> {
+    while buf.len() < 4 {
+        buf.reserve(64);
+        if s.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if !(8..=protocol::MAX_STARTUP_PACKET_LEN).contains(&(len as usize)) {
+        return Err(ReadError::Protocol(protocol::Error::BadLength { tag: 0, len }));
+    }
+    let len = len as usize;
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        if s.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+    let mut pkt = buf.split_to(len);
+    let _ = pkt.split_to(4);
+    Ok(pkt)
+}
+
 /// Reads one complete tagged message into `buf` and splits it off as `(tag, body)`.
 /// Used during login only; the relay frames incrementally instead.
 ///

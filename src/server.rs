@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::error::{ClientError, ErrorSource};
 use crate::frontend::session;
+use crate::net::{read_startup_packet, ReadError};
 use crate::protocol::frontend::{parse_startup, StartupPacket};
 use crate::shared::Shared;
 use crate::shutdown::{DrainToken, Shutdown, ShutdownController};
@@ -75,22 +76,13 @@ async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = BytesMut::with_capacity(256);
         for _ in 0..3 {
-            while buf.len() < 8 {
-                if tcp.read_buf(&mut buf).await? == 0 {
-                    return Ok(());
-                }
-            }
-            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if !(8..=crate::protocol::MAX_STARTUP_PACKET_LEN).contains(&len) {
-                break;
-            }
-            while buf.len() < len {
-                if tcp.read_buf(&mut buf).await? == 0 {
-                    return Ok(());
-                }
-            }
-            let pkt = buf.split_to(len);
-            match parse_startup(&pkt[4..]) {
+            let pkt = match read_startup_packet(&mut tcp, &mut buf).await {
+                Ok(p) => p,
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(ReadError::Closed) => return Ok(()),
+                Err(ReadError::Protocol(_)) => break,
+            };
+            match parse_startup(&pkt) {
                 Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => tcp.write_all(b"N").await?,
                 Ok(StartupPacket::CancelRequest { pid, secret }) => {
                     shared.cancel.cancel(pid, secret).await;

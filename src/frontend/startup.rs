@@ -9,9 +9,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
@@ -19,10 +19,10 @@ use crate::auth::{md5, Secret};
 use crate::cancel::CancelHandle;
 use crate::config::{AuthType, ClientTlsMode, Config, Database, PoolMode};
 use crate::error::{ClientError, ErrorSource};
-use crate::net::{read_message, ReadError, Stream};
+use crate::net::{self, read_message, ReadError, Stream};
 use crate::pool::Pool;
 use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use crate::protocol::{ftag, status, write, MAX_STARTUP_PACKET_LEN};
+use crate::protocol::{ftag, status, write};
 use crate::shared::Shared;
 
 use crate::params::{canonical, ClientParams};
@@ -103,25 +103,12 @@ fn read_err(e: ReadError) -> Option<ClientError> {
 
 /// Reads one untagged startup-family packet body.
 async fn read_startup_packet(s: &mut Stream, buf: &mut BytesMut) -> LoginResult<BytesMut> {
-    while buf.len() < 4 {
-        buf.reserve(64);
-        if s.read_buf(buf).await.map_err(|_| None)? == 0 {
-            return Err(None);
+    net::read_startup_packet(s, buf).await.map_err(|e| match e {
+        ReadError::Protocol(crate::protocol::Error::BadLength { len, .. }) => {
+            Some(ClientError::protocol(format!("invalid length of startup packet ({len} bytes)")))
         }
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
-        return Err(Some(ClientError::protocol(format!("invalid length of startup packet ({len} bytes)"))));
-    }
-    while buf.len() < len {
-        buf.reserve(len - buf.len());
-        if s.read_buf(buf).await.map_err(|_| None)? == 0 {
-            return Err(None);
-        }
-    }
-    let mut pkt = buf.split_to(len);
-    pkt.advance(4);
-    Ok(pkt)
+        other => read_err(other),
+    })
 }
 
 async fn login(
