@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
 use crate::backend::{self, Credential, LoginParams, ServerConn};
-use crate::config::{BackendAddr, PoolMode};
+use crate::config::BackendAddr;
 use crate::params::Interner;
 
 pub use limit::Limit;
@@ -54,8 +54,6 @@ pub enum Error {
 /// Settings of one pool, computed once from the config when the pool is created.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Pool mode.
-    pub mode: PoolMode,
     /// Regular size.
     pub size: u32,
     /// Connections kept open.

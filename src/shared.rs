@@ -89,7 +89,6 @@ impl PoolRegistry {
             None => cfg.users.get(user).map(|u| u.secret.clone()),
         };
         let settings = PoolSettings {
-            mode: cfg.pool_mode(db, user),
             size: db.pool_size,
             min_size: db.min_pool_size,
             reserve_size: db.reserve_pool_size,

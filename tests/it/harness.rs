@@ -11,7 +11,7 @@ use pgsluice::config::Config;
 use pgsluice::localpg::{ClusterOptions, LocalCluster};
 use pgsluice::server::ServerHandle;
 use pgsluice::shared::Shared;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// Superuser password of the shared cluster.
 pub const SU_PASSWORD: &str = "test-superuser-pw";
@@ -236,14 +236,32 @@ impl<T, E> MustFail<E> for Result<T, E> {
     }
 }
 
-/// First column of the first row of `sql`, over the simple protocol (safe outside
-/// transactions in transaction mode).
-pub async fn simple_one(c: &Client, sql: &str) -> String {
-    let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+/// First column of the first row of a simple query (`None`: no row, or NULL).
+pub async fn scalar(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    scalar_col(c, sql, 0).await
+}
+
+/// Column `col` of the first row of a simple query.
+pub async fn scalar_col(c: &Client, sql: &str, col: usize) -> Result<Option<String>, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(col).map(str::to_string),
+        _ => None,
+    }))
+}
+
+/// First-column values of all rows of a simple query's messages (`"NULL"` for NULL).
+pub fn rows(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
             _ => None,
         })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+        .collect()
+}
+
+/// First column of the first row of `sql`, over the simple protocol (safe outside
+/// transactions in transaction mode); panics if the query fails or returns no value.
+pub async fn simple_one(c: &Client, sql: &str) -> String {
+    scalar(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: no row"))
 }

@@ -8,23 +8,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 use crate::harness::*;
-
-/// First column of the first row of a simple query.
-async fn scalar(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    scalar_col(c, sql, 0).await
-}
-
-/// Column `col` of the first row of a simple query.
-async fn scalar_col(c: &Client, sql: &str, col: usize) -> Result<Option<String>, tokio_postgres::Error> {
-    let msgs = c.simple_query(sql).await?;
-    Ok(msgs.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => r.get(col).map(str::to_string),
-        _ => None,
-    }))
-}
 
 /// `su_sql` off the async worker threads.
 async fn su(db: &str, sql: &str) -> String {

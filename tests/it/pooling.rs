@@ -30,12 +30,8 @@ async fn two_hundred_clients_share_five_server_connections() {
             }
             // Outside a transaction: simple protocol (named prepared statements across
             // transactions are the driver-fidelity issue's work).
-            let rows = c.simple_query(&format!("select count(*) from generate_series(1, {})", i + 1)).await.unwrap();
-            let v = rows.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            });
-            assert_eq!(v, Some((i + 1).to_string()));
+            let v = simple_one(&c, &format!("select count(*) from generate_series(1, {})", i + 1)).await;
+            assert_eq!(v, (i + 1).to_string());
         }));
     }
     for t in tasks {

@@ -241,16 +241,6 @@ async fn raw_login(p: &Pooler, db: &TestDb, extra: &[(&str, &str)]) -> TcpStream
 
 // === client helpers ===
 
-/// First-column values of the rows of a simple query.
-fn rows(msgs: &[SimpleQueryMessage]) -> Vec<String> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A new tokio-postgres client runs a query through the pooler.
 async fn assert_serves(p: &Pooler, db: &TestDb) {
     let c = p.connect(db).await;
