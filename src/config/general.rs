@@ -139,6 +139,10 @@ pub struct General {
     /// Largest client message accepted, bytes (PgBouncer's `max_packet_size`). Default
     /// 1 GiB − 1, PostgreSQL's own limit.
     pub max_packet_size: u32,
+    /// Prepared statements tracked per server connection in transaction and statement mode
+    /// (least recently used ones are closed beyond it); 0 turns the rewriting of named
+    /// prepared statements off. Default 200.
+    pub max_prepared_statements: u32,
 }
 
 impl Default for General {
@@ -174,6 +178,7 @@ impl Default for General {
             shutdown_timeout: Dur::secs(30),
             worker_threads: 0,
             max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,
+            max_prepared_statements: 200,
         }
     }
 }

@@ -5,6 +5,9 @@
 mod harness;
 
 mod auth;
+mod drivers;
 mod lifecycle;
+mod params;
 mod pooling;
+mod prepared;
 mod robustness;
