@@ -4,7 +4,8 @@
 //!
 //! Invariants of a `Config`: every database has at least one parseable host and a pool size
 //! ≥ 1 with `min_pool_size <= pool_size`; the TLS material (if any) loaded; auth_file entries
-//! parsed. Paths in the file are relative to the file's directory.
+//! parsed; `track_extra_parameters` are identifiers, resolved into `Config::tracked`. Paths
+//! in the file are relative to the file's directory.
 
 mod duration;
 mod general;
@@ -165,6 +166,8 @@ pub struct Config {
     pub users: HashMap<String, Arc<UserAuth>>,
     /// Where the file was read from.
     pub path: PathBuf,
+    /// Parameters tracked per client: the built-in six plus `track_extra_parameters`.
+    pub tracked: crate::params::Tracked,
 }
 
 impl std::fmt::Debug for Config {
@@ -242,6 +245,11 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         return Err(format!("[general] max_packet_size must be between 1024 and {}", crate::protocol::MAX_MESSAGE_LEN));
     }
 
+    for name in &g.track_extra_parameters {
+        crate::params::validate_extra_name(name).map_err(|e| format!("[general] track_extra_parameters: {e}"))?;
+    }
+    let tracked = crate::params::Tracked::new(&g.track_extra_parameters);
+
     let mut users = HashMap::new();
     if let Some(f) = &g.auth_file {
         let p = resolve(base, f);
@@ -304,7 +312,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         );
     }
 
-    Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), file })
+    Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), tracked, file })
 }
 
 #[cfg(test)]

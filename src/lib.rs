@@ -13,6 +13,8 @@
 //! - [`config`]: TOML config, validated once into runtime types.
 //! - [`net`]: the plain/TLS `Stream` and rustls setup.
 //! - [`params`]: tracked session parameters, shared between identical clients.
+//! - [`prepared`], [`pipeline`]: named prepared statements in transaction mode, and the
+//!   queue of answers a server owes its current client.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
 //!
@@ -29,7 +31,9 @@ pub mod frontend;
 pub mod localpg;
 pub mod net;
 pub mod params;
+pub mod pipeline;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod shared;

@@ -18,6 +18,8 @@ use crate::auth::{md5, Secret};
 use crate::config::BackendAddr;
 use crate::net::{read_message, ReadError, Stream};
 use crate::params::ParamSet;
+use crate::pipeline::Pipeline;
+use crate::prepared::tag_deallocates_all;
 use crate::protocol::backend::{self as bmsg, AuthRequest};
 use crate::protocol::{btag, status, write};
 
@@ -106,7 +108,9 @@ pub struct ServerConn {
     pub buf: BytesMut,
     /// Cancel key of this backend.
     pub cancel: CancelTarget,
-    /// ParameterStatus values the server reported, in arrival order.
+    /// ParameterStatus values the server reported, in arrival order, plus the unreported
+    /// tracked parameters pgsluice set (`ClientParams::record_synced`): no entry means the
+    /// server default, `params::UNKNOWN` means unknown.
     pub params: Vec<(String, String)>,
     /// When the connection was opened.
     pub created: Instant,
@@ -115,6 +119,8 @@ pub struct ServerConn {
     /// The client parameter set this connection was last brought to (`None` once a
     /// parameter changed in a way not attributed to a client).
     pub synced: Option<Arc<ParamSet>>,
+    /// Requests owed to the current client, relay side buffers, prepared statements.
+    pub pipeline: Pipeline,
 }
 
 impl ServerConn {
@@ -190,6 +196,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             synced: None,
+            pipeline: Pipeline::default(),
         })
     }
 
@@ -204,6 +211,9 @@ impl ServerConn {
             let (tag, body) = read_message(&mut self.stream, &mut self.buf, MAX_LOGIN_MESSAGE).await?;
             match tag {
                 btag::ERROR_RESPONSE => failed = Some(server_error(&body)),
+                btag::COMMAND_COMPLETE if crate::protocol::cstr(&body).is_some_and(|(t, _)| tag_deallocates_all(t)) => {
+                    self.pipeline.statements.clear();
+                }
                 btag::PARAMETER_STATUS => {
                     if let Ok((k, v)) = bmsg::parse_parameter_status(&body) {
                         self.set_param(k, v);

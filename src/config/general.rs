@@ -124,9 +124,16 @@ pub struct General {
     /// PgBouncer-format userlist (`"user" "password-or-verifier"`), relative to the config
     /// file. Default none.
     pub auth_file: Option<String>,
-    /// Startup parameters accepted and ignored (others not tracked are refused).
+    /// Startup parameters accepted and ignored (others not tracked are refused), also inside
+    /// `options`; listing `options` itself ignores every untracked item of `options`.
     /// Default `["extra_float_digits"]`.
     pub ignore_startup_parameters: Vec<String>,
+    /// Parameters tracked per client besides the built-in six (`client_encoding`,
+    /// `DateStyle`, `TimeZone`, `IntervalStyle`, `standard_conforming_strings`,
+    /// `application_name`): accepted in the startup packet and in `options`, and brought to
+    /// the client's value (or reset) on every server it gets. Case-insensitive identifiers.
+    /// Default `[]`. PgBouncer's `track_extra_parameters`.
+    pub track_extra_parameters: Vec<String>,
     /// Append ` - host:port` of the client to `application_name` sent to servers. Default false.
     pub application_name_add_host: bool,
     /// Enable TCP keepalive (OS default timings) on client and server sockets, so dead peers
@@ -173,6 +180,7 @@ impl Default for General {
             auth_type: AuthType::ScramSha256,
             auth_file: None,
             ignore_startup_parameters: vec!["extra_float_digits".into()],
+            track_extra_parameters: Vec::new(),
             application_name_add_host: false,
             tcp_keepalive: true,
             shutdown_timeout: Dur::secs(30),

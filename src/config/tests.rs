@@ -93,3 +93,26 @@ fn effective_config_redacts_passwords_and_round_trips() {
     let again = toml::from_str::<ConfigFile>(&printed.replace("<redacted>", "x")).unwrap();
     assert_eq!(again.general.default_pool_size, c.general().default_pool_size);
 }
+
+#[test]
+fn track_extra_parameters_are_validated_and_resolved() {
+    let c = load(TRUST).unwrap();
+    assert!(c.general().track_extra_parameters.is_empty());
+    assert!(c.tracked.extra().is_empty());
+    assert!(c.tracked.lookup("IntervalStyle").is_some(), "built in");
+    let c = load(&format!(
+        "{TRUST}track_extra_parameters = [\"Search_Path\", \"statement_timeout\", \"TimeZone\", \"myext.tenant\"]\n"
+    ))
+    .unwrap();
+    let names: Vec<&str> = c.tracked.extra().iter().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["search_path", "statement_timeout", "myext.tenant"]);
+    assert_eq!(c.tracked.lookup("SEARCH_PATH").map(|n| n.to_string()).as_deref(), Some("search_path"));
+    // The effective config prints the list as written.
+    assert!(c.to_toml().contains("Search_Path"));
+    let e = |t: &str| load(t).err().map(|e| e.to_string()).unwrap_or_default();
+    for bad in ["\"\"", "\"search path\"", "\"x;drop\"", "\"options\""] {
+        let m = e(&format!("{TRUST}track_extra_parameters = [{bad}]\n"));
+        assert!(m.contains("[general] track_extra_parameters"), "{bad}: {m}");
+    }
+    assert!(e(&format!("{TRUST}track_extra_parameters = \"search_path\"\n")).contains("invalid type"));
+}

@@ -4,16 +4,25 @@
 //! Each direction has one read buffer that doubles as the write buffer: bytes are read in,
 //! scanned (headers only), and the scanned prefix is written out as one batch. Bodies of
 //! messages we do not inspect are forwarded as they arrive (a 100 MB COPY or a 10 MB value
-//! never sits whole in memory). Only these are looked into:
-//! - client → server: every tag (request boundaries `Q`/`S`/`F`, extended-protocol messages,
-//!   `X`); bodies are never read;
-//! - server → client: `Z` (its one status byte) and `S` ParameterStatus.
+//! never sits whole in memory). When a message must change on its way (a client's prepared
+//! statement name becomes pgsluice's, a ParseComplete the server never sent is added, one it
+//! sent for pgsluice's own Parse is dropped), the bytes before it move to the direction's
+//! side buffer in the server's [`Pipeline`], the changed message is appended there, and the
+//! side buffer is written before the read buffer's scanned prefix — so order is kept and
+//! every byte is copied at most once. Only these are looked into:
+//! - client → server ([`client`]): every tag; bodies of named `Parse`/`Describe`/`Close`,
+//!   the names at the start of `Bind`, and short simple queries (`DEALLOCATE name`);
+//! - server → client ([`server`]): every tag, to match answers to requests; bodies of `Z`,
+//!   `S` ParameterStatus, `C` CommandComplete and `E` ErrorResponse.
 //!
 //! Invariants:
-//! - `Txn::releasable()` is the single source of truth for "the server may be returned":
-//!   every request sent has had its `ReadyForQuery`, the last one said `I`, no
-//!   extended-protocol message is waiting for a `Sync`, and every byte has been forwarded.
-//! - [`pump`] is cancel-safe: all progress lives in `Half`/`Txn`, never in locals.
+//! - `releasable` (checked in [`poll_pump`]) is the single source of truth for "the server
+//!   may be returned": no request is outstanding in the pipeline, the last ReadyForQuery said
+//!   `I`, no extended-protocol message is waiting for a `Sync`, and every byte is forwarded.
+//! - [`pump`] is cancel-safe: all progress lives in `Half`/`Txn`/`Pipeline`, never in locals.
+
+mod client;
+mod server;
 
 use std::future::Future;
 use std::io;
@@ -26,18 +35,18 @@ use tokio::time::{Instant, Sleep};
 
 use crate::backend::ServerConn;
 use crate::net::Stream;
-use crate::protocol::{self, backend as bmsg, btag, ftag, status, Header};
-
 use crate::params::ClientParams;
+use crate::pipeline::Pipeline;
+use crate::prepared::ClientStatements;
+use crate::protocol::{self, ftag, status, Header};
+
+pub use client::scan_client;
 
 /// Bytes read ahead per direction before reading pauses (backpressure).
 pub const READ_AHEAD: usize = 64 * 1024;
 /// Free space ensured before each read (the session uses the same, so a request read while
 /// idle does not force a reallocation once the relay reads more).
 pub const READ_CHUNK: usize = 16 * 1024;
-/// Largest server message we buffer whole to inspect (ParameterStatus, ReadyForQuery).
-/// Must fit in `READ_AHEAD` with its header, or reading would stop before the frame is whole.
-const MAX_INSPECTED: usize = READ_AHEAD - protocol::HEADER_LEN;
 
 /// One direction's read buffer (owned elsewhere) plus its scan position.
 pub struct Half<'a> {
@@ -54,12 +63,57 @@ pub struct ScanPos {
     pub fwd: usize,
     /// Body bytes of an opaque message that have not arrived yet; forwarded as they come.
     pub skip: usize,
+    /// The scanner waits for a whole frame of this many unscanned bytes (reading may go
+    /// past `READ_AHEAD` to get it); 0 when not waiting.
+    pub need: usize,
 }
 
 impl Half<'_> {
     /// Whether nothing is buffered or owed.
     pub fn is_drained(&self) -> bool {
         self.buf.is_empty() && self.pos.skip == 0
+    }
+
+    /// Marks the frame at the scan position, `frame_len` bytes long, as forwarded as is
+    /// (streaming the part that has not arrived yet).
+    #[inline]
+    fn pass(&mut self, frame_len: usize) {
+        let avail = self.buf.len() - self.pos.fwd;
+        if avail >= frame_len {
+            self.pos.fwd += frame_len;
+        } else {
+            self.pos.fwd += avail;
+            self.pos.skip = frame_len - avail;
+        }
+    }
+
+    /// Forwards the body bytes still owed by a streamed message; false while some are missing.
+    #[inline]
+    fn stream_owed(&mut self) -> bool {
+        if self.pos.skip > 0 {
+            let n = (self.buf.len() - self.pos.fwd).min(self.pos.skip);
+            self.pos.fwd += n;
+            self.pos.skip -= n;
+        }
+        self.pos.skip == 0
+    }
+
+    /// Moves the scanned prefix to `out` (which is written first), so that something can be
+    /// appended to `out` after it, or the next frame dropped from the read buffer.
+    #[inline]
+    fn spill(&mut self, out: &mut BytesMut) {
+        if self.pos.fwd > 0 {
+            out.extend_from_slice(&self.buf[..self.pos.fwd]);
+            self.buf.advance(self.pos.fwd);
+            self.pos.fwd = 0;
+        }
+    }
+
+    /// Drops the frame at the scan position (which must be whole), after spilling.
+    #[inline]
+    fn drop_frame(&mut self, out: &mut BytesMut, frame_len: usize) {
+        self.spill(out);
+        self.buf.advance(frame_len);
     }
 }
 
@@ -78,9 +132,6 @@ pub struct Txn {
     pub terminated: bool,
     /// Statement mode: a `ReadyForQuery` reported an open transaction.
     pub opened_transaction: bool,
-    /// Syncs sent since the last `Execute`/`Query`. If that started a COPY FROM STDIN, the
-    /// server ignored them (it ignores Sync in copy-in mode), so they get no `ReadyForQuery`.
-    syncs_since_exec: u32,
 }
 
 impl Txn {
@@ -94,11 +145,65 @@ impl Txn {
     pub fn server_idle(&self) -> bool {
         self.pending == 0 && !self.unsynced && self.status == status::IDLE
     }
+}
 
-    /// The client has a complete request buffered (or enough bytes to start streaming).
-    pub fn request_ready(&self, client: &ScanPos) -> bool {
-        self.pending > 0 || self.flushed || client.fwd >= READ_AHEAD || (client.skip > 0 && client.fwd > 0)
+/// What the bytes a client sent while holding no server amount to (see [`inspect_idle`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Buffered {
+    /// A server is needed: a complete request (`Q`, `Sync`, `FunctionCall`, or `Flush` after
+    /// extended-protocol messages) is buffered, or enough bytes to start streaming.
+    pub ready: bool,
+    /// Requests in `[..end]` that the client expects a ReadyForQuery for.
+    pub requests: u32,
+    /// End of the last complete request.
+    pub end: usize,
+    /// The buffer starts with Terminate.
+    pub terminate: bool,
+}
+
+/// Walks the frames a client buffered while idle (headers only) to decide whether a server
+/// is needed yet. Invalid framing or tags are an error.
+pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::Error> {
+    let mut b = Buffered::default();
+    let mut off = 0;
+    let mut extended = false;
+    while let Some(hdr) = Header::parse(&buf[off..], max_body)? {
+        match hdr.tag {
+            ftag::QUERY
+            | ftag::FUNCTION_CALL
+            | ftag::SYNC
+            | ftag::PARSE
+            | ftag::BIND
+            | ftag::DESCRIBE
+            | ftag::EXECUTE
+            | ftag::CLOSE
+            | ftag::FLUSH
+            | ftag::COPY_DATA
+            | ftag::COPY_DONE
+            | ftag::COPY_FAIL => {}
+            ftag::TERMINATE => {
+                b.terminate = off == 0;
+                break;
+            }
+            other => return Err(protocol::Error::UnexpectedTag(other)),
+        }
+        if buf.len() - off < hdr.frame_len() {
+            break;
+        }
+        off += hdr.frame_len();
+        match hdr.tag {
+            ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC => {
+                b.requests += 1;
+                b.end = off;
+                extended = false;
+            }
+            ftag::FLUSH if extended => b.end = off,
+            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::EXECUTE | ftag::CLOSE => extended = true,
+            _ => {}
+        }
     }
+    b.ready = b.end > 0 || buf.len() >= READ_AHEAD;
+    Ok(b)
 }
 
 /// Why [`pump`] returned.
@@ -141,6 +246,9 @@ pub struct Relay {
     pub release_on_idle: bool,
     /// Statement mode: a transaction block is an error.
     pub statement_mode: bool,
+    /// Rewrite named prepared statements (transaction/statement mode with
+    /// `max_prepared_statements` > 0).
+    pub track_prepared: bool,
     /// Largest client message body accepted.
     pub max_client_message: usize,
     timeouts: RelayTimeouts,
@@ -165,20 +273,29 @@ impl Relay {
     pub fn new(
         release_on_idle: bool,
         statement_mode: bool,
+        track_prepared: bool,
         max_client_message: usize,
         timeouts: RelayTimeouts,
     ) -> Relay {
         let timer = (timeouts.query.is_some() || timeouts.idle_transaction.is_some())
             .then(|| Box::pin(tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400 * 365))));
-        Relay { release_on_idle, statement_mode, max_client_message, timeouts, timer, phase: None }
+        Relay {
+            release_on_idle,
+            statement_mode,
+            track_prepared: track_prepared && release_on_idle,
+            max_client_message,
+            timeouts,
+            timer,
+            phase: None,
+        }
     }
 
     /// Re-arms the timer when the session moves between "request running" (`query_timeout`),
     /// "waiting for the client inside a transaction" (`idle_transaction_timeout`) and "idle
     /// between transactions" (no timer). Returns an event if the armed timer has fired.
-    fn poll_timer(&mut self, cx: &mut Context<'_>, txn: &Txn, client: &ScanPos, server: &ScanPos) -> Option<Event> {
+    fn poll_timer(&mut self, cx: &mut Context<'_>, txn: &Txn, busy: bool) -> Option<Event> {
         let timer = self.timer.as_mut()?;
-        let phase = if txn.pending > 0 || txn.flushed || client.fwd > 0 || server.fwd > 0 {
+        let phase = if txn.pending > 0 || txn.flushed || busy {
             Phase::Running
         } else if txn.status != status::IDLE || txn.unsynced {
             Phase::InTransaction
@@ -209,151 +326,49 @@ impl Relay {
     }
 }
 
-/// Scans newly received client bytes. Returns `Err` on an invalid message.
-pub fn scan_client(h: &mut Half<'_>, txn: &mut Txn, max_body: usize) -> Result<(), protocol::Error> {
-    loop {
-        if h.pos.skip > 0 {
-            let n = (h.buf.len() - h.pos.fwd).min(h.pos.skip);
-            h.pos.fwd += n;
-            h.pos.skip -= n;
-            if h.pos.skip > 0 {
-                return Ok(());
-            }
-        }
-        let Some(hdr) = Header::parse(&h.buf[h.pos.fwd..], max_body)? else {
-            return Ok(());
-        };
-        match hdr.tag {
-            ftag::QUERY => {
-                txn.pending += 1;
-                txn.syncs_since_exec = 0;
-            }
-            ftag::FUNCTION_CALL => txn.pending += 1,
-            ftag::SYNC => {
-                txn.pending += 1;
-                txn.syncs_since_exec += 1;
-                txn.unsynced = false;
-                txn.flushed = false;
-            }
-            ftag::EXECUTE => {
-                txn.unsynced = true;
-                txn.syncs_since_exec = 0;
-            }
-            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => txn.unsynced = true,
-            ftag::FLUSH => {
-                // A Flush only matters after unsynced extended-protocol messages; a lone one
-                // produces no output and must not pin the server.
-                if txn.unsynced {
-                    txn.flushed = true;
-                }
-            }
-            ftag::COPY_DONE | ftag::COPY_FAIL => {
-                // Syncs pipelined after the Execute that started this COPY were ignored.
-                txn.pending -= txn.syncs_since_exec.min(txn.pending);
-                txn.syncs_since_exec = 0;
-            }
-            ftag::COPY_DATA => {}
-            ftag::TERMINATE => {
-                // Never forwarded: in transaction mode the server is not the client's to end.
-                h.buf.truncate(h.pos.fwd);
-                txn.terminated = true;
-                return Ok(());
-            }
-            other => return Err(protocol::Error::UnexpectedTag(other)),
-        }
-        let avail = h.buf.len() - h.pos.fwd;
-        if avail >= hdr.frame_len() {
-            h.pos.fwd += hdr.frame_len();
-        } else {
-            h.pos.fwd += avail;
-            h.pos.skip = hdr.frame_len() - avail;
-            return Ok(());
-        }
-    }
+/// What the scanners share: the client's bookkeeping and the server's pipeline.
+pub struct Ctx<'a> {
+    /// Request/transaction accounting.
+    pub txn: &'a mut Txn,
+    /// The held server's outstanding requests, side buffers and prepared statements.
+    pub pl: &'a mut Pipeline,
+    /// The client's named prepared statements.
+    pub stmts: &'a mut ClientStatements,
+    /// Rewrite named prepared statements.
+    pub track: bool,
+    /// Largest client message body accepted.
+    pub max_body: usize,
+    /// Statement mode: a transaction block is an error.
+    pub statement_mode: bool,
 }
 
-/// Scans newly received server bytes.
-fn scan_server(
-    h: &mut Half<'_>,
-    txn: &mut Txn,
-    statement_mode: bool,
-    server: &mut ParamSink<'_>,
-) -> Result<(), protocol::Error> {
-    loop {
-        if h.pos.skip > 0 {
-            let n = (h.buf.len() - h.pos.fwd).min(h.pos.skip);
-            h.pos.fwd += n;
-            h.pos.skip -= n;
-            if h.pos.skip > 0 {
-                return Ok(());
-            }
-        }
-        let rest = &h.buf[h.pos.fwd..];
-        let Some(hdr) = Header::parse(rest, protocol::MAX_MESSAGE_LEN)? else {
-            return Ok(());
-        };
-        match hdr.tag {
-            btag::READY_FOR_QUERY | btag::PARAMETER_STATUS => {
-                if hdr.body_len > MAX_INSPECTED {
-                    return Err(protocol::Error::TooLarge { tag: hdr.tag, len: hdr.body_len as u32 + 4 });
-                }
-                if rest.len() < hdr.frame_len() {
-                    return Ok(());
-                }
-                let body = &rest[protocol::HEADER_LEN..hdr.frame_len()];
-                if hdr.tag == btag::READY_FOR_QUERY {
-                    let &[st] = body else { return Err(protocol::Error::Malformed("ReadyForQuery")) };
-                    txn.pending = txn.pending.saturating_sub(1);
-                    txn.status = st;
-                    if statement_mode && st != status::IDLE {
-                        // Held back: the client gets an error in place of this ReadyForQuery.
-                        txn.opened_transaction = true;
-                        return Ok(());
-                    }
-                } else {
-                    let (k, v) = bmsg::parse_parameter_status(body)?;
-                    crate::backend::conn::set_param(server.conn, k, v);
-                    server.client.observe(k, v);
-                    *server.synced = Some(server.client.shared());
-                }
-                h.pos.fwd += hdr.frame_len();
-            }
-            _ => {
-                let avail = rest.len();
-                if avail >= hdr.frame_len() {
-                    h.pos.fwd += hdr.frame_len();
-                } else {
-                    h.pos.fwd += avail;
-                    h.pos.skip = hdr.frame_len() - avail;
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-struct ParamSink<'a> {
-    conn: &'a mut Vec<(String, String)>,
-    synced: &'a mut Option<std::sync::Arc<crate::params::ParamSet>>,
-    client: &'a mut ClientParams,
-}
-
-/// Polls one read into `h.buf`. `Ready(Ok(0))` is end of stream.
+/// Polls one read into `buf`. `Ready(Ok(0))` is end of stream.
 fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     buf.reserve(READ_CHUNK);
     let fut = pin!(s.read_buf(buf));
     fut.poll(cx)
 }
 
-/// Polls one write of the scanned prefix of `h` to `s`.
-fn poll_write_from(cx: &mut Context<'_>, s: &mut Stream, h: &mut Half<'_>) -> Poll<io::Result<usize>> {
+/// Polls one write toward `s`: the side buffer `out` first, else the scanned prefix of `h`.
+fn poll_write_from(cx: &mut Context<'_>, s: &mut Stream, out: &mut BytesMut, h: &mut Half<'_>) -> Poll<io::Result<()>> {
+    if !out.is_empty() {
+        return match Pin::new(s).poll_write(cx, out) {
+            Poll::Ready(Ok(n)) => {
+                out.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+    }
     match Pin::new(s).poll_write(cx, &h.buf[..h.pos.fwd]) {
         Poll::Ready(Ok(n)) => {
             h.buf.advance(n);
             h.pos.fwd -= n;
-            Poll::Ready(Ok(n))
+            Poll::Ready(Ok(()))
         }
-        other => other,
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -367,6 +382,15 @@ pub struct ClientIo<'a> {
     pub pos: &'a mut ScanPos,
     /// Client's tracked parameters.
     pub params: &'a mut ClientParams,
+    /// Client's named prepared statements.
+    pub stmts: &'a mut ClientStatements,
+}
+
+/// Where ParameterStatus values go: the server's list and the client's tracked set.
+pub(crate) struct ParamSink<'a> {
+    conn: &'a mut Vec<(String, String)>,
+    synced: &'a mut Option<std::sync::Arc<crate::params::ParamSet>>,
+    client: &'a mut ClientParams,
 }
 
 /// Relays between the client and `server` until an [`Event`]. `spos` is the server-side scan
@@ -381,13 +405,21 @@ pub async fn pump(
     spos: &mut ScanPos,
     txn: &mut Txn,
 ) -> Event {
-    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params } = client;
-    let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, .. } = server;
+    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params, stmts } = client;
+    let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, pipeline, .. } = server;
     std::future::poll_fn(|cx| {
         let mut c = Half { buf: &mut *cbuf, pos: &mut *cpos };
         let mut s = Half { buf: &mut *sbuf, pos: &mut *spos };
         let mut sink = ParamSink { conn: &mut *sparams, synced: &mut *synced, client: &mut *params };
-        poll_pump(cx, relay, cstream, &mut c, sstream, &mut s, txn, &mut sink)
+        let mut ctx = Ctx {
+            txn: &mut *txn,
+            pl: &mut *pipeline,
+            stmts: &mut *stmts,
+            track: relay.track_prepared,
+            max_body: relay.max_client_message,
+            statement_mode: relay.statement_mode,
+        };
+        poll_pump(cx, relay, cstream, &mut c, sstream, &mut s, &mut ctx, &mut sink)
     })
     .await
 }
@@ -400,58 +432,69 @@ fn poll_pump(
     c: &mut Half<'_>,
     server: &mut Stream,
     s: &mut Half<'_>,
-    txn: &mut Txn,
+    ctx: &mut Ctx<'_>,
     sink: &mut ParamSink<'_>,
 ) -> Poll<Event> {
     loop {
         let mut progress = false;
+        // Client bytes not scanned yet: just read, buffered before the server was attached,
+        // or held back by a barrier that has lifted.
+        if !ctx.txn.terminated && c.buf.len() > c.pos.fwd {
+            let before = (c.buf.len(), c.pos.fwd, ctx.pl.to_server.len(), ctx.pl.to_client.len());
+            if let Err(e) = client::scan_client(c, s, ctx) {
+                return Poll::Ready(Event::ClientProtocol(e));
+            }
+            progress |= before != (c.buf.len(), c.pos.fwd, ctx.pl.to_server.len(), ctx.pl.to_client.len());
+        }
         // Client → server.
-        if c.pos.fwd > 0 {
-            match poll_write_from(cx, server, c) {
-                Poll::Ready(Ok(_)) => progress = true,
+        if c.pos.fwd > 0 || !ctx.pl.to_server.is_empty() {
+            match poll_write_from(cx, server, &mut ctx.pl.to_server, c) {
+                Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerIo(e)),
                 Poll::Pending => {}
             }
         }
         // Server → client.
-        if s.pos.fwd > 0 {
-            match poll_write_from(cx, client, s) {
+        if s.pos.fwd > 0 || !ctx.pl.to_client.is_empty() {
+            match poll_write_from(cx, client, &mut ctx.pl.to_client, s) {
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientIo(e)),
+                Poll::Pending => {}
+            }
+        }
+        let to_client_done = s.pos.fwd == 0 && ctx.pl.to_client.is_empty();
+        if ctx.txn.opened_transaction && to_client_done {
+            return Poll::Ready(Event::TransactionInStatementMode);
+        }
+        let all_relayed = s.is_drained()
+            && to_client_done
+            && c.pos.fwd == 0
+            && c.pos.skip == 0
+            && ctx.pl.to_server.is_empty()
+            && ctx.pl.queue.is_empty();
+        if all_relayed && ctx.txn.server_idle() && (relay.release_on_idle || ctx.txn.terminated) {
+            return Poll::Ready(if ctx.txn.terminated { Event::ClientClosed } else { Event::Released });
+        }
+        if ctx.txn.terminated && c.pos.fwd == 0 && ctx.txn.pending == 0 && to_client_done {
+            // The client left inside a transaction: nothing more will come.
+            return Poll::Ready(Event::ClientClosed);
+        }
+        // Read from the client (unless it said goodbye or we are far ahead of the server).
+        if !ctx.txn.terminated && c.buf.len() + ctx.pl.to_server.len() < READ_AHEAD.max(c.pos.need) {
+            match poll_read_into(cx, client, c.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientClosed),
+                // Scanned at the top of the loop.
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientIo(e)),
                 Poll::Pending => {}
             }
         }
-        if txn.opened_transaction && s.pos.fwd == 0 {
-            return Poll::Ready(Event::TransactionInStatementMode);
-        }
-        let all_relayed = s.is_drained() && c.pos.fwd == 0 && c.pos.skip == 0;
-        if all_relayed && txn.server_idle() && (relay.release_on_idle || txn.terminated) {
-            return Poll::Ready(if txn.terminated { Event::ClientClosed } else { Event::Released });
-        }
-        if txn.terminated && c.pos.fwd == 0 && txn.pending == 0 && s.pos.fwd == 0 {
-            // The client left inside a transaction: nothing more will come.
-            return Poll::Ready(Event::ClientClosed);
-        }
-        // Read from the client (unless it said goodbye or we are far ahead of the server).
-        if !txn.terminated && c.buf.len() < READ_AHEAD {
-            match poll_read_into(cx, client, c.buf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientClosed),
-                Poll::Ready(Ok(_)) => {
-                    if let Err(e) = scan_client(c, txn, relay.max_client_message) {
-                        return Poll::Ready(Event::ClientProtocol(e));
-                    }
-                    progress = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientIo(e)),
-                Poll::Pending => {}
-            }
-        }
         // Read from the server.
-        if s.buf.len() < READ_AHEAD {
+        if s.buf.len() + ctx.pl.to_client.len() < READ_AHEAD.max(s.pos.need) {
             match poll_read_into(cx, server, s.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerClosed),
                 Poll::Ready(Ok(_)) => {
-                    if let Err(e) = scan_server(s, txn, relay.statement_mode, sink) {
+                    if let Err(e) = server::scan_server(s, ctx, sink) {
                         return Poll::Ready(Event::ServerProtocol(e));
                     }
                     progress = true;
@@ -461,7 +504,8 @@ fn poll_pump(
             }
         }
         if !progress {
-            if let Some(ev) = relay.poll_timer(cx, txn, c.pos, s.pos) {
+            let busy = c.pos.fwd > 0 || s.pos.fwd > 0 || !ctx.pl.is_idle();
+            if let Some(ev) = relay.poll_timer(cx, ctx.txn, busy) {
                 return Poll::Ready(ev);
             }
             return Poll::Pending;

@@ -29,9 +29,10 @@ use crate::protocol::{status, write};
 use crate::shared::Shared;
 use crate::shutdown::{DrainToken, Shutdown};
 
-use super::relay::{self, ClientIo, Event, Half, Relay, RelayTimeouts, ScanPos, Txn};
+use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts, ScanPos, Txn};
 use super::startup::{self, Startup};
 use crate::params::ClientParams;
+use crate::prepared::ClientStatements;
 
 /// Serves one client connection from accept to close.
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
@@ -56,6 +57,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
     let relay = Relay::new(
         release_on_idle,
         l.mode == PoolMode::Statement,
+        g.max_prepared_statements > 0,
         g.max_packet_size as usize,
         RelayTimeouts { query: g.query_timeout.nonzero(), idle_transaction: g.idle_transaction_timeout.nonzero() },
     );
@@ -66,6 +68,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         spos: ScanPos::default(),
         txn: Txn::new(),
         params: l.params,
+        stmts: ClientStatements::default(),
+        max_prepared: g.max_prepared_statements as usize,
         pool: l.pool,
         cancel: l.cancel,
         relay,
@@ -83,6 +87,9 @@ struct Session {
     spos: ScanPos,
     txn: Txn,
     params: ClientParams,
+    /// Named prepared statements (transaction/statement mode).
+    stmts: ClientStatements,
+    max_prepared: usize,
     pool: Pool,
     cancel: CancelHandle,
     relay: Relay,
@@ -106,13 +113,6 @@ impl Session {
             async move { s.wait().await }
         });
         tracing::debug!(%peer, "client logged in");
-        // Requests the client pipelined behind its login messages.
-        if !self.buf.is_empty() {
-            let mut half = Half { buf: &mut self.buf, pos: &mut self.pos };
-            if let Err(e) = relay::scan_client(&mut half, &mut self.txn, self.relay.max_client_message) {
-                return self.close_with(ClientError::protocol(format!("invalid message from client: {e}"))).await;
-            }
-        }
         let mut server: Option<PoolGuard> = None;
         let mut draining = false;
         loop {
@@ -146,6 +146,7 @@ impl Session {
                     buf: &mut self.buf,
                     pos: &mut self.pos,
                     params: &mut self.params,
+                    stmts: &mut self.stmts,
                 };
                 let pump = relay::pump(&mut self.relay, client, g.server(), &mut self.spos, &mut self.txn);
                 tokio::select! {
@@ -171,7 +172,7 @@ impl Session {
                 }
                 Event::ClientClosed | Event::ClientIo(_) => {
                     if let Some(mut g) = server.take() {
-                        if self.server_clean() && g.server().buf.is_empty() {
+                        if self.server_clean(g.server()) {
                             self.release(g).await;
                         } else {
                             if self.txn.pending > 0 {
@@ -233,8 +234,14 @@ impl Session {
     }
 
     /// Whether the held server is idle with nothing in flight, so it may be reused.
-    fn server_clean(&self) -> bool {
-        self.txn.server_idle() && self.spos.fwd == 0 && self.spos.skip == 0 && self.pos.fwd == 0 && self.pos.skip == 0
+    fn server_clean(&self, server: &crate::backend::ServerConn) -> bool {
+        self.txn.server_idle()
+            && self.spos.fwd == 0
+            && self.spos.skip == 0
+            && self.pos.fwd == 0
+            && self.pos.skip == 0
+            && server.buf.is_empty()
+            && server.pipeline.is_idle()
     }
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
@@ -244,6 +251,9 @@ impl Session {
             if !matches!(tokio::time::timeout(limit, Box::pin(g.server().run_discard(q))).await, Ok(Ok(()))) {
                 return g.discard();
             }
+            // The reset query may have reset unreported tracked parameters silently.
+            let server = g.server();
+            self.params.forget_unreported(&mut server.params, &mut server.synced);
         }
         self.spos = ScanPos::default();
         g.check_in();
@@ -271,12 +281,16 @@ impl Session {
                     ErrorSource::Server,
                 ));
             }
+            // What was just SET or RESET: unreported parameters never come back as ParameterStatus.
+            self.params.record_synced(&mut g.server().params);
         }
         let server = g.server();
         if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
             // Only on change: the set is shared by many clients, its refcount is a hot line.
             server.synced = Some(self.params.shared());
         }
+        server.pipeline.reset();
+        server.pipeline.statements.set_capacity(self.max_prepared);
         self.spos = ScanPos::default();
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
@@ -286,12 +300,14 @@ impl Session {
     /// Waits (without a server) until the client has a complete request buffered.
     async fn wait_request(&mut self, shutdown: &Shutdown, stop: &mut StopSignal) -> Wait {
         loop {
-            // A request pipelined before Terminate still runs (the relay closes after it).
-            if self.txn.request_ready(&self.pos) {
-                return Wait::Ready;
-            }
-            if self.txn.terminated {
-                return Wait::Closed;
+            // Re-walked from the start on each read: while idle the buffer holds at most a
+            // request or two. A request pipelined before Terminate still runs (the relay
+            // closes after it).
+            match relay::inspect_idle(&self.buf, self.relay.max_client_message) {
+                Ok(b) if b.terminate => return Wait::Closed,
+                Ok(b) if b.ready => return Wait::Ready,
+                Ok(_) => {}
+                Err(e) => return Wait::Failed(ClientError::protocol(format!("invalid message from client: {e}"))),
             }
             if shutdown.is_set() && self.buf.is_empty() {
                 return Wait::Shutdown;
@@ -320,12 +336,7 @@ impl Session {
             };
             match n {
                 Ok(0) | Err(_) => return Wait::Closed,
-                Ok(_) => {
-                    let mut half = Half { buf: &mut self.buf, pos: &mut self.pos };
-                    if let Err(e) = relay::scan_client(&mut half, &mut self.txn, self.relay.max_client_message) {
-                        return Wait::Failed(ClientError::protocol(format!("invalid message from client: {e}")));
-                    }
-                }
+                Ok(_) => {}
             }
         }
     }
@@ -337,7 +348,8 @@ impl Session {
     }
 
     async fn reject_request_inner(&mut self, e: ClientError) -> bool {
-        if self.pos.skip > 0 {
+        let buffered = relay::inspect_idle(&self.buf, self.relay.max_client_message).unwrap_or_default();
+        if buffered.end == 0 {
             // The client is in the middle of a large message we cannot resynchronise with.
             self.close_with_inner(e.into_fatal()).await;
             return false;
@@ -345,11 +357,11 @@ impl Session {
         tracing::debug!(code = %e.code, message = %e.message, "request rejected");
         let mut out = BytesMut::with_capacity(128);
         e.encode(&mut out);
-        for _ in 0..self.txn.pending {
+        for _ in 0..buffered.requests {
             write::ready_for_query(&mut out, status::IDLE);
         }
         // Drop the rejected request, keep a partly received next message.
-        self.buf.advance(self.pos.fwd);
+        self.buf.advance(buffered.end);
         self.pos = ScanPos::default();
         self.txn = Txn::new();
         self.stream.write_all(&out).await.is_ok()

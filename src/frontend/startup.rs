@@ -2,9 +2,15 @@
 //! version and parameters), authentication, and the login reply (AuthenticationOk,
 //! ParameterStatus set, BackendKeyData, ReadyForQuery) — all within `client_login_timeout`.
 //!
+//! Startup parameters: `user`, `database`, `_pq_.*` (negotiated away), tracked parameters
+//! (the built-in six and `track_extra_parameters`, see [`crate::params`]), given directly or
+//! as `-c name=value` inside `options`; anything else is refused with `08P01` before
+//! authentication unless `ignore_startup_parameters` lists it.
+//!
 //! Invariants: wrong password and unknown user fail identically (same SQLSTATE, same
 //! message, same SCRAM exchange shape, constant-time comparisons); nothing secret is logged;
-//! any malformed input ends in an `ErrorResponse` for this client only.
+//! any malformed input ends in an `ErrorResponse` for this client only; a logged-in client's
+//! parameter set names every tracked parameter (`ClientParams::complete_login`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +31,7 @@ use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PRO
 use crate::protocol::{ftag, status, write};
 use crate::shared::Shared;
 
-use crate::params::{canonical, ClientParams};
+use crate::params::{parse_options, ClientParams, StartupOption};
 
 /// Largest authentication message accepted from a client.
 const MAX_AUTH_MESSAGE: usize = 8 * 1024;
@@ -183,14 +189,19 @@ async fn login(
     let mut database = None;
     let mut client_params = ClientParams::default();
     let mut unrecognized = Vec::new();
+    // PostgreSQL applies `options` first, so a parameter of its own wins over `-c`.
+    for (_, v) in params.iter().filter(|(k, _)| k == "options") {
+        apply_options(cfg, v, &mut client_params)?;
+    }
     for (k, v) in &params {
         match k.as_str() {
             "user" => user = Some(v.clone()),
             "database" => database = Some(v.clone()),
+            "options" => {}
             k if k.starts_with("_pq_.") => unrecognized.push(k.to_string()),
-            k => match canonical(k) {
+            k => match cfg.tracked.lookup(k) {
                 Some(name) => client_params.set(name, v),
-                None if g.ignore_startup_parameters.iter().any(|i| i.eq_ignore_ascii_case(k)) => {}
+                None if ignored_parameter(cfg, k) => {}
                 None => return Err(Some(ClientError::protocol(format!("unsupported startup parameter: {k}")))),
             },
         }
@@ -229,21 +240,12 @@ async fn login(
     let cancel = shared.cancel.register();
 
     // 5. Login reply, one write.
+    // Tracked parameters the client did not choose take the server default, so a value
+    // another client set on a shared server connection is undone before this one uses it.
+    client_params.complete_login(&cfg.tracked, &server_params);
     write::auth_ok(&mut out);
     for (k, v) in server_params.iter() {
-        // Tracked parameters the client did not choose take the server default, so a value
-        // another client `SET` on a shared server connection is undone before this one uses it.
-        let v = match canonical(k) {
-            Some(c) => match client_params.get(c) {
-                Some(mine) => mine,
-                None => {
-                    client_params.set(c, v);
-                    v
-                }
-            },
-            None => v,
-        };
-        write::parameter_status(&mut out, k, v);
+        write::parameter_status(&mut out, k, client_params.get(k).unwrap_or(v));
     }
     write::backend_key_data(&mut out, cancel.key.0, cancel.key.1);
     write::ready_for_query(&mut out, status::IDLE);
@@ -262,6 +264,38 @@ async fn login(
         cancel,
         params: client_params,
     })))
+}
+
+/// Whether `ignore_startup_parameters` lists `name` (case-insensitively).
+fn ignored_parameter(cfg: &Config, name: &str) -> bool {
+    cfg.general().ignore_startup_parameters.iter().any(|i| i.eq_ignore_ascii_case(name))
+}
+
+/// Applies the `options` startup parameter: `-c name=value` items of tracked parameters
+/// are taken like startup parameters. Anything else is refused as PgBouncer does, unless
+/// ignored: by name, or all of it when `options` itself is in `ignore_startup_parameters`.
+fn apply_options(cfg: &Config, options: &str, client_params: &mut ClientParams) -> LoginResult<()> {
+    let ignore_all = ignored_parameter(cfg, "options");
+    for item in parse_options(options) {
+        match item {
+            StartupOption::Set { name, value } => match cfg.tracked.lookup(&name) {
+                Some(tracked) => client_params.set(tracked, &value),
+                None if ignore_all || ignored_parameter(cfg, &name) => {}
+                None => {
+                    return Err(Some(ClientError::protocol(format!(
+                        "unsupported startup parameter in options: {name}"
+                    ))))
+                }
+            },
+            StartupOption::Unsupported(_) if ignore_all => {}
+            StartupOption::Unsupported(arg) => {
+                return Err(Some(ClientError::protocol(format!(
+                    "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed (got {arg:?})"
+                ))))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn auth_failed(user: &str) -> Option<ClientError> {

@@ -192,6 +192,51 @@ pub fn terminate(buf: &mut BytesMut) {
     frame(buf, b'X', |_| {});
 }
 
+/// A message with an empty body (ParseComplete `1`, BindComplete `2`, CloseComplete `3`...).
+pub fn empty(buf: &mut BytesMut, tag: u8) {
+    buf.put_slice(&[tag, 0, 0, 0, 4]);
+}
+
+/// CommandComplete with `tag` (e.g. `DEALLOCATE`).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    frame(buf, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
+/// Parse of statement `name`; `rest` is the body after the name (query, NUL, parameter
+/// count and types), as the client sent it.
+pub fn parse_raw(buf: &mut BytesMut, name: &[u8], rest: &[u8]) {
+    frame(buf, b'P', |b| {
+        put_cstr(b, name);
+        b.put_slice(rest);
+    });
+}
+
+/// Close (`S` statement or `P` portal) of `name`.
+pub fn close(buf: &mut BytesMut, kind: u8, name: &[u8]) {
+    frame(buf, b'C', |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+/// Describe (`S` statement or `P` portal) of `name`.
+pub fn describe(buf: &mut BytesMut, kind: u8, name: &[u8]) {
+    frame(buf, b'D', |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+/// The header and leading names of a Bind whose remaining `rest_len` body bytes (parameter
+/// formats, values, result formats) the caller forwards unchanged after it.
+pub fn bind_prefix(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest_len: usize) {
+    let len = 4 + portal.len() + 1 + statement.len() + 1 + rest_len;
+    buf.put_u8(b'B');
+    buf.put_i32(len as i32);
+    put_cstr(buf, portal);
+    put_cstr(buf, statement);
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{backend, split_frame};

@@ -1,4 +1,7 @@
+use bytes::Buf;
+
 use super::*;
+use crate::protocol::split_frame;
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
@@ -7,139 +10,494 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-fn scan(bytes: &[u8], buf: &mut BytesMut, pos: &mut ScanPos, txn: &mut Txn) -> Result<(), protocol::Error> {
-    buf.extend_from_slice(bytes);
-    scan_client(&mut Half { buf, pos }, txn, 1 << 20)
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+fn bind(portal: &str, stmt: &str) -> Vec<u8> {
+    msg(b'B', format!("{portal}\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+}
+
+fn execute() -> Vec<u8> {
+    msg(b'E', b"\0\0\0\0\0")
+}
+
+fn sync() -> Vec<u8> {
+    msg(b'S', b"")
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// A session and the server it holds, driven message by message without sockets.
+struct Sim {
+    cbuf: BytesMut,
+    cpos: ScanPos,
+    sbuf: BytesMut,
+    spos: ScanPos,
+    txn: Txn,
+    pl: Pipeline,
+    stmts: ClientStatements,
+    params: ClientParams,
+    server_params: Vec<(String, String)>,
+    synced: Option<std::sync::Arc<crate::params::ParamSet>>,
+    track: bool,
+    statement_mode: bool,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            cbuf: BytesMut::new(),
+            cpos: ScanPos::default(),
+            sbuf: BytesMut::new(),
+            spos: ScanPos::default(),
+            txn: Txn::new(),
+            pl: Pipeline::default(),
+            stmts: ClientStatements::default(),
+            params: ClientParams::default(),
+            server_params: Vec::new(),
+            synced: None,
+            track: true,
+            statement_mode: false,
+        }
+    }
+
+    fn parts(&mut self) -> (Half<'_>, Half<'_>, Ctx<'_>) {
+        let c = Half { buf: &mut self.cbuf, pos: &mut self.cpos };
+        let s = Half { buf: &mut self.sbuf, pos: &mut self.spos };
+        let ctx = Ctx {
+            txn: &mut self.txn,
+            pl: &mut self.pl,
+            stmts: &mut self.stmts,
+            track: self.track,
+            max_body: 1 << 20,
+            statement_mode: self.statement_mode,
+        };
+        (c, s, ctx)
+    }
+
+    /// The client sends `bytes`.
+    fn client(&mut self, bytes: &[u8]) -> Result<(), protocol::Error> {
+        self.cbuf.extend_from_slice(bytes);
+        let (mut c, mut s, mut ctx) = self.parts();
+        client::scan_client(&mut c, &mut s, &mut ctx)
+    }
+
+    /// The server sends `bytes`.
+    fn server(&mut self, bytes: &[u8]) -> Result<(), protocol::Error> {
+        self.sbuf.extend_from_slice(bytes);
+        let mut sink = ParamSink { conn: &mut self.server_params, synced: &mut self.synced, client: &mut self.params };
+        let s = &mut Half { buf: &mut self.sbuf, pos: &mut self.spos };
+        let mut ctx = Ctx {
+            txn: &mut self.txn,
+            pl: &mut self.pl,
+            stmts: &mut self.stmts,
+            track: self.track,
+            max_body: 1 << 20,
+            statement_mode: self.statement_mode,
+        };
+        server::scan_server(s, &mut ctx, &mut sink)
+    }
+
+    /// Everything that would be written to the server now.
+    fn sent(&mut self) -> Vec<u8> {
+        let mut v = self.pl.to_server.split().to_vec();
+        v.extend_from_slice(&self.cbuf[..self.cpos.fwd]);
+        self.cbuf.advance(self.cpos.fwd);
+        self.cpos.fwd = 0;
+        v
+    }
+
+    /// Everything that would be written to the client now.
+    fn received(&mut self) -> Vec<u8> {
+        let mut v = self.pl.to_client.split().to_vec();
+        v.extend_from_slice(&self.sbuf[..self.spos.fwd]);
+        self.sbuf.advance(self.spos.fwd);
+        self.spos.fwd = 0;
+        v
+    }
+
+    fn releasable(&self) -> bool {
+        self.txn.server_idle() && self.pl.is_idle() && self.cpos.fwd == 0 && self.spos.fwd == 0
+    }
+}
+
+/// The tags and bodies of a byte stream.
+fn frames(mut b: &[u8]) -> Vec<(char, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some((tag, body, rest)) = split_frame(b, 1 << 30).unwrap() {
+        out.push((tag as char, body.to_vec()));
+        b = rest;
+    }
+    assert!(b.is_empty(), "trailing partial frame");
+    out
+}
+
+fn tags(b: &[u8]) -> String {
+    frames(b).into_iter().map(|(t, _)| t).collect()
+}
+
+/// The statement name in a Parse/Bind body (Bind: after the portal).
+fn stmt_name(tag: char, body: &[u8]) -> String {
+    let body = if tag == 'B' { &body[body.iter().position(|&b| b == 0).unwrap() + 1..] } else { body };
+    let end = body.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8(body[..end].to_vec()).unwrap()
 }
 
 #[test]
 fn simple_query_is_one_request() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    scan(&msg(b'Q', b"select 1\0"), &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!(txn.pending, 1);
-    assert!(txn.request_ready(&pos));
-    assert_eq!(pos.fwd, buf.len());
+    let mut sim = Sim::new();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    assert_eq!(sim.txn.pending, 1);
+    assert_eq!(tags(&sim.sent()), "Q");
+    sim.server(&cat(&[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "CZ");
+    assert!(sim.releasable());
 }
 
 #[test]
 fn extended_batch_counts_syncs_and_waits_for_them() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    let mut bytes = msg(b'P', b"\0select 1\0\0\0");
-    bytes.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    bytes.extend(msg(b'E', b"\0\0\0\0\0"));
-    scan(&bytes, &mut buf, &mut pos, &mut txn).unwrap();
-    assert!(txn.unsynced && !txn.request_ready(&pos));
-    scan(&msg(b'S', b""), &mut buf, &mut pos, &mut txn).unwrap();
-    scan(&msg(b'S', b""), &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!(txn.pending, 2);
-    assert!(!txn.unsynced && txn.request_ready(&pos));
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("", "select 1"), bind("", ""), execute()])).unwrap();
+    assert!(sim.txn.unsynced);
+    sim.client(&cat(&[sync(), sync()])).unwrap();
+    assert_eq!(sim.txn.pending, 2);
+    assert!(!sim.txn.unsynced);
+    assert_eq!(tags(&sim.sent()), "PBESS", "unnamed statements pass untouched");
 }
 
 #[test]
 fn partial_messages_wait_for_header_and_stream_bodies() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    let big = msg(b'd', &vec![7u8; 1000]);
-    scan(&big[..3], &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!(pos.fwd, 0);
-    scan(&big[3..100], &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!((pos.fwd, pos.skip), (100, big.len() - 100));
-    scan(&big[100..], &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!((pos.fwd, pos.skip), (big.len(), 0));
+    let mut sim = Sim::new();
+    let big = msg(b'd', &[7u8; 1000]);
+    sim.client(&big[..3]).unwrap();
+    assert_eq!(sim.cpos.fwd, 0);
+    sim.client(&big[3..100]).unwrap();
+    assert_eq!((sim.cpos.fwd, sim.cpos.skip), (100, big.len() - 100));
+    sim.client(&big[100..]).unwrap();
+    assert_eq!((sim.cpos.fwd, sim.cpos.skip), (big.len(), 0));
 }
 
 #[test]
 fn terminate_is_swallowed_and_ends_scanning() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    let mut bytes = msg(b'Q', b"select 1\0");
-    let q_len = bytes.len();
-    bytes.extend(msg(b'X', b""));
-    bytes.extend(msg(b'Q', b"select 2\0"));
-    scan(&bytes, &mut buf, &mut pos, &mut txn).unwrap();
-    assert!(txn.terminated);
-    assert_eq!((buf.len(), pos.fwd, txn.pending), (q_len, q_len, 1));
+    let mut sim = Sim::new();
+    let q = msg(b'Q', b"select 1\0");
+    sim.client(&cat(&[q.clone(), msg(b'X', b""), msg(b'Q', b"select 2\0")])).unwrap();
+    assert!(sim.txn.terminated);
+    assert_eq!((sim.cbuf.len(), sim.cpos.fwd, sim.txn.pending), (q.len(), q.len(), 1));
 }
 
 #[test]
 fn rejects_unknown_tags_and_bad_lengths() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    assert_eq!(scan(&msg(b'?', b""), &mut buf, &mut pos, &mut txn), Err(protocol::Error::UnexpectedTag(b'?')));
-    let (mut buf, mut pos) = (BytesMut::new(), ScanPos::default());
-    assert!(scan(b"Q\0\0\0\x02", &mut buf, &mut pos, &mut txn).is_err());
-    let (mut buf, mut pos) = (BytesMut::new(), ScanPos::default());
-    assert!(matches!(scan(b"Q\x7f\xff\xff\xff", &mut buf, &mut pos, &mut txn), Err(protocol::Error::TooLarge { .. })));
+    assert_eq!(Sim::new().client(&msg(b'?', b"")), Err(protocol::Error::UnexpectedTag(b'?')));
+    assert!(Sim::new().client(b"Q\0\0\0\x02").is_err());
+    assert!(matches!(Sim::new().client(b"Q\x7f\xff\xff\xff"), Err(protocol::Error::TooLarge { .. })));
 }
 
 #[test]
 fn server_scan_tracks_ready_for_query_and_parameters() {
-    let (mut buf, mut pos) = (BytesMut::new(), ScanPos::default());
-    let mut txn = Txn { pending: 2, ..Txn::new() };
-    let mut server_params = vec![("TimeZone".to_string(), "UTC".to_string())];
-    let mut client = ClientParams::default();
-    let mut bytes = msg(b'C', b"SELECT 1\0");
-    bytes.extend(msg(b'S', b"TimeZone\0Europe/Paris\0"));
-    bytes.extend(msg(b'Z', b"T"));
+    let mut sim = Sim::new();
+    sim.server_params = vec![("TimeZone".to_string(), "UTC".to_string())];
+    sim.client(&cat(&[msg(b'Q', b"begin; set timezone = 'Europe/Paris'\0"), msg(b'Q', b"commit\0")])).unwrap();
     let z = msg(b'Z', b"I");
-    bytes.extend(&z[..3]);
-    buf.extend_from_slice(&bytes);
-    let mut synced = None;
-    let mut sink = ParamSink { conn: &mut server_params, synced: &mut synced, client: &mut client };
-    scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, false, &mut sink).unwrap();
-    assert_eq!((txn.pending, txn.status), (1, b'T'));
-    assert_eq!(pos.fwd, bytes.len() - 3);
-    buf.extend_from_slice(&z[3..]);
-    scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, false, &mut sink).unwrap();
-    assert!(txn.server_idle());
-    assert_eq!(server_params[0].1, "Europe/Paris");
-    assert_eq!(client.get("TimeZone"), Some("Europe/Paris"));
+    let bytes = cat(&[
+        msg(b'C', b"BEGIN\0"),
+        msg(b'S', b"TimeZone\0Europe/Paris\0"),
+        msg(b'C', b"SET\0"),
+        msg(b'Z', b"T"),
+        msg(b'C', b"COMMIT\0"),
+        z[..3].to_vec(),
+    ]);
+    sim.server(&bytes).unwrap();
+    assert_eq!((sim.txn.pending, sim.txn.status), (1, b'T'));
+    assert_eq!(sim.spos.fwd, bytes.len() - 3);
+    sim.server(&z[3..]).unwrap();
+    assert!(sim.txn.server_idle());
+    assert_eq!(sim.server_params[0].1, "Europe/Paris");
+    assert_eq!(sim.params.get("TimeZone"), Some("Europe/Paris"));
+}
+
+#[test]
+fn unrequested_ready_for_query_is_a_protocol_error() {
+    let mut sim = Sim::new();
+    assert!(sim.server(&msg(b'Z', b"I")).is_err());
 }
 
 #[test]
 fn statement_mode_flags_transaction_blocks() {
-    let (mut buf, mut pos) = (BytesMut::new(), ScanPos::default());
-    let mut txn = Txn { pending: 1, ..Txn::new() };
-    let (mut sp, mut cp) = (Vec::new(), ClientParams::default());
-    buf.extend_from_slice(&msg(b'Z', b"T"));
-    let mut synced = None;
-    let mut sink = ParamSink { conn: &mut sp, synced: &mut synced, client: &mut cp };
-    scan_server(&mut Half { buf: &mut buf, pos: &mut pos }, &mut txn, true, &mut sink).unwrap();
-    assert!(txn.opened_transaction);
+    let mut sim = Sim::new();
+    sim.statement_mode = true;
+    sim.client(&msg(b'Q', b"begin\0")).unwrap();
+    sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
+    assert!(sim.txn.opened_transaction);
 }
 
 #[test]
 fn extended_copy_in_does_not_count_ignored_syncs() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    let mut bytes = msg(b'P', b"\0copy t from stdin\0\0\0");
-    bytes.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    bytes.extend(msg(b'E', b"\0\0\0\0\0"));
-    bytes.extend(msg(b'S', b""));
-    scan(&bytes, &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!(txn.pending, 1);
-    let mut copy = msg(b'd', b"1\n");
-    copy.extend(msg(b'c', b""));
-    copy.extend(msg(b'S', b""));
-    scan(&copy, &mut buf, &mut pos, &mut txn).unwrap();
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("", "copy t from stdin"), bind("", ""), execute(), sync()])).unwrap();
+    assert_eq!(sim.txn.pending, 1);
+    sim.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b""), sync()])).unwrap();
     // The server answers one C + one Z: exactly one ReadyForQuery is owed.
-    assert_eq!(txn.pending, 1);
+    assert_eq!(sim.txn.pending, 1);
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0")])).unwrap();
+    sim.server(&msg(b'Z', b"I")).unwrap();
+    assert!(sim.txn.server_idle() && sim.pl.queue.is_empty());
 }
 
 #[test]
 fn simple_copy_in_keeps_its_ready_for_query() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    scan(&msg(b'Q', b"copy t from stdin\0"), &mut buf, &mut pos, &mut txn).unwrap();
-    let mut copy = msg(b'd', b"1\n");
-    copy.extend(msg(b'c', b""));
-    scan(&copy, &mut buf, &mut pos, &mut txn).unwrap();
-    assert_eq!(txn.pending, 1);
+    let mut sim = Sim::new();
+    sim.client(&msg(b'Q', b"copy t from stdin\0")).unwrap();
+    sim.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b"")])).unwrap();
+    assert_eq!(sim.txn.pending, 1);
 }
 
 #[test]
 fn lone_flush_does_not_pin_the_server() {
-    let (mut buf, mut pos, mut txn) = (BytesMut::new(), ScanPos::default(), Txn::new());
-    scan(&msg(b'H', b""), &mut buf, &mut pos, &mut txn).unwrap();
-    assert!(!txn.unsynced && !txn.flushed && !txn.request_ready(&pos));
-    scan(&msg(b'Q', b"select 1\0"), &mut buf, &mut pos, &mut txn).unwrap();
-    assert!(txn.request_ready(&pos));
-    // After the query's `Z I` the server is idle again.
-    txn.pending = 0;
-    assert!(txn.server_idle());
+    let mut sim = Sim::new();
+    sim.client(&msg(b'H', b"")).unwrap();
+    assert!(!sim.txn.unsynced && !sim.txn.flushed);
+    let b = inspect_idle(&msg(b'H', b""), 1 << 20).unwrap();
+    assert!(!b.ready);
+}
+
+#[test]
+fn inspect_idle_finds_requests() {
+    let q = msg(b'Q', b"select 1\0");
+    let b = inspect_idle(&q, 1 << 20).unwrap();
+    assert_eq!(b, Buffered { ready: true, requests: 1, end: q.len(), terminate: false });
+    let batch = cat(&[parse("", "x"), bind("", ""), execute()]);
+    assert!(!inspect_idle(&batch, 1 << 20).unwrap().ready);
+    let flushed = cat(&[batch.clone(), msg(b'H', b"")]);
+    let b = inspect_idle(&flushed, 1 << 20).unwrap();
+    assert!(b.ready && b.requests == 0 && b.end == flushed.len());
+    let two = cat(&[batch, sync(), msg(b'Q', b"select 2\0")[..7].to_vec()]);
+    let b = inspect_idle(&two, 1 << 20).unwrap();
+    assert_eq!((b.ready, b.requests), (true, 1));
+    assert!(inspect_idle(&msg(b'X', b""), 1 << 20).unwrap().terminate);
+    assert!(inspect_idle(&msg(b'p', b""), 1 << 20).is_err());
+}
+
+#[test]
+fn named_statement_gets_the_servers_name_and_is_shared() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select $1"), bind("", "s1"), execute(), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PBES");
+    let server_name = stmt_name('P', &sent[0].1);
+    assert!(server_name.starts_with("pgsluice_"), "{server_name}");
+    assert_eq!(stmt_name('B', &sent[1].1), server_name);
+    assert_eq!(&sent[0].1[server_name.len() + 1..], b"select $1\0\0\0", "query and types unchanged");
+    // Held back until this batch is answered (the Parse might fail).
+    assert!(sim.pl.barrier);
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "12CZ");
+    assert!(sim.releasable() && !sim.pl.barrier);
+
+    // Another client (same server) prepares the same statement under another name: the
+    // server is not asked again, pgsluice answers the Parse itself.
+    let mut other = ClientStatements::default();
+    std::mem::swap(&mut other, &mut sim.stmts);
+    sim.client(&cat(&[parse("other", "select $1"), bind("", "other"), execute(), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "BES");
+    assert_eq!(tags(&sim.received()), "1", "ParseComplete synthesized at once");
+    sim.server(&cat(&[msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "2CZ");
+    assert!(sim.releasable());
+}
+
+#[test]
+fn statement_is_prepared_on_a_server_that_lacks_it() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    // The client's next transaction runs on a fresh server connection.
+    sim.pl = Pipeline::default();
+    sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PBES");
+    assert_eq!(stmt_name('P', &sent[0].1), stmt_name('B', &sent[1].1));
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "2CZ", "pgsluice's ParseComplete is not relayed");
+    assert!(sim.releasable());
+}
+
+#[test]
+fn close_is_answered_without_closing_the_shared_statement() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.client(&cat(&[msg(b'C', b"Ss1\0"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "S");
+    assert_eq!(tags(&sim.received()), "3");
+    sim.server(&msg(b'Z', b"I")).unwrap();
+    assert_eq!(tags(&sim.received()), "Z");
+    assert!(sim.stmts.is_empty() && sim.pl.statements.len() == 1);
+    // The name is free again.
+    sim.client(&cat(&[parse("s1", "select 2"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "PS");
+}
+
+#[test]
+fn failed_parse_is_forgotten() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "selec 1"), bind("", "s1"), execute(), sync()])).unwrap();
+    sim.sent();
+    let err = msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0");
+    sim.server(&cat(&[err, msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "EZ");
+    assert!(sim.stmts.is_empty() && sim.pl.statements.is_empty());
+    assert!(sim.releasable());
+    // Defining the name again is not a duplicate.
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "PS");
+}
+
+#[test]
+fn answers_after_an_error_are_skipped_like_the_server_does() {
+    let mut sim = Sim::new();
+    // s1 is on the server already.
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.stmts.clear();
+    // A failing Bind, then a Parse pgsluice would answer itself and a Close: PostgreSQL skips
+    // both, so no ParseComplete/CloseComplete may appear, and neither takes effect.
+    sim.client(&cat(&[bind("", "nope"), parse("s2", "select 1"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "BS");
+    assert_eq!(tags(&sim.received()), "");
+    let err = msg(b'E', b"SERROR\0C26000\0Mprepared statement \"nope\" does not exist\0\0");
+    sim.server(&cat(&[err, msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "EZ");
+    assert!(sim.stmts.get(b"s2").is_none(), "skipped Parse is undone");
+    assert!(sim.releasable());
+}
+
+#[test]
+fn duplicate_name_fails_with_the_clients_name() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.client(&cat(&[parse("s1", "select 2"), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PS");
+    let err = msg(b'E', b"SERROR\0C42P05\0Mprepared statement \"pgsluice_x\" already exists\0\0");
+    sim.server(&cat(&[err, msg(b'Z', b"I")])).unwrap();
+    let got = frames(&sim.received());
+    assert_eq!(got.len(), 2);
+    let f = crate::protocol::backend::parse_error_fields(&got[0].1);
+    assert_eq!((f.code, f.message), ("42P05", "prepared statement \"s1\" already exists"));
+    assert!(sim.stmts.get(b"s1").is_some(), "the first definition stays");
+}
+
+#[test]
+fn deallocate_of_a_client_statement_is_answered_locally() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.client(&msg(b'Q', b"DEALLOCATE s1;\0")).unwrap();
+    assert_eq!(tags(&sim.sent()), "");
+    let got = frames(&sim.received());
+    assert_eq!(got.iter().map(|f| f.0).collect::<String>(), "CZ");
+    assert_eq!(got[0].1, b"DEALLOCATE\0");
+    assert!(sim.stmts.is_empty() && sim.releasable());
+    // Unknown names go to the server (which reports the error).
+    sim.client(&msg(b'Q', b"DEALLOCATE s9\0")).unwrap();
+    assert_eq!(tags(&sim.sent()), "Q");
+}
+
+#[test]
+fn discard_all_forgets_every_statement() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.client(&msg(b'Q', b"DISCARD ALL\0")).unwrap();
+    sim.server(&cat(&[msg(b'C', b"DISCARD ALL\0"), msg(b'Z', b"I")])).unwrap();
+    assert!(sim.stmts.is_empty() && sim.pl.statements.is_empty());
+}
+
+#[test]
+fn barrier_holds_the_next_batch_until_the_parse_is_confirmed() {
+    let mut sim = Sim::new();
+    let next = cat(&[bind("", "s1"), execute(), sync()]);
+    sim.client(&cat(&[parse("s1", "select 1"), sync(), next.clone()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "PS");
+    assert_eq!(sim.cbuf.len(), next.len(), "next batch not scanned yet");
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    assert!(!sim.pl.barrier);
+    sim.client(&[]).unwrap();
+    assert_eq!(tags(&sim.sent()), "BES");
+}
+
+#[test]
+fn least_recently_used_statement_is_closed_at_capacity() {
+    let mut sim = Sim::new();
+    sim.pl.statements.set_capacity(2);
+    for (i, sql) in ["select 1", "select 2", "select 3"].iter().enumerate() {
+        sim.client(&cat(&[parse(&format!("s{i}"), sql), sync()])).unwrap();
+        let sent = tags(&sim.sent());
+        let expect = if i == 2 { "CPS" } else { "PS" };
+        assert_eq!(sent, expect, "statement {i}");
+        let answer = if i == 2 {
+            vec![msg(b'3', b""), msg(b'1', b""), msg(b'Z', b"I")]
+        } else {
+            vec![msg(b'1', b""), msg(b'Z', b"I")]
+        };
+        sim.server(&cat(&answer)).unwrap();
+        assert_eq!(tags(&sim.received()), "1Z", "pgsluice's Close is not relayed");
+    }
+    assert_eq!(sim.pl.statements.len(), 2);
+    // s0 was evicted from the server; using it prepares it again.
+    sim.client(&cat(&[bind("", "s0"), execute(), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "CPBES");
+}
+
+#[test]
+fn large_bind_is_renamed_and_its_values_stream() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select $1::bytea"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    let value = vec![9u8; 200_000];
+    let mut body = b"\0s1\0\0\0\0\x01".to_vec();
+    body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    body.extend_from_slice(&value);
+    body.extend_from_slice(b"\0\0");
+    let b = msg(b'B', &body);
+    let whole = cat(&[b.clone(), execute(), sync()]);
+    let mut sent = Vec::new();
+    for chunk in whole.chunks(16 * 1024) {
+        sim.client(chunk).unwrap();
+        sent.extend(sim.sent());
+        assert!(sim.cbuf.len() < 64 * 1024, "never buffers the whole value");
+    }
+    let f = frames(&sent);
+    assert_eq!(f.iter().map(|f| f.0).collect::<String>(), "BES");
+    assert!(stmt_name('B', &f[0].1).starts_with("pgsluice_"));
+    assert!(f[0].1.ends_with(&[&value[value.len() - 4..], b"\0\0"].concat()));
+    assert_eq!(f[0].1.len(), body.len() - 3 + 42);
+}
+
+#[test]
+fn untracked_mode_forwards_names_untouched() {
+    let mut sim = Sim::new();
+    sim.track = false;
+    let batch = cat(&[parse("s1", "select 1"), bind("", "s1"), execute(), msg(b'C', b"Ss1\0"), sync()]);
+    sim.client(&batch).unwrap();
+    assert_eq!(sim.sent(), batch);
+    assert!(sim.stmts.is_empty());
 }

@@ -1,0 +1,331 @@
+//! Client → server scanning: request accounting, and the rewriting of named prepared
+//! statements (transaction and statement mode).
+//!
+//! For each message: push what the server will owe for it onto the pipeline queue, and
+//! either forward it untouched (in place), or rewrite it into the side buffer, or drop it and
+//! let the queue answer for it. Statement names are rewritten in `Parse`, `Bind`,
+//! `Describe 'S'` and `Close 'S'`; everything else passes as opaque bytes.
+
+use std::sync::Arc;
+
+use bytes::Buf;
+
+use super::{server, Ctx, Half};
+use crate::pipeline::{Action, Expect, Kind, Undo};
+use crate::prepared::{parse_deallocate, Stmt};
+use crate::protocol::{self, cstr, ftag, write, Header, HEADER_LEN};
+
+/// Longest simple query inspected for `DEALLOCATE name`.
+const MAX_DEALLOCATE_QUERY: usize = 1024;
+
+/// Scans newly received client bytes. Returns `Err` on an invalid message. Stops early (with
+/// `pos.need` set) when a message that must be read whole has not fully arrived, and at a
+/// pipeline barrier.
+pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<(), protocol::Error> {
+    c.pos.need = 0;
+    loop {
+        if !c.stream_owed() {
+            return Ok(());
+        }
+        if ctx.pl.barrier {
+            break;
+        }
+        let rest = &c.buf[c.pos.fwd..];
+        let Some(hdr) = Header::parse(rest, ctx.max_body)? else {
+            break;
+        };
+        let frame_len = hdr.frame_len();
+        let whole = rest.len() >= frame_len;
+        // Rewriting needs some messages whole; wait for them.
+        if ctx.track && !whole && needs_whole(hdr.tag, frame_len) {
+            c.pos.need = c.pos.fwd + frame_len;
+            break;
+        }
+        match hdr.tag {
+            ftag::QUERY => {
+                ctx.txn.pending += 1;
+                if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, s, ctx, frame_len) {
+                    boundary(ctx);
+                    continue;
+                }
+                ctx.pl.queue.push_back(Expect::forward(Kind::Query));
+                boundary(ctx);
+            }
+            ftag::FUNCTION_CALL => {
+                ctx.txn.pending += 1;
+                ctx.pl.queue.push_back(Expect::forward(Kind::FunctionCall));
+                boundary(ctx);
+            }
+            ftag::SYNC => {
+                ctx.txn.pending += 1;
+                ctx.txn.unsynced = false;
+                ctx.txn.flushed = false;
+                ctx.pl.queue.push_back(Expect::forward(Kind::Sync));
+                boundary(ctx);
+            }
+            ftag::EXECUTE => {
+                ctx.txn.unsynced = true;
+                ctx.pl.batch_started = true;
+                ctx.pl.queue.push_back(Expect::forward(Kind::Execute));
+            }
+            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
+                ctx.txn.unsynced = true;
+                if ctx.track {
+                    match rewrite(c, ctx, hdr)? {
+                        Rewrite::Done => continue,
+                        Rewrite::Wait => {
+                            c.pos.need = c.pos.fwd + super::READ_AHEAD;
+                            break;
+                        }
+                        Rewrite::Untouched => {}
+                    }
+                }
+                ctx.pl.batch_started = true;
+                let kind = match hdr.tag {
+                    ftag::PARSE => Kind::Parse,
+                    ftag::BIND => Kind::Bind,
+                    ftag::DESCRIBE => Kind::Describe,
+                    _ => Kind::Close,
+                };
+                ctx.pl.queue.push_back(Expect::forward(kind));
+            }
+            ftag::FLUSH => {
+                // A Flush only matters after unsynced extended-protocol messages; a lone one
+                // produces no output and must not pin the server.
+                if ctx.txn.unsynced {
+                    ctx.txn.flushed = true;
+                }
+            }
+            ftag::COPY_DONE | ftag::COPY_FAIL => {
+                // The server ignored the Syncs pipelined after the Execute that started this
+                // COPY FROM STDIN (it ignores Sync in copy-in mode): they get no answer.
+                while ctx.pl.queue.back().is_some_and(|e| e.kind == Kind::Sync && e.action == Action::Forward) {
+                    ctx.pl.queue.pop_back();
+                    ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+                }
+            }
+            ftag::COPY_DATA => {}
+            ftag::TERMINATE => {
+                // Never forwarded: in transaction mode the server is not the client's to end.
+                c.buf.truncate(c.pos.fwd);
+                ctx.txn.terminated = true;
+                break;
+            }
+            other => return Err(protocol::Error::UnexpectedTag(other)),
+        }
+        c.pass(frame_len);
+    }
+    // One write: the scanned prefix follows whatever was rewritten.
+    if !ctx.pl.to_server.is_empty() {
+        c.spill(&mut ctx.pl.to_server);
+    }
+    server::advance(s, ctx);
+    Ok(())
+}
+
+/// Whether a message with this tag must be buffered whole before it is scanned (when
+/// prepared statements are tracked).
+#[inline]
+fn needs_whole(tag: u8, frame_len: usize) -> bool {
+    match tag {
+        ftag::PARSE | ftag::DESCRIBE | ftag::CLOSE => true,
+        // Only the names at its start are needed; the values stream.
+        ftag::BIND => frame_len <= super::READ_AHEAD,
+        ftag::QUERY => frame_len <= MAX_DEALLOCATE_QUERY,
+        _ => false,
+    }
+}
+
+/// End of a request (`Sync`, simple query, FunctionCall): if its batch changed statement
+/// bookkeeping that a failure would roll back, hold later requests until it is answered.
+#[inline]
+fn boundary(ctx: &mut Ctx<'_>) {
+    if ctx.pl.batch_dirty {
+        ctx.pl.barrier = true;
+    }
+    ctx.pl.batch_dirty = false;
+    ctx.pl.batch_started = false;
+}
+
+/// What [`rewrite`] did.
+enum Rewrite {
+    /// Nothing: forward the message as is.
+    Untouched,
+    /// Rewritten or answered; the scan position is past it.
+    Done,
+    /// More bytes are needed to read the names at the start of a large Bind.
+    Wait,
+}
+
+/// Handles `Parse`/`Bind`/`Describe`/`Close` when they name a client statement.
+fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, protocol::Error> {
+    let frame_len = hdr.frame_len();
+    let avail = (c.buf.len() - c.pos.fwd).min(frame_len);
+    let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + avail];
+    match hdr.tag {
+        ftag::PARSE => {
+            let Some((name, rest)) = cstr(body) else { return Ok(Rewrite::Untouched) };
+            if name.is_empty() {
+                return Ok(Rewrite::Untouched);
+            }
+            let name: Box<[u8]> = name.into();
+            if let Some(existing) = ctx.stmts.get(&name).cloned() {
+                // PostgreSQL answers 42P05 (after parsing the query). Send the Parse under
+                // the existing statement's server name, which is sure to exist there, and
+                // put the client's name back into the error.
+                c.spill(&mut ctx.pl.to_server);
+                ensure_prepared(ctx, &existing);
+                let server_name = existing.key.server_name();
+                let rest = &c.buf[HEADER_LEN + name.len() + 1..frame_len];
+                write::parse_raw(&mut ctx.pl.to_server, &server_name, rest);
+                c.buf.advance(frame_len);
+                ctx.pl.batch_started = true;
+                let undo = Undo { name: Some(name), ..Undo::default() };
+                ctx.pl.queue.push_back(Expect {
+                    kind: Kind::Parse,
+                    action: Action::Duplicate,
+                    undo: Some(undo.into()),
+                });
+                return Ok(Rewrite::Done);
+            }
+            let stmt = Stmt::new(rest);
+            ctx.stmts.insert(&name, stmt.clone());
+            if ctx.pl.statements.touch(&stmt.key) {
+                // Already prepared on this server: answer the Parse ourselves.
+                c.drop_frame(&mut ctx.pl.to_server, frame_len);
+                if ctx.pl.batch_started {
+                    ctx.pl.batch_dirty = true;
+                }
+                let undo = Undo { defined: Some((name, stmt)), ..Undo::default() };
+                ctx.pl.queue.push_back(Expect {
+                    kind: Kind::Parse,
+                    action: Action::Fake(b'1'),
+                    undo: Some(undo.into()),
+                });
+            } else {
+                c.spill(&mut ctx.pl.to_server);
+                evict_for(ctx, &stmt);
+                write::parse_raw(&mut ctx.pl.to_server, &stmt.key.server_name(), &stmt.rest);
+                c.buf.advance(frame_len);
+                ctx.pl.batch_started = true;
+                ctx.pl.batch_dirty = true;
+                let undo = Undo { prepared: Some(stmt.key), defined: Some((name, stmt)), ..Undo::default() };
+                ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
+            }
+            Ok(Rewrite::Done)
+        }
+        ftag::BIND => {
+            let names = cstr(body).and_then(|(portal, after)| Some((portal.len(), cstr(after)?.0)));
+            let Some((portal_len, name)) = names else {
+                return bind_names_missing(avail, frame_len);
+            };
+            if name.is_empty() {
+                return Ok(Rewrite::Untouched);
+            }
+            let name_len = name.len();
+            let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
+            let key = stmt.key;
+            if !ctx.pl.statements.touch(&key) {
+                let stmt = stmt.clone();
+                c.spill(&mut ctx.pl.to_server);
+                ensure_prepared(ctx, &stmt);
+            }
+            c.spill(&mut ctx.pl.to_server);
+            let prefix = HEADER_LEN + portal_len + 1 + name_len + 1;
+            let rest_len = frame_len - prefix;
+            let portal = &c.buf[HEADER_LEN..HEADER_LEN + portal_len];
+            write::bind_prefix(&mut ctx.pl.to_server, portal, &key.server_name(), rest_len);
+            c.buf.advance(prefix);
+            ctx.pl.batch_started = true;
+            ctx.pl.queue.push_back(Expect::forward(Kind::Bind));
+            // Parameter values follow unchanged (streamed if large).
+            c.pass(rest_len);
+            Ok(Rewrite::Done)
+        }
+        ftag::DESCRIBE | ftag::CLOSE => {
+            let Some((&kind, name)) = body.split_first() else { return Ok(Rewrite::Untouched) };
+            let Some((name, [])) = cstr(name) else { return Ok(Rewrite::Untouched) };
+            if kind != b'S' || name.is_empty() {
+                return Ok(Rewrite::Untouched);
+            }
+            if hdr.tag == ftag::DESCRIBE {
+                let Some(stmt) = ctx.stmts.get(name).cloned() else { return Ok(Rewrite::Untouched) };
+                c.spill(&mut ctx.pl.to_server);
+                ensure_prepared(ctx, &stmt);
+                write::describe(&mut ctx.pl.to_server, b'S', &stmt.key.server_name());
+                c.buf.advance(frame_len);
+                ctx.pl.batch_started = true;
+                ctx.pl.queue.push_back(Expect::forward(Kind::Describe));
+            } else {
+                let name: Box<[u8]> = name.into();
+                let Some(stmt) = ctx.stmts.remove(&name) else { return Ok(Rewrite::Untouched) };
+                // The server statement stays (other clients share it); answer ourselves.
+                c.drop_frame(&mut ctx.pl.to_server, frame_len);
+                if ctx.pl.batch_started {
+                    ctx.pl.batch_dirty = true;
+                }
+                let undo = Undo { removed: Some((name, stmt)), ..Undo::default() };
+                ctx.pl.queue.push_back(Expect {
+                    kind: Kind::Close,
+                    action: Action::Fake(b'3'),
+                    undo: Some(undo.into()),
+                });
+            }
+            Ok(Rewrite::Done)
+        }
+        _ => Ok(Rewrite::Untouched),
+    }
+}
+
+/// A Bind whose leading names have not fully arrived: wait for more unless the whole frame
+/// is there (then it is malformed, and the server will say so).
+fn bind_names_missing(avail: usize, frame_len: usize) -> Result<Rewrite, protocol::Error> {
+    if avail >= frame_len {
+        Ok(Rewrite::Untouched)
+    } else if avail < super::READ_AHEAD {
+        Ok(Rewrite::Wait)
+    } else {
+        Err(protocol::Error::Malformed("Bind (portal and statement names longer than 64 KiB)"))
+    }
+}
+
+/// Queues pgsluice's own `Parse` of `stmt` (and a `Close` to make room) when the server lacks
+/// it. The caller has spilled the client's scanned bytes.
+fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
+    if ctx.pl.statements.touch(&stmt.key) {
+        return;
+    }
+    evict_for(ctx, stmt);
+    write::parse_raw(&mut ctx.pl.to_server, &stmt.key.server_name(), &stmt.rest);
+    ctx.pl.batch_started = true;
+    ctx.pl.batch_dirty = true;
+    let undo = Undo { prepared: Some(stmt.key), ..Undo::default() };
+    ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: Some(undo.into()) });
+}
+
+/// Records `stmt` as prepared on the server, queueing a `Close` of the least recently used
+/// statement when the server is at `max_prepared_statements`.
+fn evict_for(ctx: &mut Ctx<'_>, stmt: &Stmt) {
+    if let Some(old) = ctx.pl.statements.insert(stmt.key) {
+        write::close(&mut ctx.pl.to_server, b'S', &old.server_name());
+        ctx.pl.batch_started = true;
+        ctx.pl.batch_dirty = true;
+        let undo = Undo { closed: Some(old), ..Undo::default() };
+        ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Swallow, undo: Some(undo.into()) });
+    }
+}
+
+/// A simple query that is exactly `DEALLOCATE name` of a client statement is answered by
+/// pgsluice (the shared server statement stays). Returns whether it was handled.
+fn deallocate(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
+    let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
+    let sql = body.strip_suffix(b"\0").unwrap_or(body);
+    let Some(name) = parse_deallocate(sql) else { return false };
+    let Some(stmt) = ctx.stmts.remove(&name) else { return false };
+    c.drop_frame(&mut ctx.pl.to_server, frame_len);
+    ctx.pl.batch_dirty = true;
+    let undo = Undo { removed: Some((name.into(), stmt)), ..Undo::default() };
+    ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::Local("DEALLOCATE"), undo: Some(undo.into()) });
+    server::advance(s, ctx);
+    true
+}

@@ -1,0 +1,209 @@
+//! Server → client scanning: matches each server message to the request at the front of the
+//! pipeline queue, relays, drops (answers to pgsluice's own messages) or replaces it, and
+//! synthesizes the answers pgsluice owes for messages it did not send on.
+//!
+//! Only `Z`, `S`, `C` and `E` are read whole; everything else streams.
+
+use bytes::BufMut;
+
+use super::{Ctx, Half, ParamSink};
+use crate::pipeline::{Action, Expect, Kind, Undo};
+use crate::prepared::tag_deallocates_all;
+use crate::protocol::{self, backend as bmsg, btag, cstr, status, write, Header, HEADER_LEN};
+
+/// Largest server message read whole (RowDescription is streamed, so this bounds
+/// ErrorResponse, CommandComplete, ParameterStatus).
+const MAX_INSPECTED: usize = 1 << 20;
+
+/// Scans newly received server bytes.
+pub(super) fn scan_server(
+    s: &mut Half<'_>,
+    ctx: &mut Ctx<'_>,
+    sink: &mut ParamSink<'_>,
+) -> Result<(), protocol::Error> {
+    s.pos.need = 0;
+    loop {
+        if s.pos.skip > 0 {
+            if !s.stream_owed() {
+                return Ok(());
+            }
+            // A streamed message ended: answers queued behind it may be due.
+            advance(s, ctx);
+        }
+        let rest = &s.buf[s.pos.fwd..];
+        let Some(hdr) = Header::parse(rest, protocol::MAX_MESSAGE_LEN)? else {
+            return Ok(());
+        };
+        let tag = hdr.tag;
+        let frame_len = hdr.frame_len();
+        // Asynchronous messages belong to no request.
+        if tag == btag::NOTICE_RESPONSE || tag == btag::NOTIFICATION_RESPONSE {
+            s.pass(frame_len);
+            continue;
+        }
+        if ctx.pl.queue.front().is_some_and(|h| matches!(h.action, Action::Fake(_) | Action::Local(_))) {
+            // Defensive: answers due before this message (normally sent by `advance` already).
+            advance(s, ctx);
+            continue;
+        }
+        let head = ctx.pl.queue.front();
+        let action = head.map_or(Action::Forward, |h| h.action);
+        let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
+            || (tag == btag::ERROR_RESPONSE && action != Action::Forward)
+            || action == Action::Swallow;
+        if inspect {
+            if hdr.body_len > MAX_INSPECTED {
+                return Err(protocol::Error::TooLarge { tag, len: hdr.body_len as u32 + 4 });
+            }
+            if rest.len() < frame_len {
+                s.pos.need = s.pos.fwd + frame_len;
+                return Ok(());
+            }
+        }
+        if tag == btag::PARAMETER_STATUS {
+            let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
+            crate::backend::conn::set_param(sink.conn, k, v);
+            sink.client.observe(k, v);
+            *sink.synced = Some(sink.client.shared());
+            s.pass(frame_len);
+            continue;
+        }
+        let Some(head) = head else {
+            if tag == btag::READY_FOR_QUERY {
+                // A ReadyForQuery nobody asked for: the streams are out of step.
+                return Err(protocol::Error::UnexpectedTag(tag));
+            }
+            // E.g. a FATAL error before the server closes the connection.
+            s.pass(frame_len);
+            continue;
+        };
+        let kind = head.kind;
+        let ends = kind.ends_on(tag);
+        if tag == btag::COMMAND_COMPLETE {
+            let body = &rest[HEADER_LEN..frame_len];
+            if cstr(body).is_some_and(|(t, _)| tag_deallocates_all(t)) {
+                // The server dropped every prepared statement of its session.
+                ctx.pl.statements.clear();
+                ctx.stmts.clear();
+            }
+        }
+        if tag == btag::READY_FOR_QUERY {
+            let &[st] = &rest[HEADER_LEN..frame_len] else { return Err(protocol::Error::Malformed("ReadyForQuery")) };
+            if !kind.ends_with_ready() {
+                return Err(protocol::Error::UnexpectedTag(tag));
+            }
+            ctx.pl.queue.pop_front();
+            ctx.pl.skipping = false;
+            ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+            ctx.txn.status = st;
+            if st == status::IDLE {
+                ctx.pl.statements.end_transaction();
+            }
+            if ctx.pl.queue.is_empty() {
+                ctx.pl.barrier = false;
+            }
+            if ctx.statement_mode && st != status::IDLE {
+                // Held back: the client gets an error in place of this ReadyForQuery.
+                ctx.txn.opened_transaction = true;
+                return Ok(());
+            }
+            s.pass(frame_len);
+            advance(s, ctx);
+            continue;
+        }
+        let error = tag == btag::ERROR_RESPONSE;
+        match action {
+            Action::Swallow if !error => s.drop_frame(&mut ctx.pl.to_client, frame_len),
+            Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
+                let name = head.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
+                let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
+                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "42P05", &message, None);
+            }
+            _ => s.pass(frame_len),
+        }
+        if ends {
+            let Some(done) = ctx.pl.queue.pop_front() else { continue };
+            if error && !kind.ends_with_ready() {
+                // The server now skips to the next Sync.
+                undo(ctx, done);
+                ctx.pl.skipping = true;
+            }
+            if s.pos.skip == 0 {
+                advance(s, ctx);
+            }
+        }
+    }
+}
+
+/// Answers what is due at the front of the queue without the server: synthesized answers
+/// once everything before them is relayed, and requests the server skips after an error.
+/// Call after the queue or the front of it changed, at a message boundary of the server
+/// stream.
+pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
+    while let Some(head) = ctx.pl.queue.front() {
+        if ctx.pl.skipping {
+            if head.kind == Kind::Sync {
+                break;
+            }
+            let Some(e) = ctx.pl.queue.pop_front() else { break };
+            if e.kind.ends_with_ready() {
+                // A simple query or function call ignored while skipping gets no answer.
+                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+            }
+            undo(ctx, e);
+            continue;
+        }
+        if s.pos.skip > 0 {
+            break;
+        }
+        match head.action {
+            Action::Fake(tag) => {
+                s.spill(&mut ctx.pl.to_client);
+                write::empty(&mut ctx.pl.to_client, tag);
+                ctx.pl.queue.pop_front();
+            }
+            Action::Local(command) => {
+                s.spill(&mut ctx.pl.to_client);
+                let Some(e) = ctx.pl.queue.pop_front() else { break };
+                let out = &mut ctx.pl.to_client;
+                if ctx.txn.status == status::FAILED {
+                    write::error_response(
+                        out,
+                        write::Severity::Error,
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                        None,
+                    );
+                    undo(ctx, e);
+                } else {
+                    write::command_complete(out, command);
+                }
+                ctx.pl.to_client.put_slice(&[btag::READY_FOR_QUERY, 0, 0, 0, 5, ctx.txn.status]);
+                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+            }
+            _ => break,
+        }
+    }
+    if ctx.pl.queue.is_empty() {
+        ctx.pl.barrier = false;
+    }
+}
+
+/// Rolls back the statement bookkeeping of a request the server failed or skipped.
+fn undo(ctx: &mut Ctx<'_>, e: Expect) {
+    let Some(u) = e.undo else { return };
+    let Undo { defined, removed, prepared, closed, name: _ } = *u;
+    if let Some((name, stmt)) = defined {
+        ctx.stmts.remove_if(&name, &stmt);
+    }
+    if let Some((name, stmt)) = removed {
+        ctx.stmts.insert(&name, stmt);
+    }
+    if let Some(k) = prepared {
+        ctx.pl.statements.remove(&k);
+    }
+    if let Some(k) = closed {
+        ctx.pl.statements.restore(k);
+    }
+}

@@ -1,0 +1,363 @@
+//! Named prepared statements in transaction mode: the client's names are its own, the
+//! server's names are pgsluice's.
+//!
+//! A client's `Parse` of statement `s1` is recorded per client ([`ClientStatements`]:
+//! name → [`Stmt`]) and sent to the server under a name derived from the statement itself
+//! (`pgsluice_` + 128 bits of SHA-256 over query text and parameter types, see [`Key`]), so
+//! identical statements from many clients share one server-side prepare. Each server
+//! connection remembers which keys it has prepared ([`ServerStatements`], LRU-bounded by
+//! `max_prepared_statements`); the relay prepares a statement on a server that lacks it just
+//! before the `Bind`/`Describe` that needs it. Design notes: `docs/prepared-statements.md`.
+//!
+//! Invariants:
+//! - A [`Key`] identifies a statement's text and parameter types exactly (cryptographic hash:
+//!   two different statements never share a server-side name).
+//! - [`ServerStatements`] holds exactly the pgsluice statements prepared on that server, once
+//!   every request sent to it has been answered (the relay undoes optimistic entries whose
+//!   `Parse`/`Close` failed or was skipped).
+//! - Eviction never closes a statement used in the server's current transaction (a portal
+//!   bound from it may still be executed).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+/// Length of a server-side statement name: `pgsluice_` + 32 hex digits.
+pub const SERVER_NAME_LEN: usize = 9 + 32;
+
+/// Identity of a statement: 128 bits of SHA-256 over the Parse body after its name (query
+/// text, parameter count and type OIDs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; 16]);
+
+impl Key {
+    /// The key of a Parse body with the statement name already stripped.
+    pub fn of(parse_rest: &[u8]) -> Key {
+        let digest = Sha256::digest(parse_rest);
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&digest[..16]);
+        Key(k)
+    }
+
+    /// The server-side statement name for this key.
+    pub fn server_name(&self) -> [u8; SERVER_NAME_LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut name = [0u8; SERVER_NAME_LEN];
+        name[..9].copy_from_slice(b"pgsluice_");
+        for (i, b) in self.0.iter().enumerate() {
+            name[9 + 2 * i] = HEX[(b >> 4) as usize];
+            name[10 + 2 * i] = HEX[(b & 15) as usize];
+        }
+        name
+    }
+}
+
+/// One prepared statement as a client defined it.
+#[derive(Debug)]
+pub struct Stmt {
+    /// Server-side identity.
+    pub key: Key,
+    /// The Parse body after the statement name: query text, NUL, parameter types. Enough to
+    /// prepare the statement on any server.
+    pub rest: Box<[u8]>,
+}
+
+impl Stmt {
+    /// A statement from the part of a Parse body after its name.
+    pub fn new(parse_rest: &[u8]) -> Arc<Stmt> {
+        Arc::new(Stmt { key: Key::of(parse_rest), rest: parse_rest.into() })
+    }
+}
+
+/// A client's named prepared statements (protocol-level `Parse`), by the client's name.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    map: HashMap<Box<[u8]>, Arc<Stmt>>,
+}
+
+impl ClientStatements {
+    /// The statement the client named `name`.
+    #[inline]
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Stmt>> {
+        if self.map.is_empty() {
+            return None;
+        }
+        self.map.get(name)
+    }
+
+    /// Defines `name` (replacing any previous definition).
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Stmt>) {
+        self.map.insert(name.into(), stmt);
+    }
+
+    /// Forgets `name`, returning its statement.
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Stmt>> {
+        self.map.remove(name)
+    }
+
+    /// Forgets `name` only if it still names `stmt` (undo of an optimistic insert).
+    pub fn remove_if(&mut self, name: &[u8], stmt: &Arc<Stmt>) {
+        if self.map.get(name).is_some_and(|s| Arc::ptr_eq(s, stmt)) {
+            self.map.remove(name);
+        }
+    }
+
+    /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.map = HashMap::new();
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the client has no named statement.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Hasher for [`Key`]s, which are already uniformly distributed.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+}
+
+/// The pgsluice statements prepared on one server connection, with least-recently-used
+/// eviction beyond a capacity.
+#[derive(Debug)]
+pub struct ServerStatements {
+    /// Key → epoch of last use.
+    used: HashMap<Key, u64, BuildHasherDefault<KeyHasher>>,
+    /// Advances each time the server is idle outside a transaction.
+    epoch: u64,
+    capacity: usize,
+}
+
+impl Default for ServerStatements {
+    fn default() -> Self {
+        ServerStatements { used: HashMap::default(), epoch: 1, capacity: 200 }
+    }
+}
+
+impl ServerStatements {
+    /// Sets the capacity (`max_prepared_statements`); takes effect at the next insert.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+    }
+
+    /// Whether `key` is prepared; marks it used.
+    #[inline]
+    pub fn touch(&mut self, key: &Key) -> bool {
+        match self.used.get_mut(key) {
+            Some(e) => {
+                *e = self.epoch;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `key` is prepared (no side effect).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.used.contains_key(key)
+    }
+
+    /// Records `key` as prepared. Returns the key to close first when at capacity: the least
+    /// recently used one not used in the current transaction (none if all are).
+    pub fn insert(&mut self, key: Key) -> Option<Key> {
+        let mut evict = None;
+        if self.used.len() >= self.capacity {
+            evict = self.used.iter().filter(|(_, &e)| e < self.epoch).min_by_key(|(_, &e)| e).map(|(k, _)| *k);
+            if let Some(k) = &evict {
+                self.used.remove(k);
+            }
+        }
+        self.used.insert(key, self.epoch);
+        evict
+    }
+
+    /// Records `key` as no longer prepared.
+    pub fn remove(&mut self, key: &Key) {
+        self.used.remove(key);
+    }
+
+    /// Re-records `key` (undo of a skipped Close); it counts as used now.
+    pub fn restore(&mut self, key: Key) {
+        self.used.insert(key, self.epoch);
+    }
+
+    /// The server deallocated everything (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// The server left its transaction: statements used so far become evictable.
+    #[inline]
+    pub fn end_transaction(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// Number of statements prepared.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether none is prepared.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// What a `CommandComplete` tag means for prepared statements: `DISCARD ALL` and
+/// `DEALLOCATE ALL` drop every statement of the session.
+pub fn tag_deallocates_all(tag: &[u8]) -> bool {
+    tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
+}
+
+/// A simple query that is exactly `DEALLOCATE [PREPARE] name` (case-insensitive keywords,
+/// optional double quotes, optional trailing `;`): returns the statement name. `ALL` is not
+/// matched (it goes to the server, and its `CommandComplete` clears the statements).
+pub fn parse_deallocate(sql: &[u8]) -> Option<Vec<u8>> {
+    let mut s = trim(sql);
+    if let Some(stripped) = s.strip_suffix(b";") {
+        s = trim(stripped);
+    }
+    s = keyword(s, b"deallocate")?;
+    if let Some(rest) = keyword(s, b"prepare") {
+        s = rest;
+    }
+    let name = if let Some(q) = s.strip_prefix(b"\"") {
+        // Quoted identifier: "" is an escaped quote.
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            match q.get(i) {
+                Some(b'"') if q.get(i + 1) == Some(&b'"') => {
+                    out.push(b'"');
+                    i += 2;
+                }
+                Some(b'"') => {
+                    if !trim(&q[i + 1..]).is_empty() {
+                        return None;
+                    }
+                    break out;
+                }
+                Some(&c) => {
+                    out.push(c);
+                    i += 1;
+                }
+                None => return None,
+            }
+        }
+    } else {
+        if s.is_empty() || !s.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80) {
+            return None;
+        }
+        if s.eq_ignore_ascii_case(b"all") {
+            return None;
+        }
+        // Unquoted identifiers fold to lower case.
+        s.to_ascii_lowercase()
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end.max(start)]
+}
+
+/// Strips `kw` (case-insensitive) plus the whitespace after it; requires a word boundary.
+fn keyword<'a>(s: &'a [u8], kw: &[u8]) -> Option<&'a [u8]> {
+    let head = s.get(..kw.len())?;
+    if !head.eq_ignore_ascii_case(kw) {
+        return None;
+    }
+    let rest = &s[kw.len()..];
+    match rest.first() {
+        None => Some(rest),
+        Some(c) if c.is_ascii_whitespace() => Some(trim(rest)),
+        Some(b'"') => Some(rest),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_statements_exactly() {
+        let a = Key::of(b"select 1\0\0\0");
+        let b = Key::of(b"select 1\0\0\x01\0\0\0\x17");
+        assert_ne!(a, b, "parameter types are part of the identity");
+        assert_eq!(a, Key::of(b"select 1\0\0\0"));
+        let name = a.server_name();
+        assert!(name.starts_with(b"pgsluice_"));
+        assert!(name[9..].iter().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn client_statements_undo_only_their_own_insert() {
+        let mut c = ClientStatements::default();
+        let s1 = Stmt::new(b"select 1\0\0\0");
+        let s2 = Stmt::new(b"select 2\0\0\0");
+        c.insert(b"a", s1.clone());
+        c.remove_if(b"a", &s2);
+        assert!(c.get(b"a").is_some());
+        c.remove_if(b"a", &s1);
+        assert!(c.get(b"a").is_none());
+    }
+
+    #[test]
+    fn lru_spares_statements_of_the_current_transaction() {
+        let mut s = ServerStatements::default();
+        s.set_capacity(2);
+        let (k1, k2, k3, k4) = (Key([1; 16]), Key([2; 16]), Key([3; 16]), Key([4; 16]));
+        assert_eq!(s.insert(k1), None);
+        assert_eq!(s.insert(k2), None);
+        // All used in the current transaction: over capacity rather than closing one.
+        assert_eq!(s.insert(k3), None);
+        assert_eq!(s.len(), 3);
+        s.end_transaction();
+        assert!(s.touch(&k1));
+        s.end_transaction();
+        // k2 and k3 are older than k1.
+        let evicted = s.insert(k4).expect("evicts");
+        assert!(evicted == k2 || evicted == k3);
+        assert!(s.contains(&k1) && s.contains(&k4) && !s.contains(&evicted));
+    }
+
+    #[test]
+    fn deallocate_forms() {
+        assert_eq!(parse_deallocate(b"DEALLOCATE s1"), Some(b"s1".to_vec()));
+        assert_eq!(parse_deallocate(b"  deallocate prepare S1 ; "), Some(b"s1".to_vec()));
+        assert_eq!(parse_deallocate(b"DEALLOCATE \"My\"\"S\""), Some(b"My\"S".to_vec()));
+        assert_eq!(parse_deallocate(b"DEALLOCATE \"_pg3_0\";"), Some(b"_pg3_0".to_vec()));
+        assert_eq!(parse_deallocate(b"DEALLOCATE ALL"), None);
+        assert_eq!(parse_deallocate(b"DEALLOCATE a; select 1"), None);
+        assert_eq!(parse_deallocate(b"DEALLOCATEx"), None);
+        assert_eq!(parse_deallocate(b"DEALLOCATE \"unterminated"), None);
+        assert_eq!(parse_deallocate(b"DEALLOCATE"), None);
+        assert_eq!(parse_deallocate(b""), None);
+        assert_eq!(parse_deallocate(b"select 1"), None);
+        assert_eq!(parse_deallocate(b"DEALLOCATE \"a\" b"), None);
+    }
+}
