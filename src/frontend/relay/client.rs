@@ -27,9 +27,6 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
         if !c.stream_owed() {
             return Ok(());
         }
-        if ctx.pl.barrier {
-            break;
-        }
         let rest = &c.buf[c.pos.fwd..];
         let Some(hdr) = Header::parse(rest, ctx.max_body)? else {
             break;
@@ -39,6 +36,12 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
         // Rewriting needs some messages whole; wait for them.
         if ctx.track && !whole && needs_whole(hdr.tag, frame_len) {
             c.pos.need = c.pos.fwd + frame_len;
+            break;
+        }
+        // Behind a barrier, stop at the first message whose handling reads the statement
+        // bookkeeping; COPY data, Sync, Execute and the like go on (the server may be
+        // waiting for them).
+        if ctx.pl.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
             break;
         }
         match hdr.tag {
@@ -132,6 +135,18 @@ fn needs_whole(tag: u8, frame_len: usize) -> bool {
         // Only the names at its start are needed; the values stream.
         ftag::BIND => frame_len <= super::READ_AHEAD,
         ftag::QUERY => frame_len <= MAX_DEALLOCATE_QUERY,
+        _ => false,
+    }
+}
+
+/// Whether handling this message consults the statement bookkeeping (a prepared-statement
+/// message, or a simple query that is a `DEALLOCATE`).
+fn reads_statements(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => true,
+        ftag::QUERY => {
+            body.len() <= MAX_DEALLOCATE_QUERY && parse_deallocate(body.strip_suffix(b"\0").unwrap_or(body)).is_some()
+        }
         _ => false,
     }
 }

@@ -501,3 +501,22 @@ fn untracked_mode_forwards_names_untouched() {
     assert_eq!(sim.sent(), batch);
     assert!(sim.stmts.is_empty());
 }
+
+#[test]
+fn barrier_lets_copy_data_through() {
+    // asyncpg's copy_records_to_table: Parse + Describe + Flush of a named statement, then
+    // a simple COPY query with its data pipelined behind it.
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select * from t"), msg(b'D', b"Ss1\0"), msg(b'H', b"")])).unwrap();
+    assert_eq!(tags(&sim.sent()), "PDH");
+    sim.server(&cat(&[msg(b'1', b""), msg(b't', b"\0\0"), msg(b'n', b"")])).unwrap();
+    assert_eq!(tags(&sim.received()), "1tn");
+    sim.client(&cat(&[msg(b'Q', b"copy t from stdin\0"), msg(b'd', b"1\n"), msg(b'c', b"")])).unwrap();
+    assert!(sim.pl.barrier);
+    assert_eq!(tags(&sim.sent()), "Qdc", "COPY data passes the barrier");
+    sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "", "statement messages wait behind it");
+    sim.server(&cat(&[msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")])).unwrap();
+    sim.client(&[]).unwrap();
+    assert_eq!(tags(&sim.sent()), "BES");
+}
