@@ -27,6 +27,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::backend::{self, Credential, LoginParams, ServerConn};
 use crate::config::BackendAddr;
 use crate::params::Interner;
+use crate::prepared::KnownStatements;
 
 pub use limit::Limit;
 
@@ -141,6 +142,8 @@ struct Inner {
     checkouts: AtomicU64,
     /// Client parameter sets in use with this pool (shared between identical clients).
     interner: Interner,
+    /// Prepared statements some server of this pool accepted.
+    known: KnownStatements,
 }
 
 /// A pool of server connections for one (database, user).
@@ -186,6 +189,7 @@ impl Pool {
             user_limit,
             checkouts: AtomicU64::new(0),
             interner: Interner::default(),
+            known: KnownStatements::default(),
         }));
         pool.0.db_limit.register(&pool.0);
         pool.0.user_limit.register(&pool.0);
@@ -221,6 +225,11 @@ impl Pool {
     /// The pool's parameter-set interner.
     pub fn interner(&self) -> &Interner {
         &self.0.interner
+    }
+
+    /// Prepared statements a server of this pool has accepted.
+    pub fn known_statements(&self) -> &KnownStatements {
+        &self.0.known
     }
 
     /// Fast path of [`Pool::check_out`]: an idle connection that needs no health-check round
@@ -421,8 +430,15 @@ impl Pool {
             self.0.user_limit.release();
             return;
         };
-        let slot = Slot(self.0.clone());
-        rt.spawn(self.clone().connect_task(slot));
+        // The Slot is made inside the task: a runtime that is shutting down drops a task
+        // inside `spawn` (here, under the state lock), and a Slot dropped there would take
+        // the lock again. Unpolled tasks only exist at shutdown, when the count no longer
+        // matters.
+        let pool = self.clone();
+        rt.spawn(async move {
+            let slot = Slot(pool.0.clone());
+            pool.connect_task(slot).await
+        });
     }
 
     async fn connect_task(self, slot: Slot) {

@@ -18,7 +18,7 @@
 //! - Eviction never closes a statement used in the server's current transaction (a portal
 //!   bound from it may still be executed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -221,6 +221,31 @@ impl ServerStatements {
     /// Whether none is prepared.
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
+    }
+}
+
+/// Statements that some server of a pool has accepted (`ParseComplete`), so that a client's
+/// `Parse` + `Sync` of one of them can be answered without a server (libpq's `PQprepare`,
+/// pgbench `-M prepared`): the statement is prepared on a server when first used. Bounded:
+/// forgotten wholesale when full (it is only an optimisation).
+#[derive(Debug, Default)]
+pub struct KnownStatements(parking_lot::Mutex<HashSet<Key, BuildHasherDefault<KeyHasher>>>);
+
+impl KnownStatements {
+    const MAX: usize = 4096;
+
+    /// Records that a server accepted `key`.
+    pub fn insert(&self, key: Key) {
+        let mut set = self.0.lock();
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        set.insert(key);
+    }
+
+    /// Whether a server accepted `key`.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.0.lock().contains(key)
     }
 }
 

@@ -37,10 +37,10 @@ use crate::backend::ServerConn;
 use crate::net::Stream;
 use crate::params::ClientParams;
 use crate::pipeline::Pipeline;
-use crate::prepared::ClientStatements;
+use crate::prepared::{ClientStatements, KnownStatements};
 use crate::protocol::{self, ftag, status, Header};
 
-pub use client::scan_client;
+pub use client::{answer_without_server, scan_client};
 
 /// Bytes read ahead per direction before reading pauses (backpressure).
 pub const READ_AHEAD: usize = 64 * 1024;
@@ -340,6 +340,8 @@ pub struct Ctx<'a> {
     pub max_body: usize,
     /// Statement mode: a transaction block is an error.
     pub statement_mode: bool,
+    /// The pool's statements that some server accepted.
+    pub known: Option<&'a KnownStatements>,
 }
 
 /// Polls one read into `buf`. `Ready(Ok(0))` is end of stream.
@@ -384,6 +386,8 @@ pub struct ClientIo<'a> {
     pub params: &'a mut ClientParams,
     /// Client's named prepared statements.
     pub stmts: &'a mut ClientStatements,
+    /// The pool's statements that some server accepted.
+    pub known: &'a KnownStatements,
 }
 
 /// Where ParameterStatus values go: the server's list and the client's tracked set.
@@ -405,7 +409,7 @@ pub async fn pump(
     spos: &mut ScanPos,
     txn: &mut Txn,
 ) -> Event {
-    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params, stmts } = client;
+    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params, stmts, known } = client;
     let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, pipeline, .. } = server;
     std::future::poll_fn(|cx| {
         let mut c = Half { buf: &mut *cbuf, pos: &mut *cpos };
@@ -418,6 +422,7 @@ pub async fn pump(
             track: relay.track_prepared,
             max_body: relay.max_client_message,
             statement_mode: relay.statement_mode,
+            known: Some(known),
         };
         poll_pump(cx, relay, cstream, &mut c, sstream, &mut s, &mut ctx, &mut sink)
     })

@@ -118,7 +118,11 @@ impl Session {
         loop {
             if server.is_none() {
                 match self.wait_request(&shutdown, &mut stop).await {
-                    Wait::Ready => {}
+                    Wait::Ready => {
+                        if self.relay.track_prepared && self.answer_without_server().await {
+                            continue;
+                        }
+                    }
                     Wait::Closed => return,
                     Wait::Shutdown => return self.close_with(shutting_down()).await,
                     Wait::Failed(e) => return self.close_with(e).await,
@@ -147,6 +151,7 @@ impl Session {
                     pos: &mut self.pos,
                     params: &mut self.params,
                     stmts: &mut self.stmts,
+                    known: self.pool.known_statements(),
                 };
                 let pump = relay::pump(&mut self.relay, client, g.server(), &mut self.spos, &mut self.txn);
                 tokio::select! {
@@ -295,6 +300,21 @@ impl Session {
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
         Ok(g)
+    }
+
+    /// Answers a request that needs no server (statement Parse/Close + Sync, see
+    /// [`relay::answer_without_server`]). Returns whether it did.
+    async fn answer_without_server(&mut self) -> bool {
+        let known = self.pool.known_statements();
+        let max = self.relay.max_client_message;
+        let Some(out) = relay::answer_without_server(&mut self.buf, &mut self.stmts, known, max) else {
+            return false;
+        };
+        if self.stream.write_all(&out).await.is_err() {
+            // The next read sees the closed socket.
+            self.buf.clear();
+        }
+        true
     }
 
     /// Waits (without a server) until the client has a complete request buffered.

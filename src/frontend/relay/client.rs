@@ -12,7 +12,7 @@ use bytes::Buf;
 
 use super::{server, Ctx, Half};
 use crate::pipeline::{Action, Expect, Kind, Undo};
-use crate::prepared::{parse_deallocate, Stmt};
+use crate::prepared::{parse_deallocate, ClientStatements, Key, KnownStatements, Stmt};
 use crate::protocol::{self, cstr, ftag, write, Header, HEADER_LEN};
 
 /// Longest simple query inspected for `DEALLOCATE name`.
@@ -22,10 +22,26 @@ const MAX_DEALLOCATE_QUERY: usize = 1024;
 /// `pos.need` set) when a message that must be read whole has not fully arrived, and at a
 /// pipeline barrier.
 pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<(), protocol::Error> {
+    loop {
+        let held = scan_messages(c, ctx)?;
+        // One write: the scanned prefix follows whatever was rewritten.
+        if !ctx.pl.to_server.is_empty() {
+            c.spill(&mut ctx.pl.to_server);
+        }
+        server::advance(s, ctx);
+        // Answers given without the server (DEALLOCATE) may have lifted the barrier.
+        if !(held && !ctx.pl.barrier) {
+            return Ok(());
+        }
+    }
+}
+
+/// The scanning loop of [`scan_client`]; returns whether it stopped at the barrier.
+fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::Error> {
     c.pos.need = 0;
     loop {
         if !c.stream_owed() {
-            return Ok(());
+            return Ok(false);
         }
         let rest = &c.buf[c.pos.fwd..];
         let Some(hdr) = Header::parse(rest, ctx.max_body)? else {
@@ -42,12 +58,12 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
         // bookkeeping; COPY data, Sync, Execute and the like go on (the server may be
         // waiting for them).
         if ctx.pl.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
-            break;
+            return Ok(true);
         }
         match hdr.tag {
             ftag::QUERY => {
                 ctx.txn.pending += 1;
-                if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, s, ctx, frame_len) {
+                if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, ctx, frame_len) {
                     boundary(ctx);
                     continue;
                 }
@@ -118,12 +134,7 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
         }
         c.pass(frame_len);
     }
-    // One write: the scanned prefix follows whatever was rewritten.
-    if !ctx.pl.to_server.is_empty() {
-        c.spill(&mut ctx.pl.to_server);
-    }
-    server::advance(s, ctx);
-    Ok(())
+    Ok(false)
 }
 
 /// Whether a message with this tag must be buffered whole before it is scanned (when
@@ -155,7 +166,7 @@ fn reads_statements(tag: u8, body: &[u8]) -> bool {
 /// bookkeeping that a failure would roll back, hold later requests until it is answered.
 #[inline]
 fn boundary(ctx: &mut Ctx<'_>) {
-    if ctx.pl.batch_dirty {
+    if ctx.pl.batch_dirty && !ctx.pl.queue.is_empty() {
         ctx.pl.barrier = true;
     }
     ctx.pl.batch_dirty = false;
@@ -332,7 +343,7 @@ fn evict_for(ctx: &mut Ctx<'_>, stmt: &Stmt) {
 
 /// A simple query that is exactly `DEALLOCATE name` of a client statement is answered by
 /// pgsluice (the shared server statement stays). Returns whether it was handled.
-fn deallocate(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
+fn deallocate(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let sql = body.strip_suffix(b"\0").unwrap_or(body);
     let Some(name) = parse_deallocate(sql) else { return false };
@@ -341,6 +352,72 @@ fn deallocate(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: 
     ctx.pl.batch_dirty = true;
     let undo = Undo { removed: Some((name.into(), stmt)), ..Undo::default() };
     ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::Local("DEALLOCATE"), undo: Some(undo.into()) });
-    server::advance(s, ctx);
     true
+}
+
+/// Answers, without a server, a buffered request made only of named `Parse`s of statements
+/// some server of the pool has accepted, `Close`s of named statements, `Flush` and `Sync`
+/// (libpq's `PQprepare`, pgbench `-M prepared`, tokio-postgres dropping a statement): the
+/// statement is prepared on a server when a `Bind` or `Describe` first needs it. Only for a
+/// client outside a transaction (no server held). Returns the answer to send and consumes
+/// the request, or `None` (nothing changed) when a server is needed.
+pub fn answer_without_server(
+    buf: &mut bytes::BytesMut,
+    stmts: &mut ClientStatements,
+    known: &KnownStatements,
+    max_body: usize,
+) -> Option<bytes::BytesMut> {
+    // First pass: is everything up to the last Sync answerable?
+    let mut off = 0;
+    let mut end = 0;
+    while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
+        match tag {
+            ftag::PARSE => {
+                let (name, rest) = cstr(body)?;
+                if name.is_empty() || stmts.get(name).is_some() || !known.contains(&Key::of(rest)) {
+                    return None;
+                }
+            }
+            ftag::CLOSE => match body.split_first() {
+                Some((b'S', name)) if cstr(name).is_some_and(|(n, r)| !n.is_empty() && r.is_empty()) => {}
+                _ => return None,
+            },
+            ftag::FLUSH => {}
+            ftag::SYNC => end = off + HEADER_LEN + body.len(),
+            _ => break,
+        }
+        off += HEADER_LEN + body.len();
+    }
+    if end == 0 {
+        return None;
+    }
+    // Second pass: apply and answer.
+    let mut out = bytes::BytesMut::with_capacity(64);
+    let mut off = 0;
+    while off < end {
+        let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..end], max_body) else { break };
+        match tag {
+            ftag::PARSE => {
+                if let Some((name, rest)) = cstr(body) {
+                    // Two Parses of one name in the batch: the second is a duplicate.
+                    if stmts.get(name).is_some() {
+                        return None;
+                    }
+                    stmts.insert(name, Stmt::new(rest));
+                    write::empty(&mut out, b'1');
+                }
+            }
+            ftag::CLOSE => {
+                if let Some((name, _)) = body.get(1..).and_then(cstr) {
+                    stmts.remove(name);
+                }
+                write::empty(&mut out, b'3');
+            }
+            ftag::SYNC => write::ready_for_query(&mut out, protocol::status::IDLE),
+            _ => {}
+        }
+        off += HEADER_LEN + body.len();
+    }
+    buf.advance(end);
+    Some(out)
 }

@@ -124,6 +124,11 @@ pub(super) fn scan_server(
         }
         if ends {
             let Some(done) = ctx.pl.queue.pop_front() else { continue };
+            if tag == b'1' {
+                if let (Some(known), Some(key)) = (ctx.known, done.undo.as_ref().and_then(|u| u.prepared)) {
+                    known.insert(key);
+                }
+            }
             if error && !kind.ends_with_ready() {
                 // The server now skips to the next Sync.
                 undo(ctx, done);

@@ -1,6 +1,7 @@
 use bytes::Buf;
 
 use super::*;
+use crate::prepared::KnownStatements;
 use crate::protocol::split_frame;
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -74,6 +75,7 @@ impl Sim {
             track: self.track,
             max_body: 1 << 20,
             statement_mode: self.statement_mode,
+            known: None,
         };
         (c, s, ctx)
     }
@@ -97,6 +99,7 @@ impl Sim {
             track: self.track,
             max_body: 1 << 20,
             statement_mode: self.statement_mode,
+            known: None,
         };
         server::scan_server(s, &mut ctx, &mut sink)
     }
@@ -413,6 +416,14 @@ fn deallocate_of_a_client_statement_is_answered_locally() {
     assert_eq!(got.iter().map(|f| f.0).collect::<String>(), "CZ");
     assert_eq!(got[0].1, b"DEALLOCATE\0");
     assert!(sim.stmts.is_empty() && sim.releasable());
+    // A request pipelined behind it is not held back.
+    sim.client(&cat(&[parse("s2", "select 2"), sync(), msg(b'Q', b"deallocate s2\0"), bind("", "x"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "PS");
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.client(&[]).unwrap();
+    assert_eq!(tags(&sim.sent()), "BS");
+    assert_eq!(tags(&sim.received()), "1ZCZ");
+    assert!(!sim.pl.barrier);
     // Unknown names go to the server (which reports the error).
     sim.client(&msg(b'Q', b"DEALLOCATE s9\0")).unwrap();
     assert_eq!(tags(&sim.sent()), "Q");
@@ -519,4 +530,31 @@ fn barrier_lets_copy_data_through() {
     sim.server(&cat(&[msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")])).unwrap();
     sim.client(&[]).unwrap();
     assert_eq!(tags(&sim.sent()), "BES");
+}
+
+#[test]
+fn prepare_and_close_of_known_statements_need_no_server() {
+    let known = KnownStatements::default();
+    let mut stmts = ClientStatements::default();
+    let p = parse("P_0", "select 1");
+    let req = cat(&[p.clone(), sync()]);
+    let mut buf = BytesMut::from(&req[..]);
+    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none(), "unknown statement");
+    assert_eq!(buf.len(), req.len());
+    known.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
+    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).expect("answered");
+    assert_eq!(tags(&out), "1Z");
+    assert!(buf.is_empty() && stmts.get(b"P_0").is_some());
+    // A duplicate needs the server (for its error).
+    let mut buf = BytesMut::from(&req[..]);
+    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none());
+    // Close + Sync; a Bind after it is left for the server.
+    let mut buf = BytesMut::from(&cat(&[msg(b'C', b"SP_0\0"), sync(), bind("", "x")])[..]);
+    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).expect("answered");
+    assert_eq!(tags(&out), "3Z");
+    assert!(stmts.is_empty());
+    assert_eq!(tags(&buf), "B");
+    // Anything else in the request needs a server.
+    let mut buf = BytesMut::from(&cat(&[p, bind("", "P_0"), sync()])[..]);
+    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none());
 }
