@@ -30,7 +30,7 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
         }
         server::advance(s, ctx);
         // Answers given without the server (DEALLOCATE) may have lifted the barrier.
-        if !(held && !ctx.pl.barrier) {
+        if !held || ctx.pl.barrier {
             return Ok(());
         }
     }
