@@ -475,6 +475,8 @@ fn poll_pump(
             && to_client_done
             && c.pos.fwd == 0
             && c.pos.skip == 0
+            // A message being buffered whole (a large Parse) is part of the request.
+            && c.pos.need == 0
             && ctx.pl.to_server.is_empty()
             && ctx.pl.queue.is_empty();
         if all_relayed && ctx.txn.server_idle() && (relay.release_on_idle || ctx.txn.terminated) {
