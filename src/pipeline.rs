@@ -83,6 +83,10 @@ pub enum Action {
     /// A simple query answered by pgsluice (`DEALLOCATE name`): CommandComplete with this tag
     /// and ReadyForQuery.
     Local(&'static str),
+    /// A simple query `DEALLOCATE pgsluice_…` from a client: pgsluice's shared statements are
+    /// not the client's, so it gets PostgreSQL's 26000 for a statement it does not have
+    /// (name in [`Undo::name`]) and ReadyForQuery.
+    LocalMissing,
     /// A client Parse of a name it already uses: the server's 42P05 names pgsluice's
     /// statement, so it is replaced by one naming the client's.
     Duplicate,

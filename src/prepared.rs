@@ -192,6 +192,35 @@ impl ServerStatements {
         evict
     }
 
+    /// Removes and returns the least recently used statement not used in the current
+    /// transaction while the set is at or over capacity (to be closed on the server).
+    pub fn evict_one(&mut self) -> Option<Key> {
+        self.evict_above(self.capacity - 1)
+    }
+
+    /// Removes and returns the least recently used statement not used in the current
+    /// transaction while more than `keep` are prepared.
+    pub fn evict_above(&mut self, keep: usize) -> Option<Key> {
+        if self.used.len() <= keep {
+            return None;
+        }
+        let k = self.used.iter().filter(|(_, &e)| e < self.epoch).min_by_key(|(_, &e)| e).map(|(k, _)| *k)?;
+        self.used.remove(&k);
+        Some(k)
+    }
+
+    /// Whether more statements are prepared than the capacity (after a transaction that
+    /// used more).
+    #[inline]
+    pub fn over_capacity(&self) -> bool {
+        self.used.len() > self.capacity
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Records `key` as no longer prepared.
     pub fn remove(&mut self, key: &Key) {
         self.used.remove(key);

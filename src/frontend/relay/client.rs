@@ -216,7 +216,18 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             }
             let stmt = Stmt::new(rest);
             ctx.stmts.insert(&name, stmt.clone());
-            if ctx.pl.statements.touch(&stmt.key) {
+            if ctx.txn.status == protocol::status::FAILED {
+                // In an aborted transaction PostgreSQL refuses a Parse (25P02) unless it is a
+                // ROLLBACK/COMMIT: let the server decide, on the unnamed statement, so the
+                // shared statements stay as they are.
+                c.spill(&mut ctx.pl.to_server);
+                write::parse_raw(&mut ctx.pl.to_server, b"", &stmt.rest);
+                c.buf.advance(frame_len);
+                ctx.pl.batch_started = true;
+                ctx.pl.batch_dirty = true;
+                let undo = Undo { defined: Some((name, stmt)), ..Undo::default() };
+                ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
+            } else if ctx.pl.statements.touch(&stmt.key) {
                 // Already prepared on this server: answer the Parse ourselves.
                 c.drop_frame(&mut ctx.pl.to_server, frame_len);
                 if ctx.pl.batch_started {
@@ -257,6 +268,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 ensure_prepared(ctx, &stmt);
             }
             c.spill(&mut ctx.pl.to_server);
+            trim_excess(ctx);
             let prefix = HEADER_LEN + portal_len + 1 + name_len + 1;
             let rest_len = frame_len - prefix;
             let portal = &c.buf[HEADER_LEN..HEADER_LEN + portal_len];
@@ -331,13 +343,35 @@ fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
 
 /// Records `stmt` as prepared on the server, queueing a `Close` of the least recently used
 /// statement when the server is at `max_prepared_statements`.
+/// After a transaction that used more statements than `max_prepared_statements`, closes the
+/// least recently used ones beyond it (not the ones used in the current transaction). The
+/// caller has spilled the client's scanned bytes.
+fn trim_excess(ctx: &mut Ctx<'_>) {
+    if !ctx.pl.statements.over_capacity() {
+        return;
+    }
+    let keep = ctx.pl.statements.capacity();
+    while let Some(old) = ctx.pl.statements.evict_above(keep) {
+        queue_close(ctx, old);
+    }
+}
+
+/// Queues pgsluice's own `Close` of server statement `key` (its answer is dropped).
+fn queue_close(ctx: &mut Ctx<'_>, key: Key) {
+    write::close(&mut ctx.pl.to_server, b'S', &key.server_name());
+    ctx.pl.batch_started = true;
+    ctx.pl.batch_dirty = true;
+    let undo = Undo { closed: Some(key), ..Undo::default() };
+    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Swallow, undo: Some(undo.into()) });
+}
+
 fn evict_for(ctx: &mut Ctx<'_>, stmt: &Stmt) {
+    // Usually one; more after a transaction that used more statements than the limit.
+    while let Some(old) = ctx.pl.statements.evict_one() {
+        queue_close(ctx, old);
+    }
     if let Some(old) = ctx.pl.statements.insert(stmt.key) {
-        write::close(&mut ctx.pl.to_server, b'S', &old.server_name());
-        ctx.pl.batch_started = true;
-        ctx.pl.batch_dirty = true;
-        let undo = Undo { closed: Some(old), ..Undo::default() };
-        ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Swallow, undo: Some(undo.into()) });
+        queue_close(ctx, old);
     }
 }
 
@@ -347,7 +381,20 @@ fn deallocate(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let sql = body.strip_suffix(b"\0").unwrap_or(body);
     let Some(name) = parse_deallocate(sql) else { return false };
-    let Some(stmt) = ctx.stmts.remove(&name) else { return false };
+    let Some(stmt) = ctx.stmts.remove(&name) else {
+        // Only outside a transaction with nothing in flight: inside one, the server would
+        // have to fail the transaction too (then the DEALLOCATE goes through, see
+        // docs/prepared-statements.md).
+        let idle = ctx.txn.status == protocol::status::IDLE && ctx.pl.queue.is_empty();
+        if !name.starts_with(b"pgsluice_") || !idle {
+            return false;
+        }
+        // pgsluice's own server statement, shared with other clients: not this client's.
+        c.drop_frame(&mut ctx.pl.to_server, frame_len);
+        let undo = Undo { name: Some(name.into()), ..Undo::default() };
+        ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::LocalMissing, undo: Some(undo.into()) });
+        return true;
+    };
     c.drop_frame(&mut ctx.pl.to_server, frame_len);
     ctx.pl.batch_dirty = true;
     let undo = Undo { removed: Some((name.into(), stmt)), ..Undo::default() };
@@ -367,9 +414,11 @@ pub fn answer_without_server(
     known: &KnownStatements,
     max_body: usize,
 ) -> Option<bytes::BytesMut> {
-    // First pass: is everything up to the last Sync answerable?
+    // First pass: is everything up to the last Sync answerable? (A name defined twice is a
+    // 42P05 the server must produce; a name closed and defined again is left to it too.)
     let mut off = 0;
     let mut end = 0;
+    let mut names: Vec<&[u8]> = Vec::new();
     while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
         match tag {
             ftag::PARSE => {
@@ -377,6 +426,10 @@ pub fn answer_without_server(
                 if name.is_empty() || stmts.get(name).is_some() || !known.contains(&Key::of(rest)) {
                     return None;
                 }
+                if names.contains(&name) {
+                    return None;
+                }
+                names.push(name);
             }
             ftag::CLOSE => match body.split_first() {
                 Some((b'S', name)) if cstr(name).is_some_and(|(n, r)| !n.is_empty() && r.is_empty()) => {}
@@ -399,10 +452,6 @@ pub fn answer_without_server(
         match tag {
             ftag::PARSE => {
                 if let Some((name, rest)) = cstr(body) {
-                    // Two Parses of one name in the batch: the second is a duplicate.
-                    if stmts.get(name).is_some() {
-                        return None;
-                    }
                     stmts.insert(name, Stmt::new(rest));
                     write::empty(&mut out, b'1');
                 }

@@ -41,7 +41,12 @@ pub(super) fn scan_server(
             s.pass(frame_len);
             continue;
         }
-        if ctx.pl.queue.front().is_some_and(|h| matches!(h.action, Action::Fake(_) | Action::Local(_))) {
+        if ctx
+            .pl
+            .queue
+            .front()
+            .is_some_and(|h| matches!(h.action, Action::Fake(_) | Action::Local(_) | Action::LocalMissing))
+        {
             // Defensive: answers due before this message (normally sent by `advance` already).
             advance(s, ctx);
             continue;
@@ -167,6 +172,16 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
                 s.spill(&mut ctx.pl.to_client);
                 write::empty(&mut ctx.pl.to_client, tag);
                 ctx.pl.queue.pop_front();
+            }
+            Action::LocalMissing => {
+                s.spill(&mut ctx.pl.to_client);
+                let Some(e) = ctx.pl.queue.pop_front() else { break };
+                let name = e.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
+                // Queued only outside a transaction, so the status stays `I`.
+                let message = format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name));
+                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "26000", &message, None);
+                ctx.pl.to_client.put_slice(&[btag::READY_FOR_QUERY, 0, 0, 0, 5, ctx.txn.status]);
+                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             }
             Action::Local(command) => {
                 s.spill(&mut ctx.pl.to_client);
