@@ -558,3 +558,55 @@ fn prepare_and_close_of_known_statements_need_no_server() {
     let mut buf = BytesMut::from(&cat(&[p, bind("", "P_0"), sync()])[..]);
     assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none());
 }
+
+#[test]
+fn parse_in_an_aborted_transaction_is_checked_by_the_server() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("a", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.txn.status = b'E';
+    sim.client(&cat(&[parse("b", "select 1"), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PS");
+    assert_eq!(stmt_name('P', &sent[0].1), "", "the unnamed statement, not the shared one");
+    let err = msg(b'E', b"SERROR\0C25P02\0Mcurrent transaction is aborted\0\0");
+    sim.server(&cat(&[err, msg(b'Z', b"E")])).unwrap();
+    assert_eq!(tags(&sim.received()), "EZ");
+    assert!(sim.stmts.get(b"b").is_none(), "not defined");
+}
+
+#[test]
+fn clients_cannot_deallocate_pgsluice_statements() {
+    let mut sim = Sim::new();
+    sim.client(&msg(b'Q', b"DEALLOCATE \"pgsluice_0123\"\0")).unwrap();
+    assert_eq!(tags(&sim.sent()), "");
+    let got = frames(&sim.received());
+    assert_eq!(got.iter().map(|f| f.0).collect::<String>(), "EZ");
+    assert_eq!(crate::protocol::backend::parse_error_fields(&got[0].1).code, "26000");
+    assert!(sim.releasable());
+}
+
+#[test]
+fn statements_beyond_the_limit_are_closed_after_a_big_transaction() {
+    let mut sim = Sim::new();
+    sim.pl.statements.set_capacity(2);
+    sim.client(&msg(b'Q', b"begin\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
+    for i in 0..4 {
+        sim.client(&cat(&[parse(&format!("s{i}"), &format!("select {i}")), sync()])).unwrap();
+        assert_eq!(tags(&sim.sent()), "PS", "nothing used in the transaction is closed");
+        sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"T")])).unwrap();
+    }
+    sim.client(&msg(b'Q', b"commit\0")).unwrap();
+    sim.server(&cat(&[msg(b'C', b"COMMIT\0"), msg(b'Z', b"I")])).unwrap();
+    sim.sent();
+    sim.received();
+    assert_eq!(sim.pl.statements.len(), 4);
+    // The next use shrinks the set back to the limit.
+    sim.client(&cat(&[bind("", "s3"), execute(), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "CCBES");
+    assert_eq!(sim.pl.statements.len(), 2);
+}
