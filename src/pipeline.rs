@@ -77,6 +77,10 @@ pub enum Action {
     Forward,
     /// pgsluice's own message: drop a successful answer, relay an error.
     Swallow,
+    /// A Sync the client sent after the Execute/Query that may have started a COPY FROM
+    /// STDIN, before its CopyDone/CopyFail: PostgreSQL ignores it if the COPY started (it
+    /// ignores Sync in copy-in mode) and answers it otherwise. Settled when that request ends.
+    CopySync,
     /// Not sent to the server: answer with this one-byte-body-less message (`1`
     /// ParseComplete, `3` CloseComplete) when the queue reaches it.
     Fake(u8),
@@ -140,8 +144,16 @@ pub struct Pipeline {
     pub queue: VecDeque<Expect>,
     /// The server is skipping messages until the next Sync after an error.
     pub skipping: bool,
-    /// Do not scan further client messages until the queue is empty.
+    /// Do not scan further statement messages until the requests outstanding when it was
+    /// set (`barrier_left` of them) are answered.
     pub barrier: bool,
+    /// Requests still to be answered before the barrier lifts.
+    pub barrier_left: usize,
+    /// The request at the front of the queue started a COPY FROM STDIN (CopyInResponse seen).
+    pub copy_in: bool,
+    /// Bookkeeping may no longer match the server (a client ran SQL `PREPARE`/`DEALLOCATE`,
+    /// or `DEALLOCATE ALL` with more pipelined behind it): close the connection at release.
+    pub poisoned: bool,
     /// The current batch (since the last Sync) changed statement bookkeeping.
     pub batch_dirty: bool,
     /// The current batch has sent something the server may answer with an error.
@@ -155,6 +167,27 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Removes the front request (answered or skipped), counting it toward the barrier.
+    #[inline]
+    pub fn pop_front(&mut self) -> Option<Expect> {
+        let e = self.queue.pop_front()?;
+        if self.barrier {
+            self.barrier_left = self.barrier_left.saturating_sub(1);
+            if self.barrier_left == 0 {
+                self.barrier = false;
+            }
+        }
+        Some(e)
+    }
+
+    /// Holds back statement messages until everything queued so far is answered.
+    pub fn set_barrier(&mut self) {
+        if !self.queue.is_empty() {
+            self.barrier = true;
+            self.barrier_left = self.queue.len();
+        }
+    }
+
     /// Nothing outstanding and nothing waiting to be written.
     #[inline]
     pub fn is_idle(&self) -> bool {
@@ -167,6 +200,8 @@ impl Pipeline {
         self.queue.clear();
         self.skipping = false;
         self.barrier = false;
+        self.barrier_left = 0;
+        self.copy_in = false;
         self.batch_dirty = false;
         self.batch_started = false;
         self.to_server.clear();

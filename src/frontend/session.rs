@@ -119,7 +119,7 @@ impl Session {
             if server.is_none() {
                 match self.wait_request(&shutdown, &mut stop).await {
                     Wait::Ready => {
-                        if self.relay.track_prepared && self.answer_without_server().await {
+                        if self.relay.track_prepared && Box::pin(self.answer_without_server()).await {
                             continue;
                         }
                     }
@@ -251,6 +251,11 @@ impl Session {
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
     async fn release(&mut self, mut g: PoolGuard) {
+        if g.server().pipeline.poisoned {
+            // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
+            // DEALLOCATE by a client): no other client gets it.
+            return g.discard();
+        }
         if let Some(q) = &self.reset_query {
             let limit = self.pool.settings().connect_timeout;
             if !matches!(tokio::time::timeout(limit, Box::pin(g.server().run_discard(q))).await, Ok(Ok(()))) {

@@ -1869,3 +1869,127 @@ async fn new_clients_prepare_fine_after_alter_table() {
     })
     .await;
 }
+
+/// Sync + stray CopyDone after a flushed batch releases the server before PostgreSQL
+/// has answered the Sync (here: a deferred trigger makes the commit at Sync take 1 s); its
+/// ReadyForQuery then answers the next client's query, and that client's rows go to the
+/// client after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_copy_done_leaks_rows_across_clients() {
+    within_limit(async move {
+        let db = fresh_db("ps_review");
+        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        let setup = p.connect(&db).await;
+        setup
+            .batch_execute(
+                "create table t(i int);
+                 create function slow() returns trigger language plpgsql as $$ begin perform pg_sleep(1); return null; end $$;
+                 create constraint trigger slow after insert on t deferrable initially deferred for each row execute function slow();",
+            )
+            .await
+            .unwrap();
+        drop(setup);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut attacker = RawConn::connect(p.port(), &db).await;
+        attacker
+            .send(&[parse("", "insert into t values (1)", &[]), bind("", "", &[]), execute("", 0), frame(b'H', &[])].concat())
+            .await;
+        let mut got = Vec::new();
+        while got.last().map(|m: &Msg| m.tag) != Some(b'C') {
+            got.push(attacker.recv().await);
+        }
+        attacker.send(&[sync(), frame(b'c', &[])].concat()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut victim = RawConn::connect(p.port(), &db).await;
+        victim.send(&query("select 'victim secret' from pg_sleep(1)")).await;
+        let v = victim.until_ready(1).await;
+        assert!(format!("{v:?}").contains("victim secret"), "the victim gets its own rows: {v:?}");
+        let mut third = RawConn::connect(p.port(), &db).await;
+        third.send(&query("select 'mine'")).await;
+        let t = third.until_ready(1).await;
+        assert!(!format!("{t:?}").contains("victim secret"), "third client received the victim's rows: {t:?}");
+    })
+    .await;
+}
+
+/// an Execute without Flush/Sync pipelined right behind a batch that set the barrier,
+/// then a statement message: the barrier waits for the Execute's answer, which PostgreSQL
+/// only sends at the Sync held behind the barrier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_hang_behind_unflushed_execute() {
+    within_limit(async move {
+        let db = fresh_db("ps_review2");
+        let p = txn_pooler(&db, &[]).start().await;
+        let script = [
+            parse("s1", "select generate_series(1,10)", &[]),
+            bind("p", "s1", &[]),
+            execute("p", 1),
+            sync(),
+            execute("p", 1),
+            bind("", "s1", &[]),
+            execute("", 0),
+            sync(),
+        ]
+        .concat();
+        let mut answers = Vec::new();
+        for (who, port) in [("postgres", pg().port()), ("pgsluice", p.port())] {
+            let mut c = RawConn::connect(port, &db).await;
+            c.send(&query("begin")).await;
+            c.until_ready(1).await;
+            c.send(&script).await;
+            let r = tokio::time::timeout(Duration::from_secs(3), c.until_ready(2)).await;
+            let got: Vec<u8> = r.unwrap_or_else(|_| panic!("{who}: no answer in 3 s")).iter().map(|m| m.tag).collect();
+            answers.push(got);
+        }
+        assert_eq!(String::from_utf8_lossy(&answers[1]), String::from_utf8_lossy(&answers[0]));
+    })
+    .await;
+}
+
+/// DEALLOCATE ALL pipelined before a named Parse: pgsluice forgets the statement the
+/// Parse then creates on the server; the next client to prepare the same text on that
+/// connection gets 42P05 about pgsluice's internal name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_all_pipelined_poisons_connection() {
+    within_limit(async move {
+        let db = fresh_db("ps_review3");
+        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        let mut a = RawConn::connect(p.port(), &db).await;
+        a.send(
+            &[query("deallocate all"), parse("s1", "select 7", &[]), bind("", "s1", &[]), execute("", 0), sync()]
+                .concat(),
+        )
+        .await;
+        let first: Vec<u8> = a.until_ready(2).await.iter().map(|m| m.tag).collect();
+        assert_eq!(String::from_utf8_lossy(&first), "CZ12DCZ");
+        let b = p.connect(&db).await;
+        let st = b.prepare("select 7").await.unwrap_or_else(|e| panic!("b prepare: {}", err(&e)));
+        let v: i32 = b.query_one(&st, &[]).await.unwrap_or_else(|e| panic!("b query: {}", err(&e))).get(0);
+        assert_eq!(v, 7);
+        let mut a2 = a;
+        a2.send(&[bind("", "s1", &[]), execute("", 0), sync()].concat()).await;
+        let again: Vec<u8> = a2.until_ready(1).await.iter().map(|m| m.tag).collect();
+        assert_eq!(String::from_utf8_lossy(&again), "2DCZ", "a's s1 still works");
+    })
+    .await;
+}
+
+/// SQL PREPARE/DEALLOCATE of pgsluice's names are forwarded: a client can replace a
+/// shared statement, and other clients then run its query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_replaces_shared_statement() {
+    within_limit(async move {
+        let db = fresh_db("ps_review4");
+        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        let name = String::from_utf8(pgsluice::prepared::Key::of(b"select 7\0\0\0").server_name().to_vec()).unwrap();
+        let attacker = p.connect(&db).await;
+        let st = attacker.prepare("select 7").await.unwrap();
+        attacker.query(&st, &[]).await.unwrap();
+        attacker.batch_execute(&format!("deallocate {name}; prepare {name} as select 666")).await.unwrap();
+        let victim = p.connect(&db).await;
+        let st = victim.prepare("select 7").await.unwrap();
+        let v: i32 = victim.query_one(&st, &[]).await.unwrap().get(0);
+        assert_eq!(v, 7, "victim's `select 7` returned {v}");
+    })
+    .await;
+}

@@ -116,11 +116,19 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
             }
             ftag::COPY_DONE | ftag::COPY_FAIL => {
-                // The server ignored the Syncs pipelined after the Execute that started this
-                // COPY FROM STDIN (it ignores Sync in copy-in mode): they get no answer.
-                while ctx.pl.queue.back().is_some_and(|e| e.kind == Kind::Sync && e.action == Action::Forward) {
-                    ctx.pl.queue.pop_back();
-                    ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+                // Syncs pipelined after the Execute/Query that may have started a COPY FROM
+                // STDIN get no answer if it did (PostgreSQL ignores Sync in copy-in mode);
+                // settled when that request ends (see `server::settle_copy_syncs`). A stray
+                // CopyDone outside COPY changes nothing.
+                let q = &mut ctx.pl.queue;
+                let mut i = q.len();
+                while i > 0 && q[i - 1].kind == Kind::Sync && q[i - 1].action == Action::Forward {
+                    i -= 1;
+                }
+                if i > 0 && matches!(q[i - 1].kind, Kind::Execute | Kind::Query) {
+                    for e in q.iter_mut().skip(i) {
+                        e.action = Action::CopySync;
+                    }
                 }
             }
             ftag::COPY_DATA => {}
@@ -166,8 +174,8 @@ fn reads_statements(tag: u8, body: &[u8]) -> bool {
 /// bookkeeping that a failure would roll back, hold later requests until it is answered.
 #[inline]
 fn boundary(ctx: &mut Ctx<'_>) {
-    if ctx.pl.batch_dirty && !ctx.pl.queue.is_empty() {
-        ctx.pl.barrier = true;
+    if ctx.pl.batch_dirty {
+        ctx.pl.set_barrier();
     }
     ctx.pl.batch_dirty = false;
     ctx.pl.batch_started = false;
@@ -296,7 +304,16 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 ctx.pl.queue.push_back(Expect::forward(Kind::Describe));
             } else {
                 let name: Box<[u8]> = name.into();
-                let Some(stmt) = ctx.stmts.remove(&name) else { return Ok(Rewrite::Untouched) };
+                let Some(stmt) = ctx.stmts.remove(&name) else {
+                    if !name.starts_with(b"pgsluice_") {
+                        return Ok(Rewrite::Untouched);
+                    }
+                    // Not the client's: pgsluice's statement shared with other clients stays.
+                    // (Closing a statement one does not have is not an error.)
+                    c.drop_frame(&mut ctx.pl.to_server, frame_len);
+                    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Fake(b'3'), undo: None });
+                    return Ok(Rewrite::Done);
+                };
                 // The server statement stays (other clients share it); answer ourselves.
                 c.drop_frame(&mut ctx.pl.to_server, frame_len);
                 if ctx.pl.batch_started {

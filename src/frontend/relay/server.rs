@@ -11,6 +11,9 @@ use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::prepared::tag_deallocates_all;
 use crate::protocol::{self, backend as bmsg, btag, cstr, status, write, Header, HEADER_LEN};
 
+/// PostgreSQL's message for a command in an aborted transaction (25P02).
+const ABORTED: &str = "current transaction is aborted, commands ignored until end of transaction block";
+
 /// Largest server message read whole (RowDescription is streamed, so this bounds
 /// ErrorResponse, CommandComplete, ParameterStatus).
 const MAX_INSPECTED: usize = 1 << 20;
@@ -23,6 +26,10 @@ pub(super) fn scan_server(
 ) -> Result<(), protocol::Error> {
     s.pos.need = 0;
     loop {
+        if ctx.txn.opened_transaction {
+            // Statement mode: a held-back ReadyForQuery ends the session; read no further.
+            return Ok(());
+        }
         if s.pos.skip > 0 {
             if !s.stream_owed() {
                 return Ok(());
@@ -86,10 +93,20 @@ pub(super) fn scan_server(
         let ends = kind.ends_on(tag);
         if tag == btag::COMMAND_COMPLETE {
             let body = &rest[HEADER_LEN..frame_len];
-            if cstr(body).is_some_and(|(t, _)| tag_deallocates_all(t)) {
-                // The server dropped every prepared statement of its session.
+            let tag = cstr(body).map_or(&b""[..], |(t, _)| t);
+            if tag_deallocates_all(tag) {
+                // The server dropped every prepared statement of its session. Bookkeeping
+                // of requests pipelined behind it was made before: do not trust it.
                 ctx.pl.statements.clear();
                 ctx.stmts.clear();
+                if ctx.track && ctx.pl.queue.len() > 1 {
+                    replay_pipelined(ctx);
+                    ctx.pl.poisoned = true;
+                }
+            } else if ctx.track && (tag == b"PREPARE" || tag == b"DEALLOCATE") {
+                // SQL-level statements on a shared connection (maybe even pgsluice's names):
+                // this connection is not handed to another client.
+                ctx.pl.poisoned = true;
             }
         }
         if tag == btag::READY_FOR_QUERY {
@@ -97,15 +114,15 @@ pub(super) fn scan_server(
             if !kind.ends_with_ready() {
                 return Err(protocol::Error::UnexpectedTag(tag));
             }
-            ctx.pl.queue.pop_front();
+            ctx.pl.pop_front();
+            if kind == Kind::Query {
+                settle_copy_syncs(ctx);
+            }
             ctx.pl.skipping = false;
             ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             ctx.txn.status = st;
             if st == status::IDLE {
                 ctx.pl.statements.end_transaction();
-            }
-            if ctx.pl.queue.is_empty() {
-                ctx.pl.barrier = false;
             }
             if ctx.statement_mode && st != status::IDLE {
                 // Held back: the client gets an error in place of this ReadyForQuery.
@@ -117,10 +134,14 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
+        if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
+            ctx.pl.copy_in = true;
+        }
         match action {
             Action::Swallow if !error => s.drop_frame(&mut ctx.pl.to_client, frame_len),
             Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
-                let name = head.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
+                let front = ctx.pl.queue.front();
+                let name = front.and_then(|h| h.undo.as_ref()).and_then(|u| u.name.as_deref()).unwrap_or_default();
                 let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
                 s.drop_frame(&mut ctx.pl.to_client, frame_len);
                 write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "42P05", &message, None);
@@ -128,7 +149,10 @@ pub(super) fn scan_server(
             _ => s.pass(frame_len),
         }
         if ends {
-            let Some(done) = ctx.pl.queue.pop_front() else { continue };
+            let Some(done) = ctx.pl.pop_front() else { continue };
+            if kind == Kind::Execute {
+                settle_copy_syncs(ctx);
+            }
             if tag == b'1' {
                 if let (Some(known), Some(key)) = (ctx.known, done.undo.as_ref().and_then(|u| u.prepared)) {
                     known.insert(key);
@@ -156,7 +180,7 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
             if head.kind == Kind::Sync {
                 break;
             }
-            let Some(e) = ctx.pl.queue.pop_front() else { break };
+            let Some(e) = ctx.pl.pop_front() else { break };
             if e.kind.ends_with_ready() {
                 // A simple query or function call ignored while skipping gets no answer.
                 ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
@@ -168,14 +192,22 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
             break;
         }
         match head.action {
+            Action::Fake(b'1') if ctx.txn.status == status::FAILED => {
+                // PostgreSQL refuses a Parse in an aborted transaction, and skips to Sync.
+                s.spill(&mut ctx.pl.to_client);
+                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "25P02", ABORTED, None);
+                let Some(e) = ctx.pl.pop_front() else { break };
+                undo(ctx, e);
+                ctx.pl.skipping = true;
+            }
             Action::Fake(tag) => {
                 s.spill(&mut ctx.pl.to_client);
                 write::empty(&mut ctx.pl.to_client, tag);
-                ctx.pl.queue.pop_front();
+                ctx.pl.pop_front();
             }
             Action::LocalMissing => {
                 s.spill(&mut ctx.pl.to_client);
-                let Some(e) = ctx.pl.queue.pop_front() else { break };
+                let Some(e) = ctx.pl.pop_front() else { break };
                 let name = e.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
                 // Queued only outside a transaction, so the status stays `I`.
                 let message = format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name));
@@ -185,16 +217,10 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
             }
             Action::Local(command) => {
                 s.spill(&mut ctx.pl.to_client);
-                let Some(e) = ctx.pl.queue.pop_front() else { break };
+                let Some(e) = ctx.pl.pop_front() else { break };
                 let out = &mut ctx.pl.to_client;
                 if ctx.txn.status == status::FAILED {
-                    write::error_response(
-                        out,
-                        write::Severity::Error,
-                        "25P02",
-                        "current transaction is aborted, commands ignored until end of transaction block",
-                        None,
-                    );
+                    write::error_response(out, write::Severity::Error, "25P02", ABORTED, None);
                     undo(ctx, e);
                 } else {
                     write::command_complete(out, command);
@@ -207,6 +233,43 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
     }
     if ctx.pl.queue.is_empty() {
         ctx.pl.barrier = false;
+        ctx.pl.barrier_left = 0;
+    }
+}
+
+/// After the Execute/Query that a client's CopyDone/CopyFail followed has ended: the Syncs
+/// sent in between got no answer if that request started a COPY FROM STDIN, else they are
+/// ordinary Syncs.
+fn settle_copy_syncs(ctx: &mut Ctx<'_>) {
+    let copied = std::mem::take(&mut ctx.pl.copy_in);
+    while ctx.pl.queue.front().is_some_and(|e| e.action == Action::CopySync) {
+        if copied {
+            ctx.pl.pop_front();
+            ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+        } else if let Some(e) = ctx.pl.queue.iter_mut().find(|e| e.action == Action::CopySync) {
+            e.action = Action::Forward;
+        }
+    }
+}
+
+/// Re-applies the bookkeeping of requests queued behind the front one (after a `DEALLOCATE
+/// ALL` wiped it); answers pgsluice made up for them assumed statements that may be gone, so
+/// the caller also poisons the connection.
+fn replay_pipelined(ctx: &mut Ctx<'_>) {
+    for e in ctx.pl.queue.iter().skip(1) {
+        let Some(u) = &e.undo else { continue };
+        if let Some((name, stmt)) = &u.defined {
+            ctx.stmts.insert(name, stmt.clone());
+        }
+        if let Some((name, _)) = &u.removed {
+            ctx.stmts.remove(name);
+        }
+        if let Some(k) = u.prepared {
+            ctx.pl.statements.restore(k);
+        }
+        if let Some(k) = &u.closed {
+            ctx.pl.statements.remove(k);
+        }
     }
 }
 

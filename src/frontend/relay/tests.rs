@@ -243,9 +243,9 @@ fn extended_copy_in_does_not_count_ignored_syncs() {
     sim.client(&cat(&[parse("", "copy t from stdin"), bind("", ""), execute(), sync()])).unwrap();
     assert_eq!(sim.txn.pending, 1);
     sim.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b""), sync()])).unwrap();
-    // The server answers one C + one Z: exactly one ReadyForQuery is owed.
-    assert_eq!(sim.txn.pending, 1);
     sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0")])).unwrap();
+    // The COPY started, so the Sync pipelined before its data got no answer: one Z is owed.
+    assert_eq!(sim.txn.pending, 1);
     sim.server(&msg(b'Z', b"I")).unwrap();
     assert!(sim.txn.server_idle() && sim.pl.queue.is_empty());
 }
@@ -609,4 +609,225 @@ fn statements_beyond_the_limit_are_closed_after_a_big_transaction() {
     sim.client(&cat(&[bind("", "s3"), execute(), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "CCBES");
     assert_eq!(sim.pl.statements.len(), 2);
+}
+
+// Regressions found in review.
+
+/// A stray CopyDone (PostgreSQL ignores c/f outside COPY) pops a Sync whose Z is still owed:
+/// the server looks releasable while a ReadyForQuery is in flight.
+#[test]
+fn stray_copy_done_pops_a_live_sync() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("", "select 1"), bind("", ""), execute(), sync(), msg(b'c', b"")])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0")])).unwrap();
+    sim.received();
+    // PostgreSQL still owes the Z of the Sync.
+    assert!(!sim.releasable(), "a ReadyForQuery is still owed");
+}
+
+/// Same with a COPY that failed to start (Execute -> ErrorResponse, not G) while the client
+/// had pipelined CopyFail + Sync (tokio-postgres drops its CopyInSink this way).
+#[test]
+fn copy_fail_after_failed_copy_start_loses_a_ready_for_query() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[bind("", ""), execute(), sync()])).unwrap();
+    sim.sent();
+    let err = msg(b'E', b"SERROR\x0042501\0Mpermission denied\0\0");
+    // Server: BindComplete, the Execute fails (no CopyInResponse); its Z not read yet.
+    sim.server(&cat(&[msg(b'2', b""), err])).unwrap();
+    // Client reacts to the error: CopyFail + Sync (PostgreSQL ignores the f, answers the Sync).
+    sim.client(&cat(&[msg(b'f', b"x\0"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&msg(b'Z', b"I")).unwrap();
+    sim.received();
+    // PostgreSQL sends a second Z for the second Sync.
+    assert!(!sim.releasable(), "the second ReadyForQuery is still owed");
+}
+
+/// Barrier + an unflushed Execute pipelined behind the dirty batch: the barrier only lifts
+/// when the whole queue is empty, but the Execute's answer stays in PostgreSQL's output
+/// buffer until a Flush/Sync, which sits behind the held Bind -> hang.
+#[test]
+fn barrier_never_lifts_behind_an_unflushed_execute() {
+    let mut sim = Sim::new();
+    sim.client(&msg(b'Q', b"begin\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
+    sim.received();
+    // Batch 1: named Parse (dirty), Bind to portal p, Execute 1 row, Sync -> barrier.
+    // Batch 2: Execute p (another row, no Flush), then Bind s1 / Execute / Sync.
+    let exec_p = msg(b'E', b"p\0\0\0\0\x01");
+    sim.client(&cat(&[
+        parse("s1", "select generate_series(1,10)"),
+        bind("p", "s1"),
+        exec_p.clone(),
+        sync(),
+        exec_p,
+        bind("", "s1"),
+        execute(),
+        sync(),
+    ]))
+    .unwrap();
+    assert_eq!(tags(&sim.sent()), "PBESE");
+    // Server answers batch 1; the second Execute's output is buffered server-side (no Flush/Sync).
+    sim.server(&cat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'D', b"\0\x01\0\0\0\x011"),
+        msg(b's', b""),
+        msg(b'Z', b"T"),
+    ]))
+    .unwrap();
+    sim.client(&[]).unwrap();
+    // Nothing more will ever come from the server until the Sync is sent.
+    assert_eq!(tags(&sim.sent()), "BES", "the barrier lifts once the first batch is answered");
+}
+
+/// DEALLOCATE ALL's CommandComplete clears bookkeeping made by messages scanned after it
+/// (pipelined): pgsluice_X is on the server but forgotten -> the next ensure_prepared fails
+/// with 42P05 for whatever client uses this connection.
+#[test]
+fn deallocate_all_clears_later_pipelined_parse() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[msg(b'Q', b"DEALLOCATE ALL\0"), parse("s1", "select 1"), bind("", "s1"), execute(), sync()]))
+        .unwrap();
+    assert_eq!(tags(&sim.sent()), "QPBES");
+    sim.server(&cat(&[msg(b'C', b"DEALLOCATE ALL\0"), msg(b'Z', b"I")])).unwrap();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    // PostgreSQL: s1 exists now, and pgsluice_X exists on the server.
+    assert!(sim.stmts.get(b"s1").is_some(), "s1 was defined after the DEALLOCATE ALL");
+    assert_eq!(sim.pl.statements.len(), 1, "and prepared on the server");
+    assert!(sim.pl.poisoned, "the connection is not reused after such a pipeline");
+}
+
+/// A pipelined Parse of a statement the server already has, behind a batch that aborts the
+/// transaction: PostgreSQL answers 25P02, pgsluice synthesizes ParseComplete.
+#[test]
+fn fake_parse_complete_in_aborted_transaction() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("a", "select 1"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.client(&msg(b'Q', b"begin\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
+    sim.received();
+    sim.client(&cat(&[parse("", "select 1/0"), bind("", ""), execute(), sync(), parse("b", "select 1"), sync()]))
+        .unwrap();
+    assert_eq!(tags(&sim.sent()), "PBESS");
+    let err = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+    let err2 = msg(b'E', b"SERROR\0C25P02\0Mcurrent transaction is aborted\0\0");
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), err, msg(b'Z', b"E"), msg(b'Z', b"E")])).unwrap();
+    let _ = err2;
+    // PostgreSQL: 1 2 E Z E(25P02) Z
+    assert_eq!(tags(&sim.received()), "12EZEZ", "25P02, not a made-up ParseComplete");
+}
+
+/// Close 'S' of a name the client never defined is forwarded untouched; a name of
+/// pgsluice's own closes the statement shared by every client of this connection.
+#[test]
+fn close_of_pgsluice_name_reaches_server() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    let server_name = stmt_name('P', &sent[0].1);
+    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    let mut other = ClientStatements::default();
+    std::mem::swap(&mut other, &mut sim.stmts);
+    sim.client(&cat(&[msg(b'C', format!("S{server_name}\0").as_bytes()), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "S", "pgsluice's shared statement is not the client's to close");
+    assert_eq!(tags(&sim.received()), "3");
+}
+
+/// Statement mode holds the `Z T` unscanned after popping its entry; a later server read
+/// re-scans the same Z against the next queue entry.
+#[test]
+fn statement_mode_rescans_held_ready_for_query() {
+    let mut sim = Sim::new();
+    sim.statement_mode = true;
+    sim.client(&cat(&[msg(b'Q', b"begin\0"), parse("", "select 1"), bind("", ""), execute(), sync()])).unwrap();
+    sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
+    assert!(sim.txn.opened_transaction);
+    // The client is slow to read, the server's next bytes arrive (a notice suffices).
+    let r = sim.server(&msg(b'N', b"SNOTICE\0\0"));
+    assert!(r.is_ok(), "held Z re-scanned: {r:?}");
+}
+
+/// A stray CopyDone behind a failing Execute must not make the server releasable before the
+/// ReadyForQuery of its Sync (the next client would get it as its own answer).
+#[test]
+fn stray_copy_done_behind_an_error_keeps_the_server() {
+    let mut sim = Sim::new();
+    sim.client(&cat(&[parse("", "select 1/0"), bind("", ""), execute(), sync(), msg(b'c', b"")])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0")])).unwrap();
+    sim.received();
+    assert!(!sim.releasable(), "the Sync's ReadyForQuery is still owed");
+    sim.server(&msg(b'Z', b"I")).unwrap();
+    sim.received();
+    assert!(sim.releasable());
+}
+
+#[test]
+fn fuzz_client_parsers_are_total() {
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let tags_ = b"QPBDECSHdcfFX";
+    let known = KnownStatements::default();
+    known.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
+    for _ in 0..200_000 {
+        let mut bytes = Vec::new();
+        let n = rnd() % 6 + 1;
+        for _ in 0..n {
+            let tag = tags_[(rnd() % tags_.len() as u64) as usize];
+            let choice = rnd() % 8;
+            let body: Vec<u8> = match choice {
+                0 => b"s1\0select 1\0\0\0".to_vec(),
+                1 => b"\0s1\0\0\0\0\0\0\0".to_vec(),
+                2 => b"Ss1\0".to_vec(),
+                3 => b"DEALLOCATE \"s1\0".to_vec(),
+                4 => b"s1".to_vec(),
+                5 => vec![],
+                6 => b"S\0".to_vec(),
+                _ => (0..rnd() % 12).map(|_| [0u8, b's', b'1', b'"', b'S'][(rnd() % 5) as usize]).collect(),
+            };
+            let mut m = msg(tag, &body);
+            if rnd() % 10 == 0 {
+                let cut = (rnd() as usize) % m.len();
+                m.truncate(cut);
+            }
+            bytes.extend(m);
+        }
+        let mut sim = Sim::new();
+        if rnd() % 2 == 0 {
+            sim.stmts.insert(b"s1", crate::prepared::Stmt::new(b"select 1\0\0\0"));
+        }
+        if rnd() % 3 == 0 {
+            sim.pl.statements.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
+        }
+        if rnd() % 4 == 0 {
+            sim.txn.status = b'E';
+        }
+        // Feed in random chunks.
+        let mut off = 0;
+        while off < bytes.len() {
+            let k = 1 + (rnd() as usize) % (bytes.len() - off);
+            let _ = sim.client(&bytes[off..off + k]);
+            off += k;
+            sim.sent();
+        }
+        let _ = inspect_idle(&bytes, 1 << 20);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut st = ClientStatements::default();
+        let _ = answer_without_server(&mut buf, &mut st, &known, 1 << 20);
+    }
 }
