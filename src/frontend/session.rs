@@ -256,14 +256,8 @@ impl Session {
             // DEALLOCATE by a client): no other client gets it.
             return g.discard();
         }
-        if let Some(q) = &self.reset_query {
-            let limit = self.pool.settings().connect_timeout;
-            if !matches!(tokio::time::timeout(limit, Box::pin(g.server().run_discard(q))).await, Ok(Ok(()))) {
-                return g.discard();
-            }
-            // The reset query may have reset unreported tracked parameters silently.
-            let server = g.server();
-            self.params.forget_unreported(&mut server.params, &mut server.synced);
+        if self.reset_query.is_some() && !Box::pin(self.reset(&mut g)).await {
+            return g.discard();
         }
         self.spos = ScanPos::default();
         g.check_in();
@@ -278,21 +272,10 @@ impl Session {
         };
         let server = g.server();
         if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
-            let limit = self.pool.settings().connect_timeout;
-            let synced = match tokio::time::timeout(limit, Box::pin(server.run_discard(&sql))).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {limit:?}")),
-            };
-            if let Err(e) = synced {
+            if let Err(e) = Box::pin(self.sync_params(&mut g, sql)).await {
                 g.discard();
-                return Err(ClientError::error(
-                    "08006",
-                    format!("could not set session parameters on server: {e}"),
-                    ErrorSource::Server,
-                ));
+                return Err(e);
             }
-            // What was just SET or RESET: unreported parameters never come back as ParameterStatus.
-            self.params.record_synced(&mut g.server().params);
         }
         let server = g.server();
         if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
@@ -305,6 +288,41 @@ impl Session {
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
         Ok(g)
+    }
+
+    /// Runs `server_reset_query` on a released server; false if it failed. Out of line (boxed
+    /// by the caller): it is rare in transaction mode, and its future would enlarge every
+    /// idle session's state.
+    async fn reset(&mut self, g: &mut PoolGuard) -> bool {
+        let Some(q) = &self.reset_query else { return true };
+        let limit = self.pool.settings().connect_timeout;
+        if !matches!(tokio::time::timeout(limit, g.server().run_discard(q)).await, Ok(Ok(()))) {
+            return false;
+        }
+        // The reset query may have reset unreported tracked parameters silently.
+        let server = g.server();
+        self.params.forget_unreported(&mut server.params, &mut server.synced);
+        true
+    }
+
+    /// Brings a server's tracked parameters to this client's values with `sql` (one round
+    /// trip). Out of line for the same reason as [`Session::reset`].
+    async fn sync_params(&mut self, g: &mut PoolGuard, sql: String) -> Result<(), ClientError> {
+        let limit = self.pool.settings().connect_timeout;
+        let synced = match tokio::time::timeout(limit, g.server().run_discard(&sql)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        };
+        if let Err(e) = synced {
+            return Err(ClientError::error(
+                "08006",
+                format!("could not set session parameters on server: {e}"),
+                ErrorSource::Server,
+            ));
+        }
+        // What was just SET or RESET: unreported parameters never come back as ParameterStatus.
+        self.params.record_synced(&mut g.server().params);
+        Ok(())
     }
 
     /// Answers a request that needs no server (statement Parse/Close + Sync, see
