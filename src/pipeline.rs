@@ -164,6 +164,10 @@ pub struct Pipeline {
     pub to_client: BytesMut,
     /// pgsluice statements prepared on this connection.
     pub statements: ServerStatements,
+    /// Requests ending with ReadyForQuery (one per client batch) that are done — answered,
+    /// skipped or ignored — since the connection opened; compared with
+    /// `ServerStatements`' batch numbers.
+    pub completed: u64,
 }
 
 impl Pipeline {
@@ -171,6 +175,9 @@ impl Pipeline {
     #[inline]
     pub fn pop_front(&mut self) -> Option<Expect> {
         let e = self.queue.pop_front()?;
+        if e.kind.ends_with_ready() {
+            self.completed += 1;
+        }
         if self.barrier {
             self.barrier_left = self.barrier_left.saturating_sub(1);
             if self.barrier_left == 0 {
@@ -197,6 +204,8 @@ impl Pipeline {
     /// Forgets the state of an abandoned exchange (the connection is being discarded or
     /// was reset); statement bookkeeping is kept.
     pub fn reset(&mut self) {
+        // Abandoned requests still count as done batches (see `completed`).
+        self.completed += self.queue.iter().filter(|e| e.kind.ends_with_ready()).count() as u64;
         self.queue.clear();
         self.skipping = false;
         self.barrier = false;

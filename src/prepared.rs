@@ -142,16 +142,20 @@ impl Hasher for KeyHasher {
 /// eviction beyond a capacity.
 #[derive(Debug)]
 pub struct ServerStatements {
-    /// Key → epoch of last use.
+    /// Key → number of the client batch (request up to a Sync/Query) that last used it.
     used: HashMap<Key, u64, BuildHasherDefault<KeyHasher>>,
-    /// Advances each time the server is idle outside a transaction.
-    epoch: u64,
+    /// Number of the batch being scanned (advances at each Sync/Query as the client's
+    /// messages are scanned, which may be ahead of the server).
+    tick: u64,
+    /// First batch of the server's current transaction: statements used since may have
+    /// portals open and are never evicted.
+    txn_start: u64,
     capacity: usize,
 }
 
 impl Default for ServerStatements {
     fn default() -> Self {
-        ServerStatements { used: HashMap::default(), epoch: 1, capacity: 200 }
+        ServerStatements { used: HashMap::default(), tick: 0, txn_start: 0, capacity: 200 }
     }
 }
 
@@ -166,7 +170,7 @@ impl ServerStatements {
     pub fn touch(&mut self, key: &Key) -> bool {
         match self.used.get_mut(key) {
             Some(e) => {
-                *e = self.epoch;
+                *e = self.tick;
                 true
             }
             None => false,
@@ -183,12 +187,12 @@ impl ServerStatements {
     pub fn insert(&mut self, key: Key) -> Option<Key> {
         let mut evict = None;
         if self.used.len() >= self.capacity {
-            evict = self.used.iter().filter(|(_, &e)| e < self.epoch).min_by_key(|(_, &e)| e).map(|(k, _)| *k);
+            evict = self.used.iter().filter(|(_, &e)| e < self.txn_start).min_by_key(|(_, &e)| e).map(|(k, _)| *k);
             if let Some(k) = &evict {
                 self.used.remove(k);
             }
         }
-        self.used.insert(key, self.epoch);
+        self.used.insert(key, self.tick);
         evict
     }
 
@@ -204,7 +208,7 @@ impl ServerStatements {
         if self.used.len() <= keep {
             return None;
         }
-        let k = self.used.iter().filter(|(_, &e)| e < self.epoch).min_by_key(|(_, &e)| e).map(|(k, _)| *k)?;
+        let k = self.used.iter().filter(|(_, &e)| e < self.txn_start).min_by_key(|(_, &e)| e).map(|(k, _)| *k)?;
         self.used.remove(&k);
         Some(k)
     }
@@ -228,7 +232,7 @@ impl ServerStatements {
 
     /// Re-records `key` (undo of a skipped Close); it counts as used now.
     pub fn restore(&mut self, key: Key) {
-        self.used.insert(key, self.epoch);
+        self.used.insert(key, self.tick);
     }
 
     /// The server deallocated everything (`DISCARD ALL`, `DEALLOCATE ALL`).
@@ -239,7 +243,21 @@ impl ServerStatements {
     /// The server left its transaction: statements used so far become evictable.
     #[inline]
     pub fn end_transaction(&mut self) {
-        self.epoch += 1;
+        self.next_batch();
+        self.txn_start = self.tick;
+    }
+
+    /// The client's next batch starts (scan side).
+    #[inline]
+    pub fn next_batch(&mut self) {
+        self.tick += 1;
+    }
+
+    /// The server answered batch `completed - 1` with ReadyForQuery `I`: a new transaction
+    /// starts at batch `completed`.
+    #[inline]
+    pub fn transaction_ends_before(&mut self, completed: u64) {
+        self.txn_start = completed;
     }
 
     /// Number of statements prepared.

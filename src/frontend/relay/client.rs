@@ -174,6 +174,7 @@ fn reads_statements(tag: u8, body: &[u8]) -> bool {
 /// bookkeeping that a failure would roll back, hold later requests until it is answered.
 #[inline]
 fn boundary(ctx: &mut Ctx<'_>) {
+    ctx.pl.statements.next_batch();
     if ctx.pl.batch_dirty {
         ctx.pl.set_barrier();
     }

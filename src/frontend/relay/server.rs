@@ -122,7 +122,7 @@ pub(super) fn scan_server(
             ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             ctx.txn.status = st;
             if st == status::IDLE {
-                ctx.pl.statements.end_transaction();
+                ctx.pl.statements.transaction_ends_before(ctx.pl.completed);
             }
             if ctx.statement_mode && st != status::IDLE {
                 // Held back: the client gets an error in place of this ReadyForQuery.

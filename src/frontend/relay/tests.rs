@@ -831,3 +831,34 @@ fn fuzz_client_parsers_are_total() {
         let _ = answer_without_server(&mut buf, &mut st, &known, 1 << 20);
     }
 }
+
+#[test]
+fn eviction_spares_statements_of_a_pipelined_transaction() {
+    let mut sim = Sim::new();
+    sim.pl.statements.set_capacity(2);
+    for (name, sql) in [("s0", "select 0"), ("s1", "select 1")] {
+        sim.client(&cat(&[parse(name, sql), sync()])).unwrap();
+        sim.sent();
+        sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+        sim.received();
+    }
+    let s1_name = crate::prepared::Key::of(b"select 1\0\0\0").server_name();
+    // Batch A uses s0; B opens a transaction; C binds portal p from s1 — all pipelined.
+    sim.client(&cat(&[
+        bind("", "s0"),
+        execute(),
+        sync(),
+        msg(b'Q', b"begin\0"),
+        bind("p", "s1"),
+        msg(b'E', b"p\0\0\0\0\x01"),
+        sync(),
+    ]))
+    .unwrap();
+    sim.sent();
+    // Only A is answered (Z I) when the client's next batch needs room for s2.
+    sim.server(&cat(&[msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    sim.client(&cat(&[parse("s2", "select 2"), sync()])).unwrap();
+    let sent = frames(&sim.sent());
+    assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "CPS");
+    assert_ne!(&sent[0].1[1..1 + s1_name.len()], &s1_name[..], "s1 has a portal open in the transaction");
+}
