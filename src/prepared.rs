@@ -59,6 +59,8 @@ impl Key {
 pub struct Stmt {
     /// Server-side identity.
     pub key: Key,
+    /// Server-side name (`Key::server_name`), kept so a Bind does not re-encode it.
+    pub name: [u8; SERVER_NAME_LEN],
     /// The Parse body after the statement name: query text, NUL, parameter types. Enough to
     /// prepare the statement on any server.
     pub rest: Box<[u8]>,
@@ -67,7 +69,12 @@ pub struct Stmt {
 impl Stmt {
     /// A statement from the part of a Parse body after its name.
     pub fn new(parse_rest: &[u8]) -> Arc<Stmt> {
-        Arc::new(Stmt { key: Key::of(parse_rest), rest: parse_rest.into() })
+        Stmt::with_key(Key::of(parse_rest), parse_rest)
+    }
+
+    /// A statement whose key the caller has already computed from `parse_rest`.
+    pub fn with_key(key: Key, parse_rest: &[u8]) -> Arc<Stmt> {
+        Arc::new(Stmt { key, name: key.server_name(), rest: parse_rest.into() })
     }
 }
 

@@ -26,6 +26,8 @@ import uuid
 
 import asyncpg
 
+from checks import Mismatch, check, one_line
+
 # The tasks must be done by then; tests/it/drivers.rs kills the script 30 s later.
 DEADLINE_S = 90
 
@@ -35,21 +37,6 @@ TYPES_SQL = (
     " null::text as nul, $7::bytea as b, $8::bigint as big, $9::bool as flag,"
     " $10::float8 / 2 as f"
 )
-
-
-class Mismatch(Exception):
-    """A query answered something other than what PostgreSQL must answer."""
-
-
-def one_line(exc):
-    """Exception type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
-def check(what, got, want):
-    if got != want:
-        raise Mismatch(f"{what}: got {got!r}, want {want!r}")
 
 
 class Session:

@@ -31,28 +31,15 @@ import psycopg
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
+from checks import Mismatch, check, one_line
+
 
 # The threads must be done by then; tests/it/drivers.rs kills the script 30 s later.
 DEADLINE_S = 90
 
 
-class Mismatch(Exception):
-    """A query answered something other than what PostgreSQL must answer."""
-
-
 class Rollback(Exception):
     """Raised on purpose to roll a `with conn.transaction()` block back."""
-
-
-def one_line(exc):
-    """Exception type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
-def check(what, got, want):
-    if got != want:
-        raise Mismatch(f"{what}: got {got!r}, want {want!r}")
 
 
 class Counter:

@@ -44,12 +44,7 @@ async fn md5_hash_in_userlist_with_md5_client_auth() {
     let hash = postgres_protocol::password::md5(db.password.as_bytes(), &db.name);
     // The server itself asks for SCRAM, so server login needs the plaintext: use a fixed
     // backend user with a plaintext password, and an md5 hash for the client.
-    let p = pooler()
-        .general("auth_type = \"md5\"")
-        .database(&db, &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password)])
-        .user(&db.name, &hash)
-        .start()
-        .await;
+    let p = pooler().general("auth_type = \"md5\"").database_with_login(&db, &[]).user(&db.name, &hash).start().await;
     assert_eq!(select_one(&p, &db).await, 42);
 }
 

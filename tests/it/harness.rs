@@ -104,6 +104,14 @@ impl PoolerBuilder {
         self
     }
 
+    /// Serves `db` with a fixed backend login (its own role and password in the database
+    /// section), so clients need no server credentials (trust or md5 client auth).
+    pub fn database_with_login(self, db: &TestDb, extra: &[&str]) -> Self {
+        let (user, password) = (format!("user = \"{}\"", db.name), format!("password = \"{}\"", db.password));
+        let lines: Vec<&str> = [user.as_str(), password.as_str()].into_iter().chain(extra.iter().copied()).collect();
+        self.database(db, &lines)
+    }
+
     /// Adds a raw TOML section.
     pub fn section(mut self, text: &str) -> Self {
         self.sections.push(text.into());

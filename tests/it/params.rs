@@ -295,10 +295,7 @@ async fn startup_parameters_win_over_options_and_show_in_the_login_reply() {
     let p = pooler()
         .general("auth_type = \"trust\"")
         .general("track_extra_parameters = [\"search_path\"]")
-        .database(
-            &db,
-            &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password), "pool_size = 1"],
-        )
+        .database_with_login(&db, &["pool_size = 1"])
         .start()
         .await;
     let (mut s, status) = raw_login(

@@ -221,9 +221,7 @@ fn data_values(msgs: &[Msg]) -> Vec<Option<String>> {
 /// A pooler with `auth_type = "trust"` serving `db` through a fixed server user, so raw
 /// sockets can log in without a SCRAM client.
 fn trust_pooler(db: &TestDb) -> PoolerBuilder {
-    pooler()
-        .general("auth_type = \"trust\"")
-        .database(db, &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password)])
+    pooler().general("auth_type = \"trust\"").database_with_login(db, &[])
 }
 
 /// Logs in on a raw socket (trust auth) and reads through the first ReadyForQuery.
@@ -963,10 +961,7 @@ async fn extended_protocol_copy_in_releases_the_server() {
     let p = pooler()
         .general("auth_type = \"trust\"")
         .general("query_wait_timeout = \"3s\"")
-        .database(
-            &db,
-            &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password), "pool_size = 1"],
-        )
+        .database_with_login(&db, &["pool_size = 1"])
         .start()
         .await;
     let mut s = raw_login(&p, &db, &[]).await;
@@ -1013,10 +1008,7 @@ async fn rejected_request_keeps_the_partial_next_message() {
     let p = pooler()
         .general("auth_type = \"trust\"")
         .general("query_wait_timeout = \"1s\"")
-        .database(
-            &db,
-            &[&format!("user = \"{}\"", db.name), &format!("password = \"{}\"", db.password), "pool_size = 1"],
-        )
+        .database_with_login(&db, &["pool_size = 1"])
         .start()
         .await;
     let holder = p.try_connect(&db.name, "x", &db.name).await.unwrap();

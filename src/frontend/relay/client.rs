@@ -210,7 +210,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 // put the client's name back into the error.
                 c.spill(&mut ctx.pl.to_server);
                 ensure_prepared(ctx, &existing);
-                let server_name = existing.key.server_name();
+                let server_name = existing.name;
                 let rest = &c.buf[HEADER_LEN + name.len() + 1..frame_len];
                 write::parse_raw(&mut ctx.pl.to_server, &server_name, rest);
                 c.buf.advance(frame_len);
@@ -251,7 +251,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             } else {
                 c.spill(&mut ctx.pl.to_server);
                 evict_for(ctx, &stmt);
-                write::parse_raw(&mut ctx.pl.to_server, &stmt.key.server_name(), &stmt.rest);
+                write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
                 ctx.pl.batch_dirty = true;
@@ -270,7 +270,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             }
             let name_len = name.len();
             let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
-            let key = stmt.key;
+            let (key, server_name) = (stmt.key, stmt.name);
             if !ctx.pl.statements.touch(&key) {
                 let stmt = stmt.clone();
                 c.spill(&mut ctx.pl.to_server);
@@ -281,7 +281,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             let prefix = HEADER_LEN + portal_len + 1 + name_len + 1;
             let rest_len = frame_len - prefix;
             let portal = &c.buf[HEADER_LEN..HEADER_LEN + portal_len];
-            write::bind_prefix(&mut ctx.pl.to_server, portal, &key.server_name(), rest_len);
+            write::bind_prefix(&mut ctx.pl.to_server, portal, &server_name, rest_len);
             c.buf.advance(prefix);
             ctx.pl.batch_started = true;
             ctx.pl.queue.push_back(Expect::forward(Kind::Bind));
@@ -299,7 +299,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 let Some(stmt) = ctx.stmts.get(name).cloned() else { return Ok(Rewrite::Untouched) };
                 c.spill(&mut ctx.pl.to_server);
                 ensure_prepared(ctx, &stmt);
-                write::describe(&mut ctx.pl.to_server, b'S', &stmt.key.server_name());
+                write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
                 ctx.pl.queue.push_back(Expect::forward(Kind::Describe));
@@ -352,7 +352,7 @@ fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
         return;
     }
     evict_for(ctx, stmt);
-    write::parse_raw(&mut ctx.pl.to_server, &stmt.key.server_name(), &stmt.rest);
+    write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
     ctx.pl.batch_started = true;
     ctx.pl.batch_dirty = true;
     let undo = Undo { prepared: Some(stmt.key), ..Undo::default() };
@@ -436,18 +436,19 @@ pub fn answer_without_server(
     // 42P05 the server must produce; a name closed and defined again is left to it too.)
     let mut off = 0;
     let mut end = 0;
-    let mut names: Vec<&[u8]> = Vec::new();
+    let mut parsed: Vec<(&[u8], Key)> = Vec::new();
     while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
         match tag {
             ftag::PARSE => {
                 let (name, rest) = cstr(body)?;
-                if name.is_empty() || stmts.get(name).is_some() || !known.contains(&Key::of(rest)) {
+                let key = Key::of(rest);
+                if name.is_empty() || stmts.get(name).is_some() || !known.contains(&key) {
                     return None;
                 }
-                if names.contains(&name) {
+                if parsed.iter().any(|(n, _)| *n == name) {
                     return None;
                 }
-                names.push(name);
+                parsed.push((name, key));
             }
             ftag::CLOSE => match body.split_first() {
                 Some((b'S', name)) if cstr(name).is_some_and(|(n, r)| !n.is_empty() && r.is_empty()) => {}
@@ -463,14 +464,15 @@ pub fn answer_without_server(
         return None;
     }
     // Second pass: apply and answer.
+    let mut keys = parsed.iter().map(|(_, k)| *k);
     let mut out = bytes::BytesMut::with_capacity(64);
     let mut off = 0;
     while off < end {
         let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..end], max_body) else { break };
         match tag {
             ftag::PARSE => {
-                if let Some((name, rest)) = cstr(body) {
-                    stmts.insert(name, Stmt::new(rest));
+                if let (Some((name, rest)), Some(key)) = (cstr(body), keys.next()) {
+                    stmts.insert(name, Stmt::with_key(key, rest));
                     write::empty(&mut out, b'1');
                 }
             }

@@ -4,8 +4,6 @@
 //!
 //! Only `Z`, `S`, `C` and `E` are read whole; everything else streams.
 
-use bytes::BufMut;
-
 use super::{Ctx, Half, ParamSink};
 use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::prepared::tag_deallocates_all;
@@ -205,27 +203,26 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
                 write::empty(&mut ctx.pl.to_client, tag);
                 ctx.pl.pop_front();
             }
-            Action::LocalMissing => {
-                s.spill(&mut ctx.pl.to_client);
-                let Some(e) = ctx.pl.pop_front() else { break };
-                let name = e.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
-                // Queued only outside a transaction, so the status stays `I`.
-                let message = format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name));
-                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "26000", &message, None);
-                ctx.pl.to_client.put_slice(&[btag::READY_FOR_QUERY, 0, 0, 0, 5, ctx.txn.status]);
-                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
-            }
-            Action::Local(command) => {
+            Action::Local(_) | Action::LocalMissing => {
+                // A simple query pgsluice answers itself: one result, then ReadyForQuery.
                 s.spill(&mut ctx.pl.to_client);
                 let Some(e) = ctx.pl.pop_front() else { break };
                 let out = &mut ctx.pl.to_client;
-                if ctx.txn.status == status::FAILED {
-                    write::error_response(out, write::Severity::Error, "25P02", ABORTED, None);
-                    undo(ctx, e);
-                } else {
-                    write::command_complete(out, command);
+                match e.action {
+                    _ if ctx.txn.status == status::FAILED => {
+                        write::error_response(out, write::Severity::Error, "25P02", ABORTED, None);
+                        undo(ctx, e);
+                    }
+                    Action::Local(command) => write::command_complete(out, command),
+                    _ => {
+                        // `DEALLOCATE pgsluice_…`: not the client's statement.
+                        let name = e.undo.as_ref().and_then(|u| u.name.as_deref()).unwrap_or_default();
+                        let message =
+                            format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name));
+                        write::error_response(out, write::Severity::Error, "26000", &message, None);
+                    }
                 }
-                ctx.pl.to_client.put_slice(&[btag::READY_FOR_QUERY, 0, 0, 0, 5, ctx.txn.status]);
+                write::ready_for_query(&mut ctx.pl.to_client, ctx.txn.status);
                 ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             }
             _ => break,

@@ -104,6 +104,15 @@ impl Sim {
         server::scan_server(s, &mut ctx, &mut sink)
     }
 
+    /// The client prepares `name` (`Parse` + `Sync`) and the server accepts it; the bytes
+    /// exchanged are consumed.
+    fn prepare(&mut self, name: &str, sql: &str) {
+        self.client(&cat(&[parse(name, sql), sync()])).unwrap();
+        self.sent();
+        self.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
+        self.received();
+    }
+
     /// Everything that would be written to the server now.
     fn sent(&mut self) -> Vec<u8> {
         let mut v = self.pl.to_server.split().to_vec();
@@ -315,10 +324,7 @@ fn named_statement_gets_the_servers_name_and_is_shared() {
 #[test]
 fn statement_is_prepared_on_a_server_that_lacks_it() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select 1");
     // The client's next transaction runs on a fresh server connection.
     sim.pl = Pipeline::default();
     sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
@@ -333,10 +339,7 @@ fn statement_is_prepared_on_a_server_that_lacks_it() {
 #[test]
 fn close_is_answered_without_closing_the_shared_statement() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select 1");
     sim.client(&cat(&[msg(b'C', b"Ss1\0"), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "S");
     assert_eq!(tags(&sim.received()), "3");
@@ -367,10 +370,7 @@ fn failed_parse_is_forgotten() {
 fn answers_after_an_error_are_skipped_like_the_server_does() {
     let mut sim = Sim::new();
     // s1 is on the server already.
-    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select 1");
     sim.stmts.clear();
     // A failing Bind, then a Parse pgsluice would answer itself and a Close: PostgreSQL skips
     // both, so no ParseComplete/CloseComplete may appear, and neither takes effect.
@@ -387,10 +387,7 @@ fn answers_after_an_error_are_skipped_like_the_server_does() {
 #[test]
 fn duplicate_name_fails_with_the_clients_name() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select 1");
     sim.client(&cat(&[parse("s1", "select 2"), sync()])).unwrap();
     let sent = frames(&sim.sent());
     assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PS");
@@ -406,10 +403,7 @@ fn duplicate_name_fails_with_the_clients_name() {
 #[test]
 fn deallocate_of_a_client_statement_is_answered_locally() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select 1");
     sim.client(&msg(b'Q', b"DEALLOCATE s1;\0")).unwrap();
     assert_eq!(tags(&sim.sent()), "");
     let got = frames(&sim.received());
@@ -479,10 +473,7 @@ fn least_recently_used_statement_is_closed_at_capacity() {
 #[test]
 fn large_bind_is_renamed_and_its_values_stream() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("s1", "select $1::bytea"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("s1", "select $1::bytea");
     let value = vec![9u8; 200_000];
     let mut body = b"\0s1\0\0\0\0\x01".to_vec();
     body.extend_from_slice(&(value.len() as i32).to_be_bytes());
@@ -562,10 +553,7 @@ fn prepare_and_close_of_known_statements_need_no_server() {
 #[test]
 fn parse_in_an_aborted_transaction_is_checked_by_the_server() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("a", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("a", "select 1");
     sim.txn.status = b'E';
     sim.client(&cat(&[parse("b", "select 1"), sync()])).unwrap();
     let sent = frames(&sim.sent());
@@ -707,10 +695,7 @@ fn deallocate_all_clears_later_pipelined_parse() {
 #[test]
 fn fake_parse_complete_in_aborted_transaction() {
     let mut sim = Sim::new();
-    sim.client(&cat(&[parse("a", "select 1"), sync()])).unwrap();
-    sim.sent();
-    sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    sim.received();
+    sim.prepare("a", "select 1");
     sim.client(&msg(b'Q', b"begin\0")).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
@@ -837,10 +822,7 @@ fn eviction_spares_statements_of_a_pipelined_transaction() {
     let mut sim = Sim::new();
     sim.pl.statements.set_capacity(2);
     for (name, sql) in [("s0", "select 0"), ("s1", "select 1")] {
-        sim.client(&cat(&[parse(name, sql), sync()])).unwrap();
-        sim.sent();
-        sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-        sim.received();
+        sim.prepare(name, sql);
     }
     let s1_name = crate::prepared::Key::of(b"select 1\0\0\0").server_name();
     // Batch A uses s0; B opens a transaction; C binds portal p from s1 — all pipelined.
