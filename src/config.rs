@@ -19,7 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
-pub use general::{AuthType, ClientTlsMode, DatabaseSection, General, PoolMode, TlsSection, UserSection};
+pub use general::{
+    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, PoolMode, RoleHint, TlsSection, UserSection,
+};
 
 use crate::auth::{scram::Verifier, Secret};
 
@@ -101,6 +103,10 @@ pub struct Database {
     pub name: String,
     /// Backend hosts, in config order.
     pub hosts: Vec<BackendAddr>,
+    /// Role hint of each host (same order as `hosts`).
+    pub role_hints: Vec<Option<RoleHint>>,
+    /// How the health probes log in; `None`: the database is not probed (single host only).
+    pub probe: Option<ProbeLogin>,
     /// Backend database name.
     pub dbname: String,
     /// Fixed backend user, if any.
@@ -117,6 +123,15 @@ pub struct Database {
     pub pool_mode: PoolMode,
     /// Limit over all pools of this database; 0 = none.
     pub max_db_connections: u32,
+}
+
+/// The login of a database's health probes.
+#[derive(Debug, Clone)]
+pub struct ProbeLogin {
+    /// Backend user.
+    pub user: String,
+    /// Its secret, if one is configured (else the keys of its first SCRAM client login).
+    pub secret: Option<Secret>,
 }
 
 /// A user known from the auth_file.
@@ -241,6 +256,18 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
     }
     positive(g.server_connect_timeout, "server_connect_timeout")?;
     positive(g.shutdown_timeout, "shutdown_timeout")?;
+    positive(g.health_check_interval, "health_check_interval")?;
+    positive(g.health_check_timeout, "health_check_timeout")?;
+    positive(g.circuit_breaker_backoff, "circuit_breaker_backoff")?;
+    if g.health_check_fail_threshold == 0 || g.health_check_success_threshold == 0 || g.circuit_breaker_threshold == 0 {
+        return Err(
+            "[general] health_check_fail_threshold, health_check_success_threshold and circuit_breaker_threshold must be at least 1"
+                .into(),
+        );
+    }
+    if g.circuit_breaker_max_backoff.0 < g.circuit_breaker_backoff.0 {
+        return Err("[general] circuit_breaker_max_backoff is shorter than circuit_breaker_backoff".into());
+    }
     if g.max_packet_size < 1024 || g.max_packet_size as usize > crate::protocol::MAX_MESSAGE_LEN {
         return Err(format!("[general] max_packet_size must be between 1024 and {}", crate::protocol::MAX_MESSAGE_LEN));
     }
@@ -278,7 +305,13 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         if d.hosts.is_empty() {
             return Err(ctx("hosts must list at least one host".into()));
         }
-        let hosts = d.hosts.iter().map(|h| BackendAddr::parse(h)).collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        let hosts = d.hosts.iter().map(|h| BackendAddr::parse(h.addr())).collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        for (i, h) in hosts.iter().enumerate() {
+            if hosts[..i].contains(h) {
+                return Err(ctx(format!("host {h} is listed twice")));
+            }
+        }
+        let role_hints: Vec<_> = d.hosts.iter().map(HostEntry::role).collect();
         let pool_size = d.pool_size.unwrap_or(g.default_pool_size);
         let min_pool_size = d.min_pool_size.unwrap_or(g.min_pool_size);
         if pool_size == 0 {
@@ -295,11 +328,20 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         if d.password.is_some() && d.user.is_none() {
             return Err(ctx("password is set but user is not".into()));
         }
+        let probe = probe_login(g, d, &users, fixed_secret.as_ref()).map_err(ctx)?;
+        if probe.is_none() && hosts.len() > 1 {
+            return Err(ctx(format!(
+                "lists {} hosts, so pgsluice must probe them: set health_check_user (here or in [general]) or a fixed user",
+                hosts.len()
+            )));
+        }
         databases.insert(
             name.clone(),
             Arc::new(Database {
                 name: name.clone(),
                 hosts,
+                role_hints,
+                probe,
                 dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
                 fixed_user: d.user.clone(),
                 fixed_secret,
@@ -313,6 +355,26 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
     }
 
     Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), tracked, file })
+}
+
+/// Who the probes of database `d` log in as: `health_check_user` (database, then general),
+/// else the fixed user; the secret from `health_check_password`, the fixed user's secret,
+/// or the auth_file.
+fn probe_login(
+    g: &General,
+    d: &DatabaseSection,
+    users: &HashMap<String, Arc<UserAuth>>,
+    fixed_secret: Option<&Secret>,
+) -> Result<Option<ProbeLogin>, String> {
+    let Some(user) = d.health_check_user.as_ref().or(g.health_check_user.as_ref()).or(d.user.as_ref()) else {
+        return Ok(None);
+    };
+    let secret = match d.health_check_password.as_ref().or(g.health_check_password.as_ref()) {
+        Some(p) => Some(Secret::parse(p).map_err(|e| format!("health_check_password: {e}"))?),
+        None if d.user.as_ref() == Some(user) => fixed_secret.cloned(),
+        None => users.get(user).map(|a| a.secret.clone()),
+    };
+    Ok(Some(ProbeLogin { user: user.clone(), secret }))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cancel;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

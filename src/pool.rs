@@ -14,6 +14,7 @@
 //!   before it goes idle.
 
 mod limit;
+mod set;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +26,12 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
 use crate::backend::{self, Credential, LoginParams, ServerConn};
-use crate::config::BackendAddr;
+use crate::cluster::Host;
 use crate::params::Interner;
 use crate::prepared::KnownStatements;
 
 pub use limit::Limit;
+pub use set::PoolSet;
 
 /// Why no server connection could be provided.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,6 +52,19 @@ pub enum Error {
     /// The pool was shut down.
     #[error("pool is closed")]
     Closed,
+    /// No primary appeared within `failover_wait_timeout`.
+    #[error("no primary server is available for database \"{db}\" (waited {waited:?}{detail})")]
+    NoPrimary {
+        /// Client-visible database.
+        db: Arc<str>,
+        /// How long the request waited.
+        waited: Duration,
+        /// What the last attempt saw, if anything (", last error: ...").
+        detail: Arc<str>,
+    },
+    /// Several hosts accept writes and pgsluice cannot tell which one is the primary.
+    #[error("split brain: several servers of database \"{0}\" accept writes and their timelines do not tell which is the primary; pgsluice refuses writes until all but one are demoted or stopped")]
+    SplitBrain(Arc<str>),
 }
 
 /// Settings of one pool, computed once from the config when the pool is created.
@@ -75,8 +90,8 @@ pub struct PoolSettings {
     pub check_delay: Duration,
     /// `server_check_query` ("" disables the check).
     pub check_query: String,
-    /// Backend host to connect to.
-    pub addr: BackendAddr,
+    /// Backend host to connect to (with its breaker and drain epoch).
+    pub host: Arc<Host>,
     /// Backend database name.
     pub dbname: String,
     /// Backend user name.
@@ -167,6 +182,8 @@ impl Drop for Slot {
 /// A server connection with its slot. Dropping it closes the connection.
 pub struct Pooled {
     conn: ServerConn,
+    /// The host's drain epoch when the connection was opened.
+    epoch: u64,
     _slot: Slot,
 }
 
@@ -250,7 +267,7 @@ impl Pool {
                 }
                 p
             };
-            if p.conn.stream.idle_and_open() && !self.expired(&p.conn, now) {
+            if p.conn.stream.idle_and_open() && !self.expired(&p, now) {
                 return Some(self.guard(p));
             }
             // Dead or expired: dropped here, outside the lock (its slot takes it).
@@ -265,14 +282,9 @@ impl Pool {
         }
     }
 
-    /// The ParameterStatus set reported by this pool's servers, connecting once if unknown.
-    pub async fn server_params(&self) -> Result<ServerParams, Error> {
-        if let Some(p) = self.0.server_params.lock().clone() {
-            return Ok(p);
-        }
-        let guard = self.check_out().await?;
-        guard.check_in();
-        self.0.server_params.lock().clone().ok_or(Error::Closed)
+    /// The ParameterStatus set reported by this pool's first server, if one connected.
+    pub fn cached_server_params(&self) -> Option<ServerParams> {
+        self.0.server_params.lock().clone()
     }
 
     /// Checks out a server connection, waiting FIFO behind earlier clients for at most
@@ -357,7 +369,7 @@ impl Pool {
     /// Checks an idle connection before reuse: socket still open and silent, and, if it sat
     /// idle longer than `server_check_delay`, a round trip of `server_check_query`.
     async fn verify_idle(&self, mut p: Pooled) -> Option<Pooled> {
-        if !p.conn.stream.idle_and_open() || self.expired(&p.conn, Instant::now()) {
+        if !p.conn.stream.idle_and_open() || self.expired(&p, Instant::now()) {
             return None;
         }
         let s = &self.0.settings;
@@ -370,15 +382,18 @@ impl Pool {
         Some(p)
     }
 
-    fn expired(&self, c: &ServerConn, now: Instant) -> bool {
-        self.0.settings.lifetime.is_some_and(|l| now.duration_since(c.created) >= l)
+    /// Past `server_lifetime`, or opened before its host was drained (it lost the primary
+    /// role, was fenced or went down).
+    fn expired(&self, p: &Pooled, now: Instant) -> bool {
+        let s = &self.0.settings;
+        p.epoch != s.host.epoch() || s.lifetime.is_some_and(|l| now.duration_since(p.conn.created) >= l)
     }
 
     /// Returns a clean connection: to the oldest live waiter, else onto the idle stack.
     fn check_in(&self, mut p: Pooled) {
         let now = Instant::now();
         p.conn.last_used = now;
-        if self.expired(&p.conn, now) {
+        if self.expired(&p, now) {
             tokio::spawn(p.conn.terminate());
             return;
         }
@@ -450,7 +465,27 @@ impl Pool {
             application_name: &s.application_name,
             keepalive: s.keepalive,
         };
-        let res = ServerConn::connect(&s.addr, &login, &cred, s.connect_timeout).await;
+        let host = &s.host;
+        let epoch = host.epoch();
+        let res = match host.breaker.try_acquire() {
+            Ok(()) => {
+                let res = ServerConn::connect(&host.addr, &login, &cred, s.connect_timeout).await;
+                match &res {
+                    Ok(_) => host.breaker.success(),
+                    Err(e) if crate::cluster::host_unreachable(e) => {
+                        host.breaker.failure();
+                        host.request_probe();
+                    }
+                    Err(_) => host.breaker.success(),
+                }
+                res
+            }
+            Err(wait) => Err(backend::Error::Lost(format!(
+                "server {} is unavailable: its circuit breaker is open after failed connection attempts (next attempt in {} ms)",
+                host.addr,
+                wait.as_millis()
+            ))),
+        };
         match res {
             Ok(conn) => {
                 {
@@ -466,10 +501,10 @@ impl Pool {
                     st.retry_at = None;
                     st.last_error = None;
                 }
-                self.check_in(Pooled { conn, _slot: slot });
+                self.check_in(Pooled { conn, epoch, _slot: slot });
             }
             Err(e) => {
-                tracing::warn!(server = %s.addr, db = %s.dbname, user = %s.user, error = %e, "server connection failed");
+                tracing::warn!(server = %s.host.addr, db = %s.dbname, user = %s.user, error = %e, "server connection failed");
                 let err = connect_error(&e);
                 let mut failed = Vec::new();
                 {
@@ -501,10 +536,11 @@ impl Pool {
             let mut st = self.0.state.lock();
             let mut i = 0;
             while i < st.idle.len() {
-                let c = &st.idle[i].conn;
+                let p = &st.idle[i];
+                let c = &p.conn;
                 let keep_warm = st.open - closing.len() as u32 <= s.min_size;
                 let idle_long = s.idle_timeout.is_some_and(|t| now.duration_since(c.last_used) >= t) && !keep_warm;
-                if idle_long || self.expired(c, now) || !c.stream.idle_and_open() {
+                if idle_long || self.expired(p, now) || !c.stream.idle_and_open() {
                     closing.push(st.idle.swap_remove(i));
                 } else {
                     i += 1;
@@ -586,6 +622,13 @@ impl PoolGuard {
         &self.pool
     }
 
+    /// The pool and the server connection at once.
+    #[inline]
+    pub fn parts(&mut self) -> (&Pool, &mut ServerConn) {
+        // Invariant: as in `server()`.
+        (&self.pool, &mut self.conn.as_mut().expect("guard holds a connection until consumed").conn)
+    }
+
     /// Returns the connection to the pool. Call only when it is clean: `Z I` received,
     /// nothing pending, no session state the next client must not see.
     pub fn check_in(mut self) {
@@ -599,7 +642,7 @@ impl PoolGuard {
         if let Some(p) = self.conn.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
                 tokio::spawn(async move {
-                    let Pooled { conn, _slot } = p;
+                    let Pooled { conn, _slot, .. } = p;
                     conn.terminate().await;
                 });
             }

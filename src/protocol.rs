@@ -80,6 +80,8 @@ pub mod btag {
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     /// NotificationResponse.
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    /// DataRow.
+    pub const DATA_ROW: u8 = b'D';
 }
 
 /// ReadyForQuery transaction status bytes.

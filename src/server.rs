@@ -27,6 +27,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutd
     let clients = Arc::new(Semaphore::new(max_clients));
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     tokio::spawn(upkeep(shared.clone(), shutdown.clone()));
+    shared.start_probes();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -107,7 +108,7 @@ async fn upkeep(shared: Arc<Shared>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        for (_, pool) in shared.pools.all() {
+        for pool in shared.pools.all() {
             pool.maintain();
         }
     }
@@ -141,7 +142,8 @@ impl ServerHandle {
         controller.trigger();
         let _ = task.await;
         let finished = tokio::time::timeout(timeout, controller.drain()).await.is_ok();
-        for (_, pool) in shared.pools.all() {
+        shared.stop_probes();
+        for pool in shared.pools.all() {
             pool.close();
         }
         finished

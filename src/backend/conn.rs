@@ -232,6 +232,32 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` as a simple query and returns its first row as text values (`None` for
+    /// NULL); an empty result is an empty vector. Used by the health probes.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Error> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        write::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut failed = None;
+        let mut row = None;
+        loop {
+            let (tag, body) = read_message(&mut self.stream, &mut self.buf, MAX_LOGIN_MESSAGE).await?;
+            match tag {
+                btag::ERROR_RESPONSE => failed = Some(server_error(&body)),
+                btag::DATA_ROW if row.is_none() => {
+                    row = Some(bmsg::parse_data_row(&body).ok_or_else(|| Error::Lost("malformed DataRow".into()))?);
+                }
+                btag::READY_FOR_QUERY => {
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok(row.unwrap_or_default()),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records a ParameterStatus value.
     pub fn set_param(&mut self, name: &str, value: &str) {
         set_param(&mut self.params, name, value);

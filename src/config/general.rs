@@ -150,6 +150,40 @@ pub struct General {
     /// (least recently used ones are closed beyond it); 0 turns the rewriting of named
     /// prepared statements off. Default 200.
     pub max_prepared_statements: u32,
+    /// (pgsluice) How often each host of a database is probed (`pg_is_in_recovery()`, WAL
+    /// positions, timeline). While a database has no primary, probes run 5× as often.
+    /// Default 1s.
+    pub health_check_interval: Dur,
+    /// (pgsluice) Time a probe has to connect or to answer. Default 2s.
+    pub health_check_timeout: Dur,
+    /// (pgsluice) Consecutive failed probes before a host is marked down. Default 3.
+    pub health_check_fail_threshold: u32,
+    /// (pgsluice) Consecutive good probes before a down host is marked up again. Default 2.
+    pub health_check_success_threshold: u32,
+    /// (pgsluice) User the probes log in as, unless the database sets its own; default: the
+    /// database's fixed `user`. Without one, a single-host database is not probed (its host
+    /// is taken as the primary) and a multi-host database is a config error.
+    pub health_check_user: Option<String>,
+    /// (pgsluice) Password of `health_check_user` (plaintext or md5 hash); default: the
+    /// auth_file entry, or the keys of the user's first SCRAM client login.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub health_check_password: Option<String>,
+    /// (pgsluice) A replica whose replay is more than this behind the primary (in time) takes
+    /// no reads until it catches up. Default 1s.
+    pub max_replica_lag: Dur,
+    /// (pgsluice) Same, in bytes of WAL; 0 = no byte bound. Default 0.
+    pub max_replica_lag_bytes: u64,
+    /// (pgsluice) How long a request that needs the primary waits for one to appear (during
+    /// a failover) before it gets an error. Default 10s.
+    pub failover_wait_timeout: Dur,
+    /// (pgsluice) Consecutive failed connection attempts to a host that open its circuit
+    /// breaker (no attempts for a backoff that doubles up to `circuit_breaker_max_backoff`,
+    /// then one trial). Default 3.
+    pub circuit_breaker_threshold: u32,
+    /// (pgsluice) First breaker backoff. Default 1s.
+    pub circuit_breaker_backoff: Dur,
+    /// (pgsluice) Longest breaker backoff. Default 30s.
+    pub circuit_breaker_max_backoff: Dur,
 }
 
 impl Default for General {
@@ -187,6 +221,18 @@ impl Default for General {
             worker_threads: 0,
             max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,
             max_prepared_statements: 200,
+            health_check_interval: Dur::secs(1),
+            health_check_timeout: Dur::secs(2),
+            health_check_fail_threshold: 3,
+            health_check_success_threshold: 2,
+            health_check_user: None,
+            health_check_password: None,
+            max_replica_lag: Dur::secs(1),
+            max_replica_lag_bytes: 0,
+            failover_wait_timeout: Dur::secs(10),
+            circuit_breaker_threshold: 3,
+            circuit_breaker_backoff: Dur::secs(1),
+            circuit_breaker_max_backoff: Dur::secs(30),
         }
     }
 }
@@ -208,9 +254,16 @@ pub struct TlsSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSection {
-    /// Backend hosts as `host:port` (port defaults to 5432). For now the first is used;
-    /// the topology issue gives hosts roles.
-    pub hosts: Vec<String>,
+    /// Backend hosts: `"host:port"` (port defaults to 5432) or
+    /// `{ host = "host:port", role = "primary" | "replica" }`. Roles are discovered by the
+    /// health probes; a `role` only constrains what a host may become.
+    pub hosts: Vec<HostEntry>,
+    /// Overrides `[general] health_check_user` for this database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_user: Option<String>,
+    /// Overrides `[general] health_check_password` for this database.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub health_check_password: Option<String>,
     /// Backend database name; default: the section name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
@@ -235,6 +288,49 @@ pub struct DatabaseSection {
     /// Overrides `max_db_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_db_connections: Option<u32>,
+}
+
+/// One entry of `hosts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HostEntry {
+    /// `"host:port"`.
+    Addr(String),
+    /// `{ host = "host:port", role = "replica" }`.
+    Detailed {
+        /// `host:port`.
+        host: String,
+        /// What the host may become; absent: either.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<RoleHint>,
+    },
+}
+
+impl HostEntry {
+    /// The `host:port` text.
+    pub fn addr(&self) -> &str {
+        match self {
+            HostEntry::Addr(a) | HostEntry::Detailed { host: a, .. } => a,
+        }
+    }
+
+    /// The role hint, if any.
+    pub fn role(&self) -> Option<RoleHint> {
+        match self {
+            HostEntry::Addr(_) => None,
+            HostEntry::Detailed { role, .. } => *role,
+        }
+    }
+}
+
+/// A host's configured role constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleHint {
+    /// Never used as a replica.
+    Primary,
+    /// Never made the primary.
+    Replica,
 }
 
 /// A `[users.NAME]` section: per-user overrides.

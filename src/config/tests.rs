@@ -25,7 +25,8 @@ fn defaults_follow_pgbouncer() {
 fn databases_and_overrides() {
     let c = load(&format!(
         "{TRUST}default_pool_size = 7\npool_mode = \"session\"\n\
-         [databases.app]\nhosts = [\"db1:5433\", \"[::1]\", \"10.0.0.3\"]\npool_size = 3\n\
+         [databases.app]\nhosts = [\"db1:5433\", \"[::1]\", {{ host = \"10.0.0.3\", role = \"replica\" }}]\npool_size = 3\n\
+         health_check_user = \"probe\"\nhealth_check_password = \"pw\"\n\
          [databases.other]\nhosts = [\"h\"]\ndbname = \"real\"\npool_mode = \"statement\"\n\
          [users.batch]\npool_mode = \"transaction\"\nmax_user_connections = 4\n"
     ))
@@ -34,6 +35,11 @@ fn databases_and_overrides() {
     assert_eq!(app.hosts[0], BackendAddr { host: "db1".into(), port: 5433 });
     assert_eq!(app.hosts[1], BackendAddr { host: "::1".into(), port: 5432 });
     assert_eq!(app.hosts[1].to_string(), "[::1]:5432");
+    assert_eq!(app.role_hints, vec![None, None, Some(crate::config::RoleHint::Replica)]);
+    let probe = app.probe.as_ref().unwrap();
+    assert_eq!(probe.user, "probe");
+    assert!(matches!(&probe.secret, Some(crate::auth::Secret::Plain(p)) if p == "pw"));
+    assert!(c.databases["other"].probe.is_none(), "single host, no probe user: not probed");
     assert_eq!((app.pool_size, app.dbname.as_str()), (3, "app"));
     let other = &c.databases["other"];
     assert_eq!((other.pool_size, other.dbname.as_str()), (7, "real"));
@@ -60,6 +66,13 @@ fn errors_are_precise() {
     assert!(e("[general]\nauth_file = \"missing.txt\"\n").contains("missing.txt"));
     assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h\"]\npassword = \"x\"\n"))
         .contains("password is set but user is not"));
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h1\", \"h2\"]\n")).contains("set health_check_user"));
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [\"h1\", \"h1:5432\"]\nuser = \"u\"\n")).contains("listed twice"));
+    assert!(e(&format!("{TRUST}[databases.a]\nhosts = [{{ host = \"h\", role = \"leader\" }}]\n")).contains("hosts"));
+    assert!(e(&format!("{TRUST}health_check_interval = \"0s\"\n")).contains("health_check_interval"));
+    assert!(e(&format!("{TRUST}health_check_fail_threshold = 0\n")).contains("at least 1"));
+    assert!(e(&format!("{TRUST}circuit_breaker_max_backoff = \"1s\"\ncircuit_breaker_backoff = \"2s\"\n"))
+        .contains("circuit_breaker_max_backoff"));
     // Line numbers from the TOML parser reach the message.
     assert!(e("[general]\nlisten_port = \"x\"\n").contains("line 2"));
 }

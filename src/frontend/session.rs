@@ -24,7 +24,7 @@ use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
 use crate::error::{ClientError, ErrorSource};
 use crate::net::Stream;
-use crate::pool::{Pool, PoolGuard};
+use crate::pool::{PoolGuard, PoolSet};
 use crate::protocol::{status, write};
 use crate::shared::Shared;
 use crate::shutdown::{DrainToken, Shutdown};
@@ -90,7 +90,7 @@ struct Session {
     /// Named prepared statements (transaction/statement mode).
     stmts: ClientStatements,
     max_prepared: usize,
-    pool: Pool,
+    pool: PoolSet,
     cancel: CancelHandle,
     relay: Relay,
     client_idle_timeout: Option<Duration>,
@@ -145,15 +145,16 @@ impl Session {
             }
             let watch_shutdown = !draining && !self.relay.release_on_idle;
             let ev = {
+                let (pool, server_conn) = g.parts();
                 let client = ClientIo {
                     stream: &mut self.stream,
                     buf: &mut self.buf,
                     pos: &mut self.pos,
                     params: &mut self.params,
                     stmts: &mut self.stmts,
-                    known: self.pool.known_statements(),
+                    known: pool.known_statements(),
                 };
-                let pump = relay::pump(&mut self.relay, client, g.server(), &mut self.spos, &mut self.txn);
+                let pump = relay::pump(&mut self.relay, client, server_conn, &mut self.spos, &mut self.txn);
                 tokio::select! {
                     ev = pump => Some(ev),
                     _ = &mut stop, if watch_shutdown && !shutdown.is_set() => None,
@@ -295,7 +296,7 @@ impl Session {
     /// idle session's state.
     async fn reset(&mut self, g: &mut PoolGuard) -> bool {
         let Some(q) = &self.reset_query else { return true };
-        let limit = self.pool.settings().connect_timeout;
+        let limit = g.pool().settings().connect_timeout;
         if !matches!(tokio::time::timeout(limit, g.server().run_discard(q)).await, Ok(Ok(()))) {
             return false;
         }
@@ -308,7 +309,7 @@ impl Session {
     /// Brings a server's tracked parameters to this client's values with `sql` (one round
     /// trip). Out of line for the same reason as [`Session::reset`].
     async fn sync_params(&mut self, g: &mut PoolGuard, sql: String) -> Result<(), ClientError> {
-        let limit = self.pool.settings().connect_timeout;
+        let limit = g.pool().settings().connect_timeout;
         let synced = match tokio::time::timeout(limit, g.server().run_discard(&sql)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
@@ -328,7 +329,9 @@ impl Session {
     /// Answers a request that needs no server (statement Parse/Close + Sync, see
     /// [`relay::answer_without_server`]). Returns whether it did.
     async fn answer_without_server(&mut self) -> bool {
-        let known = self.pool.known_statements();
+        // Without a primary right now, the request goes the long way (and waits for one).
+        let Some(pool) = self.pool.current_primary() else { return false };
+        let known = pool.known_statements();
         let max = self.relay.max_client_message;
         let Some(out) = relay::answer_without_server(&mut self.buf, &mut self.stmts, known, max) else {
             return false;

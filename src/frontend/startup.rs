@@ -26,7 +26,7 @@ use crate::cancel::CancelHandle;
 use crate::config::{AuthType, ClientTlsMode, Config, Database, PoolMode};
 use crate::error::{ClientError, ErrorSource};
 use crate::net::{self, read_message, ReadError, Stream};
-use crate::pool::Pool;
+use crate::pool::PoolSet;
 use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use crate::protocol::{ftag, status, write};
 use crate::shared::Shared;
@@ -46,8 +46,8 @@ pub struct LoggedIn {
     pub db: Arc<Database>,
     /// Client user name.
     pub user: String,
-    /// Its pool.
-    pub pool: Pool,
+    /// Its pools (one per host).
+    pub pool: PoolSet,
     /// Effective pool mode.
     pub mode: PoolMode,
     /// Its cancel key registration.
@@ -230,8 +230,16 @@ async fn login(
             ErrorSource::Client,
         )));
     };
-    let pool = shared.pools.get_or_create(cfg, &db, &user);
+    let Some(cluster) = shared.cluster(&db.name) else {
+        return Err(Some(ClientError::fatal(
+            "3D000",
+            format!("database \"{database}\" is being reconfigured, try again"),
+            ErrorSource::Internal,
+        )));
+    };
+    let pool = shared.pools.get_or_create(cfg, &cluster, &db, &user);
     if let Some(k) = keys {
+        cluster.learn_probe_keys(&user, &k);
         if db.fixed_user.is_none() {
             pool.learn_scram_keys(k);
         }

@@ -112,6 +112,25 @@ pub fn parse_error_fields(mut body: &[u8]) -> ErrorFields<'_> {
     f
 }
 
+/// The text values of a DataRow (`None` for NULL); `None` if malformed or not UTF-8.
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut values = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let v = rest.get(..len as usize)?;
+        values.push(Some(std::str::from_utf8(v).ok()?.to_string()));
+        rest = &rest[len as usize..];
+    }
+    Some(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +163,18 @@ mod tests {
         assert!(parse_parameter_status(b"TimeZone\0UTC").is_err());
         assert_eq!(parse_backend_key_data(&[0, 0, 0, 9, 1, 2, 3, 4]), Ok((9, &[1, 2, 3, 4][..])));
         assert!(parse_backend_key_data(&[0, 0, 0, 9]).is_err());
+    }
+
+    #[test]
+    fn data_row_values() {
+        let mut body = vec![0, 3];
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.push(b't');
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&3i32.to_be_bytes());
+        body.extend_from_slice(b"0/1");
+        assert_eq!(super::parse_data_row(&body), Some(vec![Some("t".into()), None, Some("0/1".into())]));
+        assert_eq!(super::parse_data_row(&body[..body.len() - 1]), None);
+        assert_eq!(super::parse_data_row(&[0]), None);
     }
 }

@@ -1,0 +1,463 @@
+//! Topology of one database: its hosts, which one is the primary, which replicas may take
+//! reads, discovered and re-discovered by health probes.
+//!
+//! Each host has one long-lived probe connection, driven by its own task ([`probe`]),
+//! which sends every result to the database's coordinator task. The coordinator is the
+//! only writer of topology state: it applies the hysteresis and the election rules
+//! ([`election`]), keeps the primary's WAL-position history for lag ([`lag`]), and
+//! publishes per-host [`HostStatus`] through an `ArcSwap` and the primary through an atomic.
+//! Pools, sessions and the admin console only read them, lock-free.
+//!
+//! Pools never import this module's internals and the cluster never reads pools: a pool
+//! holds its [`Host`] and consults its circuit [`Breaker`] and its drain `epoch` (bumped
+//! by the coordinator when the host loses the primary role, is fenced or goes down; pooled
+//! connections of an older epoch are closed instead of reused).
+//!
+//! A database without a probe login (single host, no `health_check_user`) is not probed:
+//! its one host is taken as the primary, as a plain PgBouncer would.
+
+mod breaker;
+mod election;
+mod lag;
+mod probe;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::Credential;
+use crate::config::{BackendAddr, Database, General, RoleHint};
+
+pub use breaker::{Breaker, BreakerSettings, BreakerState};
+pub use election::{Primary, Probe, Rules};
+pub use lag::{format_lsn, parse_lsn, Lag};
+pub use probe::host_unreachable;
+
+/// Probe and failover settings of a database (from `[general]`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `health_check_interval`.
+    pub interval: Duration,
+    /// `health_check_timeout`.
+    pub timeout: Duration,
+    /// Hysteresis and lag bounds.
+    pub rules: Rules,
+    /// `failover_wait_timeout`.
+    pub failover_wait: Duration,
+    /// Circuit breaker.
+    pub breaker: BreakerSettings,
+    /// `tcp_keepalive` for probe sockets.
+    pub keepalive: bool,
+}
+
+impl ClusterSettings {
+    /// Settings from the `[general]` section.
+    pub fn from_general(g: &General) -> ClusterSettings {
+        ClusterSettings {
+            interval: g.health_check_interval.0,
+            timeout: g.health_check_timeout.0,
+            rules: Rules {
+                fail_threshold: g.health_check_fail_threshold,
+                success_threshold: g.health_check_success_threshold,
+                max_lag: g.max_replica_lag.0,
+                max_lag_bytes: g.max_replica_lag_bytes,
+            },
+            failover_wait: g.failover_wait_timeout.0,
+            breaker: BreakerSettings {
+                threshold: g.circuit_breaker_threshold,
+                backoff: g.circuit_breaker_backoff.0,
+                max_backoff: g.circuit_breaker_max_backoff.0,
+            },
+            keepalive: g.tcp_keepalive,
+        }
+    }
+}
+
+/// A host's role as last decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// In recovery (streaming replica).
+    Replica,
+    /// Not known (never reached, or down).
+    Unknown,
+}
+
+impl Role {
+    /// `primary`, `replica` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// One word for a host's condition, most severe first: `fenced`, `breaker-open`, `down`,
+/// `unknown` (not probed yet), `lagging` (a replica over a lag bound), `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Accepts writes but is not the primary: no traffic.
+    Fenced,
+    /// Circuit breaker open: no connection attempts.
+    BreakerOpen,
+    /// Failed `health_check_fail_threshold` probes in a row.
+    Down,
+    /// No probe result yet.
+    Unknown,
+    /// A replica over `max_replica_lag(_bytes)` (or with replay paused behind the primary).
+    Lagging,
+    /// Healthy.
+    Up,
+}
+
+impl Health {
+    /// The word shown by the admin console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Fenced => "fenced",
+            Health::BreakerOpen => "breaker-open",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+            Health::Lagging => "lagging",
+            Health::Up => "up",
+        }
+    }
+}
+
+/// What the coordinator published about a host.
+#[derive(Debug, Clone)]
+pub struct HostStatus {
+    /// Decided role.
+    pub role: Role,
+    /// Up per the hysteresis.
+    pub up: bool,
+    /// Whether any probe result came in.
+    pub seen: bool,
+    /// Accepts writes but is not the primary.
+    pub fenced: bool,
+    /// May take reads (replica within the lag bounds).
+    pub eligible: bool,
+    /// Latest probe's `pg_is_in_recovery()`.
+    pub in_recovery: Option<bool>,
+    /// Latest probe's `pg_is_wal_replay_paused()`.
+    pub replay_paused: bool,
+    /// Lag behind the primary (replicas).
+    pub lag: Option<Lag>,
+    /// Timeline, if known.
+    pub timeline: Option<u32>,
+    /// WAL position: current (primary) or replayed (replica).
+    pub lsn: Option<u64>,
+    /// Wall-clock time of the latest probe result.
+    pub last_probe: Option<SystemTime>,
+    /// Why the latest probe failed.
+    pub last_error: Option<String>,
+}
+
+impl HostStatus {
+    fn initial(probed: bool) -> HostStatus {
+        HostStatus {
+            // An unprobed host is the primary by assumption.
+            role: if probed { Role::Unknown } else { Role::Primary },
+            up: !probed,
+            seen: false,
+            fenced: false,
+            eligible: false,
+            in_recovery: None,
+            replay_paused: false,
+            lag: None,
+            timeline: None,
+            lsn: None,
+            last_probe: None,
+            last_error: None,
+        }
+    }
+}
+
+/// A row of `SHOW HOSTS`: a host with its status and breaker.
+#[derive(Debug, Clone)]
+pub struct HostSnapshot {
+    /// Client-visible database.
+    pub database: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Published status.
+    pub status: HostStatus,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Connection attempts the breaker refused so far.
+    pub breaker_refused: u64,
+    /// Summary word.
+    pub health: Health,
+    /// Whether probes run for this database.
+    pub probed: bool,
+}
+
+/// Wake-ups shared by the cluster, its hosts and its tasks.
+#[derive(Default)]
+struct Signals {
+    /// Probe every host now (a server said "read-only", a connection to the primary failed).
+    reprobe: Notify,
+    /// The primary changed.
+    changed: Notify,
+    /// Stop the tasks.
+    stop: Notify,
+    stopped: AtomicBool,
+    /// No usable primary: probe faster.
+    urgent: AtomicBool,
+}
+
+/// One backend host of a database.
+pub struct Host {
+    /// Where it listens.
+    pub addr: BackendAddr,
+    /// Position in the database's `hosts`.
+    pub index: usize,
+    /// Configured role constraint.
+    pub hint: Option<RoleHint>,
+    /// Connection-attempt breaker (pools and probe).
+    pub breaker: Breaker,
+    epoch: AtomicU64,
+    status: ArcSwap<HostStatus>,
+    signals: Arc<Signals>,
+}
+
+impl Host {
+    /// Drain generation: connections opened under an older one must not be reused.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Asks for an immediate probe of every host of the database.
+    pub fn request_probe(&self) {
+        self.signals.reprobe.notify_waiters();
+    }
+
+    /// The latest published status.
+    pub fn status(&self) -> Arc<HostStatus> {
+        self.status.load_full()
+    }
+
+    /// Whether it may take reads now.
+    pub fn eligible(&self) -> bool {
+        self.status.load().eligible
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("addr", &self.addr).field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+const NO_PRIMARY: usize = usize::MAX;
+const SPLIT_BRAIN: usize = usize::MAX - 1;
+
+fn encode(p: Primary) -> usize {
+    match p {
+        Primary::None => NO_PRIMARY,
+        Primary::SplitBrain => SPLIT_BRAIN,
+        Primary::Host(i) => i,
+    }
+}
+
+fn decode(v: usize) -> Primary {
+    match v {
+        NO_PRIMARY => Primary::None,
+        SPLIT_BRAIN => Primary::SplitBrain,
+        i => Primary::Host(i),
+    }
+}
+
+/// The topology of one database; see the module docs.
+pub struct Cluster {
+    name: String,
+    dbname: String,
+    hosts: Box<[Arc<Host>]>,
+    primary: AtomicUsize,
+    probe_user: Option<String>,
+    probe_cred: Mutex<Credential>,
+    settings: ClusterSettings,
+    signals: Arc<Signals>,
+    started: AtomicBool,
+    failovers: AtomicU64,
+}
+
+impl Cluster {
+    /// The topology of `db`, not yet probing (see [`Cluster::start`]).
+    pub fn new(db: &Database, settings: ClusterSettings) -> Arc<Cluster> {
+        let signals = Arc::new(Signals::default());
+        let probed = db.probe.is_some();
+        let hosts = db
+            .hosts
+            .iter()
+            .zip(&db.role_hints)
+            .enumerate()
+            .map(|(index, (addr, hint))| {
+                Arc::new(Host {
+                    addr: addr.clone(),
+                    index,
+                    hint: *hint,
+                    breaker: Breaker::new(settings.breaker),
+                    epoch: AtomicU64::new(0),
+                    status: ArcSwap::from_pointee(HostStatus::initial(probed)),
+                    signals: signals.clone(),
+                })
+            })
+            .collect();
+        let primary = if probed { NO_PRIMARY } else { 0 };
+        Arc::new(Cluster {
+            name: db.name.clone(),
+            dbname: db.dbname.clone(),
+            hosts,
+            primary: AtomicUsize::new(primary),
+            probe_user: db.probe.as_ref().map(|p| p.user.clone()),
+            probe_cred: Mutex::new(Credential { secret: db.probe.as_ref().and_then(|p| p.secret.clone()), keys: None }),
+            settings,
+            signals,
+            started: AtomicBool::new(false),
+            failovers: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts the probe and coordinator tasks (once; nothing for an unprobed database).
+    /// Must run inside a Tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        if self.probe_user.is_none() || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..self.hosts.len() {
+            tokio::spawn(probe::run(self.clone(), i, tx.clone()));
+        }
+        tokio::spawn(probe::coordinate(self.clone(), rx));
+    }
+
+    /// Stops the probes (their connections are closed).
+    pub fn stop(&self) {
+        self.signals.stopped.store(true, Ordering::Release);
+        self.signals.stop.notify_waiters();
+        // Writers waiting for a primary give up now.
+        self.signals.changed.notify_waiters();
+    }
+
+    /// Client-visible database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hosts, in config order.
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        &self.hosts
+    }
+
+    /// Whether probes decide the roles (else host 0 is the primary).
+    pub fn is_probed(&self) -> bool {
+        self.probe_user.is_some()
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// The current primary (one atomic load).
+    #[inline]
+    pub fn primary(&self) -> Primary {
+        decode(self.primary.load(Ordering::Acquire))
+    }
+
+    /// Primary changes seen so far (after the first election).
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Asks for an immediate probe of every host.
+    pub fn request_probe(&self) {
+        self.signals.reprobe.notify_waiters();
+    }
+
+    /// Waits until the primary differs from `from` or `deadline` passes; returns the
+    /// primary then.
+    pub async fn wait_change(&self, from: Primary, deadline: Instant) -> Primary {
+        loop {
+            let changed = self.signals.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = self.primary();
+            if now != from || self.signals.stopped.load(Ordering::Acquire) {
+                return now;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.primary();
+            }
+        }
+    }
+
+    /// Lets the probes use SCRAM keys recovered from a client login of `user`, when that is
+    /// the probe user and no password is configured for it.
+    pub fn learn_probe_keys(&self, user: &str, keys: &crate::auth::scram::ClientKeys) {
+        if self.probe_user.as_deref() != Some(user) {
+            return;
+        }
+        let mut c = self.probe_cred.lock();
+        if c.keys.is_none() {
+            c.keys = Some(keys.clone());
+            drop(c);
+            self.request_probe();
+        }
+    }
+
+    /// A row per host for the admin console and metrics.
+    pub fn snapshot(&self) -> Vec<HostSnapshot> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let status = h.status();
+                let breaker = h.breaker.state();
+                let health = if status.fenced {
+                    Health::Fenced
+                } else if matches!(breaker, BreakerState::Open { .. }) {
+                    Health::BreakerOpen
+                } else if !status.seen && self.is_probed() {
+                    Health::Unknown
+                } else if !status.up {
+                    Health::Down
+                } else if status.role == Role::Replica && !status.eligible {
+                    Health::Lagging
+                } else {
+                    Health::Up
+                };
+                HostSnapshot {
+                    database: self.name.clone(),
+                    addr: h.addr.to_string(),
+                    status: (*status).clone(),
+                    breaker,
+                    breaker_refused: h.breaker.refused(),
+                    health,
+                    probed: self.is_probed(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_encoding_round_trips() {
+        for p in [Primary::None, Primary::SplitBrain, Primary::Host(0), Primary::Host(7)] {
+            assert_eq!(decode(encode(p)), p);
+        }
+    }
+}

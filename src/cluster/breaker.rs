@@ -1,0 +1,148 @@
+//! Per-host circuit breaker for connection attempts (pools and probes alike).
+//!
+//! `Closed` → after `threshold` consecutive transport failures → `Open` for a backoff that
+//! doubles on every failed trial up to a cap → once it has passed, `HalfOpen`: exactly one
+//! attempt (the trial) is let through; its success closes the breaker, its failure opens it
+//! again. Only failures to reach or talk to the host count; a server that refuses a login
+//! (wrong password, missing database) is reachable and does not trip it.
+//!
+//! Invariant: the mutex is held only for the few instructions of a transition, never across
+//! an `.await`.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open it.
+    pub threshold: u32,
+    /// First open period.
+    pub backoff: Duration,
+    /// Longest open period.
+    pub max_backoff: Duration,
+}
+
+/// What the breaker currently allows, for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Attempts allowed.
+    Closed,
+    /// No attempts until the backoff has passed.
+    Open {
+        /// Time left.
+        remaining: Duration,
+    },
+    /// One trial attempt allowed (or in flight).
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Next open period.
+    backoff: Duration,
+    trial_in_flight: bool,
+    /// Attempts refused while open (for tests and the admin console).
+    refused: u64,
+}
+
+/// A circuit breaker; see the module docs.
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    inner: Mutex<Inner>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(settings: BreakerSettings) -> Breaker {
+        Breaker { settings, inner: Mutex::new(Inner { backoff: settings.backoff, ..Inner::default() }) }
+    }
+
+    /// Asks to make one connection attempt now. `Err(wait)` means the breaker is open (or a
+    /// trial is already in flight) and no attempt may be made for about `wait`.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut b = self.inner.lock();
+        match b.open_until {
+            None => Ok(()),
+            Some(until) if now < until => {
+                b.refused += 1;
+                Err(until - now)
+            }
+            Some(_) if b.trial_in_flight => {
+                b.refused += 1;
+                Err(Duration::from_millis(100))
+            }
+            Some(_) => {
+                b.trial_in_flight = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reports a successful connection: closes the breaker.
+    pub fn success(&self) {
+        let mut b = self.inner.lock();
+        b.failures = 0;
+        b.open_until = None;
+        b.trial_in_flight = false;
+        b.backoff = self.settings.backoff;
+    }
+
+    /// Reports a failed attempt (transport failure). Returns true if this opened the breaker.
+    pub fn failure(&self) -> bool {
+        let mut b = self.inner.lock();
+        b.failures = b.failures.saturating_add(1);
+        let trial = std::mem::take(&mut b.trial_in_flight);
+        if trial || (b.open_until.is_none() && b.failures >= self.settings.threshold) {
+            let period = b.backoff;
+            b.open_until = Some(Instant::now() + period);
+            b.backoff = (period * 2).min(self.settings.max_backoff);
+            return true;
+        }
+        false
+    }
+
+    /// Gives back a trial that ended without telling anything about the host (e.g. the
+    /// attempt was abandoned), so another one can be made.
+    pub fn abandon(&self) {
+        self.inner.lock().trial_in_flight = false;
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        let now = Instant::now();
+        let b = self.inner.lock();
+        match b.open_until {
+            None => BreakerState::Closed,
+            Some(until) if now < until => BreakerState::Open { remaining: until - now },
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Attempts refused so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.lock().refused
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.inner.lock().failures
+    }
+}

@@ -1,0 +1,138 @@
+//! `PoolSet`: the pools of one (database, user), one per host of the database's
+//! [`Cluster`], and the choice among them. Sessions hold a `PoolSet`; the pool they check
+//! out from is decided per request from the topology (one atomic load).
+//!
+//! Writes (for now: every request) go to the primary. While there is none, a request waits
+//! up to `failover_wait_timeout` for one; a connection failure on the believed primary
+//! triggers a probe and waits the same way for the topology to move, so a request arriving
+//! in the seconds between a primary's death and the promotion of a replica is served by the
+//! new primary instead of failing. During a split brain writes are refused at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Error, Pool, PoolGuard, ServerParams};
+use crate::cluster::{Cluster, Primary};
+
+/// Pause between attempts while waiting for a failed primary to be replaced (the wait ends
+/// earlier when the primary changes).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The pools of one (database, user); see the module docs.
+#[derive(Clone)]
+pub struct PoolSet(Arc<Inner>);
+
+struct Inner {
+    cluster: Arc<Cluster>,
+    /// One per host, same order as `cluster.hosts()`.
+    pools: Box<[Pool]>,
+}
+
+impl PoolSet {
+    /// A set over `pools` (one per host of `cluster`, in order).
+    pub fn new(cluster: Arc<Cluster>, pools: Vec<Pool>) -> PoolSet {
+        debug_assert_eq!(pools.len(), cluster.hosts().len());
+        PoolSet(Arc::new(Inner { cluster, pools: pools.into() }))
+    }
+
+    /// The database's topology.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.0.cluster
+    }
+
+    /// All pools, one per host.
+    pub fn pools(&self) -> &[Pool] {
+        &self.0.pools
+    }
+
+    /// The primary's pool right now, without waiting.
+    #[inline]
+    pub fn current_primary(&self) -> Option<&Pool> {
+        match self.0.cluster.primary() {
+            Primary::Host(i) => self.0.pools.get(i),
+            _ => None,
+        }
+    }
+
+    /// Fast path: an idle, ready connection of the primary's pool.
+    #[inline]
+    pub fn try_check_out(&self) -> Option<PoolGuard> {
+        self.current_primary()?.try_check_out()
+    }
+
+    /// Checks out a connection to the primary, waiting for one to be elected (and, after a
+    /// connection failure, for the topology to change) up to `failover_wait_timeout`.
+    pub async fn check_out(&self) -> Result<PoolGuard, Error> {
+        let cluster = &self.0.cluster;
+        let started = Instant::now();
+        let deadline = started + cluster.settings().failover_wait;
+        let mut primary = cluster.primary();
+        loop {
+            let i = match primary {
+                Primary::Host(i) => i,
+                Primary::SplitBrain => return Err(Error::SplitBrain(cluster.name().into())),
+                Primary::None => {
+                    primary = cluster.wait_change(primary, deadline).await;
+                    if primary == Primary::None {
+                        return Err(self.no_primary(started, ""));
+                    }
+                    continue;
+                }
+            };
+            let err = match self.0.pools[i].check_out().await {
+                Ok(g) => return Ok(g),
+                Err(e) => e,
+            };
+            if !cluster.is_probed() || !failover_may_help(&err) || Instant::now() >= deadline {
+                return Err(err);
+            }
+            // The primary may be gone: look, and wait for the topology to move.
+            cluster.request_probe();
+            let pause = (Instant::now() + RETRY_PAUSE).min(deadline);
+            primary = cluster.wait_change(primary, pause).await;
+            if Instant::now() >= deadline && primary == Primary::Host(i) {
+                return Err(self.no_primary(started, &format!(", last error: {err}")));
+            }
+        }
+    }
+
+    fn no_primary(&self, started: Instant, detail: &str) -> Error {
+        Error::NoPrimary { db: self.0.cluster.name().into(), waited: started.elapsed(), detail: detail.into() }
+    }
+
+    /// Remembers SCRAM keys recovered from a client login, for passthrough (every host).
+    pub fn learn_scram_keys(&self, keys: crate::auth::scram::ClientKeys) {
+        for p in self.0.pools.iter() {
+            p.learn_scram_keys(keys.clone());
+        }
+    }
+
+    /// The ParameterStatus set the servers report (what a client is told at login): any
+    /// host's that is known, else the primary's (connecting once).
+    pub async fn server_params(&self) -> Result<ServerParams, Error> {
+        if let Some(p) = self.0.pools.iter().find_map(Pool::cached_server_params) {
+            return Ok(p);
+        }
+        let guard = self.check_out().await?;
+        let pool = guard.pool().clone();
+        guard.check_in();
+        pool.cached_server_params().ok_or(Error::Closed)
+    }
+
+    /// The pool whose interner de-duplicates client parameter sets (any one will do; the
+    /// first is stable).
+    pub fn interner(&self) -> &crate::params::Interner {
+        self.0.pools[0].interner()
+    }
+}
+
+/// Whether an error of the primary's pool may go away by itself when a replica is promoted:
+/// the server could not be reached (not: it refused the login, or the pool is closed).
+fn failover_may_help(e: &Error) -> bool {
+    match e {
+        Error::Connect { server_code, .. } => server_code.as_deref().is_none_or(|c| c == "57P03"),
+        Error::Timeout(_) | Error::Closed | Error::NoPrimary { .. } | Error::SplitBrain(_) => false,
+    }
+}
