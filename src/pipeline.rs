@@ -156,6 +156,9 @@ pub struct Pipeline {
     pub poisoned: bool,
     /// The current batch (since the last Sync) changed statement bookkeeping.
     pub batch_dirty: bool,
+    /// The server answered `25006 read_only_sql_transaction`: if it is believed to be the
+    /// primary, the topology should be probed again (it may have been demoted).
+    pub read_only_error: bool,
     /// The current batch has sent something the server may answer with an error.
     pub batch_started: bool,
     /// Rewritten client bytes, sent before the client buffer's scanned prefix.
@@ -213,6 +216,7 @@ impl Pipeline {
         self.copy_in = false;
         self.batch_dirty = false;
         self.batch_started = false;
+        self.read_only_error = false;
         self.to_server.clear();
         self.to_client.clear();
     }

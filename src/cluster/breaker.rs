@@ -146,3 +146,71 @@ impl Breaker {
         self.inner.lock().failures
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerSettings { threshold: 3, backoff: 30 * MS, max_backoff: 100 * MS })
+    }
+
+    #[test]
+    fn opens_after_threshold_then_half_opens_for_one_trial() {
+        let b = breaker();
+        for _ in 0..2 {
+            assert!(b.try_acquire().is_ok());
+            assert!(!b.failure());
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.try_acquire().is_ok());
+        assert!(b.failure(), "third consecutive failure opens it");
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+        assert!(b.try_acquire().is_err());
+        assert_eq!(b.refused(), 1);
+        std::thread::sleep(35 * MS);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.try_acquire().is_ok(), "one trial");
+        assert!(b.try_acquire().is_err(), "only one trial at a time");
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.failures(), 0);
+    }
+
+    #[test]
+    fn failed_trials_double_the_backoff_up_to_the_cap() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.failure();
+        }
+        let mut periods = Vec::new();
+        for _ in 0..4 {
+            let BreakerState::Open { remaining } = b.state() else { panic!("open expected") };
+            periods.push(remaining);
+            std::thread::sleep(remaining + 2 * MS);
+            assert!(b.try_acquire().is_ok());
+            assert!(b.failure(), "a failed trial opens it again");
+        }
+        // 30, 60, 100 (capped), 100 ms.
+        assert!(periods[0] <= 30 * MS && periods[1] > 30 * MS && periods[1] <= 60 * MS, "{periods:?}");
+        assert!(periods[2] > 60 * MS && periods[2] <= 100 * MS && periods[3] <= 100 * MS, "{periods:?}");
+    }
+
+    #[test]
+    fn success_resets_the_count_and_abandon_frees_the_trial() {
+        let b = breaker();
+        b.failure();
+        b.failure();
+        b.success();
+        b.failure();
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Closed, "failures must be consecutive");
+        b.failure();
+        std::thread::sleep(35 * MS);
+        assert!(b.try_acquire().is_ok());
+        b.abandon();
+        assert!(b.try_acquire().is_ok(), "an abandoned trial can be retried");
+    }
+}

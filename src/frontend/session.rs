@@ -167,6 +167,9 @@ impl Session {
                 continue;
             };
             self.cancel.slot.clear();
+            if let Some(g) = server.as_mut() {
+                self.check_read_only(g);
+            }
             match ev {
                 Event::Released => {
                     if let Some(g) = server.take() {
@@ -196,8 +199,22 @@ impl Session {
                     }
                     return self.close_with(ClientError::protocol(format!("invalid message from client: {e}"))).await;
                 }
-                Event::ServerClosed | Event::ServerIo(_) | Event::ServerProtocol(_) => {
+                Event::ServerClosed | Event::ServerIo(_) => {
                     tracing::warn!(event = ?ev, "server connection lost during a request");
+                    let Some(g) = server.take() else { continue };
+                    if Box::pin(self.survive_server_loss(g)).await {
+                        continue;
+                    }
+                    return self
+                        .close_with(ClientError::fatal(
+                            "08006",
+                            "server connection closed unexpectedly (inside a transaction or in the middle of a message: the transaction is lost)",
+                            ErrorSource::Server,
+                        ))
+                        .await;
+                }
+                Event::ServerProtocol(_) => {
+                    tracing::warn!(event = ?ev, "server broke the protocol during a request");
                     drop(server.take());
                     return self
                         .close_with(ClientError::fatal(
@@ -237,6 +254,62 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A server believed to be the primary said "read-only transaction": it may have been
+    /// demoted, so the topology is probed again at once.
+    fn check_read_only(&self, g: &mut PoolGuard) {
+        let (pool, server) = g.parts();
+        if std::mem::take(&mut server.pipeline.read_only_error) {
+            let host = &pool.settings().host;
+            if self.pool.cluster().primary() == crate::cluster::Primary::Host(host.index) {
+                tracing::info!(host = %host.addr, "primary answered read_only_sql_transaction: probing the topology");
+                host.request_probe();
+            }
+        }
+    }
+
+    /// The server connection died during a request (e.g. its primary crashed). If the client
+    /// was not inside a transaction and no message is half relayed in either direction, each
+    /// request in flight is answered with an error and `ReadyForQuery` (idle), and the
+    /// session goes on: its next request gets a server of the current primary. Otherwise
+    /// returns false (the client must be disconnected: its transaction is gone, or the
+    /// streams cannot be resynchronised).
+    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> bool {
+        g.server().pipeline.read_only_error = false;
+        let pl = &g.server().pipeline;
+        let resumable = self.txn.status == status::IDLE
+            && !self.txn.unsynced
+            && !self.txn.flushed
+            && !self.txn.terminated
+            && self.pos.skip == 0
+            && self.spos.skip == 0
+            && !pl.copy_in
+            && pl.queue.iter().all(|e| e.undo.is_none());
+        let owed = self.txn.pending;
+        drop(g);
+        // Probe now: the primary may be gone.
+        self.pool.cluster().request_probe();
+        if !resumable {
+            return false;
+        }
+        // Scanned client bytes not yet sent belong to the failed requests.
+        self.buf.advance(self.pos.fwd.min(self.buf.len()));
+        self.pos = ScanPos::default();
+        self.spos = ScanPos::default();
+        self.txn = Txn::new();
+        let mut out = BytesMut::with_capacity(256);
+        for _ in 0..owed {
+            write::error_response(
+                &mut out,
+                write::Severity::Error,
+                "08006",
+                "server connection lost during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary",
+                None,
+            );
+            write::ready_for_query(&mut out, status::IDLE);
+        }
+        self.stream.write_all(&out).await.is_ok()
     }
 
     /// Whether the held server is idle with nothing in flight, so it may be reused.

@@ -518,14 +518,17 @@ async fn server_terminated_mid_query_fails_only_that_client() {
     assert_eq!(rows(&b.simple_query("select 1").await.unwrap()), ["1"]);
     let a = p.connect(&db).await;
     let started = Instant::now();
-    let q = tokio::spawn(async move { a.simple_query("select pg_sleep(5)").await.map(|_| ()) });
+    let q = tokio::spawn(async move {
+        let r = a.simple_query("select pg_sleep(5)").await.map(|_| ());
+        (a, r)
+    });
     let kill = format!(
         "select count(pg_terminate_backend(pid, 3000)) from pg_stat_activity \
          where usename = '{}' and state = 'active' and query like '%pg_sleep(5)%'",
         db.name
     );
     assert!(eventually(Duration::from_secs(3), || su_sql("postgres", &kill) == "1").await, "query never seen running");
-    let res = tokio::time::timeout(Duration::from_secs(3), q).await.expect("client A must not hang").unwrap();
+    let (a, res) = tokio::time::timeout(Duration::from_secs(3), q).await.expect("client A must not hang").unwrap();
     let e = res.expect_err("A's query must fail when its server is terminated");
     let code = sqlstate(&e);
     assert!(
@@ -533,6 +536,8 @@ async fn server_terminated_mid_query_fails_only_that_client() {
         "unexpected error for A: {e} (sqlstate {code:?})"
     );
     assert!(started.elapsed() < Duration::from_millis(4500), "A waited for the whole sleep");
+    // A was not inside a transaction: its session survives and gets another server.
+    assert_eq!(rows(&a.simple_query("select 42").await.expect("A after losing its server")), ["42"]);
     // B (connected before) and a new client are fine.
     for i in 0..3 {
         let v = rows(&b.simple_query(&format!("select {i}")).await.expect("B after the incident"));
@@ -906,6 +911,8 @@ async fn server_terminated_while_client_idle_in_transaction() {
     if let Some(code) = sqlstate(&e) {
         assert!(code.starts_with("08") || code == "57P01", "{e}");
     }
+    // Its transaction is gone: pgsluice disconnects it rather than pretend it goes on.
+    assert!(a.simple_query("select 3").await.is_err(), "a client whose transaction was lost must be disconnected");
     // Nobody else is handed the dead connection.
     for _ in 0..3 {
         assert_serves(&p, &db).await;

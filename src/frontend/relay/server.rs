@@ -59,7 +59,7 @@ pub(super) fn scan_server(
         let head = ctx.pl.queue.front();
         let action = head.map_or(Action::Forward, |h| h.action);
         let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
-            || (tag == btag::ERROR_RESPONSE && action != Action::Forward)
+            || (tag == btag::ERROR_RESPONSE && (action != Action::Forward || hdr.body_len <= MAX_INSPECTED))
             || action == Action::Swallow;
         if inspect {
             if hdr.body_len > MAX_INSPECTED {
@@ -132,6 +132,10 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
+        // (A relayed error over MAX_INSPECTED streams without a look.)
+        if error && rest.len() >= frame_len && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "25006" {
+            ctx.pl.read_only_error = true;
+        }
         if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
             ctx.pl.copy_in = true;
         }
