@@ -555,7 +555,12 @@ impl Pool {
             let c = self.0.credential.lock();
             c.secret.is_some() || c.keys.is_some()
         };
-        if have_cred {
+        // No warming of a host that is down, fenced or behind an open breaker.
+        let host_usable = {
+            let st = s.host.status();
+            st.up && !st.fenced && !matches!(s.host.breaker.state(), crate::cluster::BreakerState::Open { .. })
+        };
+        if have_cred && host_usable {
             let mut st = self.0.state.lock();
             for _ in st.open..s.min_size {
                 self.open_one(&mut st, false);
