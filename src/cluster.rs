@@ -63,6 +63,7 @@ impl ClusterSettings {
             timeout: g.health_check_timeout.0,
             rules: Rules {
                 fail_threshold: g.health_check_fail_threshold,
+                interval: g.health_check_interval.0,
                 success_threshold: g.health_check_success_threshold,
                 max_lag: g.max_replica_lag.0,
                 max_lag_bytes: g.max_replica_lag_bytes,
@@ -205,6 +206,8 @@ pub struct HostSnapshot {
 struct Signals {
     /// Probe every host now (a server said "read-only", a connection to the primary failed).
     reprobe: Notify,
+    /// Counts probe requests, so a probe task that was busy when one came probes again.
+    reprobe_requests: AtomicU64,
     /// The primary changed.
     changed: Notify,
     /// Stop the tasks.
@@ -212,6 +215,13 @@ struct Signals {
     stopped: AtomicBool,
     /// No usable primary: probe faster.
     urgent: AtomicBool,
+}
+
+impl Signals {
+    fn request_probe(&self) {
+        self.reprobe_requests.fetch_add(1, Ordering::AcqRel);
+        self.reprobe.notify_waiters();
+    }
 }
 
 /// One backend host of a database.
@@ -238,7 +248,7 @@ impl Host {
 
     /// Asks for an immediate probe of every host of the database.
     pub fn request_probe(&self) {
-        self.signals.reprobe.notify_waiters();
+        self.signals.request_probe();
     }
 
     /// The latest published status.
@@ -382,7 +392,7 @@ impl Cluster {
 
     /// Asks for an immediate probe of every host.
     pub fn request_probe(&self) {
-        self.signals.reprobe.notify_waiters();
+        self.signals.request_probe();
     }
 
     /// Waits until the primary differs from `from` or `deadline` passes; returns the

@@ -357,19 +357,28 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
     Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), tracked, file })
 }
 
-/// Who the probes of database `d` log in as: `health_check_user` (database, then general),
-/// else the fixed user; the secret from `health_check_password`, the fixed user's secret,
-/// or the auth_file.
+/// Who the probes of database `d` log in as: `health_check_user` of the database (with its
+/// `health_check_password`), else of `[general]` (with the database's or the general
+/// password), else — only for a database with several hosts — the fixed user. A password
+/// not given explicitly comes from the fixed user's or the auth_file. A single host with no
+/// explicit probe user is not probed, so a wrong password there still fails logins at once
+/// with the server's error.
 fn probe_login(
     g: &General,
     d: &DatabaseSection,
     users: &HashMap<String, Arc<UserAuth>>,
     fixed_secret: Option<&Secret>,
 ) -> Result<Option<ProbeLogin>, String> {
-    let Some(user) = d.health_check_user.as_ref().or(g.health_check_user.as_ref()).or(d.user.as_ref()) else {
+    let (user, password) = if let Some(u) = &d.health_check_user {
+        (u, d.health_check_password.as_ref())
+    } else if let Some(u) = &g.health_check_user {
+        (u, d.health_check_password.as_ref().or(g.health_check_password.as_ref()))
+    } else if let (Some(u), true) = (&d.user, d.hosts.len() > 1) {
+        (u, d.health_check_password.as_ref())
+    } else {
         return Ok(None);
     };
-    let secret = match d.health_check_password.as_ref().or(g.health_check_password.as_ref()) {
+    let secret = match password {
         Some(p) => Some(Secret::parse(p).map_err(|e| format!("health_check_password: {e}"))?),
         None if d.user.as_ref() == Some(user) => fixed_secret.cloned(),
         None => users.get(user).map(|a| a.secret.clone()),

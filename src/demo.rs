@@ -169,14 +169,15 @@ Connect with:
 Write twice a second and show which server took each write:
     while sleep 0.5; do psql -XAtc "INSERT INTO greetings(msg) VALUES ('tick') RETURNING id, inet_server_port()" "{url}"; done
 
-Fail over to the first replica, either by promoting it while the primary runs (the old
-primary is fenced at once: it gets no more traffic) and then stopping the old primary:
-    {promote}
+Fail over to the first replica. A planned switchover: stop the primary cleanly (it sends
+its last WAL to the replicas), then promote:
     {stop_fast}
-or by crashing the primary first and then promoting (writes wait for the new primary,
-at most failover_wait_timeout = 10s):
-    {stop_crash}
     {promote}
+A crash: the same with "-m immediate" instead of "-m fast". Until the promoted replica is
+seen (up to health_check_interval = 1s after the promotion), writes wait; each waits at
+most failover_wait_timeout = 10s. Promoting while the primary still runs instead shows
+fencing: the old primary gets no traffic once the promoted replica is seen, but writes it
+took in the meantime are not on the new primary.
 The other replica keeps following the old primary: pgsluice does not repoint replicas.
 
 Load test: PGPASSWORD={DEMO_PASSWORD} pgbench -i -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER} && PGPASSWORD={DEMO_PASSWORD} pgbench -S -c 20 -T 10 -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}
@@ -185,7 +186,6 @@ Press Ctrl-C to stop (the three servers are stopped and deleted).
         cfg = cfg_path.display(),
         promote = pg_ctl(replica, "-w promote"),
         stop_fast = pg_ctl(primary, "-m fast -w stop"),
-        stop_crash = pg_ctl(primary, "-m immediate -w stop"),
     )
 }
 

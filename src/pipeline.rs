@@ -159,6 +159,10 @@ pub struct Pipeline {
     /// The server answered `25006 read_only_sql_transaction`: if it is believed to be the
     /// primary, the topology should be probed again (it may have been demoted).
     pub read_only_error: bool,
+    /// A FATAL/PANIC error the server sent before closing (`SQLSTATE: message`): held back
+    /// from the client, which gets pgsluice's own error about the lost connection instead
+    /// (carrying this text), so a session pgsluice keeps never sees a FATAL.
+    pub server_fatal: Option<String>,
     /// The current batch has sent something the server may answer with an error.
     pub batch_started: bool,
     /// Rewritten client bytes, sent before the client buffer's scanned prefix.
@@ -217,6 +221,7 @@ impl Pipeline {
         self.batch_dirty = false;
         self.batch_started = false;
         self.read_only_error = false;
+        self.server_fatal = None;
         self.to_server.clear();
         self.to_client.clear();
     }

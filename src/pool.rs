@@ -555,10 +555,14 @@ impl Pool {
             let c = self.0.credential.lock();
             c.secret.is_some() || c.keys.is_some()
         };
-        // No warming of a host that is down, fenced or behind an open breaker.
+        // Only the primary is warmed (it takes all traffic until read routing exists), and
+        // not while it is down, fenced or behind an open breaker.
         let host_usable = {
             let st = s.host.status();
-            st.up && !st.fenced && !matches!(s.host.breaker.state(), crate::cluster::BreakerState::Open { .. })
+            st.role == crate::cluster::Role::Primary
+                && st.up
+                && !st.fenced
+                && !matches!(s.host.breaker.state(), crate::cluster::BreakerState::Open { .. })
         };
         if have_cred && host_usable {
             let mut st = self.0.state.lock();

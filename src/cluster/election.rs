@@ -40,8 +40,11 @@ pub struct Probe {
 /// Thresholds and bounds the decisions use.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
-    /// Failed probes before down.
+    /// Failed probes before down; they must also span `fail_threshold - 1` intervals, so
+    /// that the faster probing of a failover does not shorten the tolerance for a blip.
     pub fail_threshold: u32,
+    /// `health_check_interval`.
+    pub interval: Duration,
     /// Good probes before a down host is up.
     pub success_threshold: u32,
     /// Lag bound in time.
@@ -77,6 +80,8 @@ pub struct Tracker {
     pub seen: bool,
     /// Consecutive failures.
     pub fails: u32,
+    /// When the current run of failures started.
+    pub failing_since: Option<Instant>,
     /// Consecutive successes.
     pub successes: u32,
     /// Wall-clock time of the latest probe result.
@@ -96,6 +101,7 @@ impl Tracker {
             Ok(p) => {
                 self.reachable = true;
                 self.fails = 0;
+                self.failing_since = None;
                 self.successes = self.successes.saturating_add(1);
                 self.last = Some(p);
                 self.last_error = None;
@@ -108,7 +114,9 @@ impl Tracker {
                 self.successes = 0;
                 self.fails = self.fails.saturating_add(1);
                 self.last_error = Some(e);
-                if self.fails >= rules.fail_threshold {
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                let span = rules.interval * rules.fail_threshold.saturating_sub(1);
+                if self.fails >= rules.fail_threshold && since.elapsed() >= span {
                     self.up = false;
                 }
             }
@@ -163,9 +171,17 @@ pub fn elect(hosts: &[Tracker], current: Primary) -> Primary {
     }
 }
 
-/// Whether host `i` must take no traffic: it accepts writes but is not the primary.
+/// Whether host `i` must take no traffic: it accepts writes but another host is the
+/// primary, or the primary is undecidable (split brain), or it must never be the primary.
+/// A writable host waiting for its success threshold while there is no primary (a primary
+/// restarting without a failover) is a candidate, not fenced.
 pub fn fenced(hosts: &[Tracker], primary: Primary, i: usize) -> bool {
-    hosts[i].writable() && primary != Primary::Host(i)
+    hosts[i].writable()
+        && match primary {
+            Primary::Host(p) => p != i,
+            Primary::SplitBrain => true,
+            Primary::None => hosts[i].hint == Some(RoleHint::Replica),
+        }
 }
 
 /// Lag of host `i` if it is a replica with a known replay position and the primary was
@@ -176,12 +192,18 @@ pub fn lag(hosts: &[Tracker], history: &History, i: usize, now: Instant) -> Opti
 }
 
 /// Whether replica `i` may take reads: up, in recovery, allowed to be a replica, not
-/// fenced, and within both lag bounds. With no primary ever sampled, lag cannot be measured
-/// and is not held against it.
-pub fn eligible(hosts: &[Tracker], history: &History, rules: &Rules, i: usize, now: Instant) -> bool {
+/// fenced, not known to be on an older timeline than the primary (still following a
+/// replaced primary), and within both lag bounds. With no primary ever sampled, lag cannot
+/// be measured and is not held against it.
+pub fn eligible(hosts: &[Tracker], history: &History, rules: &Rules, primary: Primary, i: usize, now: Instant) -> bool {
     let h = &hosts[i];
     if !h.up || !h.in_recovery() || h.hint == Some(RoleHint::Primary) {
         return false;
+    }
+    if let (Primary::Host(p), Some(tl)) = (primary, h.timeline()) {
+        if hosts[p].timeline().is_some_and(|ptl| tl < ptl) {
+            return false;
+        }
     }
     match lag(hosts, history, i, now) {
         Some(l) => l.time <= rules.max_lag && (rules.max_lag_bytes == 0 || l.bytes <= rules.max_lag_bytes),
@@ -193,8 +215,13 @@ pub fn eligible(hosts: &[Tracker], history: &History, rules: &Rules, i: usize, n
 mod tests {
     use super::*;
 
-    const RULES: Rules =
-        Rules { fail_threshold: 3, success_threshold: 2, max_lag: Duration::from_secs(1), max_lag_bytes: 0 };
+    const RULES: Rules = Rules {
+        fail_threshold: 3,
+        interval: Duration::ZERO,
+        success_threshold: 2,
+        max_lag: Duration::from_secs(1),
+        max_lag_bytes: 0,
+    };
 
     fn primary(tl: u32) -> Result<Probe, String> {
         Ok(Probe { in_recovery: false, current_lsn: Some(1000), timeline: Some(tl), ..Probe::default() })
@@ -210,6 +237,20 @@ mod tests {
 
     fn hosts(n: usize) -> Vec<Tracker> {
         vec![Tracker::default(); n]
+    }
+
+    #[test]
+    fn down_needs_the_failures_to_span_the_threshold_in_intervals() {
+        let rules = Rules { interval: Duration::from_millis(40), ..RULES };
+        let mut h = hosts(1);
+        h[0].observe(primary(1), &rules);
+        for _ in 0..5 {
+            h[0].observe(down(), &rules);
+        }
+        assert!(h[0].up, "five quick failures are still a blip");
+        std::thread::sleep(Duration::from_millis(85));
+        h[0].observe(down(), &rules);
+        assert!(!h[0].up, "failures over two intervals: down");
     }
 
     #[test]
@@ -253,9 +294,10 @@ mod tests {
             cur = elect(&h, cur);
             assert_eq!(cur == Primary::None, n == 3, "after {n} failures");
         }
-        // It comes back: up only after the success threshold.
+        // It comes back: up only after the success threshold, and not fenced meanwhile.
         h[0].observe(primary(1), &RULES);
         assert_eq!(elect(&h, cur), Primary::None);
+        assert!(!fenced(&h, Primary::None, 0));
         h[0].observe(primary(1), &RULES);
         assert_eq!(elect(&h, cur), Primary::Host(0));
     }
@@ -317,8 +359,8 @@ mod tests {
         h[1].observe(replica(5), &RULES);
         let hist = History::default();
         let now = Instant::now();
-        assert!(!eligible(&h, &hist, &RULES, 0, now));
-        assert!(eligible(&h, &hist, &RULES, 1, now));
+        assert!(!eligible(&h, &hist, &RULES, Primary::None, 0, now));
+        assert!(eligible(&h, &hist, &RULES, Primary::None, 1, now));
     }
 
     #[test]
@@ -331,15 +373,22 @@ mod tests {
         h[0].observe(primary(1), &RULES);
         h[1].observe(replica(200), &RULES);
         let now = t0 + Duration::from_secs(5);
-        assert!(eligible(&h, &hist, &RULES, 1, now));
+        let p = Primary::Host(0);
+        assert!(eligible(&h, &hist, &RULES, p, 1, now));
         h[1].observe(replica(150), &RULES);
         assert_eq!(lag(&h, &hist, 1, now).unwrap().time, Duration::from_secs(4));
-        assert!(!eligible(&h, &hist, &RULES, 1, now));
-        assert!(eligible(&h, &hist, &RULES, 1, t0 + Duration::from_millis(1500)));
+        assert!(!eligible(&h, &hist, &RULES, p, 1, now));
+        assert!(eligible(&h, &hist, &RULES, p, 1, t0 + Duration::from_millis(1500)));
         let bytes = Rules { max_lag_bytes: 10, ..RULES };
-        assert!(!eligible(&h, &hist, &bytes, 1, t0 + Duration::from_millis(1500)));
-        assert!(!eligible(&h, &hist, &RULES, 0, now), "the primary is not a replica");
+        assert!(!eligible(&h, &hist, &bytes, p, 1, t0 + Duration::from_millis(1500)));
+        assert!(!eligible(&h, &hist, &RULES, p, 0, now), "the primary is not a replica");
+        // Still following a replaced primary: an older timeline than the primary's.
+        h[1].observe(
+            Ok(Probe { in_recovery: true, replay_lsn: Some(999), timeline: Some(0), ..Probe::default() }),
+            &RULES,
+        );
+        assert!(!eligible(&h, &hist, &RULES, p, 1, now), "older timeline");
         h[1].observe(down(), &RULES);
-        assert!(!eligible(&h, &hist, &RULES, 1, t0 + Duration::from_millis(1500)), "unreachable");
+        assert!(!eligible(&h, &hist, &RULES, p, 1, t0 + Duration::from_millis(1500)), "unreachable");
     }
 }

@@ -45,15 +45,24 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
             break;
         }
         let started = Instant::now();
+        let requests = signals.reprobe_requests.load(Ordering::Acquire);
         let result = probe_once(&cluster, i, &mut conn).await;
         if tx.send((i, result)).is_err() {
             break;
         }
         let s = &cluster.settings;
         let period = if signals.urgent.load(Ordering::Acquire) { (s.interval / 5).max(MIN_GAP) } else { s.interval };
+        let reprobe = signals.reprobe.notified();
+        tokio::pin!(reprobe);
+        reprobe.as_mut().enable();
+        if signals.reprobe_requests.load(Ordering::Acquire) != requests {
+            // Asked while this probe ran: its answer may predate the reason.
+            tokio::time::sleep_until(started + MIN_GAP).await;
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(started + period) => {}
-            _ = signals.reprobe.notified() => tokio::time::sleep_until(started + MIN_GAP).await,
+            _ = reprobe => tokio::time::sleep_until(started + MIN_GAP).await,
             _ = signals.stop.notified() => break,
         }
     }
@@ -148,7 +157,8 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
         cluster.hosts.iter().map(|h| Tracker { hint: h.hint, ..Tracker::default() }).collect();
     let mut history = History::default();
     let mut current = Primary::None;
-    let mut elected_once = false;
+    // The last host elected (kept while there is none): a failover is a *different* host.
+    let mut last_elected: Option<usize> = None;
     let mut fenced = vec![false; hosts.len()];
     loop {
         let (i, result) = tokio::select! {
@@ -168,16 +178,16 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
         }
         let next = election::elect(&hosts, current);
         if next != current {
-            announce(&cluster, current, next, elected_once);
+            announce(&cluster, current, next, last_elected);
             if let Primary::Host(old) = current {
                 cluster.hosts[old].epoch.fetch_add(1, Ordering::AcqRel);
             }
-            if matches!(next, Primary::Host(_)) {
-                if elected_once {
+            if let Primary::Host(new) = next {
+                if last_elected.is_some_and(|l| l != new) {
                     cluster.failovers.fetch_add(1, Ordering::Relaxed);
+                    history.clear();
                 }
-                elected_once = true;
-                history.clear();
+                last_elected = Some(new);
             }
             current = next;
             cluster.primary.store(encode(next), Ordering::Release);
@@ -204,21 +214,26 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
             *was = is;
         }
         let primary_ok = matches!(current, Primary::Host(p) if hosts[p].reachable);
-        cluster.signals.urgent.store(!primary_ok, Ordering::Release);
+        if !cluster.signals.urgent.swap(!primary_ok, Ordering::AcqRel) && !primary_ok {
+            // Sleeping probes would see the faster period only after their next probe.
+            cluster.signals.request_probe();
+        }
         for (j, h) in cluster.hosts.iter().enumerate() {
             h.status.store(Arc::new(status_of(&hosts, &history, &rules, current, j, now, fenced[j])));
         }
     }
 }
 
-fn announce(cluster: &Cluster, from: Primary, to: Primary, elected_once: bool) {
+fn announce(cluster: &Cluster, from: Primary, to: Primary, last_elected: Option<usize>) {
     let addr = |p: Primary| match p {
         Primary::Host(i) => cluster.hosts[i].addr.to_string(),
         Primary::None => "none".into(),
         Primary::SplitBrain => "none (split brain)".into(),
     };
     match to {
-        Primary::Host(_) if !elected_once => tracing::info!(db = %cluster.name, primary = %addr(to), "primary found"),
+        Primary::Host(i) if last_elected.is_none_or(|l| l == i) => {
+            tracing::info!(db = %cluster.name, primary = %addr(to), "primary found")
+        }
         Primary::Host(_) => {
             tracing::warn!(db = %cluster.name, old = %addr(from), new = %addr(to), "primary changed (failover)")
         }
@@ -253,7 +268,7 @@ fn status_of(
         up: t.up,
         seen: t.seen,
         fenced,
-        eligible: !fenced && election::eligible(hosts, history, rules, j, now),
+        eligible: !fenced && election::eligible(hosts, history, rules, primary, j, now),
         in_recovery: last.filter(|_| t.reachable).map(|p| p.in_recovery),
         replay_paused: last.is_some_and(|p| p.replay_paused),
         lag: election::lag(hosts, history, j, now),

@@ -160,9 +160,10 @@ pub struct General {
     pub health_check_fail_threshold: u32,
     /// (pgsluice) Consecutive good probes before a down host is marked up again. Default 2.
     pub health_check_success_threshold: u32,
-    /// (pgsluice) User the probes log in as, unless the database sets its own; default: the
-    /// database's fixed `user`. Without one, a single-host database is not probed (its host
-    /// is taken as the primary) and a multi-host database is a config error.
+    /// (pgsluice) User the probes log in as, unless the database sets its own; default, for a
+    /// database with several hosts: its fixed `user`. A single-host database without a probe
+    /// user is not probed (its host is taken as the primary); a multi-host database without
+    /// one is a config error.
     pub health_check_user: Option<String>,
     /// (pgsluice) Password of `health_check_user` (plaintext or md5 hash); default: the
     /// auth_file entry, or the keys of the user's first SCRAM client login.
@@ -258,10 +259,12 @@ pub struct DatabaseSection {
     /// `{ host = "host:port", role = "primary" | "replica" }`. Roles are discovered by the
     /// health probes; a `role` only constrains what a host may become.
     pub hosts: Vec<HostEntry>,
-    /// Overrides `[general] health_check_user` for this database.
+    /// Overrides `[general] health_check_user` for this database (the general
+    /// `health_check_password` does not apply to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_user: Option<String>,
-    /// Overrides `[general] health_check_password` for this database.
+    /// Password of the probe user of this database (its own `health_check_user`, or the
+    /// general one).
     #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub health_check_password: Option<String>,
     /// Backend database name; default: the section name.

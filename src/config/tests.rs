@@ -40,6 +40,20 @@ fn databases_and_overrides() {
     assert_eq!(probe.user, "probe");
     assert!(matches!(&probe.secret, Some(crate::auth::Secret::Plain(p)) if p == "pw"));
     assert!(c.databases["other"].probe.is_none(), "single host, no probe user: not probed");
+    // A fixed user is the default probe user only for several hosts; a database-level probe
+    // user does not take the general password.
+    let c2 = load(&format!(
+        "{TRUST}health_check_password = \"general-pw\"\n\
+         [databases.one]\nhosts = [\"h\"]\nuser = \"u\"\npassword = \"p\"\n\
+         [databases.two]\nhosts = [\"h1\", \"h2\"]\nuser = \"u\"\npassword = \"p\"\n\
+         [databases.own]\nhosts = [\"h\"]\nhealth_check_user = \"mon\"\n"
+    ))
+    .unwrap();
+    assert!(c2.databases["one"].probe.is_none());
+    let two = c2.databases["two"].probe.as_ref().unwrap();
+    assert!(two.user == "u" && matches!(&two.secret, Some(crate::auth::Secret::Plain(p)) if p == "p"));
+    let own = c2.databases["own"].probe.as_ref().unwrap();
+    assert!(own.user == "mon" && own.secret.is_none(), "no general password for a database's own probe user");
     assert_eq!((app.pool_size, app.dbname.as_str()), (3, "app"));
     let other = &c.databases["other"];
     assert_eq!((other.pool_size, other.dbname.as_str()), (7, "real"));

@@ -202,16 +202,11 @@ impl Session {
                 Event::ServerClosed | Event::ServerIo(_) => {
                     tracing::warn!(event = ?ev, "server connection lost during a request");
                     let Some(g) = server.take() else { continue };
-                    if Box::pin(self.survive_server_loss(g)).await {
-                        continue;
-                    }
-                    return self
-                        .close_with(ClientError::fatal(
-                            "08006",
-                            "server connection closed unexpectedly (inside a transaction or in the middle of a message: the transaction is lost)",
-                            ErrorSource::Server,
-                        ))
-                        .await;
+                    let lost = match Box::pin(self.survive_server_loss(g)).await {
+                        Ok(()) => continue,
+                        Err(lost) => lost,
+                    };
+                    return self.close_with(ClientError::fatal("08006", lost, ErrorSource::Server)).await;
                 }
                 Event::ServerProtocol(_) => {
                     tracing::warn!(event = ?ev, "server broke the protocol during a request");
@@ -270,15 +265,21 @@ impl Session {
     }
 
     /// The server connection died during a request (e.g. its primary crashed). If the client
-    /// was not inside a transaction and no message is half relayed in either direction, each
-    /// request in flight is answered with an error and `ReadyForQuery` (idle), and the
-    /// session goes on: its next request gets a server of the current primary. Otherwise
-    /// returns false (the client must be disconnected: its transaction is gone, or the
-    /// streams cannot be resynchronised).
-    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> bool {
+    /// was not inside a transaction (and not in session mode, whose session state died with
+    /// the server) and no message is half relayed in either direction, each request in flight
+    /// is answered with an error and `ReadyForQuery` (idle), and the session goes on: its
+    /// next request gets a server of the current primary. Otherwise returns the message to
+    /// disconnect the client with (its transaction or session is gone, or the streams cannot
+    /// be resynchronised).
+    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<(), String> {
         g.server().pipeline.read_only_error = false;
         let pl = &g.server().pipeline;
-        let resumable = self.txn.status == status::IDLE
+        let why = match &pl.server_fatal {
+            Some(f) => format!("server closed the connection ({f})"),
+            None => "server connection closed unexpectedly".to_string(),
+        };
+        let resumable = self.relay.release_on_idle
+            && self.txn.status == status::IDLE
             && !self.txn.unsynced
             && !self.txn.flushed
             && !self.txn.terminated
@@ -291,7 +292,7 @@ impl Session {
         // Probe now: the primary may be gone.
         self.pool.cluster().request_probe();
         if !resumable {
-            return false;
+            return Err(format!("{why}; the transaction or session state on it is lost"));
         }
         // Scanned client bytes not yet sent belong to the failed requests.
         self.buf.advance(self.pos.fwd.min(self.buf.len()));
@@ -299,17 +300,16 @@ impl Session {
         self.spos = ScanPos::default();
         self.txn = Txn::new();
         let mut out = BytesMut::with_capacity(256);
+        let message = format!(
+            "{why} during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary"
+        );
         for _ in 0..owed {
-            write::error_response(
-                &mut out,
-                write::Severity::Error,
-                "08006",
-                "server connection lost during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary",
-                None,
-            );
+            write::error_response(&mut out, write::Severity::Error, "08006", &message, None);
             write::ready_for_query(&mut out, status::IDLE);
         }
-        self.stream.write_all(&out).await.is_ok()
+        // A failed write shows up as a closed client at the next read.
+        let _ = self.stream.write_all(&out).await;
+        Ok(())
     }
 
     /// Whether the held server is idle with nothing in flight, so it may be reused.

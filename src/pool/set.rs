@@ -20,6 +20,9 @@ use crate::cluster::{Cluster, Primary};
 /// earlier when the primary changes).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// "No deadline" for waits that another branch bounds.
+const FOREVER: Duration = Duration::from_secs(86_400);
+
 /// The pools of one (database, user); see the module docs.
 #[derive(Clone)]
 pub struct PoolSet(Arc<Inner>);
@@ -81,9 +84,26 @@ impl PoolSet {
                     continue;
                 }
             };
-            let err = match self.0.pools[i].check_out().await {
-                Ok(g) => return Ok(g),
-                Err(e) => e,
+            let attempt = self.0.pools[i].check_out();
+            let err = if cluster.is_probed() {
+                // A primary that stops answering can hold a connect for server_connect_timeout:
+                // if another host is elected meanwhile, go there (check_out is cancel-safe).
+                let moved = cluster.wait_change(primary, Instant::now() + FOREVER);
+                tokio::select! {
+                    r = attempt => match r {
+                        Ok(g) => return Ok(g),
+                        Err(e) => e,
+                    },
+                    p = moved => {
+                        primary = p;
+                        continue;
+                    }
+                }
+            } else {
+                match attempt.await {
+                    Ok(g) => return Ok(g),
+                    Err(e) => e,
+                }
             };
             if !cluster.is_probed() || !failover_may_help(&err) || Instant::now() >= deadline {
                 return Err(err);
@@ -99,6 +119,15 @@ impl PoolSet {
     }
 
     fn no_primary(&self, started: Instant, detail: &str) -> Error {
+        let mut detail = detail.to_string();
+        if detail.is_empty() {
+            // Say what the probes see, e.g. a wrong health_check_password.
+            for h in self.0.cluster.hosts() {
+                if let Some(e) = &h.status().last_error {
+                    detail.push_str(&format!("; {}: {e}", h.addr));
+                }
+            }
+        }
         Error::NoPrimary { db: self.0.cluster.name().into(), waited: started.elapsed(), detail: detail.into() }
     }
 

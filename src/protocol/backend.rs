@@ -86,10 +86,20 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, &[u8]), Error> {
 pub struct ErrorFields<'a> {
     /// `S`: localized severity.
     pub severity: &'a str,
+    /// `V`: severity, never localized (PostgreSQL 9.6+; empty if absent).
+    pub severity_v: &'a str,
     /// `C`: SQLSTATE code.
     pub code: &'a str,
     /// `M`: primary message.
     pub message: &'a str,
+}
+
+impl ErrorFields<'_> {
+    /// FATAL or PANIC: the server closes the connection after it.
+    pub fn is_fatal(&self) -> bool {
+        let sev = if self.severity_v.is_empty() { self.severity } else { self.severity_v };
+        sev == "FATAL" || sev == "PANIC"
+    }
 }
 
 /// Parses the fields of an ErrorResponse body we care about; unknown fields are skipped.
@@ -103,6 +113,7 @@ pub fn parse_error_fields(mut body: &[u8]) -> ErrorFields<'_> {
         let value = std::str::from_utf8(value).unwrap_or("");
         match kind {
             b'S' => f.severity = value,
+            b'V' => f.severity_v = value,
             b'C' => f.code = value,
             b'M' => f.message = value,
             _ => {}

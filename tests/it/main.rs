@@ -11,3 +11,4 @@ mod params;
 mod pooling;
 mod prepared;
 mod robustness;
+mod topology;

@@ -70,6 +70,15 @@ pub(super) fn scan_server(
                 return Ok(());
             }
         }
+        if tag == btag::ERROR_RESPONSE && rest.len() >= frame_len {
+            let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
+            if f.is_fatal() {
+                // The server is about to close; the session decides what the client hears.
+                ctx.pl.server_fatal = Some(format!("{}: {}", f.code, f.message));
+                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                continue;
+            }
+        }
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
             crate::backend::conn::set_param(sink.conn, k, v);
