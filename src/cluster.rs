@@ -232,6 +232,8 @@ pub struct Host {
     pub index: usize,
     /// Configured role constraint.
     pub hint: Option<RoleHint>,
+    /// Share of reads (`weight` in `hosts`).
+    pub weight: u32,
     /// Connection-attempt breaker (pools and probe).
     pub breaker: Breaker,
     epoch: AtomicU64,
@@ -316,6 +318,7 @@ impl Cluster {
                     addr: addr.clone(),
                     index,
                     hint: *hint,
+                    weight: db.weights.get(index).copied().unwrap_or(1),
                     breaker: Breaker::new(settings.breaker),
                     epoch: AtomicU64::new(0),
                     status: ArcSwap::from_pointee(HostStatus::initial(probed)),

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 pub use general::{
-    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, PoolMode, RoleHint, TlsSection, UserSection,
+    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, PoolMode, PrimaryReads, ReadYourWrites, RoleHint,
+    Route, TlsSection, TransactionRouting, UserSection,
 };
 
 use crate::auth::{scram::Verifier, Secret};
@@ -105,6 +106,12 @@ pub struct Database {
     pub hosts: Vec<BackendAddr>,
     /// Role hint of each host (same order as `hosts`).
     pub role_hints: Vec<Option<RoleHint>>,
+    /// Read weight of each host (same order as `hosts`).
+    pub weights: Vec<u32>,
+    /// Default route of the database's clients.
+    pub route: Route,
+    /// Whether reads may use the primary.
+    pub primary_reads: PrimaryReads,
     /// How the health probes log in; `None`: the database is not probed (single host only).
     pub probe: Option<ProbeLogin>,
     /// Backend database name.
@@ -217,6 +224,11 @@ impl Config {
         self.file.users.get(user).and_then(|u| u.pool_mode).unwrap_or(db.pool_mode)
     }
 
+    /// Effective route for `db` and `user` (user overrides database overrides general).
+    pub fn route(&self, db: &Database, user: &str) -> Route {
+        self.file.users.get(user).and_then(|u| u.route).unwrap_or(db.route)
+    }
+
     /// Effective `max_user_connections` for `user`; 0 = unlimited.
     pub fn max_user_connections(&self, user: &str) -> u32 {
         self.file.users.get(user).and_then(|u| u.max_user_connections).unwrap_or(self.file.general.max_user_connections)
@@ -306,12 +318,16 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
             return Err(ctx("hosts must list at least one host".into()));
         }
         let hosts = d.hosts.iter().map(|h| BackendAddr::parse(h.addr())).collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        if hosts.len() > 64 {
+            return Err(ctx("lists more than 64 hosts".into()));
+        }
         for (i, h) in hosts.iter().enumerate() {
             if hosts[..i].contains(h) {
                 return Err(ctx(format!("host {h} is listed twice")));
             }
         }
         let role_hints: Vec<_> = d.hosts.iter().map(HostEntry::role).collect();
+        let weights: Vec<_> = d.hosts.iter().map(HostEntry::weight).collect();
         let pool_size = d.pool_size.unwrap_or(g.default_pool_size);
         let min_pool_size = d.min_pool_size.unwrap_or(g.min_pool_size);
         if pool_size == 0 {
@@ -341,6 +357,9 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
                 name: name.clone(),
                 hosts,
                 role_hints,
+                weights,
+                route: d.route.unwrap_or(g.route),
+                primary_reads: d.primary_reads.unwrap_or(g.primary_reads),
                 probe,
                 dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
                 fixed_user: d.user.clone(),

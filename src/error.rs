@@ -79,7 +79,7 @@ impl From<&pool::Error> for ClientError {
                 ClientError::fatal("57P01", "pgsluice: pool is shutting down", ErrorSource::Internal)
             }
             // connection_failure: the client may retry later; its session stays usable.
-            pool::Error::NoPrimary { .. } | pool::Error::SplitBrain(_) => {
+            pool::Error::NoPrimary { .. } | pool::Error::SplitBrain(_) | pool::Error::NoReplica(_) => {
                 ClientError::error("08006", format!("pgsluice: {e}"), ErrorSource::Server)
             }
         }

@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod shared;
 pub mod shutdown;

@@ -17,7 +17,7 @@ mod limit;
 mod set;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,10 @@ pub enum Error {
         /// What the last attempt saw, if anything (", last error: ...").
         detail: Arc<str>,
     },
+    /// A read must go to a replica (`route = "replica"` or `primary_reads = "never"`) and
+    /// none is eligible.
+    #[error("no replica of database \"{0}\" is eligible for reads (down, lagging beyond max_replica_lag, or behind this client's last write)")]
+    NoReplica(Arc<str>),
     /// Several hosts accept writes and pgsluice cannot tell which one is the primary.
     #[error("split brain: several servers of database \"{0}\" accept writes and their timelines do not tell which is the primary; pgsluice refuses writes until all but one are demoted or stopped")]
     SplitBrain(Arc<str>),
@@ -155,6 +159,8 @@ struct Inner {
     user_limit: Arc<Limit>,
     /// Total check-outs served; read by stats.
     checkouts: AtomicU64,
+    /// Connections checked out right now (the router balances on it).
+    in_use: AtomicU32,
     /// Client parameter sets in use with this pool (shared between identical clients).
     interner: Interner,
     /// Prepared statements some server of this pool accepted.
@@ -205,6 +211,7 @@ impl Pool {
             db_limit,
             user_limit,
             checkouts: AtomicU64::new(0),
+            in_use: AtomicU32::new(0),
             interner: Interner::default(),
             known: KnownStatements::default(),
         }));
@@ -363,6 +370,7 @@ impl Pool {
 
     fn guard(&self, p: Pooled) -> PoolGuard {
         self.0.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.0.in_use.fetch_add(1, Ordering::Relaxed);
         PoolGuard { conn: Some(p), pool: self.clone() }
     }
 
@@ -601,6 +609,12 @@ impl Pool {
     pub fn checkouts(&self) -> u64 {
         self.0.checkouts.load(Ordering::Relaxed)
     }
+
+    /// Connections checked out right now.
+    #[inline]
+    pub fn in_use(&self) -> u32 {
+        self.0.in_use.load(Ordering::Relaxed)
+    }
 }
 
 /// The reserve may be used once a waiter has waited `reserve_pool_timeout` (0 disables the
@@ -615,6 +629,13 @@ fn connect_error(e: &backend::Error) -> Error {
             Error::Connect { code: "08006", server_code: Some(code.as_str().into()), message: message.as_str().into() }
         }
         other => Error::Connect { code: "08006", server_code: None, message: other.to_string().into() },
+    }
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        // Runs once however the guard ends (check_in and discard consume it).
+        self.pool.0.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

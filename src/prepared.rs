@@ -64,6 +64,8 @@ pub struct Stmt {
     /// The Parse body after the statement name: query text, NUL, parameter types. Enough to
     /// prepare the statement on any server.
     pub rest: Box<[u8]>,
+    /// Its routing class, computed on first use (a prepared statement is classified once).
+    pub class: std::sync::OnceLock<crate::router::classify::Class>,
 }
 
 impl Stmt {
@@ -74,7 +76,12 @@ impl Stmt {
 
     /// A statement whose key the caller has already computed from `parse_rest`.
     pub fn with_key(key: Key, parse_rest: &[u8]) -> Arc<Stmt> {
-        Arc::new(Stmt { key, name: key.server_name(), rest: parse_rest.into() })
+        Arc::new(Stmt { key, name: key.server_name(), rest: parse_rest.into(), class: Default::default() })
+    }
+
+    /// The query text (empty if not UTF-8).
+    pub fn query(&self) -> &str {
+        crate::protocol::cstr(&self.rest).and_then(|(q, _)| std::str::from_utf8(q).ok()).unwrap_or("")
     }
 }
 

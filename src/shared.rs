@@ -28,6 +28,8 @@ pub struct Shared {
     pub clusters: ArcSwap<ClusterSet>,
     /// Server pools.
     pub pools: PoolRegistry,
+    /// Statement classifier of the router (one per process; its cache is shared).
+    pub classifier: Arc<crate::router::classify::Classifier>,
     /// Client cancel keys.
     pub cancel: Arc<CancelRegistry>,
     next_client_id: AtomicU64,
@@ -41,7 +43,15 @@ impl Shared {
         let settings = ClusterSettings::from_general(config.general());
         let clusters: ClusterSet =
             config.databases.iter().map(|(name, db)| (name.clone(), Cluster::new(db, settings.clone()))).collect();
+        let g = config.general();
+        let classifier =
+            Arc::new(crate::router::classify::Classifier::new(crate::router::classify::ClassifierSettings {
+                read_only_functions: g.read_only_functions.clone(),
+                max_parse_length: g.max_parse_length as usize,
+                cache_size: g.classify_cache_size as usize,
+            }));
         Arc::new(Shared {
+            classifier,
             clusters: ArcSwap::from_pointee(clusters),
             config: ArcSwap::from_pointee(config),
             pools: PoolRegistry::default(),

@@ -185,6 +185,78 @@ pub struct General {
     pub circuit_breaker_backoff: Dur,
     /// (pgsluice) Longest breaker backoff. Default 30s.
     pub circuit_breaker_max_backoff: Dur,
+    /// (pgsluice) Where requests go: `auto` (reads to replicas, the rest to the primary),
+    /// `primary` (everything), `replica` (everything to replicas; a read-only database).
+    /// Databases and users may override it. Default `auto`.
+    pub route: Route,
+    /// (pgsluice) Whether reads may go to the primary: `fallback` (when no replica is
+    /// eligible), `never` (error instead), `always` (the primary is one of the read
+    /// candidates, balanced by its `weight`). Default `fallback`.
+    pub primary_reads: PrimaryReads,
+    /// (pgsluice) How a transaction opened by a plain `BEGIN` is routed: `primary`. (`BEGIN
+    /// READ ONLY` always goes to a replica.) Default `primary`.
+    pub transaction_routing: TransactionRouting,
+    /// (pgsluice) `lsn`: after a client's write, its reads go only to replicas that have
+    /// replayed the primary's WAL position at the end of that write (else to the primary);
+    /// `off`: only the lag bounds apply. Default `lsn`.
+    pub read_your_writes: ReadYourWrites,
+    /// (pgsluice) How long a read waits for a replica to catch up with the client's last
+    /// write before it goes to the primary. Default 0s.
+    pub read_your_writes_wait: Dur,
+    /// (pgsluice) Functions that may run on a replica, besides the built-in allowlist
+    /// (lower case; `schema.name` allowed). Default `[]`.
+    pub read_only_functions: Vec<String>,
+    /// (pgsluice) Longest statement the SQL parser looks at; longer ones that the keyword
+    /// scan cannot decide go to the primary. Default 16384.
+    pub max_parse_length: u32,
+    /// (pgsluice) Parsed statement classifications kept in memory. Default 4096.
+    pub classify_cache_size: u32,
+}
+
+/// Where requests of a database or user go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Classify: reads to replicas, everything else to the primary.
+    #[default]
+    Auto,
+    /// Everything to the primary.
+    Primary,
+    /// Everything to replicas (an error when none is eligible).
+    Replica,
+}
+
+/// Whether reads may use the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryReads {
+    /// Only when no replica is eligible.
+    #[default]
+    Fallback,
+    /// Never: an error when no replica is eligible.
+    Never,
+    /// Always a candidate, weighted like a replica.
+    Always,
+}
+
+/// Routing of transactions opened by a plain `BEGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionRouting {
+    /// To the primary.
+    #[default]
+    Primary,
+}
+
+/// Read-your-writes mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// Only the lag bounds.
+    Off,
+    /// By WAL position.
+    #[default]
+    Lsn,
 }
 
 impl Default for General {
@@ -234,6 +306,14 @@ impl Default for General {
             circuit_breaker_threshold: 3,
             circuit_breaker_backoff: Dur::secs(1),
             circuit_breaker_max_backoff: Dur::secs(30),
+            route: Route::Auto,
+            primary_reads: PrimaryReads::Fallback,
+            transaction_routing: TransactionRouting::Primary,
+            read_your_writes: ReadYourWrites::Lsn,
+            read_your_writes_wait: Dur::secs(0),
+            read_only_functions: Vec::new(),
+            max_parse_length: 16384,
+            classify_cache_size: 4096,
         }
     }
 }
@@ -291,6 +371,12 @@ pub struct DatabaseSection {
     /// Overrides `max_db_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_db_connections: Option<u32>,
+    /// Overrides `[general] route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    /// Overrides `[general] primary_reads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_reads: Option<PrimaryReads>,
 }
 
 /// One entry of `hosts`.
@@ -306,6 +392,9 @@ pub enum HostEntry {
         /// What the host may become; absent: either.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         role: Option<RoleHint>,
+        /// Share of reads relative to the other read candidates. Default 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u32>,
     },
 }
 
@@ -322,6 +411,14 @@ impl HostEntry {
         match self {
             HostEntry::Addr(_) => None,
             HostEntry::Detailed { role, .. } => *role,
+        }
+    }
+
+    /// The read weight (default 1).
+    pub fn weight(&self) -> u32 {
+        match self {
+            HostEntry::Addr(_) => 1,
+            HostEntry::Detailed { weight, .. } => weight.unwrap_or(1),
         }
     }
 }
@@ -346,6 +443,9 @@ pub struct UserSection {
     /// Overrides `max_user_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_user_connections: Option<u32>,
+    /// Overrides the database's and the general `route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
 }
 
 fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -132,6 +132,12 @@ pub struct Txn {
     pub terminated: bool,
     /// Statement mode: a `ReadyForQuery` reported an open transaction.
     pub opened_transaction: bool,
+    /// Requests scanned since the server was attached.
+    pub requests: u32,
+    /// The server was attached for a read (routed to a replica): outside a transaction it
+    /// takes one request at a time, and the next request is held back to be routed on its
+    /// own once this server is released.
+    pub one_request: bool,
 }
 
 impl Txn {

@@ -31,8 +31,12 @@ use crate::shutdown::{DrainToken, Shutdown};
 
 use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts, ScanPos, Txn};
 use super::startup::{self, Startup};
+use crate::config::Route;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
+use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
+use crate::router::classify::{Class, Classifier};
+use crate::router::{self, Policy, Want};
 
 /// Serves one client connection from accept to close.
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
@@ -61,6 +65,16 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         g.max_packet_size as usize,
         RelayTimeouts { query: g.query_timeout.nonzero(), idle_transaction: g.idle_transaction_timeout.nonzero() },
     );
+    let multi_host = shared.cluster(&l.db.name).is_some_and(|c| c.hosts().len() > 1);
+    let policy = Policy {
+        // Session mode keeps one server for the whole session: the primary. A single host
+        // has nothing to route between.
+        route: if l.mode == PoolMode::Session || !multi_host { Route::Primary } else { cfg.route(&l.db, &l.user) },
+        primary_reads: l.db.primary_reads,
+        transaction_routing: g.transaction_routing,
+        read_your_writes: g.read_your_writes,
+        ryw_wait: g.read_your_writes_wait.0,
+    };
     let session = Session {
         stream: l.stream,
         buf: l.buf,
@@ -71,6 +85,10 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         stmts: ClientStatements::default(),
         max_prepared: g.max_prepared_statements as usize,
         pool: l.pool,
+        policy,
+        classifier: shared.classifier.clone(),
+        ryw_lsn: 0,
+        capture_lsn: false,
         cancel: l.cancel,
         relay,
         client_idle_timeout: g.client_idle_timeout.nonzero(),
@@ -91,6 +109,14 @@ struct Session {
     stmts: ClientStatements,
     max_prepared: usize,
     pool: PoolSet,
+    /// Routing policy (fixed at login).
+    policy: Policy,
+    classifier: Arc<Classifier>,
+    /// WAL position of this client's last write (read-your-writes); 0 = none,
+    /// `u64::MAX` = unknown (reads go to the primary until the next write is measured).
+    ryw_lsn: u64,
+    /// The held server was attached for a write: learn its WAL position at release.
+    capture_lsn: bool,
     cancel: CancelHandle,
     relay: Relay,
     client_idle_timeout: Option<Duration>,
@@ -180,6 +206,7 @@ impl Session {
                     }
                 }
                 Event::ClientClosed | Event::ClientIo(_) => {
+                    self.capture_lsn = false;
                     if let Some(mut g) = server.take() {
                         if self.server_clean(g.server()) {
                             self.release(g).await;
@@ -333,17 +360,43 @@ impl Session {
         if self.reset_query.is_some() && !Box::pin(self.reset(&mut g)).await {
             return g.discard();
         }
+        if std::mem::take(&mut self.capture_lsn) && !Box::pin(self.learn_write_lsn(&mut g)).await {
+            return g.discard();
+        }
         self.spos = ScanPos::default();
         g.check_in();
     }
 
-    /// Checks out a server and prepares it for this client (tracked parameters).
+    /// Checks out a server for the buffered request (routed) and prepares it for this
+    /// client (tracked parameters).
     async fn attach(&mut self) -> Result<PoolGuard, ClientError> {
-        // The slow paths are boxed so that their futures do not enlarge every idle session.
-        let mut g = match self.pool.try_check_out() {
-            Some(g) => g,
-            None => Box::pin(self.pool.check_out()).await.map_err(|e| ClientError::from(&e))?,
+        let want = if self.policy.classifies() {
+            let read_only = self.params.get("default_transaction_read_only").is_some_and(|v| v == "on");
+            router::want(&self.policy, self.classify_request(), read_only)
+        } else {
+            router::want(&self.policy, None, false)
         };
+        // The slow paths are boxed so that their futures do not enlarge every idle session.
+        let mut g = match want {
+            Want::Primary if !self.policy.classifies() => match self.pool.try_check_out() {
+                Some(g) => g,
+                None => Box::pin(self.pool.check_out()).await.map_err(|e| ClientError::from(&e))?,
+            },
+            Want::Primary => {
+                let g = Box::pin(self.pool.check_out_write()).await.map_err(|e| ClientError::from(&e))?;
+                self.capture_lsn = self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn;
+                g
+            }
+            Want::Read => {
+                let min_lsn =
+                    if self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn { self.ryw_lsn } else { 0 };
+                Box::pin(self.pool.check_out_read(&self.policy, min_lsn)).await.map_err(|e| ClientError::from(&e))?
+            }
+        };
+        // A read-routed server that is not the primary takes one request at a time.
+        self.txn.requests = 0;
+        self.txn.one_request = want == Want::Read
+            && self.pool.cluster().primary() != crate::cluster::Primary::Host(g.pool().settings().host.index);
         let server = g.server();
         if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
             if let Err(e) = Box::pin(self.sync_params(&mut g, sql)).await {
@@ -362,6 +415,77 @@ impl Session {
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
         Ok(g)
+    }
+
+    /// The class of the first request in the client buffer: its Query, or the statements its
+    /// Parse and Bind messages name; a request that names no statement at all (e.g. a
+    /// `Close` and a `Sync`, as tokio-postgres sends after a one-shot query) is harmless and
+    /// counts as read-only. `None` when it cannot be judged (a FunctionCall, a Bind of an
+    /// unnamed or unknown statement, an incomplete message): the primary.
+    fn classify_request(&self) -> Option<Class> {
+        let mut off = 0;
+        let mut acc: Option<Class> = None;
+        while let Ok(Some(hdr)) = Header::parse(&self.buf[off..], self.relay.max_client_message) {
+            let end = off + hdr.frame_len();
+            let body = self.buf.get(off + HEADER_LEN..end)?;
+            match hdr.tag {
+                ftag::QUERY => {
+                    let text = cstr(body).and_then(|(q, _)| std::str::from_utf8(q).ok())?;
+                    return Some(router::combine(acc, self.classifier.classify(text)));
+                }
+                ftag::PARSE => {
+                    let (_, rest) = cstr(body)?;
+                    let text = cstr(rest).and_then(|(q, _)| std::str::from_utf8(q).ok())?;
+                    acc = Some(router::combine(acc, self.classifier.classify(text)));
+                }
+                ftag::BIND => {
+                    let (_, rest) = cstr(body)?;
+                    let (name, _) = cstr(rest)?;
+                    if !name.is_empty() {
+                        match self.stmts.get(name) {
+                            Some(stmt) => {
+                                let class = *stmt.class.get_or_init(|| self.classifier.classify(stmt.query()));
+                                acc = Some(router::combine(acc, class));
+                            }
+                            // Defined by a Parse of this request (already judged).
+                            None if acc.is_some() => {}
+                            None => return None,
+                        }
+                    } else if acc.is_none() {
+                        // The unnamed statement was parsed by an earlier request.
+                        return None;
+                    }
+                }
+                ftag::SYNC => return Some(acc.unwrap_or(Class { read_only: true, ..Class::default() })),
+                ftag::FUNCTION_CALL => return None,
+                _ => {}
+            }
+            off = end;
+        }
+        acc
+    }
+
+    /// Learns the WAL position a write left on the primary (one round trip after the client
+    /// already has its answer), for read-your-writes. The *insert* position: the write
+    /// position (`pg_current_wal_lsn`) may still be before the commit record when
+    /// `synchronous_commit` is off. False if the server failed it.
+    async fn learn_write_lsn(&mut self, g: &mut PoolGuard) -> bool {
+        let limit = g.pool().settings().connect_timeout;
+        let lsn = match tokio::time::timeout(limit, g.server().query_row("SELECT pg_current_wal_insert_lsn()")).await {
+            Ok(Ok(row)) => row.first().and_then(|v| v.as_deref()).and_then(crate::cluster::parse_lsn),
+            _ => None,
+        };
+        match lsn {
+            Some(l) => {
+                self.ryw_lsn = record_boundary(l);
+                true
+            }
+            None => {
+                // Unknown: this client's reads go to the primary until a write is measured.
+                self.ryw_lsn = u64::MAX;
+                false
+            }
+        }
     }
 
     /// Runs `server_reset_query` on a released server; false if it failed. Out of line (boxed
@@ -503,6 +627,18 @@ impl Session {
     }
 }
 
+/// The WAL position `insert_lsn` stands for as far as replay goes: at the start of a WAL
+/// page the insert position points past the page header (24 bytes, 40 at a segment start),
+/// while a replica that has replayed everything reports the boundary itself. No record ends
+/// inside a page header, so the boundary is what the client's write needs.
+fn record_boundary(insert_lsn: u64) -> u64 {
+    const WAL_PAGE: u64 = 8192;
+    match insert_lsn % WAL_PAGE {
+        24 | 40 => insert_lsn - insert_lsn % WAL_PAGE,
+        _ => insert_lsn,
+    }
+}
+
 /// The session's stop-signal future; polled only while the stop is not yet set (it must not
 /// be polled again after it completed).
 type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -513,4 +649,16 @@ fn shutting_down() -> ClientError {
         "terminating connection due to administrator command (pgsluice is shutting down)",
         ErrorSource::Internal,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn record_boundary_skips_page_headers_only() {
+        use super::record_boundary;
+        assert_eq!(record_boundary(0x500_0028), 0x500_0000, "segment start: long header");
+        assert_eq!(record_boundary(0x500_2018), 0x500_2000, "page start: short header");
+        assert_eq!(record_boundary(0x500_2060), 0x500_2060);
+        assert_eq!(record_boundary(0x500_2000), 0x500_2000);
+    }
 }

@@ -273,3 +273,50 @@ pub fn rows(msgs: &[SimpleQueryMessage]) -> Vec<String> {
 pub async fn simple_one(c: &Client, sql: &str) -> String {
     scalar(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: no row"))
 }
+
+// === replication topologies ===
+//
+// Tests of several hosts (topology, routing) start their own primary and replicas: promotion
+// and `stop -m immediate` are destructive, so the binary's shared cluster is not used.
+
+/// Runs a blocking closure (the `LocalCluster` calls run `pg_ctl`, `psql`, ...) off the async
+/// worker threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+}
+
+/// Starts a primary whose superuser password is `su_password`, with role and database `db`
+/// (password `db_password`), runs `setup` as the superuser in `db` (one transaction), then
+/// starts `replicas` streaming replicas of it in parallel. Node 0 is the primary. Blocking:
+/// call it through [`blocking`] from async code.
+pub fn start_replication(
+    su_password: &str,
+    db: &str,
+    db_password: &str,
+    setup: &str,
+    replicas: usize,
+) -> Vec<std::sync::Arc<LocalCluster>> {
+    let opts = ClusterOptions {
+        superuser_password: su_password.into(),
+        extra_conf: vec![("shared_buffers".into(), "32MB".into())],
+        ..ClusterOptions::default()
+    };
+    let primary = LocalCluster::start_primary(opts).unwrap_or_else(|e| panic!("start primary: {e}"));
+    primary.create_user_and_db(db, db_password).unwrap_or_else(|e| panic!("create {db}: {e}"));
+    if !setup.is_empty() {
+        primary.psql(db, setup).unwrap_or_else(|e| panic!("setup of {db}: {e}\n{}", primary.log_tail(20)));
+    }
+    let replicas: Vec<LocalCluster> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..replicas).map(|_| s.spawn(|| LocalCluster::start_replica(&primary, 0))).collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("replica thread").unwrap_or_else(|e| panic!("start replica: {e}")))
+            .collect()
+    });
+    std::iter::once(primary).chain(replicas).map(std::sync::Arc::new).collect()
+}
+
+/// A `hosts` entry (TOML string) for `node`.
+pub fn host_entry(node: &LocalCluster) -> String {
+    format!("\"127.0.0.1:{}\"", node.port())
+}

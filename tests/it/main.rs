@@ -11,4 +11,5 @@ mod params;
 mod pooling;
 mod prepared;
 mod robustness;
+mod routing;
 mod topology;

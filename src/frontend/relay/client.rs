@@ -13,7 +13,7 @@ use bytes::Buf;
 use super::{server, Ctx, Half};
 use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::prepared::{parse_deallocate, ClientStatements, Key, KnownStatements, Stmt};
-use crate::protocol::{self, cstr, ftag, write, Header, HEADER_LEN};
+use crate::protocol::{self, cstr, ftag, status, write, Header, HEADER_LEN};
 
 /// Longest simple query inspected for `DEALLOCATE name`.
 const MAX_DEALLOCATE_QUERY: usize = 1024;
@@ -43,6 +43,11 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         if !c.stream_owed() {
             return Ok(false);
         }
+        let t = &*ctx.txn;
+        if t.one_request && t.requests > 0 && !t.unsynced && (t.pending > 0 || t.status == status::IDLE) {
+            // A read-routed server outside a transaction: the next request is routed anew.
+            return Ok(false);
+        }
         let rest = &c.buf[c.pos.fwd..];
         let Some(hdr) = Header::parse(rest, ctx.max_body)? else {
             break;
@@ -63,6 +68,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         match hdr.tag {
             ftag::QUERY => {
                 ctx.txn.pending += 1;
+                ctx.txn.requests += 1;
                 if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, ctx, frame_len) {
                     boundary(ctx);
                     continue;
@@ -72,11 +78,13 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::FUNCTION_CALL => {
                 ctx.txn.pending += 1;
+                ctx.txn.requests += 1;
                 ctx.pl.queue.push_back(Expect::forward(Kind::FunctionCall));
                 boundary(ctx);
             }
             ftag::SYNC => {
                 ctx.txn.pending += 1;
+                ctx.txn.requests += 1;
                 ctx.txn.unsynced = false;
                 ctx.txn.flushed = false;
                 ctx.pl.queue.push_back(Expect::forward(Kind::Sync));

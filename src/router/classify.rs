@@ -1,0 +1,949 @@
+//! Statement classification for read/write splitting (issue 6): may this text run on a
+//! streaming replica?
+//!
+//! # Role
+//!
+//! [`Classifier::classify`] looks at the text of a `Query` message (possibly several
+//! statements) or of a `Parse` message and reports a [`Class`]: whether every statement is
+//! read-only, whether the text opens a transaction block (and in which access mode), and
+//! any routing hint comment (`/* pgsluice:primary */`, `/* pgsluice:replica */`) that
+//! precedes the first statement. One `Classifier` is shared by all sessions.
+//!
+//! # Invariants
+//!
+//! * **Conservative.** Sending a write to a replica is a correctness bug; sending a read to
+//!   the primary only costs capacity. Whenever the classifier is unsure (unknown first
+//!   keyword, lexical error, parse error, text or nesting too large for the parser, a
+//!   function it does not know) it answers `read_only: false`.
+//! * **Cheap first** (STYLE.md hot-path rule 7). A hand-written lexer that does not
+//!   allocate splits the text into statements and reads the first keyword of each. Writes
+//!   (`INSERT`, `UPDATE`, DDL, `SET`, …) and plain reads (`SELECT`/`VALUES`/`TABLE`/`SHOW`/
+//!   `EXPLAIN` without `(`, `INTO`, `FOR` or, for `EXPLAIN`, `ANALYZE`) are decided there.
+//!   Only the rest (`WITH`, function calls, `FOR UPDATE`, `SELECT … INTO`, `COPY (…) TO`,
+//!   `EXPLAIN ANALYZE`) reaches `sqlparser`, one statement at a time.
+//! * **Bounded parser path.** Statements longer than `max_parse_length` bytes or with more
+//!   than [`MAX_PARSE_TOKENS`] tokens are not parsed (→ primary); the parser's recursion
+//!   limit turns deep nesting into a parse error (→ primary) rather than a stack overflow.
+//!   A panic inside the parser is caught and also means primary.
+//! * **Exact cache keys.** Parser-path results are cached by the exact statement text (never
+//!   by a hash alone: a collision would misroute), in a sharded concurrent cache bounded to
+//!   `cache_size` entries, so there is no global lock on the hot path.
+//!
+//! The lexer follows PostgreSQL's rules (4.1 "Lexical Structure"): `--` and nested `/* */`
+//! comments, `'…'` with `''`, `E'…'` with backslash escapes, `"…"` identifiers, `$tag$…$tag$`
+//! dollar quotes and `$1` parameters. It assumes `standard_conforming_strings = on` (the
+//! default since 9.1), as `sqlparser` does.
+//!
+//! # The function allowlist
+//!
+//! A function call may run on a replica only if its name is in
+//! [`DEFAULT_READ_ONLY_FUNCTIONS`] or in [`ClassifierSettings::read_only_functions`]. The
+//! default list holds built-ins that neither write, nor touch sequences or session state
+//! (`nextval`, `setval`, `set_config`, advisory locks, `txid_current`), nor fail on a hot
+//! standby (`pg_current_wal_lsn`, `pg_switch_wal`, `lo_*`, `pg_notify`, …). Anything else,
+//! including every user-defined function, is assumed to write. A name qualified with
+//! `pg_catalog.` also matches its bare form; any other qualified name must be listed
+//! qualified. What the classifier cannot see — views or operators that call writing
+//! functions — is out of scope.
+//!
+//! `BEGIN … ISOLATION LEVEL SERIALIZABLE` is reported with its access mode but with
+//! `read_only: false`: a hot standby refuses serializable transactions.
+
+use quick_cache::sync::Cache;
+use sqlparser::ast::{CopySource, CopyTarget, Expr, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(test)]
+mod tests;
+
+/// How a statement (or all statements of a simple-query string) may be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Class {
+    /// Nothing in it writes or needs the primary: it may run on a replica.
+    pub read_only: bool,
+    /// It starts a transaction block (BEGIN / START TRANSACTION), and in which access mode.
+    pub begin: Begin,
+    /// A routing hint comment at the start of the text.
+    pub hint: Hint,
+}
+
+/// Whether the text starts a transaction block, and its access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Begin {
+    /// The first statement is not `BEGIN` / `START TRANSACTION`.
+    #[default]
+    None,
+    /// `BEGIN` without an access mode.
+    Plain,
+    /// `BEGIN … READ ONLY` (or a plain `BEGIN` followed by `SET TRANSACTION READ ONLY`).
+    ReadOnly,
+    /// `BEGIN … READ WRITE`.
+    ReadWrite,
+}
+
+/// A routing hint comment (`/* pgsluice:primary */`) before the first statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hint {
+    /// No hint.
+    #[default]
+    None,
+    /// `/* pgsluice:primary */`
+    Primary,
+    /// `/* pgsluice:replica */`
+    Replica,
+}
+
+/// How the [`Classifier`] is set up.
+pub struct ClassifierSettings {
+    /// Functions (lower-case, optionally schema-qualified "myschema.f") that may be called on a replica, IN ADDITION to the built-in default allowlist.
+    pub read_only_functions: Vec<String>,
+    /// Longest text handed to the SQL parser; longer → primary (read_only false) without parsing.
+    pub max_parse_length: usize,
+    /// Parser-path results kept (bounded LRU-like concurrent cache, exact query text as key — no hash-only keys: a collision would misroute).
+    pub cache_size: usize,
+}
+
+/// Most tokens in one statement handed to the parser; more → primary without parsing.
+///
+/// The parser bounds its own recursion, but an operator chain (`a OR a OR …`) is parsed in
+/// a loop into a left-deep tree, and walking and dropping that tree recurses once per
+/// operator. Each level takes at least two tokens, so the depth stays under 4096; measured,
+/// a 2 MiB worker stack overflows only beyond ~18 000 levels (debug and release builds).
+pub const MAX_PARSE_TOKENS: usize = 8192;
+
+/// `sqlparser`'s recursion limit: deeper nesting is a parse error, so → primary.
+const PARSE_RECURSION_LIMIT: usize = 50;
+
+/// Classifies statements; `Send + Sync`, one per process, shared by all sessions.
+pub struct Classifier {
+    /// Allowlisted function names: the defaults plus the configured ones, lower-case.
+    functions: HashSet<Box<str>>,
+    max_parse_length: usize,
+    /// Parser-path results by exact statement text; `None` when `cache_size` is 0.
+    cache: Option<Cache<Box<str>, bool>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+// === impl Classifier ===
+
+impl Classifier {
+    /// Builds a classifier; `settings.read_only_functions` are lower-cased.
+    pub fn new(settings: ClassifierSettings) -> Classifier {
+        let functions = DEFAULT_READ_ONLY_FUNCTIONS
+            .iter()
+            .map(|f| Box::<str>::from(*f))
+            .chain(settings.read_only_functions.iter().map(|f| f.trim().to_ascii_lowercase().into_boxed_str()))
+            .collect();
+        Classifier {
+            functions,
+            max_parse_length: settings.max_parse_length,
+            cache: (settings.cache_size > 0).then(|| Cache::new(settings.cache_size)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Classifies query text (a Query message's text or a Parse's query). Never panics on any input (fuzz it with random bytes → str).
+    pub fn classify(&self, sql: &str) -> Class {
+        let mut lx = Lexer::new(sql.as_bytes());
+        let mut hint = Hint::None;
+        if lx.skip_trivia(Some(&mut hint)).is_err() {
+            return Class { hint, ..Class::default() };
+        }
+        let (mut read_only, begin, needs_parse) = match fast_path(&mut lx) {
+            Ok(Fast { read_only, begin, needs_parse }) => (read_only, begin, needs_parse),
+            Err(Unterminated) => (false, Begin::None, false),
+        };
+        if read_only && needs_parse {
+            read_only = self.parse_pieces(sql);
+        }
+        Class { read_only, begin, hint }
+    }
+
+    /// (hits, misses) of the parser-path cache. Every parse counts as a miss, so with the
+    /// cache disabled `misses` is the number of parser runs.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    /// Entries in the parser-path cache.
+    #[cfg(test)]
+    fn cache_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Second pass over a text the fast path found read-only so far: parses each statement
+    /// it could not decide, stopping at the first that is not read-only.
+    fn parse_pieces(&self, sql: &str) -> bool {
+        let mut lx = Lexer::new(sql.as_bytes());
+        if lx.skip_trivia(None).is_err() {
+            return false;
+        }
+        loop {
+            match lx.next_statement() {
+                Ok(None) => return true,
+                Ok(Some(st)) if st.verdict == Verdict::Parse => {
+                    let ok =
+                        sql.get(st.start..st.end).is_some_and(|piece| self.parse_cached(piece.trim_end(), st.tokens));
+                    if !ok {
+                        return false;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(Unterminated) => return false,
+            }
+        }
+    }
+
+    /// The parser path for one statement, through the cache.
+    fn parse_cached(&self, piece: &str, tokens: usize) -> bool {
+        if piece.len() > self.max_parse_length || tokens > MAX_PARSE_TOKENS {
+            return false;
+        }
+        if let Some(cache) = &self.cache {
+            if let Some(read_only) = cache.get(piece) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return read_only;
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let read_only = self.parse(piece);
+        if let Some(cache) = &self.cache {
+            cache.insert(piece.into(), read_only);
+        }
+        read_only
+    }
+
+    /// Parses one statement with `sqlparser` and walks it; any error or panic → false.
+    fn parse(&self, piece: &str) -> bool {
+        catch_unwind(AssertUnwindSafe(|| {
+            let dialect = PostgreSqlDialect {};
+            let parsed = Parser::new(&dialect)
+                .with_recursion_limit(PARSE_RECURSION_LIMIT)
+                .try_with_sql(piece)
+                .and_then(|mut p| p.parse_statements());
+            match parsed {
+                Ok(stmts) => !stmts.is_empty() && stmts.iter().all(|s| self.statement_read_only(s)),
+                Err(_) => false,
+            }
+        }))
+        .unwrap_or(false)
+    }
+
+    /// Whether a parsed top-level statement may run on a replica.
+    fn statement_read_only(&self, stmt: &Statement) -> bool {
+        match stmt {
+            Statement::Query(q) => self.query_read_only(q),
+            Statement::Explain { analyze, statement, options, .. } => {
+                // `EXPLAIN (ANALYZE false)` counts as ANALYZE: conservative and rare.
+                let analyze = *analyze
+                    || options.iter().flatten().any(|o| {
+                        let n = &o.name.value;
+                        n.eq_ignore_ascii_case("analyze") || n.eq_ignore_ascii_case("analyse")
+                    });
+                // A prepared statement made by SQL `PREPARE` lives on the primary.
+                let execute = matches!(**statement, Statement::Execute { .. });
+                !execute && (!analyze || self.statement_read_only(statement))
+            }
+            // COPY TO a server file or program writes on whichever host runs it: primary.
+            Statement::Copy { source, to: true, target: CopyTarget::Stdout, .. } => match source {
+                CopySource::Table { .. } => true,
+                CopySource::Query(q) => self.query_read_only(q),
+            },
+            Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Walks a query: no nested data-modifying statement, no row locks, no `SELECT … INTO`,
+    /// and only allowlisted functions.
+    fn query_read_only(&self, q: &Query) -> bool {
+        q.visit(&mut ReadOnlyCheck { classifier: self }).is_continue()
+    }
+
+    /// Whether a called function is on the allowlist.
+    fn function_allowed(&self, name: &ObjectName) -> bool {
+        let mut qualified = String::new();
+        let mut parts = 0;
+        let mut bare_from = 0;
+        for part in &name.0 {
+            let Some(ident) = part.as_ident() else { return false };
+            if parts > 0 {
+                qualified.push('.');
+            }
+            bare_from = qualified.len();
+            if ident.quote_style.is_some() {
+                qualified.push_str(&ident.value);
+            } else {
+                qualified.extend(ident.value.chars().map(|c| c.to_ascii_lowercase()));
+            }
+            parts += 1;
+        }
+        self.functions.contains(qualified.as_str())
+            || (parts == 2
+                && &qualified[..bare_from] == "pg_catalog."
+                && self.functions.contains(&qualified[bare_from..]))
+    }
+}
+
+/// The AST walk of [`Classifier::query_read_only`]; breaks at the first thing that writes.
+struct ReadOnlyCheck<'a> {
+    classifier: &'a Classifier,
+}
+
+// === impl ReadOnlyCheck ===
+
+impl Visitor for ReadOnlyCheck<'_> {
+    type Break = ();
+
+    /// A statement inside a query is a data-modifying CTE (`WITH d AS (DELETE …)`).
+    fn pre_visit_statement(&mut self, _: &Statement) -> ControlFlow<()> {
+        ControlFlow::Break(())
+    }
+
+    /// `FOR UPDATE` / `FOR SHARE` take row locks, which a standby refuses.
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        go_on(q.locks.is_empty() && q.for_clause.is_none())
+    }
+
+    /// `SELECT … INTO t` creates a table.
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        go_on(s.into.is_none())
+    }
+
+    /// Any call (select list, WHERE, ORDER BY, window, argument, …) must be allowlisted.
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        go_on(!matches!(e, Expr::Function(f) if !self.classifier.function_allowed(&f.name)))
+    }
+
+    /// Set-returning functions in FROM (`generate_series(1, 3)`, `LATERAL f(x)`).
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        let ok = match t {
+            TableFactor::Table { name, args, .. } => args.is_none() || self.classifier.function_allowed(name),
+            TableFactor::Function { name, .. } => self.classifier.function_allowed(name),
+            TableFactor::Derived { .. }
+            | TableFactor::TableFunction { .. }
+            | TableFactor::UNNEST { .. }
+            | TableFactor::NestedJoin { .. } => true,
+            _ => false,
+        };
+        go_on(ok)
+    }
+}
+
+/// Continue the walk if `ok`, else stop it: not read-only.
+fn go_on(ok: bool) -> ControlFlow<()> {
+    if ok {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
+    }
+}
+
+/// What the fast path concluded about the whole text.
+struct Fast {
+    /// Read-only as far as the fast path can tell (parser pieces pending).
+    read_only: bool,
+    begin: Begin,
+    /// Some statement needs the parser path.
+    needs_parse: bool,
+}
+
+/// Access mode and isolation of `BEGIN` / `START TRANSACTION` / `SET TRANSACTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    access: Begin,
+    serializable: bool,
+    /// Something the mode parser did not recognise.
+    unknown: bool,
+}
+
+impl Mode {
+    /// Whether the transaction block may run on a replica.
+    fn read_only(self) -> bool {
+        self.access == Begin::ReadOnly && !self.serializable && !self.unknown
+    }
+}
+
+/// The fast path's verdict on one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Read,
+    Write,
+    /// The parser has to decide.
+    Parse,
+    Begin(Mode),
+    SetTransaction(Mode),
+}
+
+/// One statement as the fast path saw it.
+struct Stmt {
+    verdict: Verdict,
+    /// `text[start..end]` is the statement without leading trivia and terminator.
+    start: usize,
+    end: usize,
+    /// Tokens in the statement (bounds the parser's work).
+    tokens: usize,
+}
+
+/// Splits the text into statements and combines their verdicts; returns at the first write.
+fn fast_path(lx: &mut Lexer<'_>) -> Result<Fast, Unterminated> {
+    let mut fast = Fast { read_only: true, begin: Begin::None, needs_parse: false };
+    let mut first: Option<Mode> = None;
+    let mut index = 0;
+    while let Some(st) = lx.next_statement()? {
+        match st.verdict {
+            Verdict::Read => {}
+            Verdict::Parse => fast.needs_parse = true,
+            Verdict::Write => {
+                fast.read_only = false;
+                return Ok(fast);
+            }
+            Verdict::Begin(mode) if index == 0 => {
+                first = Some(mode);
+                fast.begin = mode.access;
+            }
+            Verdict::Begin(mode) => fast.read_only &= mode.read_only(),
+            // `BEGIN; SET TRANSACTION READ ONLY; …` sets the mode of the block just opened.
+            Verdict::SetTransaction(set) if index == 1 => match first {
+                Some(m) if m.access == Begin::Plain && !m.unknown => {
+                    let merged = Mode {
+                        access: if set.access == Begin::Plain { m.access } else { set.access },
+                        serializable: m.serializable || set.serializable,
+                        unknown: set.unknown,
+                    };
+                    first = Some(merged);
+                    fast.begin = merged.access;
+                }
+                _ => {
+                    fast.read_only = false;
+                    return Ok(fast);
+                }
+            },
+            Verdict::SetTransaction(_) => {
+                fast.read_only = false;
+                return Ok(fast);
+            }
+        }
+        index += 1;
+    }
+    if index == 0 {
+        // Empty or only comments and semicolons: nothing to route to a replica.
+        fast.read_only = false;
+    }
+    if let Some(m) = first {
+        fast.read_only &= m.read_only();
+    }
+    Ok(fast)
+}
+
+/// An unterminated comment, string, quoted identifier or dollar quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unterminated;
+
+/// A token of the fast path's lexer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    /// An unquoted word (keyword or identifier) at `text[start..end]`.
+    Word(usize, usize),
+    /// One ASCII punctuation or operator byte.
+    Punct(u8),
+    /// A string, quoted identifier, dollar-quoted body, number or `$n` parameter.
+    Opaque,
+    /// End of the text.
+    End,
+}
+
+/// PostgreSQL's lexer, reduced to what classification needs; never allocates.
+#[derive(Clone, Copy)]
+struct Lexer<'a> {
+    b: &'a [u8],
+    pos: usize,
+    /// Where the last token returned by `next` starts.
+    tok_start: usize,
+}
+
+// === impl Lexer ===
+
+impl<'a> Lexer<'a> {
+    fn new(b: &'a [u8]) -> Lexer<'a> {
+        Lexer { b, pos: 0, tok_start: 0 }
+    }
+
+    fn peek_at(&self, i: usize) -> u8 {
+        self.b.get(i).copied().unwrap_or(0)
+    }
+
+    /// Skips whitespace and comments; with `hint`, records the first routing hint comment.
+    fn skip_trivia(&mut self, mut hint: Option<&mut Hint>) -> Result<(), Unterminated> {
+        loop {
+            while CLASSES[usize::from(self.peek_at(self.pos))] & SPACE != 0 {
+                self.pos += 1;
+            }
+            match (self.peek_at(self.pos), self.peek_at(self.pos + 1)) {
+                (b'-', b'-') => {
+                    while self.pos < self.b.len() && !matches!(self.b[self.pos], b'\n' | b'\r') {
+                        self.pos += 1;
+                    }
+                }
+                (b'/', b'*') => {
+                    let body = self.pos + 2;
+                    self.pos = body;
+                    let mut depth = 1usize;
+                    while depth > 0 {
+                        match (self.peek_at(self.pos), self.peek_at(self.pos + 1)) {
+                            _ if self.pos >= self.b.len() => return Err(Unterminated),
+                            (b'/', b'*') => (depth, self.pos) = (depth + 1, self.pos + 2),
+                            (b'*', b'/') => (depth, self.pos) = (depth - 1, self.pos + 2),
+                            _ => self.pos += 1,
+                        }
+                    }
+                    if let Some(h) = hint.as_deref_mut() {
+                        if *h == Hint::None {
+                            *h = parse_hint(&self.b[body..self.pos - 2]);
+                        }
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// The next token, skipping trivia before it.
+    #[inline(always)]
+    fn next(&mut self) -> Result<Tok, Unterminated> {
+        // Inline the common case (single spaces between tokens); comments take the long way.
+        while CLASSES[usize::from(self.peek_at(self.pos))] & SPACE != 0 {
+            self.pos += 1;
+        }
+        if matches!(self.peek_at(self.pos), b'-' | b'/') {
+            self.skip_trivia(None)?;
+        }
+        let start = self.pos;
+        self.tok_start = start;
+        let Some(&c) = self.b.get(start) else { return Ok(Tok::End) };
+        match c {
+            b'\'' => self.quoted(b'\'', false).map(|()| Tok::Opaque),
+            b'"' => self.quoted(b'"', false).map(|()| Tok::Opaque),
+            b'$' if self.peek_at(start + 1).is_ascii_digit() => {
+                self.pos += 1;
+                while self.peek_at(self.pos).is_ascii_digit() {
+                    self.pos += 1;
+                }
+                Ok(Tok::Opaque)
+            }
+            b'$' => self.dollar_quoted(),
+            b'0'..=b'9' => {
+                self.number();
+                Ok(Tok::Opaque)
+            }
+            c if is_ident_start(c) => {
+                self.pos += 1;
+                while is_ident_cont(self.peek_at(self.pos)) {
+                    self.pos += 1;
+                }
+                if self.pos == start + 1 && matches!(c, b'e' | b'E') && self.peek_at(self.pos) == b'\'' {
+                    return self.quoted(b'\'', true).map(|()| Tok::Opaque);
+                }
+                Ok(Tok::Word(start, self.pos))
+            }
+            c => {
+                self.pos += 1;
+                Ok(Tok::Punct(c))
+            }
+        }
+    }
+
+    /// A quoted string or identifier starting at `pos`; a doubled quote is an escaped one,
+    /// and with `backslash` (`E'…'`) so is a backslash-escaped one.
+    fn quoted(&mut self, q: u8, backslash: bool) -> Result<(), Unterminated> {
+        let mut i = self.pos + 1;
+        while let Some(&c) = self.b.get(i) {
+            if (backslash && c == b'\\') || (c == q && self.peek_at(i + 1) == q) {
+                i += 2;
+            } else if c == q {
+                self.pos = i + 1;
+                return Ok(());
+            } else {
+                i += 1;
+            }
+        }
+        self.pos = self.b.len();
+        Err(Unterminated)
+    }
+
+    /// `$tag$ … $tag$` (tag empty or an identifier without `$`) starting at `pos`; a lone
+    /// `$` is punctuation.
+    fn dollar_quoted(&mut self) -> Result<Tok, Unterminated> {
+        let start = self.pos;
+        let mut i = start + 1;
+        if is_ident_start(self.peek_at(i)) {
+            while is_ident_cont(self.peek_at(i)) && self.peek_at(i) != b'$' {
+                i += 1;
+            }
+        }
+        if self.peek_at(i) != b'$' {
+            self.pos = start + 1;
+            return Ok(Tok::Punct(b'$'));
+        }
+        let delim = &self.b[start..=i];
+        let body = i + 1;
+        let close = self.b[body.min(self.b.len())..].windows(delim.len()).position(|w| w == delim);
+        match close {
+            Some(at) => {
+                self.pos = body + at + delim.len();
+                Ok(Tok::Opaque)
+            }
+            None => {
+                self.pos = self.b.len();
+                Err(Unterminated)
+            }
+        }
+    }
+
+    /// Digits, `_` separators, a fraction and an exponent. Letters after a number start a
+    /// new word, as in PostgreSQL before 15 (`1FOR UPDATE` is `1 FOR UPDATE` there).
+    fn number(&mut self) {
+        while matches!(self.peek_at(self.pos), b'0'..=b'9' | b'_' | b'.') {
+            self.pos += 1;
+        }
+        if matches!(self.peek_at(self.pos), b'e' | b'E') {
+            let sign = usize::from(matches!(self.peek_at(self.pos + 1), b'+' | b'-'));
+            if self.peek_at(self.pos + 1 + sign).is_ascii_digit() {
+                self.pos += 1 + sign;
+                while self.peek_at(self.pos).is_ascii_digit() {
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    fn word(&self, t: Tok) -> &'a [u8] {
+        match t {
+            Tok::Word(s, e) => &self.b[s..e],
+            _ => b"",
+        }
+    }
+
+    fn is(&self, t: Tok, kw: &[u8]) -> bool {
+        self.word(t).eq_ignore_ascii_case(kw)
+    }
+
+    /// Reads one statement (trivia before it already skipped, or skipped here), up to and
+    /// including its `;`. `None` at the end of the text. A `Write` verdict may return
+    /// before the end of its statement: the caller stops there.
+    fn next_statement(&mut self) -> Result<Option<Stmt>, Unterminated> {
+        let mut t = self.next()?;
+        while t == Tok::Punct(b';') {
+            t = self.next()?;
+        }
+        if t == Tok::End {
+            return Ok(None);
+        }
+        let start = self.tok_start;
+        let mut st = Stmt { verdict: Verdict::Write, start, end: start, tokens: 1 };
+        let mut buf = [0u8; 12];
+        st.verdict = match upper(self.word(t), &mut buf) {
+            _ if t == Tok::Punct(b'(') => self.rest(&mut st, Verdict::Parse, false)?,
+            b"SELECT" | b"VALUES" | b"TABLE" | b"SHOW" => self.rest(&mut st, Verdict::Read, false)?,
+            b"EXPLAIN" => self.rest(&mut st, Verdict::Read, true)?,
+            b"WITH" => self.rest(&mut st, Verdict::Parse, false)?,
+            b"COPY" => self.copy(&mut st)?,
+            b"BEGIN" => Verdict::Begin(self.modes(&mut st, true)?),
+            kw @ (b"START" | b"SET") => {
+                if !self.eat(b"TRANSACTION")? {
+                    return Ok(Some(st));
+                }
+                let mode = self.modes(&mut st, false)?;
+                if kw == b"START" {
+                    Verdict::Begin(mode)
+                } else {
+                    Verdict::SetTransaction(mode)
+                }
+            }
+            b"COMMIT" | b"END" | b"ROLLBACK" | b"ABORT" | b"SAVEPOINT" | b"RELEASE" => {
+                // COMMIT PREPARED / ROLLBACK PREPARED fail on a standby.
+                let mut prepared = false;
+                self.until_end(&mut st, |lx, t| prepared |= lx.is(t, b"PREPARED"))?;
+                if prepared {
+                    Verdict::Write
+                } else {
+                    Verdict::Read
+                }
+            }
+            // INSERT, UPDATE, DELETE, MERGE, DDL, VACUUM, LOCK, CALL, DO, SET, … and anything
+            // unknown.
+            _ => Verdict::Write,
+        };
+        Ok(Some(st))
+    }
+
+    /// Reads tokens to the end of the statement, calling `f` on each; sets `st.end`.
+    fn until_end(&mut self, st: &mut Stmt, mut f: impl FnMut(&Self, Tok)) -> Result<(), Unterminated> {
+        loop {
+            let t = self.next()?;
+            match t {
+                Tok::End | Tok::Punct(b';') => {
+                    st.end = if t == Tok::End { self.b.len() } else { self.pos - 1 };
+                    return Ok(());
+                }
+                _ => {
+                    st.tokens += 1;
+                    f(self, t);
+                }
+            }
+        }
+    }
+
+    /// The rest of a SELECT-like statement: a read unless it has `(`, `INTO`, `FOR` or
+    /// (for EXPLAIN) `ANALYZE` or `EXECUTE`, which only the parser can judge.
+    fn rest(&mut self, st: &mut Stmt, v: Verdict, explain: bool) -> Result<Verdict, Unterminated> {
+        let mut parse = v == Verdict::Parse;
+        self.until_end(st, |lx, t| {
+            parse |= match t {
+                Tok::Punct(b'(') => true,
+                Tok::Word(s, e) => {
+                    let w = &lx.b[s..e];
+                    match w.len() {
+                        3 => w.eq_ignore_ascii_case(b"FOR"),
+                        4 => w.eq_ignore_ascii_case(b"INTO"),
+                        7 => {
+                            explain
+                                && (w.eq_ignore_ascii_case(b"ANALYZE")
+                                    || w.eq_ignore_ascii_case(b"ANALYSE")
+                                    || w.eq_ignore_ascii_case(b"EXECUTE"))
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        })?;
+        Ok(if parse { Verdict::Parse } else { v })
+    }
+
+    /// `COPY (query) TO` → parser; `COPY t … TO STDOUT` → read; anything else → write.
+    fn copy(&mut self, st: &mut Stmt) -> Result<Verdict, Unterminated> {
+        let mut t = self.next()?;
+        if t == Tok::Punct(b'(') {
+            return self.rest(st, Verdict::Parse, false);
+        }
+        // Column names cannot be the reserved words FROM / TO unquoted, so the first of them
+        // is the direction.
+        loop {
+            match t {
+                Tok::End | Tok::Punct(b';') => return Ok(Verdict::Write),
+                _ if self.is(t, b"FROM") => return Ok(Verdict::Write),
+                _ if self.is(t, b"TO") => {
+                    let target = self.next()?;
+                    if !self.is(target, b"STDOUT") {
+                        return Ok(Verdict::Write);
+                    }
+                    self.until_end(st, |_, _| {})?;
+                    return Ok(Verdict::Read);
+                }
+                _ => t = self.next()?,
+            }
+        }
+    }
+
+    /// Transaction modes after `BEGIN [WORK | TRANSACTION]`, `START TRANSACTION` or
+    /// `SET TRANSACTION`, in any order, commas optional; the last access mode wins.
+    fn modes(&mut self, st: &mut Stmt, begin: bool) -> Result<Mode, Unterminated> {
+        let mut m = Mode { access: Begin::Plain, serializable: false, unknown: false };
+        let mut first = true;
+        loop {
+            let t = self.next()?;
+            if matches!(t, Tok::End | Tok::Punct(b';')) {
+                st.end = if t == Tok::End { self.b.len() } else { self.pos - 1 };
+                return Ok(m);
+            }
+            st.tokens += 1;
+            let ok = if self.is(t, b"READ") {
+                if self.eat(b"ONLY")? {
+                    m.access = Begin::ReadOnly;
+                    true
+                } else if self.eat(b"WRITE")? {
+                    m.access = Begin::ReadWrite;
+                    true
+                } else {
+                    false
+                }
+            } else if self.is(t, b"ISOLATION") {
+                self.eat(b"LEVEL")?
+                    && if self.eat(b"SERIALIZABLE")? {
+                        m.serializable = true;
+                        true
+                    } else if self.eat(b"REPEATABLE")? {
+                        self.eat(b"READ")?
+                    } else if self.eat(b"READ")? {
+                        self.eat(b"COMMITTED")? || self.eat(b"UNCOMMITTED")?
+                    } else {
+                        false
+                    }
+            } else if self.is(t, b"NOT") {
+                self.eat(b"DEFERRABLE")?
+            } else {
+                t == Tok::Punct(b',')
+                    || self.is(t, b"DEFERRABLE")
+                    || (begin && first && (self.is(t, b"WORK") || self.is(t, b"TRANSACTION")))
+            };
+            m.unknown |= !ok;
+            first = false;
+        }
+    }
+
+    /// Consumes the next token if it is the keyword `kw`.
+    fn eat(&mut self, kw: &[u8]) -> Result<bool, Unterminated> {
+        let mut ahead = *self;
+        let t = ahead.next()?;
+        let found = ahead.is(t, kw);
+        if found {
+            *self = ahead;
+        }
+        Ok(found)
+    }
+}
+
+/// `w` in upper case in `buf`, or empty if longer than any keyword of interest.
+fn upper<'b>(w: &[u8], buf: &'b mut [u8; 12]) -> &'b [u8] {
+    let Some(up) = buf.get_mut(..w.len()) else { return b"" };
+    for (d, s) in up.iter_mut().zip(w) {
+        *d = s.to_ascii_uppercase();
+    }
+    up
+}
+
+/// Byte classes for the lexer's inner loops: one table load per byte.
+const IDENT_START: u8 = 1;
+const IDENT_CONT: u8 = 2;
+const SPACE: u8 = 4;
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            IDENT_START | IDENT_CONT
+        } else if c.is_ascii_digit() || c == b'$' {
+            IDENT_CONT
+        } else if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            SPACE
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+fn is_ident_start(c: u8) -> bool {
+    CLASSES[usize::from(c)] & IDENT_START != 0
+}
+
+fn is_ident_cont(c: u8) -> bool {
+    CLASSES[usize::from(c)] & IDENT_CONT != 0
+}
+
+/// `pgsluice:primary` / `pgsluice:replica`, case-insensitive, whitespace anywhere between.
+fn parse_hint(body: &[u8]) -> Hint {
+    let body = body.trim_ascii();
+    let Some((tag, target)) = body.split_at_checked(8) else { return Hint::None };
+    let Some(target) = target.trim_ascii_start().strip_prefix(b":") else { return Hint::None };
+    if !tag.eq_ignore_ascii_case(b"pgsluice") {
+        return Hint::None;
+    }
+    let target = target.trim_ascii();
+    if target.eq_ignore_ascii_case(b"primary") {
+        Hint::Primary
+    } else if target.eq_ignore_ascii_case(b"replica") {
+        Hint::Replica
+    } else {
+        Hint::None
+    }
+}
+
+/// The built-in read-only function allowlist.
+///
+/// Built-ins without side effects that also work on a hot standby (see the module docs);
+/// SQL keywords `sqlparser` turns into calls (`CURRENT_TIMESTAMP`, `COALESCE`, `ARRAY(…)`)
+/// are included. Never add anything that writes, uses a sequence, sets session state, takes
+/// an advisory lock or needs the primary.
+#[rustfmt::skip]
+pub const DEFAULT_READ_ONLY_FUNCTIONS: &[&str] = &[
+    // aggregates
+    "count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or", "every", "bit_and", "bit_or",
+    "bit_xor", "json_agg", "jsonb_agg", "json_agg_strict", "jsonb_agg_strict", "json_object_agg", "jsonb_object_agg",
+    "json_objectagg", "json_arrayagg", "xmlagg", "range_agg", "range_intersect_agg", "any_value", "stddev",
+    "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
+    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy", "regr_syy",
+    "percentile_cont", "percentile_disc", "mode", "grouping",
+    // window functions
+    "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead", "first_value",
+    "last_value", "nth_value",
+    // strings and binary strings
+    "lower", "upper", "length", "char_length", "character_length", "octet_length", "bit_length", "substr", "substring",
+    "concat", "concat_ws", "format", "trim", "btrim", "ltrim", "rtrim", "replace", "split_part", "position", "strpos",
+    "left", "right", "lpad", "rpad", "repeat", "reverse", "md5", "sha224", "sha256", "sha384", "sha512", "encode",
+    "decode", "to_hex", "initcap", "regexp_replace", "regexp_matches", "regexp_match", "regexp_split_to_array",
+    "regexp_split_to_table", "regexp_count", "regexp_instr", "regexp_like", "regexp_substr", "starts_with", "translate",
+    "quote_ident", "quote_literal", "quote_nullable", "ascii", "chr", "convert_from", "convert_to", "normalize",
+    "overlay", "unistr", "string_to_table", "parse_ident", "get_byte", "set_byte", "to_ascii", "digest", "hmac",
+    "crypt", "gen_salt",
+    // math
+    "abs", "round", "floor", "ceil", "ceiling", "trunc", "mod", "div", "power", "pow", "sqrt", "cbrt", "exp", "ln",
+    "log", "log10", "sign", "random", "random_normal", "greatest", "least", "width_bucket", "degrees", "radians", "pi",
+    "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "gcd", "lcm", "factorial", "scale",
+    "min_scale", "trim_scale",
+    // date and time
+    "now", "current_timestamp", "current_date", "current_time", "localtime", "localtimestamp", "clock_timestamp",
+    "statement_timestamp", "transaction_timestamp", "timeofday", "date_trunc", "date_part", "date_bin", "extract",
+    "age", "to_char", "to_date", "to_timestamp", "to_number", "make_date", "make_time", "make_timestamp",
+    "make_timestamptz", "make_interval", "justify_days", "justify_hours", "justify_interval", "isfinite", "timezone",
+    "date_add", "date_subtract",
+    // json and jsonb
+    "to_json", "to_jsonb", "row_to_json", "array_to_json", "json_build_object", "jsonb_build_object",
+    "json_build_array", "jsonb_build_array", "json_object", "jsonb_object", "json_array", "json_scalar",
+    "json_serialize", "jsonb_set", "jsonb_set_lax", "jsonb_insert", "jsonb_extract_path", "jsonb_extract_path_text",
+    "json_extract_path", "json_extract_path_text", "jsonb_array_elements", "jsonb_array_elements_text",
+    "json_array_elements", "json_array_elements_text", "jsonb_each", "jsonb_each_text", "json_each", "json_each_text",
+    "jsonb_object_keys", "json_object_keys", "jsonb_typeof", "json_typeof", "jsonb_array_length", "json_array_length",
+    "jsonb_pretty", "jsonb_strip_nulls", "json_strip_nulls", "jsonb_path_query", "jsonb_path_query_array",
+    "jsonb_path_query_first", "jsonb_path_exists", "jsonb_path_match", "jsonb_to_record", "jsonb_to_recordset",
+    "json_to_record", "json_to_recordset", "jsonb_populate_record", "json_populate_record", "jsonb_populate_recordset",
+    "json_populate_recordset",
+    // arrays and ranges
+    "array", "array_length", "array_position", "array_positions", "array_to_string", "string_to_array", "array_append",
+    "array_prepend", "array_cat", "array_remove", "array_replace", "unnest", "cardinality", "array_upper",
+    "array_lower", "array_ndims", "array_dims", "array_fill", "trim_array", "array_sample", "array_shuffle",
+    "generate_series", "generate_subscripts", "isempty", "lower_inc", "upper_inc", "lower_inf", "upper_inf",
+    "range_merge", "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
+    // text search
+    "to_tsvector", "to_tsquery", "plainto_tsquery", "phraseto_tsquery", "websearch_to_tsquery", "ts_rank", "ts_rank_cd",
+    "ts_headline", "setweight",
+    // conversions written as calls
+    "int2", "int4", "int8", "float4", "float8", "numeric", "text", "varchar", "bool", "date",
+    // conditionals, rows
+    "coalesce", "nullif", "num_nulls", "num_nonnulls", "row", "exists",
+    // system information that works on a standby
+    "pg_is_in_recovery", "pg_last_wal_replay_lsn", "pg_last_wal_receive_lsn", "pg_last_xact_replay_timestamp",
+    "pg_is_wal_replay_paused", "pg_get_wal_replay_pause_state", "pg_wal_lsn_diff", "version", "current_setting",
+    "current_database", "current_catalog", "current_schema", "current_schemas", "current_user", "current_role",
+    "session_user", "system_user", "user", "pg_backend_pid", "inet_server_addr", "inet_server_port", "inet_client_addr",
+    "inet_client_port", "pg_postmaster_start_time", "pg_conf_load_time", "pg_typeof", "pg_column_size",
+    "pg_size_pretty", "pg_size_bytes", "pg_database_size", "pg_relation_size", "pg_total_relation_size",
+    "pg_table_size", "pg_indexes_size", "has_table_privilege", "has_schema_privilege", "has_database_privilege",
+    "has_column_privilege", "has_function_privilege", "has_sequence_privilege", "pg_has_role", "pg_get_userbyid",
+    "obj_description", "col_description", "shobj_description", "format_type", "pg_get_expr", "pg_get_indexdef",
+    "pg_get_constraintdef", "pg_get_viewdef", "pg_get_functiondef", "pg_get_function_arguments",
+    "pg_get_function_result", "pg_get_triggerdef", "pg_get_ruledef", "pg_get_serial_sequence", "to_regclass",
+    "to_regtype", "to_regproc", "to_regprocedure", "to_regnamespace", "to_regrole", "pg_table_is_visible",
+    "pg_type_is_visible", "pg_function_is_visible", "pg_encoding_to_char", "pg_client_encoding",
+    "pg_tablespace_location", "pg_sleep", "gen_random_uuid", "uuid_generate_v4", "uuidv4", "uuidv7",
+];
