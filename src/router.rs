@@ -79,6 +79,9 @@ pub fn want(policy: &Policy, class: Option<Class>, client_read_only: bool) -> Wa
         Begin::ReadWrite => Want::Primary,
         Begin::Plain => match policy.transaction_routing {
             TransactionRouting::Primary => Want::Primary,
+            // `BEGIN; SELECT …` in one string: by what follows the BEGIN.
+            TransactionRouting::FirstStatement if class.read_only => Want::Read,
+            TransactionRouting::FirstStatement => Want::Primary,
         },
         Begin::None if class.read_only => Want::Read,
         Begin::None => Want::Primary,

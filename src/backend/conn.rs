@@ -203,6 +203,12 @@ impl ServerConn {
     /// Runs `sql` as a simple query, discarding its results; succeeds only if the server
     /// ends idle (`Z I`) without an error. Used for `server_reset_query` and health checks.
     pub async fn run_discard(&mut self, sql: &str) -> Result<(), Error> {
+        self.run_discard_until(sql, status::IDLE).await
+    }
+
+    /// Like [`ServerConn::run_discard`], but the server must end with transaction status
+    /// `want` (e.g. `T` after a deferred `BEGIN`).
+    pub async fn run_discard_until(&mut self, sql: &str, want: u8) -> Result<(), Error> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         write::query(&mut out, sql);
         self.stream.write_all(&out).await?;
@@ -223,8 +229,8 @@ impl ServerConn {
                 btag::READY_FOR_QUERY => {
                     return match (failed, body.first()) {
                         (Some(e), _) => Err(e),
-                        (None, Some(&status::IDLE)) => Ok(()),
-                        _ => Err(Error::Lost("server not idle after internal query".into())),
+                        (None, Some(&s)) if s == want => Ok(()),
+                        _ => Err(Error::Lost("server in an unexpected transaction state after internal query".into())),
                     };
                 }
                 _ => {}

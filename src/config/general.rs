@@ -193,8 +193,11 @@ pub struct General {
     /// eligible), `never` (error instead), `always` (the primary is one of the read
     /// candidates, balanced by its `weight`). Default `fallback`.
     pub primary_reads: PrimaryReads,
-    /// (pgsluice) How a transaction opened by a plain `BEGIN` is routed: `primary`. (`BEGIN
-    /// READ ONLY` always goes to a replica.) Default `primary`.
+    /// (pgsluice) How a transaction opened by a plain `BEGIN` is routed: `primary`, or
+    /// `first_statement` (by its first statement: pgsluice answers a lone simple-query `BEGIN`
+    /// itself and sends it on with the next statement; a read-only first statement puts the
+    /// whole transaction on a replica, where a later write fails with 25006). (`BEGIN READ
+    /// ONLY` always goes to a replica.) Default `primary`.
     pub transaction_routing: TransactionRouting,
     /// (pgsluice) `lsn`: after a client's write, its reads go only to replicas that have
     /// replayed the primary's WAL position at the end of that write (else to the primary);
@@ -246,6 +249,8 @@ pub enum TransactionRouting {
     /// To the primary.
     #[default]
     Primary,
+    /// By the transaction's first statement.
+    FirstStatement,
 }
 
 /// Read-your-writes mode.

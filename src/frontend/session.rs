@@ -31,7 +31,7 @@ use crate::shutdown::{DrainToken, Shutdown};
 
 use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts, ScanPos, Txn};
 use super::startup::{self, Startup};
-use crate::config::Route;
+use crate::config::{Route, TransactionRouting};
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
@@ -89,6 +89,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         classifier: shared.classifier.clone(),
         ryw_lsn: 0,
         capture_lsn: false,
+        deferred_begin: None,
         cancel: l.cancel,
         relay,
         client_idle_timeout: g.client_idle_timeout.nonzero(),
@@ -117,6 +118,9 @@ struct Session {
     ryw_lsn: u64,
     /// The held server was attached for a write: learn its WAL position at release.
     capture_lsn: bool,
+    /// `transaction_routing = "first_statement"`: a `BEGIN` answered by pgsluice, to be run
+    /// on the server the transaction's first statement is routed to.
+    deferred_begin: Option<Box<str>>,
     cancel: CancelHandle,
     relay: Relay,
     client_idle_timeout: Option<Duration>,
@@ -146,6 +150,12 @@ impl Session {
                 match self.wait_request(&shutdown, &mut stop).await {
                     Wait::Ready => {
                         if self.relay.track_prepared && Box::pin(self.answer_without_server()).await {
+                            continue;
+                        }
+                        if self.policy.transaction_routing == TransactionRouting::FirstStatement
+                            && self.policy.classifies()
+                            && Box::pin(self.defer_begin()).await
+                        {
                             continue;
                         }
                     }
@@ -370,6 +380,9 @@ impl Session {
     /// Checks out a server for the buffered request (routed) and prepares it for this
     /// client (tracked parameters).
     async fn attach(&mut self) -> Result<PoolGuard, ClientError> {
+        // Taken first: if no server can be had, the client gets an error and `Z I` for its
+        // request, and the deferred transaction is gone with it.
+        let deferred_begin = self.deferred_begin.take();
         let want = if self.policy.classifies() {
             let read_only = self.params.get("default_transaction_read_only").is_some_and(|v| v == "on");
             router::want(&self.policy, self.classify_request(), read_only)
@@ -393,6 +406,20 @@ impl Session {
                 Box::pin(self.pool.check_out_read(&self.policy, min_lsn)).await.map_err(|e| ClientError::from(&e))?
             }
         };
+        if let Some(begin) = deferred_begin {
+            // The client was told its transaction began: begin it here, on the server its first
+            // statement was routed to.
+            let limit = g.pool().settings().connect_timeout;
+            let run = tokio::time::timeout(limit, g.server().run_discard_until(&begin, status::IN_TRANSACTION)).await;
+            if let Err(e) = run.unwrap_or_else(|_| Err(crate::backend::Error::Timeout("BEGIN".into()))) {
+                g.discard();
+                return Err(ClientError::error(
+                    "08006",
+                    format!("could not begin the transaction on the server: {e}"),
+                    ErrorSource::Server,
+                ));
+            }
+        }
         // A read-routed server that is not the primary takes one request at a time.
         self.txn.requests = 0;
         self.txn.one_request = want == Want::Read
@@ -415,6 +442,39 @@ impl Session {
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
         Ok(g)
+    }
+
+    /// `transaction_routing = "first_statement"`: if the buffered request is a lone
+    /// simple-query `BEGIN` (no access mode, nothing else in the string), answers it as
+    /// PostgreSQL would (`BEGIN`, ReadyForQuery `T`) without a server and keeps its text for
+    /// [`Session::attach`], which runs it on the server the next request is routed to.
+    async fn defer_begin(&mut self) -> bool {
+        if self.deferred_begin.is_some() || self.txn.status != status::IDLE || self.relay.statement_mode {
+            return false;
+        }
+        let Ok(Some(hdr)) = Header::parse(&self.buf, self.relay.max_client_message) else { return false };
+        let end = hdr.frame_len();
+        if hdr.tag != ftag::QUERY || self.buf.len() < end {
+            return false;
+        }
+        let Some(text) = cstr(&self.buf[HEADER_LEN..end]).and_then(|(q, _)| std::str::from_utf8(q).ok()) else {
+            return false;
+        };
+        let single = !text.trim_end().trim_end_matches(';').contains(';');
+        let class = self.classifier.classify(text);
+        if !single || class.begin != crate::router::classify::Begin::Plain {
+            return false;
+        }
+        self.deferred_begin = Some(text.into());
+        self.buf.advance(end);
+        self.txn.status = status::IN_TRANSACTION;
+        let mut out = BytesMut::with_capacity(32);
+        write::command_complete(&mut out, "BEGIN");
+        write::ready_for_query(&mut out, status::IN_TRANSACTION);
+        if self.stream.write_all(&out).await.is_err() {
+            self.buf.clear();
+        }
+        true
     }
 
     /// The class of the first request in the client buffer: its Query, or the statements its

@@ -1124,3 +1124,48 @@ async fn default_transaction_read_only_client_reads_on_replicas() {
         t.counts(APP)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_statement_routes_a_plain_begin_by_what_follows() {
+    let general = [FAST_PROBES, "transaction_routing = \"first_statement\"", "read_your_writes = \"off\""];
+    let t = Topo::start(2, &general, &[], &[]).await;
+    let c = t.client(APP).await;
+    let replicas = t.replica_ports();
+    let primary = t.port(0);
+
+    // BEGIN is answered at once (the client sees an open transaction); the first statement
+    // decides where the whole transaction runs.
+    for _ in 0..5 {
+        c.batch_execute("BEGIN").await.expect("begin");
+        let ports = [read_port(&c).await.unwrap(), read_port_ext(&c).await.unwrap()];
+        assert_eq!(simple_one(&c, "SHOW transaction_read_only").await, "on", "a replica's transaction");
+        c.batch_execute("COMMIT").await.expect("commit");
+        assert!(ports[0] == ports[1] && replicas.contains(&ports[0]), "read-first transaction on {ports:?}");
+
+        c.batch_execute("BEGIN").await.expect("begin");
+        let port = port_of(&c, "INSERT INTO t (id) VALUES (nextval('s')) RETURNING inet_server_port()").await;
+        let read = read_port(&c).await.unwrap();
+        c.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!((port.expect("write-first transaction"), read), (primary, primary));
+    }
+    // The transaction really was one: a rollback undoes the write.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO t (id) VALUES (-1)").await.unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(psql(&t.nodes[0], "SELECT count(*) FROM t WHERE id = -1").await, "0");
+    // The documented risk: a write after a read-first start fails on the replica (25006),
+    // and the client goes on.
+    c.batch_execute("BEGIN").await.unwrap();
+    read_port(&c).await.unwrap();
+    let e = c.batch_execute("INSERT INTO t (id) VALUES (-2)").await.must_fail("write in a read-first transaction");
+    assert_eq!(sqlstate(&e).as_deref(), Some("25006"), "{}", short(&e));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // An empty transaction and BEGIN + COMMIT work; other BEGIN forms are routed as before.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(port_of(&c, "BEGIN; SELECT inet_server_port(); COMMIT").await.unwrap(), primary);
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert!(replicas.contains(&read_port(&c).await.unwrap()));
+    c.batch_execute("COMMIT").await.unwrap();
+    println!("ROUTING first_statement: route stats {:?}", t.counts(APP));
+}
