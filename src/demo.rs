@@ -166,6 +166,8 @@ Its log (stderr) says "primary found", "primary changed (failover)", "host is do
 
 Connect with:
     psql "{url}"
+Reads go to the replicas (least busy first), writes to the primary; see which server answered:
+    for i in 1 2 3 4; do psql -XAtc "SELECT inet_server_port()" "{url}"; done
 Write twice a second and show which server took each write:
     while sleep 0.5; do psql -XAtc "INSERT INTO greetings(msg) VALUES ('tick') RETURNING id, inet_server_port()" "{url}"; done
 
