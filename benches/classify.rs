@@ -47,8 +47,12 @@ fn report_hit_rate() {
         }
         let (hits, misses) = c.cache_stats();
         let lookups = hits + misses;
-        let rate = if lookups == 0 { 0.0 } else { 100.0 * hits as f64 / lookups as f64 };
-        println!("{name}: cache hits {hits}, misses {misses}, hit rate {rate:.2}% of parser-path lookups");
+        let rate = if lookups == 0 {
+            "n/a: every statement took the fast path".to_owned()
+        } else {
+            format!("{:.2}% of parser-path lookups", 100.0 * hits as f64 / lookups as f64)
+        };
+        println!("{name}: cache hits {hits}, misses {misses}, hit rate {rate}");
     }
 }
 

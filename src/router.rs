@@ -69,8 +69,11 @@ pub fn want(policy: &Policy, class: Option<Class>, client_read_only: bool) -> Wa
         Hint::None => {}
     }
     if client_read_only {
-        // Every transaction of this client is read-only: a write fails on the primary too.
-        return Want::Read;
+        // Every transaction of this client is read-only (a write fails on the primary too),
+        // so a plain BEGIN opens a read-only one; but what a standby refuses and the primary
+        // allows in a read-only transaction (SERIALIZABLE, functions not on the allowlist)
+        // stays on the primary.
+        return if class.read_only || class.begin == Begin::Plain { Want::Read } else { Want::Primary };
     }
     match class.begin {
         // (`read_only` is false for e.g. SERIALIZABLE, which a hot standby refuses.)
@@ -239,7 +242,9 @@ mod tests {
         assert_eq!(want(&auto, class(false, Begin::ReadOnly, Hint::None), false), Want::Primary, "serializable");
         assert_eq!(want(&auto, class(true, Begin::Plain, Hint::None), false), Want::Primary);
         assert_eq!(want(&auto, class(false, Begin::ReadWrite, Hint::None), false), Want::Primary);
-        assert_eq!(want(&auto, class(true, Begin::Plain, Hint::None), true), Want::Read, "default read only");
+        assert_eq!(want(&auto, class(false, Begin::Plain, Hint::None), true), Want::Read, "default read only");
+        assert_eq!(want(&auto, class(false, Begin::ReadOnly, Hint::None), true), Want::Primary, "serializable");
+        assert_eq!(want(&auto, class(false, Begin::None, Hint::None), true), Want::Primary);
         assert_eq!(want(&auto, class(true, Begin::None, Hint::Primary), false), Want::Primary);
         assert_eq!(want(&auto, class(false, Begin::None, Hint::Replica), false), Want::Read);
         assert_eq!(want(&policy(Route::Primary), class(true, Begin::None, Hint::Replica), false), Want::Primary);

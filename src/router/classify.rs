@@ -27,7 +27,11 @@
 //!   A panic inside the parser is caught and also means primary.
 //! * **Exact cache keys.** Parser-path results are cached by the exact statement text (never
 //!   by a hash alone: a collision would misroute), in a sharded concurrent cache bounded to
-//!   `cache_size` entries, so there is no global lock on the hot path.
+//!   `cache_size` entries, so there is no global lock on the hot path. The key is one
+//!   statement without the comments before it and its `;`, so a hint does not split entries.
+//! * **Multi-statement text** is read-only only if every statement is; the fast path stops
+//!   at the first write without parsing anything. `begin` comes from the first statement
+//!   only (and from `SET TRANSACTION` right after a plain `BEGIN`).
 //!
 //! The lexer follows PostgreSQL's rules (4.1 "Lexical Structure"): `--` and nested `/* */`
 //! comments, `'…'` with `''`, `E'…'` with backslash escapes, `"…"` identifiers, `$tag$…$tag$`
@@ -46,8 +50,15 @@
 //! qualified. What the classifier cannot see — views or operators that call writing
 //! functions — is out of scope.
 //!
-//! `BEGIN … ISOLATION LEVEL SERIALIZABLE` is reported with its access mode but with
-//! `read_only: false`: a hot standby refuses serializable transactions.
+//! # Deliberately conservative corners
+//!
+//! * `BEGIN … ISOLATION LEVEL SERIALIZABLE` is reported with its access mode but with
+//!   `read_only: false`: a hot standby refuses serializable transactions. So a transaction
+//!   block may go to a replica only when `begin == ReadOnly && read_only`.
+//! * `COMMIT PREPARED` / `ROLLBACK PREPARED`, `COPY … TO` a file or program, `EXPLAIN
+//!   EXECUTE` (SQL-level prepared statements live on the primary) and `EXPLAIN (ANALYZE
+//!   false)` are not read-only; neither is anything `sqlparser` cannot parse (`FOR NO KEY
+//!   UPDATE`, `JSON_TABLE`, `ROWS FROM`, …).
 
 use quick_cache::sync::Cache;
 use sqlparser::ast::{CopySource, CopyTarget, Expr, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor};
@@ -81,6 +92,7 @@ pub enum Begin {
     /// `BEGIN` without an access mode.
     Plain,
     /// `BEGIN … READ ONLY` (or a plain `BEGIN` followed by `SET TRANSACTION READ ONLY`).
+    /// With `SERIALIZABLE` the [`Class`] is still not `read_only`: a standby refuses it.
     ReadOnly,
     /// `BEGIN … READ WRITE`.
     ReadWrite,
