@@ -301,6 +301,9 @@ pub struct Cluster {
     signals: Arc<Signals>,
     started: AtomicBool,
     failovers: AtomicU64,
+    created: Instant,
+    /// `created`-relative milliseconds of the last throttled probe request (0: none).
+    last_throttled_probe: AtomicU64,
 }
 
 impl Cluster {
@@ -338,6 +341,8 @@ impl Cluster {
             signals,
             started: AtomicBool::new(false),
             failovers: AtomicU64::new(0),
+            created: Instant::now(),
+            last_throttled_probe: AtomicU64::new(0),
         })
     }
 
@@ -396,6 +401,23 @@ impl Cluster {
     /// Asks for an immediate probe of every host.
     pub fn request_probe(&self) {
         self.signals.request_probe();
+    }
+
+    /// Asks for an immediate probe unless one was asked this way within the last
+    /// `health_check_interval`; returns whether it asked. For triggers clients can cause at
+    /// will (a `25006` from the primary).
+    pub fn request_probe_throttled(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        let gap = self.settings.interval.as_millis() as u64;
+        let last = self.last_throttled_probe.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < gap && last != 0 {
+            return false;
+        }
+        if self.last_throttled_probe.compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.request_probe();
+        true
     }
 
     /// Waits until the primary differs from `from` or `deadline` passes; returns the

@@ -140,9 +140,13 @@ impl Tracker {
 }
 
 /// The primary decided from `hosts`, given the current one.
-pub fn elect(hosts: &[Tracker], current: Primary) -> Primary {
-    let writable: Vec<usize> =
-        (0..hosts.len()).filter(|&i| hosts[i].writable() && hosts[i].hint != Some(RoleHint::Replica)).collect();
+/// `floor` is the highest timeline a primary of this database was elected on: a writable host
+/// on a lower (or unknown) timeline is an old primary that came back, never a candidate, even
+/// while the real primary's probes fail.
+pub fn elect(hosts: &[Tracker], current: Primary, floor: Option<u32>) -> Primary {
+    let writable: Vec<usize> = (0..hosts.len())
+        .filter(|&i| hosts[i].writable() && hosts[i].hint != Some(RoleHint::Replica) && !behind(&hosts[i], floor))
+        .collect();
     match writable.as_slice() {
         [] => match current {
             // Unreachable but not yet down: a blip, not a failover.
@@ -175,13 +179,18 @@ pub fn elect(hosts: &[Tracker], current: Primary) -> Primary {
 /// primary, or the primary is undecidable (split brain), or it must never be the primary.
 /// A writable host waiting for its success threshold while there is no primary (a primary
 /// restarting without a failover) is a candidate, not fenced.
-pub fn fenced(hosts: &[Tracker], primary: Primary, i: usize) -> bool {
+pub fn fenced(hosts: &[Tracker], primary: Primary, floor: Option<u32>, i: usize) -> bool {
     hosts[i].writable()
         && match primary {
             Primary::Host(p) => p != i,
             Primary::SplitBrain => true,
-            Primary::None => hosts[i].hint == Some(RoleHint::Replica),
+            Primary::None => hosts[i].hint == Some(RoleHint::Replica) || behind(&hosts[i], floor),
         }
+}
+
+/// On a timeline below `floor` (or an unknown one while a floor is known).
+fn behind(h: &Tracker, floor: Option<u32>) -> bool {
+    floor.is_some_and(|f| h.timeline().is_none_or(|t| t < f))
 }
 
 /// Lag of host `i` if it is a replica with a known replay position and the primary was
@@ -260,8 +269,8 @@ mod tests {
             for (i, t) in h.iter_mut().enumerate() {
                 t.observe(if i == p { primary(1) } else { replica(10) }, &RULES);
             }
-            assert_eq!(elect(&h, Primary::None), Primary::Host(p));
-            assert!((0..3).all(|i| !fenced(&h, Primary::Host(p), i)));
+            assert_eq!(elect(&h, Primary::None, None), Primary::Host(p));
+            assert!((0..3).all(|i| !fenced(&h, Primary::Host(p), None, i)));
         }
     }
 
@@ -271,15 +280,15 @@ mod tests {
         h[0].observe(primary(1), &RULES);
         h[1].observe(replica(10), &RULES);
         h[2].observe(replica(10), &RULES);
-        let mut cur = elect(&h, Primary::None);
+        let mut cur = elect(&h, Primary::None, None);
         assert_eq!(cur, Primary::Host(0));
         // One failed probe of the primary: still the primary (blip).
         h[0].observe(down(), &RULES);
-        cur = elect(&h, cur);
+        cur = elect(&h, cur, None);
         assert_eq!(cur, Primary::Host(0));
         // Host 2 promoted: it is writable and up, so it takes over right away.
         h[2].observe(primary(2), &RULES);
-        cur = elect(&h, cur);
+        cur = elect(&h, cur, None);
         assert_eq!(cur, Primary::Host(2));
     }
 
@@ -288,18 +297,18 @@ mod tests {
         let mut h = hosts(2);
         h[0].observe(primary(1), &RULES);
         h[1].observe(replica(10), &RULES);
-        let mut cur = elect(&h, Primary::None);
+        let mut cur = elect(&h, Primary::None, None);
         for n in 1..=3 {
             h[0].observe(down(), &RULES);
-            cur = elect(&h, cur);
+            cur = elect(&h, cur, None);
             assert_eq!(cur == Primary::None, n == 3, "after {n} failures");
         }
         // It comes back: up only after the success threshold, and not fenced meanwhile.
         h[0].observe(primary(1), &RULES);
-        assert_eq!(elect(&h, cur), Primary::None);
-        assert!(!fenced(&h, Primary::None, 0));
+        assert_eq!(elect(&h, cur, None), Primary::None);
+        assert!(!fenced(&h, Primary::None, None, 0));
         h[0].observe(primary(1), &RULES);
-        assert_eq!(elect(&h, cur), Primary::Host(0));
+        assert_eq!(elect(&h, cur, None), Primary::Host(0));
     }
 
     #[test]
@@ -307,21 +316,21 @@ mod tests {
         let mut h = hosts(2);
         h[0].observe(primary(1), &RULES);
         h[1].observe(primary(2), &RULES);
-        let cur = elect(&h, Primary::Host(0));
+        let cur = elect(&h, Primary::Host(0), None);
         assert_eq!(cur, Primary::Host(1));
-        assert!(fenced(&h, cur, 0));
-        assert!(!fenced(&h, cur, 1));
+        assert!(fenced(&h, cur, None, 0));
+        assert!(!fenced(&h, cur, None, 1));
 
         let mut h = hosts(2);
         h[0].observe(primary(3), &RULES);
         h[1].observe(primary(3), &RULES);
-        assert_eq!(elect(&h, Primary::Host(0)), Primary::SplitBrain);
-        assert!(fenced(&h, Primary::SplitBrain, 0) && fenced(&h, Primary::SplitBrain, 1));
+        assert_eq!(elect(&h, Primary::Host(0), None), Primary::SplitBrain);
+        assert!(fenced(&h, Primary::SplitBrain, None, 0) && fenced(&h, Primary::SplitBrain, None, 1));
 
         let mut h = hosts(2);
         h[0].observe(primary(3), &RULES);
         h[1].observe(Ok(Probe { in_recovery: false, ..Probe::default() }), &RULES);
-        assert_eq!(elect(&h, Primary::None), Primary::SplitBrain, "unknown timeline cannot decide");
+        assert_eq!(elect(&h, Primary::None, None), Primary::SplitBrain, "unknown timeline cannot decide");
     }
 
     #[test]
@@ -329,19 +338,43 @@ mod tests {
         let mut h = hosts(2);
         h[0].observe(primary(1), &RULES);
         h[1].observe(replica(5), &RULES);
-        let mut cur = elect(&h, Primary::None);
+        let mut cur = elect(&h, Primary::None, None);
         for _ in 0..3 {
             h[0].observe(down(), &RULES);
         }
         h[1].observe(primary(2), &RULES);
-        cur = elect(&h, cur);
+        cur = elect(&h, cur, None);
         assert_eq!(cur, Primary::Host(1));
         for _ in 0..3 {
             h[0].observe(primary(1), &RULES);
-            cur = elect(&h, cur);
+            cur = elect(&h, cur, None);
             assert_eq!(cur, Primary::Host(1));
-            assert!(fenced(&h, cur, 0));
+            assert!(fenced(&h, cur, None, 0));
         }
+    }
+
+    #[test]
+    fn fenced_old_primary_is_not_elected_when_the_new_one_blips() {
+        let mut h = hosts(2);
+        h[0].observe(primary(1), &RULES);
+        h[1].observe(primary(2), &RULES);
+        let cur = elect(&h, Primary::Host(0), Some(1));
+        assert_eq!(cur, Primary::Host(1));
+        let floor = Some(2);
+        // One failed probe of the new primary: the old one is the only writable host left.
+        h[1].observe(down(), &RULES);
+        assert_eq!(elect(&h, cur, floor), Primary::Host(1), "a blip keeps the new primary");
+        assert!(fenced(&h, cur, floor, 0));
+        // The new primary really dies: still not the old one, which stays fenced.
+        for _ in 0..3 {
+            h[1].observe(down(), &RULES);
+        }
+        assert_eq!(elect(&h, cur, floor), Primary::None);
+        assert!(fenced(&h, Primary::None, floor, 0), "an older timeline is fenced even without a primary");
+        // A host on the floor's timeline or later can be elected.
+        h[1].observe(primary(2), &RULES);
+        h[1].observe(primary(2), &RULES);
+        assert_eq!(elect(&h, Primary::None, floor), Primary::Host(1));
     }
 
     #[test]
@@ -350,8 +383,8 @@ mod tests {
         h[0].hint = Some(RoleHint::Replica);
         h[0].observe(primary(1), &RULES);
         h[1].observe(replica(5), &RULES);
-        assert_eq!(elect(&h, Primary::None), Primary::None);
-        assert!(fenced(&h, Primary::None, 0), "a writable host that must not be primary is fenced");
+        assert_eq!(elect(&h, Primary::None, None), Primary::None);
+        assert!(fenced(&h, Primary::None, None, 0), "a writable host that must not be primary is fenced");
 
         let mut h = hosts(2);
         h[0].hint = Some(RoleHint::Primary);

@@ -159,6 +159,8 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
     let mut current = Primary::None;
     // The last host elected (kept while there is none): a failover is a *different* host.
     let mut last_elected: Option<usize> = None;
+    // The highest timeline a primary was elected on: hosts behind it are old primaries.
+    let mut floor: Option<u32> = None;
     let mut fenced = vec![false; hosts.len()];
     loop {
         let (i, result) = tokio::select! {
@@ -176,7 +178,7 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
                 host.epoch.fetch_add(1, Ordering::AcqRel);
             }
         }
-        let next = election::elect(&hosts, current);
+        let next = election::elect(&hosts, current, floor);
         if next != current {
             announce(&cluster, current, next, last_elected);
             if let Primary::Host(old) = current {
@@ -197,9 +199,12 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
             if let Some(lsn) = hosts[i].last.as_ref().and_then(|p| p.current_lsn) {
                 history.record(now, lsn);
             }
+            if let Some(tl) = hosts[i].last.as_ref().and_then(|p| p.timeline) {
+                floor = floor.max(Some(tl));
+            }
         }
         for (j, was) in fenced.iter_mut().enumerate() {
-            let is = election::fenced(&hosts, current, j);
+            let is = election::fenced(&hosts, current, floor, j);
             if is && !*was {
                 cluster.hosts[j].epoch.fetch_add(1, Ordering::AcqRel);
             }

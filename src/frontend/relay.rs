@@ -261,6 +261,9 @@ pub struct Relay {
     timer: Option<Pin<Box<Sleep>>>,
     /// What the timer currently measures.
     phase: Option<Phase>,
+    /// The client closed its side while requests were held back behind a read-routed
+    /// request: stop reading it, finish what it sent.
+    client_eof: bool,
 }
 
 /// What a held server is doing, for `query_timeout` / `idle_transaction_timeout`.
@@ -293,6 +296,7 @@ impl Relay {
             timeouts,
             timer,
             phase: None,
+            client_eof: false,
         }
     }
 
@@ -329,6 +333,7 @@ impl Relay {
     /// Forgets the timer phase (call when a new server is attached).
     pub fn reset_timer(&mut self) {
         self.phase = None;
+        self.client_eof = false;
     }
 }
 
@@ -488,13 +493,24 @@ fn poll_pump(
         if all_relayed && ctx.txn.server_idle() && (relay.release_on_idle || ctx.txn.terminated) {
             return Poll::Ready(if ctx.txn.terminated { Event::ClientClosed } else { Event::Released });
         }
-        if ctx.txn.terminated && c.pos.fwd == 0 && ctx.txn.pending == 0 && to_client_done {
+        if (ctx.txn.terminated || (relay.client_eof && c.buf.len() == c.pos.fwd))
+            && c.pos.fwd == 0
+            && ctx.txn.pending == 0
+            && to_client_done
+        {
             // The client left inside a transaction: nothing more will come.
             return Poll::Ready(Event::ClientClosed);
         }
         // Read from the client (unless it said goodbye or we are far ahead of the server).
-        if !ctx.txn.terminated && c.buf.len() + ctx.pl.to_server.len() < READ_AHEAD.max(c.pos.need) {
+        if !ctx.txn.terminated && !relay.client_eof && c.buf.len() + ctx.pl.to_server.len() < READ_AHEAD.max(c.pos.need)
+        {
             match poll_read_into(cx, client, c.buf) {
+                // Requests held back behind a read-routed one still run (as PostgreSQL runs a
+                // half-closed client's pipelined requests); the session sees the end later.
+                Poll::Ready(Ok(0)) if ctx.txn.one_request && c.buf.len() > c.pos.fwd => {
+                    relay.client_eof = true;
+                    progress = true;
+                }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientClosed),
                 // Scanned at the top of the loop.
                 Poll::Ready(Ok(_)) => progress = true,

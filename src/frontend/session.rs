@@ -149,7 +149,11 @@ impl Session {
             if server.is_none() {
                 match self.wait_request(&shutdown, &mut stop).await {
                     Wait::Ready => {
-                        if self.relay.track_prepared && Box::pin(self.answer_without_server()).await {
+                        // (Not inside a deferred BEGIN: its answer would say "idle".)
+                        if self.relay.track_prepared
+                            && self.deferred_begin.is_none()
+                            && Box::pin(self.answer_without_server()).await
+                        {
                             continue;
                         }
                         if self.policy.transaction_routing == TransactionRouting::FirstStatement
@@ -294,9 +298,10 @@ impl Session {
         let (pool, server) = g.parts();
         if std::mem::take(&mut server.pipeline.read_only_error) {
             let host = &pool.settings().host;
-            if self.pool.cluster().primary() == crate::cluster::Primary::Host(host.index) {
+            let cluster = self.pool.cluster();
+            // Throttled: a client's own writes inside read-only transactions also get 25006.
+            if cluster.primary() == crate::cluster::Primary::Host(host.index) && cluster.request_probe_throttled() {
                 tracing::info!(host = %host.addr, "primary answered read_only_sql_transaction: probing the topology");
-                host.request_probe();
             }
         }
     }
@@ -325,9 +330,23 @@ impl Session {
             && !pl.copy_in
             && pl.queue.iter().all(|e| e.undo.is_none());
         let owed = self.txn.pending;
+        // Answers already read and scanned but not yet written to the client are whole
+        // messages: they go first (rewritten ones before the read buffer's prefix, as in the
+        // relay).
+        let mut out = BytesMut::new();
+        if resumable {
+            let server = g.server();
+            out.extend_from_slice(&server.pipeline.to_client);
+            out.extend_from_slice(&server.buf[..self.spos.fwd.min(server.buf.len())]);
+        }
         drop(g);
         // Probe now: the primary may be gone.
         self.pool.cluster().request_probe();
+        // Whatever the write was, its position was not learned: reads go to the primary until
+        // the next write is measured.
+        if std::mem::take(&mut self.capture_lsn) {
+            self.ryw_lsn = u64::MAX;
+        }
         if !resumable {
             return Err(format!("{why}; the transaction or session state on it is lost"));
         }
@@ -336,7 +355,6 @@ impl Session {
         self.pos = ScanPos::default();
         self.spos = ScanPos::default();
         self.txn = Txn::new();
-        let mut out = BytesMut::with_capacity(256);
         let message = format!(
             "{why} during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary"
         );
@@ -362,15 +380,16 @@ impl Session {
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
     async fn release(&mut self, mut g: PoolGuard) {
+        // First, whatever happens to the connection next: the client's write is done.
+        if std::mem::take(&mut self.capture_lsn) && !Box::pin(self.learn_write_lsn(&mut g)).await {
+            return g.discard();
+        }
         if g.server().pipeline.poisoned {
             // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
             // DEALLOCATE by a client): no other client gets it.
             return g.discard();
         }
         if self.reset_query.is_some() && !Box::pin(self.reset(&mut g)).await {
-            return g.discard();
-        }
-        if std::mem::take(&mut self.capture_lsn) && !Box::pin(self.learn_write_lsn(&mut g)).await {
             return g.discard();
         }
         self.spos = ScanPos::default();
@@ -383,9 +402,15 @@ impl Session {
         // Taken first: if no server can be had, the client gets an error and `Z I` for its
         // request, and the deferred transaction is gone with it.
         let deferred_begin = self.deferred_begin.take();
-        let want = if self.policy.classifies() {
+        self.capture_lsn = false;
+        // The keyword scan assumes standard_conforming_strings: with it off, a backslash in a
+        // literal could hide a write from it, so nothing is classified.
+        let scs_off = self.params.get("standard_conforming_strings").is_some_and(|v| v == "off");
+        let want = if self.policy.classifies() && !scs_off {
             let read_only = self.params.get("default_transaction_read_only").is_some_and(|v| v == "on");
             router::want(&self.policy, self.classify_request(), read_only)
+        } else if self.policy.classifies() {
+            Want::Primary
         } else {
             router::want(&self.policy, None, false)
         };
@@ -395,17 +420,23 @@ impl Session {
                 Some(g) => g,
                 None => Box::pin(self.pool.check_out()).await.map_err(|e| ClientError::from(&e))?,
             },
-            Want::Primary => {
-                let g = Box::pin(self.pool.check_out_write()).await.map_err(|e| ClientError::from(&e))?;
-                self.capture_lsn = self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn;
-                g
-            }
+            Want::Primary => Box::pin(self.pool.check_out_write()).await.map_err(|e| ClientError::from(&e))?,
             Want::Read => {
                 let min_lsn =
                     if self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn { self.ryw_lsn } else { 0 };
                 Box::pin(self.pool.check_out_read(&self.policy, min_lsn)).await.map_err(|e| ClientError::from(&e))?
             }
         };
+        let server = g.server();
+        if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
+            if let Err(e) = Box::pin(self.sync_params(&mut g, sql)).await {
+                g.discard();
+                return Err(e);
+            }
+        }
+        // (After the parameter sync: a SET inside the transaction would be undone by its
+        // rollback behind pgsluice's back.)
+        let began = deferred_begin.is_some();
         if let Some(begin) = deferred_begin {
             // The client was told its transaction began: begin it here, on the server its first
             // statement was routed to.
@@ -420,17 +451,17 @@ impl Session {
                 ));
             }
         }
-        // A read-routed server that is not the primary takes one request at a time.
+        // A read-routed server takes one request at a time outside a transaction, so that a
+        // write pipelined behind the read is routed (and its WAL position learned) on its own.
         self.txn.requests = 0;
-        self.txn.one_request = want == Want::Read
-            && self.pool.cluster().primary() != crate::cluster::Primary::Host(g.pool().settings().host.index);
-        let server = g.server();
-        if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
-            if let Err(e) = Box::pin(self.sync_params(&mut g, sql)).await {
-                g.discard();
-                return Err(e);
-            }
-        }
+        self.txn.one_request = want == Want::Read;
+        // Read-your-writes: learn the WAL position at release after whatever may have written
+        // on the primary (a write, or a first_statement transaction that began with a read).
+        let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
+        self.capture_lsn = self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn
+            && self.policy.classifies()
+            && on_primary
+            && (want == Want::Primary || began);
         let server = g.server();
         if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
             // Only on change: the set is shared by many clients, its refcount is a hot line.
@@ -481,7 +512,8 @@ impl Session {
     /// Parse and Bind messages name; a request that names no statement at all (e.g. a
     /// `Close` and a `Sync`, as tokio-postgres sends after a one-shot query) is harmless and
     /// counts as read-only. `None` when it cannot be judged (a FunctionCall, a Bind of an
-    /// unnamed or unknown statement, an incomplete message): the primary.
+    /// unnamed or unknown statement, an extended batch not ended by a Sync in the buffer):
+    /// the primary.
     fn classify_request(&self) -> Option<Class> {
         let mut off = 0;
         let mut acc: Option<Class> = None;
@@ -522,7 +554,9 @@ impl Session {
             }
             off = end;
         }
-        acc
+        // No Sync (yet): a batch ended by Flush, or a prefix of a large one. What follows is
+        // unknown and will flow to the same server: the primary.
+        None
     }
 
     /// Learns the WAL position a write left on the primary (one round trip after the client
@@ -531,10 +565,13 @@ impl Session {
     /// `synchronous_commit` is off. False if the server failed it.
     async fn learn_write_lsn(&mut self, g: &mut PoolGuard) -> bool {
         let limit = g.pool().settings().connect_timeout;
-        let lsn = match tokio::time::timeout(limit, g.server().query_row("SELECT pg_current_wal_insert_lsn()")).await {
-            Ok(Ok(row)) => row.first().and_then(|v| v.as_deref()).and_then(crate::cluster::parse_lsn),
-            _ => None,
-        };
+        let lsn =
+            match tokio::time::timeout(limit, g.server().query_row("SELECT pg_catalog.pg_current_wal_insert_lsn()"))
+                .await
+            {
+                Ok(Ok(row)) => row.first().and_then(|v| v.as_deref()).and_then(crate::cluster::parse_lsn),
+                _ => None,
+            };
         match lsn {
             Some(l) => {
                 self.ryw_lsn = record_boundary(l);

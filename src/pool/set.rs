@@ -102,7 +102,9 @@ impl PoolSet {
                 }
             }
             // None eligible. Behind the client's last write only? Then maybe wait.
+            // (u64::MAX: the client's last write position is unknown; no replica can prove it.)
             if min_lsn > 0
+                && min_lsn != u64::MAX
                 && Instant::now() < wait_until
                 && router::pick_read(cluster, load, 0, false, exclude).is_some()
             {

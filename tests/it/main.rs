@@ -10,6 +10,7 @@ mod lifecycle;
 mod params;
 mod pooling;
 mod prepared;
+mod review;
 mod robustness;
 mod routing;
 mod topology;
