@@ -1993,3 +1993,31 @@ async fn sql_prepare_replaces_shared_statement() {
     })
     .await;
 }
+
+/// After a result-type-changing `ALTER TABLE`, executing a statement prepared before it fails
+/// with `0A000` (directly too); re-preparing the same text must then work. pgsluice shares
+/// statements by text, so it closes the connection that had the stale copy instead of
+/// reusing it, and the re-prepared statement lands on a fresh one.
+#[tokio::test]
+async fn re_preparing_after_a_schema_change_works_like_postgresql() {
+    within_limit(async move {
+        let db = fresh_db("ps_reprepare");
+        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        let setup = direct(&db).await;
+        setup.batch_execute("create table rp(a int); insert into rp values (1)").await.unwrap();
+        for (how, c) in [("PostgreSQL", direct(&db).await), ("pgsluice", p.connect(&db).await)] {
+            let st = c.prepare("select * from rp").await.unwrap();
+            assert_eq!(c.query_one(&st, &[]).await.unwrap().len(), 1, "{how}");
+            setup.batch_execute("alter table rp add column b int default 2").await.unwrap();
+            let e = c.query_one(&st, &[]).await.expect_err("stale statement");
+            assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{how}: {e}");
+            for round in 0..3 {
+                let st2 = c.prepare("select * from rp").await.unwrap_or_else(|e| panic!("{how}: re-prepare: {e}"));
+                let row = c.query_one(&st2, &[]).await.unwrap_or_else(|e| panic!("{how} round {round}: {}", err(&e)));
+                assert_eq!(row.len(), 2, "{how}: the new column is seen");
+            }
+            setup.batch_execute("alter table rp drop column b").await.unwrap();
+        }
+    })
+    .await;
+}
