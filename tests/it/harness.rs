@@ -2,15 +2,19 @@
 //! by its watchdog when the binary exits), a fresh role + database per test, and pgsluice
 //! started in-process on 127.0.0.1:0 from a config the test describes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use pgsluice::cluster::{Cluster, Health, HostSnapshot, Primary, Role};
 use pgsluice::config::Config;
 use pgsluice::localpg::{ClusterOptions, LocalCluster};
 use pgsluice::server::ServerHandle;
 use pgsluice::shared::Shared;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// Superuser password of the shared cluster.
@@ -229,6 +233,20 @@ pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
 }
 
+/// Short form of a client-side error: SQLSTATE and message.
+pub fn short(e: &tokio_postgres::Error) -> String {
+    format!("{} {}", sqlstate(e).unwrap_or_else(|| "-----".into()), message(e))
+}
+
+/// Connects with tokio-postgres and a libpq-style connection string.
+pub async fn connect_str(connstr: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(connstr, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 /// `expect_err` for results whose success type has no `Debug` (tokio-postgres `Client`).
 pub trait MustFail<E> {
     /// The error, or a panic with `why`.
@@ -279,6 +297,9 @@ pub async fn simple_one(c: &Client, sql: &str) -> String {
 // Tests of several hosts (topology, routing) start their own primary and replicas: promotion
 // and `stop -m immediate` are destructive, so the binary's shared cluster is not used.
 
+/// One PostgreSQL server of a test topology.
+pub type Node = Arc<LocalCluster>;
+
 /// Runs a blocking closure (the `LocalCluster` calls run `pg_ctl`, `psql`, ...) off the async
 /// worker threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -289,13 +310,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 /// (password `db_password`), runs `setup` as the superuser in `db` (one transaction), then
 /// starts `replicas` streaming replicas of it in parallel. Node 0 is the primary. Blocking:
 /// call it through [`blocking`] from async code.
-pub fn start_replication(
-    su_password: &str,
-    db: &str,
-    db_password: &str,
-    setup: &str,
-    replicas: usize,
-) -> Vec<std::sync::Arc<LocalCluster>> {
+pub fn start_replication(su_password: &str, db: &str, db_password: &str, setup: &str, replicas: usize) -> Vec<Node> {
     let opts = ClusterOptions {
         superuser_password: su_password.into(),
         extra_conf: vec![("shared_buffers".into(), "32MB".into())],
@@ -313,10 +328,197 @@ pub fn start_replication(
             .map(|h| h.join().expect("replica thread").unwrap_or_else(|e| panic!("start replica: {e}")))
             .collect()
     });
-    std::iter::once(primary).chain(replicas).map(std::sync::Arc::new).collect()
+    std::iter::once(primary).chain(replicas).map(Arc::new).collect()
 }
 
 /// A `hosts` entry (TOML string) for `node`.
 pub fn host_entry(node: &LocalCluster) -> String {
     format!("\"127.0.0.1:{}\"", node.port())
+}
+
+/// `psql` as the superuser in `db` on `node`, panicking with the server log on failure.
+/// Blocking: see [`node_psql_async`].
+pub fn node_psql(node: &LocalCluster, db: &str, sql: &str) -> String {
+    node.psql(db, sql).unwrap_or_else(|e| panic!("psql on port {}: {e}\n{}", node.port(), node.log_tail(20)))
+}
+
+/// [`node_psql`] off the async worker threads.
+pub async fn node_psql_async(node: &Node, db: &str, sql: &str) -> String {
+    let (node, db, sql) = (node.clone(), db.to_string(), sql.to_string());
+    blocking(move || node_psql(&node, &db, &sql)).await
+}
+
+/// Everything about a topology, for assertion messages.
+pub fn describe_cluster(c: &Cluster) -> String {
+    format!("primary {:?}, failovers {}, hosts {:#?}", c.primary(), c.failovers(), c.snapshot())
+}
+
+/// Host `i` is a replica pgsluice considers healthy and eligible for reads.
+pub fn healthy_replica(hosts: &[HostSnapshot], i: usize) -> bool {
+    let h = &hosts[i];
+    h.status.role == Role::Replica && h.status.up && h.status.eligible && h.health == Health::Up
+}
+
+/// Waits until `pred(primary, hosts)` holds; panics with the topology after `timeout`.
+/// Returns how long it took.
+pub async fn wait_topology(
+    c: &Cluster,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(Primary, &[HostSnapshot]) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    let ok = eventually(timeout, || pred(c.primary(), &c.snapshot())).await;
+    assert!(ok, "{what}: not within {timeout:?}; {}", describe_cluster(c));
+    started.elapsed()
+}
+
+/// Waits (10 s at most) until host `primary` is the primary and every other host a healthy
+/// replica. Returns how long it took.
+pub async fn wait_settled(c: &Cluster, primary: usize) -> Duration {
+    wait_topology(c, Duration::from_secs(10), "initial topology", |p, hosts| {
+        p == Primary::Host(primary)
+            && hosts[primary].status.role == Role::Primary
+            && hosts[primary].health == Health::Up
+            && (0..hosts.len()).filter(|&i| i != primary).all(|i| healthy_replica(hosts, i))
+    })
+    .await
+}
+
+// === raw protocol ===
+//
+// Tests that speak the frontend/backend protocol in raw bytes over a `TcpStream`.
+
+/// StartupMessage protocol 3.0.
+pub const PROTOCOL_3_0: u32 = 3 << 16;
+
+/// One message as read off a raw socket.
+pub struct Msg {
+    /// Message type byte.
+    pub tag: u8,
+    /// Everything after the length.
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = &self.body[..self.body.len().min(160)];
+        write!(f, "{}({:?})", self.tag as char, String::from_utf8_lossy(shown))
+    }
+}
+
+impl Msg {
+    /// ErrorResponse / NoticeResponse fields by field type.
+    pub fn fields(&self) -> HashMap<u8, String> {
+        self.body
+            .split(|&b| b == 0)
+            .filter_map(|f| f.split_first())
+            .map(|(&t, v)| (t, String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    /// SQLSTATE of an ErrorResponse.
+    pub fn code(&self) -> String {
+        self.fields().remove(&b'C').unwrap_or_default()
+    }
+
+    /// Primary message of an ErrorResponse.
+    pub fn message(&self) -> String {
+        self.fields().remove(&b'M').unwrap_or_default()
+    }
+
+    /// Big-endian Int32 at `off` in the body.
+    pub fn i32_at(&self, off: usize) -> i32 {
+        i32::from_be_bytes(self.body[off..off + 4].try_into().expect("4 bytes"))
+    }
+
+    /// First column of a DataRow, as text (`None` for NULL).
+    pub fn first_column(&self) -> Option<String> {
+        assert_eq!(self.tag, b'D', "not a DataRow: {self:?}");
+        let len = self.i32_at(2);
+        (len >= 0).then(|| String::from_utf8_lossy(&self.body[6..6 + len as usize]).into_owned())
+    }
+}
+
+/// Reads one message; `None` once pgsluice closed the connection (EOF or reset). Panics if
+/// neither happens within `limit`.
+pub async fn read_msg_within(s: &mut TcpStream, limit: Duration) -> Option<Msg> {
+    let read = async {
+        let mut hdr = [0u8; 5];
+        s.read_exact(&mut hdr).await.ok()?;
+        let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
+        assert!((4..=64 << 20).contains(&len), "pgsluice sent a message {:?} with length {len}", hdr[0] as char);
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.ok()?;
+        Some(Msg { tag: hdr[0], body })
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| panic!("pgsluice neither answered nor closed within {limit:?}"))
+}
+
+/// A tagged message.
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// An untagged startup-family packet: length, code, body.
+pub fn untagged(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32 + 8).to_be_bytes().to_vec();
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A StartupMessage for protocol `version` (`major << 16 | minor`).
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    untagged(version, &body)
+}
+
+/// Simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    frame(b'Q', &body)
+}
+
+/// Parse of the unnamed statement, no parameter types.
+pub fn parse(sql: &str) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(sql.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    frame(b'P', &body)
+}
+
+/// Bind of the unnamed portal to the unnamed statement, text parameters and results.
+pub fn bind(params: &[&str]) -> Vec<u8> {
+    let mut body = vec![0, 0, 0, 0];
+    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&[0, 0]);
+    frame(b'B', &body)
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    frame(b'E', &[0, 0, 0, 0, 0])
+}
+
+/// Sync.
+pub fn sync() -> Vec<u8> {
+    frame(b'S', &[])
 }

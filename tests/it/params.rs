@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -221,15 +221,8 @@ async fn options_items_must_be_tracked_unless_ignored() {
 
 /// Reads one backend message: tag and body.
 async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let read = async {
-        let mut hdr = [0u8; 5];
-        s.read_exact(&mut hdr).await.expect("read header");
-        let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-        let mut body = vec![0; len - 4];
-        s.read_exact(&mut body).await.expect("read body");
-        (hdr[0], body)
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.expect("pgsluice answers within 10 s")
+    let m = read_msg_within(s, Duration::from_secs(10)).await.expect("pgsluice closed the connection");
+    (m.tag, m.body)
 }
 
 /// The NUL-separated strings of a message body.
@@ -240,19 +233,8 @@ fn cstrings(body: &[u8]) -> Vec<String> {
 /// Logs in with raw startup parameters (trust auth) and returns the socket and the
 /// ParameterStatus values of the login reply.
 async fn raw_login(p: &Pooler, params: &[(&str, &str)]) -> (TcpStream, Vec<(String, String)>) {
-    let mut body = Vec::new();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = (body.len() as u32 + 8).to_be_bytes().to_vec();
-    pkt.extend_from_slice(&(3u32 << 16).to_be_bytes());
-    pkt.extend_from_slice(&body);
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&pkt).await.unwrap();
+    s.write_all(&startup_packet(PROTOCOL_3_0, params)).await.unwrap();
     let mut status = Vec::new();
     loop {
         match read_msg(&mut s).await {
@@ -269,11 +251,7 @@ async fn raw_login(p: &Pooler, params: &[(&str, &str)]) -> (TcpStream, Vec<(Stri
 
 /// Runs a simple query on a raw socket; the first column of each DataRow.
 async fn raw_query(s: &mut TcpStream, sql: &str) -> Vec<String> {
-    let mut msg = vec![b'Q'];
-    msg.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
-    msg.extend_from_slice(sql.as_bytes());
-    msg.push(0);
-    s.write_all(&msg).await.unwrap();
+    s.write_all(&query(sql)).await.unwrap();
     let mut out = Vec::new();
     loop {
         match read_msg(s).await {

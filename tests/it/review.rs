@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgsluice::cluster::{Cluster, Primary, Role};
-use pgsluice::localpg::LocalCluster;
 use pgsluice::router::classify::{Classifier, ClassifierSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::harness::*;
 
@@ -25,8 +24,6 @@ const APP_PW: &str = "app-pw";
 const SETUP: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text); ALTER TABLE t OWNER TO app";
 const FAST_PROBES: &str = "health_check_interval = \"200ms\"";
 
-type Node = Arc<LocalCluster>;
-
 // === topology ===
 
 struct Topo {
@@ -35,11 +32,7 @@ struct Topo {
 }
 
 async fn psql(node: &Node, sql: &str) -> String {
-    let (node, sql) = (node.clone(), sql.to_string());
-    blocking(move || {
-        node.psql(APP, &sql).unwrap_or_else(|e| panic!("psql on port {}: {e}\n{}", node.port(), node.log_tail(20)))
-    })
-    .await
+    node_psql_async(node, APP, sql).await
 }
 
 impl Topo {
@@ -82,11 +75,7 @@ impl Topo {
 
     async fn client(&self, extra: &str) -> Client {
         let connstr = format!("{} {extra}", self.pooler.connstr(APP, APP_PW, APP));
-        let (client, conn) = tokio_postgres::connect(&connstr, NoTls).await.expect("connect via pgsluice");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        connect_str(&connstr).await.expect("connect via pgsluice")
     }
 
     async fn raw(&self) -> Raw {
@@ -103,68 +92,6 @@ impl Topo {
 }
 
 // === raw protocol ===
-
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = &self.body[..self.body.len().min(160)];
-        write!(f, "{}({:?})", self.tag as char, String::from_utf8_lossy(shown))
-    }
-}
-
-impl Msg {
-    fn field(&self, t: u8) -> String {
-        self.body
-            .split(|&b| b == 0)
-            .filter_map(|f| f.split_first())
-            .find(|(&k, _)| k == t)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn first_column(&self) -> Option<String> {
-        let len = i32::from_be_bytes(self.body[2..6].try_into().unwrap());
-        (len >= 0).then(|| String::from_utf8_lossy(&self.body[6..6 + len as usize]).into_owned())
-    }
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    frame(b'Q', &body)
-}
-
-/// Parse of the unnamed statement.
-fn parse(sql: &str) -> Vec<u8> {
-    let mut body = vec![0];
-    body.extend_from_slice(sql.as_bytes());
-    body.extend_from_slice(&[0, 0, 0]);
-    frame(b'P', &body)
-}
-
-/// Bind of the unnamed portal to the unnamed statement, no parameters.
-fn bind() -> Vec<u8> {
-    frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0])
-}
-
-fn execute() -> Vec<u8> {
-    frame(b'E', &[0, 0, 0, 0, 0])
-}
-
-fn sync() -> Vec<u8> {
-    frame(b'S', &[])
-}
 
 fn flush() -> Vec<u8> {
     frame(b'H', &[])
@@ -189,7 +116,7 @@ fn bind_named(name: &str) -> Vec<u8> {
 
 /// Parse + Bind + Execute of `sql` (unnamed).
 fn pbe(sql: &str) -> Vec<u8> {
-    [parse(sql), bind(), execute()].concat()
+    [parse(sql), bind(&[]), execute()].concat()
 }
 
 struct Raw {
@@ -210,18 +137,7 @@ impl Raw {
         let s = sock.connect(addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
         let mut r = Raw { s };
-        let mut body = Vec::new();
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut pkt = (body.len() as u32 + 8).to_be_bytes().to_vec();
-        pkt.extend_from_slice(&(3u32 << 16).to_be_bytes());
-        pkt.extend_from_slice(&body);
-        r.send(&pkt).await;
+        r.send(&startup_packet(PROTOCOL_3_0, &[("user", user), ("database", db)])).await;
         let msgs = r.until_ready(1).await;
         assert!(!msgs.iter().any(|m| m.tag == b'E'), "login failed: {msgs:?}");
         r
@@ -232,16 +148,7 @@ impl Raw {
     }
 
     async fn msg(&mut self) -> Option<Msg> {
-        let read = async {
-            let mut hdr = [0u8; 5];
-            self.s.read_exact(&mut hdr).await.ok()?;
-            let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-            assert!((4..=64 << 20).contains(&len), "bad length {len} for {:?}", hdr[0] as char);
-            let mut body = vec![0; len - 4];
-            self.s.read_exact(&mut body).await.ok()?;
-            Some(Msg { tag: hdr[0], body })
-        };
-        tokio::time::timeout(Duration::from_secs(10), read).await.expect("no answer within 10 s")
+        read_msg_within(&mut self.s, Duration::from_secs(10)).await
     }
 
     /// Messages up to and including the `n`-th ReadyForQuery.
@@ -271,7 +178,7 @@ impl Raw {
 }
 
 fn errors(msgs: &[Msg]) -> Vec<String> {
-    msgs.iter().filter(|m| m.tag == b'E').map(|m| format!("{} {}", m.field(b'C'), m.field(b'M'))).collect()
+    msgs.iter().filter(|m| m.tag == b'E').map(|m| format!("{} {}", m.code(), m.message())).collect()
 }
 
 fn first_value(msgs: &[Msg]) -> Option<String> {

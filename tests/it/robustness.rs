@@ -4,7 +4,6 @@
 //! mid-query, unreachable servers, and large traffic (10 MB values, 100k-row results, COPY,
 //! pipelining). Protocol-level tests speak raw bytes over a `TcpStream`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,130 +19,16 @@ use crate::harness::*;
 
 /// Longest any single raw read may wait before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(5);
-/// StartupMessage protocol 3.0.
-const PROTOCOL_3_0: u32 = 3 << 16;
 /// SSLRequest code.
 const SSL_REQUEST: u32 = 80_877_103;
 /// GSSENCRequest code.
 const GSSENC_REQUEST: u32 = 80_877_104;
-
-/// One message as read off a raw socket.
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = &self.body[..self.body.len().min(120)];
-        write!(f, "{}({:?})", self.tag as char, String::from_utf8_lossy(shown))
-    }
-}
-
-impl Msg {
-    /// ErrorResponse / NoticeResponse fields by field type.
-    fn fields(&self) -> HashMap<u8, String> {
-        self.body
-            .split(|&b| b == 0)
-            .filter_map(|f| f.split_first())
-            .map(|(&t, v)| (t, String::from_utf8_lossy(v).into_owned()))
-            .collect()
-    }
-
-    /// SQLSTATE of an ErrorResponse.
-    fn code(&self) -> String {
-        self.fields().remove(&b'C').unwrap_or_default()
-    }
-
-    /// Primary message of an ErrorResponse.
-    fn message(&self) -> String {
-        self.fields().remove(&b'M').unwrap_or_default()
-    }
-
-    /// Big-endian Int32 at `off` in the body.
-    fn i32_at(&self, off: usize) -> i32 {
-        i32::from_be_bytes(self.body[off..off + 4].try_into().expect("4 bytes"))
-    }
-
-    /// First column of a DataRow, as text (`None` for NULL).
-    fn first_column(&self) -> Option<String> {
-        assert_eq!(self.tag, b'D', "not a DataRow: {self:?}");
-        let len = self.i32_at(2);
-        (len >= 0).then(|| String::from_utf8_lossy(&self.body[6..6 + len as usize]).into_owned())
-    }
-}
-
-/// A tagged message.
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// An untagged startup-family packet: length, code, body.
-fn untagged(code: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = (body.len() as u32 + 8).to_be_bytes().to_vec();
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// A StartupMessage for protocol `version` (`major << 16 | minor`).
-fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    untagged(version, &body)
-}
 
 /// The usual StartupMessage (3.0) for `db`'s role and database, plus `extra` parameters.
 fn startup_for(db: &TestDb, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut params = vec![("user", db.name.as_str()), ("database", db.name.as_str())];
     params.extend_from_slice(extra);
     startup_packet(PROTOCOL_3_0, &params)
-}
-
-/// Simple Query.
-fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    frame(b'Q', &body)
-}
-
-/// Parse of the unnamed statement, no parameter types.
-fn parse(sql: &str) -> Vec<u8> {
-    let mut body = vec![0];
-    body.extend_from_slice(sql.as_bytes());
-    body.extend_from_slice(&[0, 0, 0]);
-    frame(b'P', &body)
-}
-
-/// Bind of the unnamed portal to the unnamed statement, text parameters and results.
-fn bind(params: &[&str]) -> Vec<u8> {
-    let mut body = vec![0, 0, 0, 0];
-    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&[0, 0]);
-    frame(b'B', &body)
-}
-
-/// Execute of the unnamed portal, all rows.
-fn execute() -> Vec<u8> {
-    frame(b'E', &[0, 0, 0, 0, 0])
-}
-
-/// Sync.
-fn sync() -> Vec<u8> {
-    frame(b'S', &[])
 }
 
 /// Connects a raw socket to the pooler.
@@ -155,16 +40,7 @@ async fn raw(p: &Pooler) -> TcpStream {
 
 /// Reads one message; `None` once the pooler closed the connection (EOF or reset).
 async fn read_msg(s: &mut TcpStream) -> Option<Msg> {
-    let read = async {
-        let mut hdr = [0u8; 5];
-        s.read_exact(&mut hdr).await.ok()?;
-        let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-        assert!((4..=64 << 20).contains(&len), "pgsluice sent a message {:?} with length {len}", hdr[0] as char);
-        let mut body = vec![0; len - 4];
-        s.read_exact(&mut body).await.ok()?;
-        Some(Msg { tag: hdr[0], body })
-    };
-    tokio::time::timeout(READ_LIMIT, read).await.expect("pgsluice neither answered nor closed within 5 s")
+    read_msg_within(s, READ_LIMIT).await
 }
 
 /// Reads one message that must be there.

@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgsluice::cluster::{Cluster, Health, HostSnapshot, Primary, Role};
-use pgsluice::localpg::LocalCluster;
+use pgsluice::cluster::{Cluster, Health, Primary};
 use pgsluice::router::RouteCounts;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::*;
 
@@ -45,9 +44,6 @@ const SETUP: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text); ALTER TABLE
 /// Fast probes, so that lag and deaths are seen within a second.
 const FAST_PROBES: &str = "health_check_interval = \"200ms\"";
 
-/// One PostgreSQL server of a test topology.
-type Node = Arc<LocalCluster>;
-
 // === setup ===
 
 /// A primary (node 0), its replicas, and pgsluice serving `app` (plus aliases) over them.
@@ -63,11 +59,7 @@ async fn start_nodes(replicas: usize) -> Vec<Node> {
 
 /// `psql` as the superuser in `app` on `node`, panicking with the server log on failure.
 async fn psql(node: &Node, sql: &str) -> String {
-    let (node, sql) = (node.clone(), sql.to_string());
-    blocking(move || {
-        node.psql(APP, &sql).unwrap_or_else(|e| panic!("psql on port {}: {e}\n{}", node.port(), node.log_tail(20)))
-    })
-    .await
+    node_psql_async(node, APP, sql).await
 }
 
 /// Writes a little WAL on the primary. After `pg_basebackup` its WAL position is the start of
@@ -110,7 +102,7 @@ impl Topo {
         let pooler = start_pooler(&nodes, general, aliases, sections).await;
         let t = Topo { nodes, pooler };
         for db in std::iter::once(APP).chain(aliases.iter().map(|(name, _)| *name)) {
-            wait_settled(&t.cluster(db)).await;
+            wait_settled(&t.cluster(db), 0).await;
         }
         t
     }
@@ -217,44 +209,7 @@ impl std::fmt::Display for Tally {
     }
 }
 
-/// Host `i` is a replica pgsluice considers healthy and eligible for reads.
-fn healthy_replica(hosts: &[HostSnapshot], i: usize) -> bool {
-    let h = &hosts[i];
-    h.status.role == Role::Replica && h.status.up && h.status.eligible && h.health == Health::Up
-}
-
-/// Waits until `pred(primary, hosts)` holds; panics with the topology after `timeout`.
-async fn wait_topology(c: &Cluster, timeout: Duration, what: &str, pred: impl Fn(Primary, &[HostSnapshot]) -> bool) {
-    let ok = eventually(timeout, || pred(c.primary(), &c.snapshot())).await;
-    assert!(ok, "{what}: not within {timeout:?}; primary {:?}, hosts {:#?}", c.primary(), c.snapshot());
-}
-
-/// Waits until host 0 is the primary and every other host a healthy replica.
-async fn wait_settled(c: &Cluster) {
-    wait_topology(c, Duration::from_secs(10), "initial topology", |p, hosts| {
-        p == Primary::Host(0)
-            && hosts[0].status.role == Role::Primary
-            && hosts[0].health == Health::Up
-            && (1..hosts.len()).all(|i| healthy_replica(hosts, i))
-    })
-    .await
-}
-
 // === requests ===
-
-/// Connects with a libpq-style connection string.
-async fn connect(connstr: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(connstr, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Short form of a client-side error: SQLSTATE and message.
-fn short(e: &tokio_postgres::Error) -> String {
-    format!("{} {}", sqlstate(e).unwrap_or_else(|| "-----".into()), message(e))
-}
 
 /// Port of the server that ran `sql` (whose first column is `inet_server_port()`), simple
 /// protocol.
@@ -295,7 +250,7 @@ async fn reads(c: &Client, n: usize, what: &str) -> Vec<u16> {
 /// Inserts ids `base + 1, base + 2, ...` through pgsluice every ~20 ms until `stop` (moves
 /// the primary's WAL position); returns how many succeeded and the failures.
 async fn write_loop(connstr: String, base: i64, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
-    let c = connect(&connstr).await.unwrap_or_else(|e| panic!("writer connect: {e}"));
+    let c = connect_str(&connstr).await.unwrap_or_else(|e| panic!("writer connect: {e}"));
     let (mut ok, mut errors) = (0, Vec::new());
     let mut id = base;
     while !stop.load(Ordering::Relaxed) {
@@ -658,7 +613,7 @@ async fn read_your_writes_with_delayed_replicas() {
 
     let lsn = start_pooler(&nodes, &[&general[..], &["read_your_writes = \"lsn\""]].concat(), &[], &[]).await;
     let t = Topo { nodes, pooler: lsn };
-    wait_settled(&t.cluster(APP)).await;
+    wait_settled(&t.cluster(APP), 0).await;
     let (stale_lsn, tally_lsn, took_lsn) = write_then_read(&t, 1, ITERATIONS).await;
     let counts_lsn = t.counts(APP);
     println!(
@@ -687,7 +642,7 @@ async fn read_your_writes_with_delayed_replicas() {
 
     let off = start_pooler(&nodes, &[&general[..], &["read_your_writes = \"off\""]].concat(), &[], &[]).await;
     let t = Topo { nodes, pooler: off };
-    wait_settled(&t.cluster(APP)).await;
+    wait_settled(&t.cluster(APP), 0).await;
     let (stale_off, tally_off, took_off) = write_then_read(&t, 1_000_000, ITERATIONS).await;
     println!(
         "ROUTING RYW off: {stale_off} stale of {ITERATIONS} in {} ms; reads per node {tally_off}; route stats {:?}",
@@ -700,7 +655,7 @@ async fn read_your_writes_with_delayed_replicas() {
     // With read_your_writes_wait, a read right after a write waits for a replica to replay it.
     let waiting = [&general[..], &["read_your_writes = \"lsn\"", "read_your_writes_wait = \"3s\""]].concat();
     let t = Topo { pooler: start_pooler(&nodes, &waiting, &[], &[]).await, nodes };
-    wait_settled(&t.cluster(APP)).await;
+    wait_settled(&t.cluster(APP), 0).await;
     let c = t.client(APP).await;
     let sel = c.prepare("SELECT (SELECT count(*) FROM t WHERE id = $1), inet_server_port()").await.unwrap();
     let mut waited = Vec::new();
@@ -1091,7 +1046,7 @@ async fn default_transaction_read_only_client_reads_on_replicas() {
     let t = Topo::start(2, &general, &[], &[]).await;
     let (primary, replicas) = (t.port(0), t.replica_ports());
     let connstr = format!("{} options='-c default_transaction_read_only=on'", t.pooler.connstr(APP, APP_PW, APP));
-    let c = connect(&connstr).await.expect("connect with options");
+    let c = connect_str(&connstr).await.expect("connect with options");
     assert_eq!(simple_one(&c, "SHOW default_transaction_read_only").await, "on");
 
     let mut used = Vec::new();

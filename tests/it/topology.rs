@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgsluice::cluster::{BreakerState, Cluster, Health, HostSnapshot, Primary, Role};
-use pgsluice::localpg::{ClusterOptions, LocalCluster};
-use tokio_postgres::{Client, NoTls};
+use pgsluice::cluster::{BreakerState, Cluster, Health, Primary, Role};
+use pgsluice::localpg::LocalCluster;
+use tokio_postgres::Client;
 
 use crate::harness::*;
 
@@ -29,57 +29,30 @@ const SU_PW: &str = "topo-su-pw";
 const APP: &str = "app";
 /// Password of `app` (plaintext in the auth_file, SCRAM in PostgreSQL).
 const APP_PW: &str = "app-pw";
-
-/// One PostgreSQL server of a test topology.
-type Node = Arc<LocalCluster>;
+/// Schema of `app`.
+const SETUP: &str = "CREATE TABLE t (id bigint PRIMARY KEY); ALTER TABLE t OWNER TO app";
 
 // === setup ===
 
-/// Runs a blocking closure off the async worker threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
-}
-
 /// `psql` as the superuser on `node`, panicking with the server log on failure (blocking).
 fn psql(node: &LocalCluster, sql: &str) -> String {
-    node.psql(APP, sql).unwrap_or_else(|e| panic!("psql on port {}: {e}\n{}", node.port(), node.log_tail(20)))
+    node_psql(node, APP, sql)
 }
 
 /// `psql` off the async worker threads.
 async fn psql_async(node: &Node, sql: &str) -> String {
-    let (node, sql) = (node.clone(), sql.to_string());
-    blocking(move || psql(&node, &sql)).await
+    node_psql_async(node, APP, sql).await
 }
 
 /// Starts a primary with role/database `app` and table `t`, then `replicas` streaming
 /// replicas of it (in parallel). Node 0 is the primary. Blocking.
 fn start_nodes(replicas: usize) -> Vec<Node> {
-    let opts = ClusterOptions {
-        superuser_password: SU_PW.into(),
-        extra_conf: vec![("shared_buffers".into(), "32MB".into())],
-        ..ClusterOptions::default()
-    };
-    let primary = LocalCluster::start_primary(opts).unwrap_or_else(|e| panic!("start primary: {e}"));
-    primary.create_user_and_db(APP, APP_PW).unwrap_or_else(|e| panic!("create app: {e}"));
-    psql(&primary, "CREATE TABLE t (id bigint PRIMARY KEY); ALTER TABLE t OWNER TO app");
-    let replicas: Vec<LocalCluster> = std::thread::scope(|s| {
-        let started: Vec<_> = (0..replicas).map(|_| s.spawn(|| LocalCluster::start_replica(&primary, 0))).collect();
-        started
-            .into_iter()
-            .map(|h| h.join().expect("replica thread").unwrap_or_else(|e| panic!("start replica: {e}")))
-            .collect()
-    });
-    std::iter::once(primary).chain(replicas).map(Arc::new).collect()
+    start_replication(SU_PW, APP, APP_PW, SETUP, replicas)
 }
 
 /// [`start_nodes`] off the async worker threads.
 async fn nodes(replicas: usize) -> Vec<Node> {
     blocking(move || start_nodes(replicas)).await
-}
-
-/// A `hosts` entry for `node` (TOML string).
-fn host(node: &LocalCluster) -> String {
-    format!("\"127.0.0.1:{}\"", node.port())
 }
 
 /// pgsluice serving database `app` over `hosts` (TOML entries), probing as the superuser,
@@ -101,52 +74,7 @@ fn cluster(p: &Pooler) -> Arc<Cluster> {
     p.handle.as_ref().expect("pgsluice running").shared.cluster(APP).expect("cluster for app")
 }
 
-/// Everything about the topology, for assertion messages.
-fn describe(c: &Cluster) -> String {
-    format!("primary {:?}, failovers {}, hosts {:#?}", c.primary(), c.failovers(), c.snapshot())
-}
-
-/// Waits until `pred(primary, hosts)` holds; panics with the topology after `timeout`.
-/// Returns how long it took.
-async fn wait_topology(
-    c: &Cluster,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(Primary, &[HostSnapshot]) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    let ok = eventually(timeout, || pred(c.primary(), &c.snapshot())).await;
-    assert!(ok, "{what}: not within {timeout:?}; {}", describe(c));
-    started.elapsed()
-}
-
-/// Host `i` is a replica pgsluice considers healthy and eligible for reads.
-fn healthy_replica(hosts: &[HostSnapshot], i: usize) -> bool {
-    let h = &hosts[i];
-    h.status.role == Role::Replica && h.status.up && h.status.eligible && h.health == Health::Up
-}
-
-/// Waits until host `primary` is the primary and every other host a healthy replica.
-async fn wait_settled(c: &Cluster, primary: usize) -> Duration {
-    wait_topology(c, Duration::from_secs(10), "initial topology", |p, hosts| {
-        p == Primary::Host(primary)
-            && hosts[primary].status.role == Role::Primary
-            && hosts[primary].health == Health::Up
-            && (0..hosts.len()).filter(|&i| i != primary).all(|i| healthy_replica(hosts, i))
-    })
-    .await
-}
-
 // === clients ===
-
-/// Connects to pgsluice with a libpq-style connection string.
-async fn connect(connstr: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(connstr, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
 
 /// Connects as `app`, panicking on failure.
 async fn app_client(p: &Pooler) -> Client {
@@ -157,11 +85,6 @@ async fn app_client(p: &Pooler) -> Client {
 async fn insert(c: &Client, id: i64) -> Result<u16, tokio_postgres::Error> {
     let port = scalar(c, &format!("INSERT INTO t (id) VALUES ({id}) RETURNING inet_server_port()")).await?;
     Ok(port.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("insert {id}: no port returned")))
-}
-
-/// Short form of a client-side error: SQLSTATE and message.
-fn short(e: &tokio_postgres::Error) -> String {
-    format!("{} {}", sqlstate(e).unwrap_or_else(|| "-----".into()), message(e))
 }
 
 /// Ids present in `t` on `node`.
@@ -217,7 +140,7 @@ async fn write_loop(connstr: String, writer: i64, stop: Arc<AtomicBool>, log: Ar
     while !stop.load(Ordering::Relaxed) {
         let c = match client.take() {
             Some(c) if !c.is_closed() => c,
-            _ => match connect(&connstr).await {
+            _ => match connect_str(&connstr).await {
                 Ok(c) => c,
                 Err(e) => {
                     log.error(format!("connect: {}", short(&e)));
@@ -259,7 +182,8 @@ async fn roles_are_discovered_whatever_the_host_order() {
     let nodes = nodes(2).await;
     let (primary, r1, r2) = (&nodes[0], &nodes[1], &nodes[2]);
     // Replicas first (one with a role hint), the primary last.
-    let hosts = [host(r1), format!("{{ host = \"127.0.0.1:{}\", role = \"replica\" }}", r2.port()), host(primary)];
+    let hosts =
+        [host_entry(r1), format!("{{ host = \"127.0.0.1:{}\", role = \"replica\" }}", r2.port()), host_entry(primary)];
     let p = start_pooler(&hosts, &["health_check_interval = \"500ms\""]).await;
     let c = cluster(&p);
     assert!(c.is_probed(), "a multi-host database is probed");
@@ -279,16 +203,17 @@ async fn roles_are_discovered_whatever_the_host_order() {
     }
     assert_eq!(snap[2].status.timeline, Some(1), "primary's timeline: {snap:#?}");
     assert!(!snap[2].status.eligible, "the primary is not a read replica: {snap:#?}");
-    assert_eq!(c.failovers(), 0, "{}", describe(&c));
+    assert_eq!(c.failovers(), 0, "{}", describe_cluster(&c));
 
     let client = app_client(&p).await;
     // (Reads go to replicas since read routing exists: ask the primary explicitly.)
     let on_primary = "/* pgsluice:primary */ SELECT pg_is_in_recovery()";
-    assert_eq!(simple_one(&client, on_primary).await, "f", "{}", describe(&c));
+    assert_eq!(simple_one(&client, on_primary).await, "f", "{}", describe_cluster(&c));
     let port = simple_one(&client, "/* pgsluice:primary */ SELECT inet_server_port()").await;
     assert_eq!(port, primary.port().to_string());
-    let port = insert(&client, 1).await.unwrap_or_else(|e| panic!("write through pgsluice: {e}; {}", describe(&c)));
-    assert_eq!(port, primary.port(), "{}", describe(&c));
+    let port =
+        insert(&client, 1).await.unwrap_or_else(|e| panic!("write through pgsluice: {e}; {}", describe_cluster(&c)));
+    assert_eq!(port, primary.port(), "{}", describe_cluster(&c));
     assert_eq!(psql_async(primary, "SELECT count(*) FROM t WHERE id = 1").await, "1");
     // The replicas keep streaming and stay eligible.
     wait_topology(&c, Duration::from_secs(5), "replicas stay healthy after a write", |_, hosts| {
@@ -327,7 +252,7 @@ async fn failover_under_write_load(run: usize) -> FailoverRun {
     const WRITERS: i64 = 20;
     let nodes = nodes(2).await;
     let (old, new) = (nodes[0].clone(), nodes[1].clone());
-    let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+    let hosts: Vec<String> = nodes.iter().map(|n| host_entry(n)).collect();
     // Default probe period (1s) and thresholds: the switch must not depend on fast probes.
     let p = start_pooler(&hosts, &["health_check_interval = \"1s\"", "failover_wait_timeout = \"10s\""]).await;
     let c = cluster(&p);
@@ -370,7 +295,7 @@ async fn failover_under_write_load(run: usize) -> FailoverRun {
     }
     let (acks, errors) = (log.acks(), log.errors());
     let Some(first) = first_new(&acks) else {
-        panic!("no write reached the new primary; errors {:?}; {}", tally(&errors), describe(&c));
+        panic!("no write reached the new primary; errors {:?}; {}", tally(&errors), describe_cluster(&c));
     };
 
     let present = ids_on(&new).await;
@@ -405,18 +330,18 @@ async fn failover_under_write_load(run: usize) -> FailoverRun {
         run_figures.promoted_to_first_write <= Duration::from_secs(3),
         "first write on the new primary {:?} after the promotion: {run_figures:?}; {}",
         run_figures.promoted_to_first_write,
-        describe(&c)
+        describe_cluster(&c)
     );
     let late_on_old: Vec<&Ack> = acks.iter().filter(|a| a.port == old.port() && a.started > first).collect();
     assert!(late_on_old.is_empty(), "writes sent to the old primary after the switch: {late_on_old:?}");
-    assert_eq!(c.primary(), Primary::Host(1), "{}", describe(&c));
-    assert_eq!(c.failovers(), 1, "{}", describe(&c));
+    assert_eq!(c.primary(), Primary::Host(1), "{}", describe_cluster(&c));
+    assert_eq!(c.failovers(), 1, "{}", describe_cluster(&c));
 
     // Clients idle during the failover write on the new primary, first try.
     for (k, client) in idle.iter().enumerate() {
         let id = 900_000_000 + k as i64;
         let port = insert(client, id).await.unwrap_or_else(|e| panic!("idle client {k} after the failover: {e}"));
-        assert_eq!(port, new_port, "idle client {k}: {}", describe(&c));
+        assert_eq!(port, new_port, "idle client {k}: {}", describe_cluster(&c));
     }
 
     // Nothing the new primary acknowledged is missing from it.
@@ -447,7 +372,7 @@ async fn failover_five_times() {
 async fn old_primary_back_on_an_older_timeline_is_fenced() {
     let nodes = nodes(1).await;
     let (old, new) = (nodes[0].clone(), nodes[1].clone());
-    let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+    let hosts: Vec<String> = nodes.iter().map(|n| host_entry(n)).collect();
     let p = start_pooler(&hosts, &["health_check_interval = \"200ms\""]).await;
     let c = cluster(&p);
     wait_settled(&c, 0).await;
@@ -470,7 +395,7 @@ async fn old_primary_back_on_an_older_timeline_is_fenced() {
     assert_eq!((snap[0].status.timeline, snap[1].status.timeline), (Some(1), Some(2)), "{snap:#?}");
     assert_eq!(snap[1].status.role, Role::Primary, "{snap:#?}");
     assert!(!snap[0].status.eligible, "a fenced host takes no reads: {snap:#?}");
-    assert_eq!(c.failovers(), 1, "{}", describe(&c));
+    assert_eq!(c.failovers(), 1, "{}", describe_cluster(&c));
     assert_eq!(insert(&client, 100).await.expect("write after the promotion"), new.port());
 
     // The old primary's pooled connections are drained.
@@ -480,7 +405,7 @@ async fn old_primary_back_on_an_older_timeline_is_fenced() {
         drained = psql_async(&old, app_conns).await == "0";
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(drained, "pgsluice still has connections to the fenced old primary: {}", describe(&c));
+    assert!(drained, "pgsluice still has connections to the fenced old primary: {}", describe_cluster(&c));
 
     // Killed and restarted: it comes back writable on timeline 1, and stays fenced.
     let o = old.clone();
@@ -500,20 +425,24 @@ async fn old_primary_back_on_an_older_timeline_is_fenced() {
         h.last_error.is_none() && h.in_recovery == Some(false) && h.fenced && hosts[0].health == Health::Fenced
     })
     .await;
-    assert!(!flipped.load(Ordering::Relaxed), "the primary changed while the old one came back: {}", describe(&c));
+    assert!(
+        !flipped.load(Ordering::Relaxed),
+        "the primary changed while the old one came back: {}",
+        describe_cluster(&c)
+    );
     // A few more probe rounds: nothing moves.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let snap = c.snapshot();
     assert_eq!(c.primary(), Primary::Host(1), "{snap:#?}");
     assert!(snap[0].status.fenced && snap[0].status.timeline == Some(1), "{snap:#?}");
-    assert_eq!(c.failovers(), 1, "{}", describe(&c));
+    assert_eq!(c.failovers(), 1, "{}", describe_cluster(&c));
 
     // Writes (from the old and from a new client) land on the new primary only.
     let fresh = app_client(&p).await;
     for id in 200..210 {
         let cl = if id % 2 == 0 { &client } else { &fresh };
-        let port = insert(cl, id).await.unwrap_or_else(|e| panic!("write {id}: {e}; {}", describe(&c)));
-        assert_eq!(port, new.port(), "write {id}: {}", describe(&c));
+        let port = insert(cl, id).await.unwrap_or_else(|e| panic!("write {id}: {e}; {}", describe_cluster(&c)));
+        assert_eq!(port, new.port(), "write {id}: {}", describe_cluster(&c));
     }
     let on_old = psql_async(&old, "SELECT count(*) FROM t WHERE id >= 100").await;
     assert_eq!(on_old, "0", "rows written after the failover reached the fenced old primary");
@@ -526,7 +455,7 @@ async fn lagging_replica_is_not_eligible_until_it_catches_up() {
     const INTERVAL: Duration = Duration::from_millis(200);
     let nodes = nodes(1).await;
     let replica = nodes[1].clone();
-    let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+    let hosts: Vec<String> = nodes.iter().map(|n| host_entry(n)).collect();
     let p = start_pooler(&hosts, &["health_check_interval = \"200ms\"", "max_replica_lag = \"1s\""]).await;
     let c = cluster(&p);
     wait_settled(&c, 0).await;
@@ -557,7 +486,7 @@ async fn lagging_replica_is_not_eligible_until_it_catches_up() {
     })
     .await;
     println!("TOPOLOGY resumed replica eligible again after {} ms", took.as_millis());
-    assert!(took <= 2 * INTERVAL + Duration::from_millis(1100), "recovery took {took:?}: {}", describe(&c));
+    assert!(took <= 2 * INTERVAL + Duration::from_millis(1100), "recovery took {took:?}: {}", describe_cluster(&c));
     let snap = c.snapshot();
     assert!(snap[1].status.lag.is_some_and(|l| l.time <= Duration::from_secs(1)), "{snap:#?}");
 
@@ -571,7 +500,7 @@ async fn lagging_replica_is_not_eligible_until_it_catches_up() {
 async fn dead_replica_is_marked_down_breaker_opens_and_it_comes_back() {
     let nodes = nodes(1).await;
     let replica = nodes[1].clone();
-    let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+    let hosts: Vec<String> = nodes.iter().map(|n| host_entry(n)).collect();
     let general = [
         "health_check_interval = \"200ms\"",
         "health_check_fail_threshold = 3",
@@ -594,8 +523,8 @@ async fn dead_replica_is_marked_down_breaker_opens_and_it_comes_back() {
     .await;
     println!("TOPOLOGY killed replica marked down after {} ms", took.as_millis());
     // 3 failed probes 200 ms apart, plus slack for a loaded machine.
-    assert!(took <= Duration::from_millis(3 * 200 + 1000), "down after {took:?}: {}", describe(&c));
-    assert!(c.snapshot()[1].status.last_error.is_some(), "{}", describe(&c));
+    assert!(took <= Duration::from_millis(3 * 200 + 1000), "down after {took:?}: {}", describe_cluster(&c));
+    assert!(c.snapshot()[1].status.last_error.is_some(), "{}", describe_cluster(&c));
 
     let took = wait_topology(&c, Duration::from_secs(5), "breaker of the dead replica opens", |_, hosts| {
         matches!(hosts[1].breaker, BreakerState::Open { .. }) && hosts[1].health == Health::BreakerOpen
@@ -609,7 +538,7 @@ async fn dead_replica_is_marked_down_breaker_opens_and_it_comes_back() {
         .await;
 
     // The primary is unaffected.
-    assert_eq!(c.primary(), Primary::Host(0), "{}", describe(&c));
+    assert_eq!(c.primary(), Primary::Host(0), "{}", describe_cluster(&c));
     assert_eq!(insert(&client, 1).await.expect("write with a replica down"), nodes[0].port());
 
     let r = replica.clone();
@@ -620,9 +549,9 @@ async fn dead_replica_is_marked_down_breaker_opens_and_it_comes_back() {
     .await;
     println!("TOPOLOGY restarted replica up and eligible again after {} ms", took.as_millis());
     // Breaker trial within max_backoff, then 2 good probes, plus slack.
-    assert!(took <= Duration::from_millis(600 + 2 * 200 + 1500), "back after {took:?}: {}", describe(&c));
-    assert_eq!(c.primary(), Primary::Host(0), "{}", describe(&c));
-    assert_eq!(c.failovers(), 0, "{}", describe(&c));
+    assert!(took <= Duration::from_millis(600 + 2 * 200 + 1500), "back after {took:?}: {}", describe_cluster(&c));
+    assert_eq!(c.primary(), Primary::Host(0), "{}", describe_cluster(&c));
+    assert_eq!(c.failovers(), 0, "{}", describe_cluster(&c));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,7 +559,7 @@ async fn write_waits_for_a_primary_then_fails_or_lands_on_the_promoted_one() {
     const WAIT: Duration = Duration::from_secs(2);
     let nodes = nodes(1).await;
     let (old, new) = (nodes[0].clone(), nodes[1].clone());
-    let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+    let hosts: Vec<String> = nodes.iter().map(|n| host_entry(n)).collect();
     let p = start_pooler(&hosts, &["health_check_interval = \"200ms\"", "failover_wait_timeout = \"2s\""]).await;
     let c = cluster(&p);
     wait_settled(&c, 0).await;
@@ -646,7 +575,7 @@ async fn write_waits_for_a_primary_then_fails_or_lands_on_the_promoted_one() {
     let waited = started.elapsed();
     println!("TOPOLOGY write right after the primary died failed after {} ms: {}", waited.as_millis(), short(&e));
     assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{e}");
-    assert!(message(&e).contains("no primary server is available"), "{e}; {}", describe(&c));
+    assert!(message(&e).contains("no primary server is available"), "{e}; {}", describe_cluster(&c));
     assert!(
         waited >= WAIT - Duration::from_millis(100) && waited <= WAIT + Duration::from_millis(1500),
         "failed after {waited:?}, failover_wait_timeout is {WAIT:?}"
@@ -681,12 +610,12 @@ async fn write_waits_for_a_primary_then_fails_or_lands_on_the_promoted_one() {
     let n = new.clone();
     blocking(move || n.promote().unwrap_or_else(|e| panic!("promote: {e}"))).await;
     let (res, waited) = write.await.expect("write task");
-    let port = res.unwrap_or_else(|e| panic!("write waiting for a primary: {e}; {}", describe(&c)));
+    let port = res.unwrap_or_else(|e| panic!("write waiting for a primary: {e}; {}", describe_cluster(&c)));
     println!("TOPOLOGY write waiting for a primary landed after {} ms", waited.as_millis());
-    assert_eq!(port, new.port(), "{}", describe(&c));
+    assert_eq!(port, new.port(), "{}", describe_cluster(&c));
     assert!(waited < WAIT, "{waited:?}");
-    assert_eq!(c.primary(), Primary::Host(1), "{}", describe(&c));
-    assert_eq!(c.failovers(), 1, "{}", describe(&c));
+    assert_eq!(c.primary(), Primary::Host(1), "{}", describe_cluster(&c));
+    assert_eq!(c.failovers(), 1, "{}", describe_cluster(&c));
     assert_eq!(psql_async(&new, "SELECT count(*) FROM t WHERE id > 1").await, "1", "only the last write landed");
 }
 
@@ -703,7 +632,7 @@ async fn split_brain_refuses_writes_at_once() {
     .await;
     let bb = b.clone();
     blocking(move || bb.stop(false).unwrap_or_else(|e| panic!("stop b: {e}"))).await;
-    let p = start_pooler(&[host(&a), host(&b)], &["health_check_interval = \"200ms\""]).await;
+    let p = start_pooler(&[host_entry(&a), host_entry(&b)], &["health_check_interval = \"200ms\""]).await;
     let c = cluster(&p);
     wait_topology(&c, Duration::from_secs(10), "a elected while b is stopped", |p, _| p == Primary::Host(0)).await;
     let client = app_client(&p).await;
