@@ -304,6 +304,11 @@ pub struct Cluster {
     created: Instant,
     /// `created`-relative milliseconds of the last throttled probe request (0: none).
     last_throttled_probe: AtomicU64,
+    /// The primary's WAL insert position as last probed, and when (`now_ms` of the probe's
+    /// start; 0: none since the primary was elected). Read-your-writes: every commit made
+    /// before that moment is at or before that position.
+    primary_lsn: AtomicU64,
+    primary_lsn_at: AtomicU64,
 }
 
 impl Cluster {
@@ -343,6 +348,8 @@ impl Cluster {
             failovers: AtomicU64::new(0),
             created: Instant::now(),
             last_throttled_probe: AtomicU64::new(0),
+            primary_lsn: AtomicU64::new(0),
+            primary_lsn_at: AtomicU64::new(0),
         })
     }
 
@@ -401,6 +408,34 @@ impl Cluster {
     /// Asks for an immediate probe of every host.
     pub fn request_probe(&self) {
         self.signals.request_probe();
+    }
+
+    /// Milliseconds since the cluster was created, plus one (never 0): the clock of
+    /// read-your-writes.
+    pub fn now_ms(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The primary's WAL position as measured by a probe that started strictly after
+    /// `since_ms` (a [`Cluster::now_ms`] value): it covers every commit acknowledged before
+    /// `since_ms`. `None` until such a probe has answered.
+    pub fn primary_lsn_after(&self, since_ms: u64) -> Option<u64> {
+        let at = self.primary_lsn_at.load(Ordering::Acquire);
+        (at > since_ms).then(|| self.primary_lsn.load(Ordering::Acquire))
+    }
+
+    /// Coordinator: records the primary's position from a probe that started at `started`.
+    fn publish_primary_lsn(&self, lsn: u64, started: Instant) {
+        // (LSN first: a reader that sees the new time sees at least this position.)
+        self.primary_lsn.fetch_max(lsn, Ordering::AcqRel);
+        let at = started.saturating_duration_since(self.created).as_millis() as u64 + 1;
+        self.primary_lsn_at.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// Coordinator: forgets the old primary's position (a new primary was elected).
+    fn clear_primary_lsn(&self) {
+        self.primary_lsn_at.store(0, Ordering::Release);
+        self.primary_lsn.store(0, Ordering::Release);
     }
 
     /// Asks for an immediate probe unless one was asked this way within the last

@@ -31,7 +31,7 @@ use crate::params::Interner;
 use crate::prepared::KnownStatements;
 
 pub use limit::Limit;
-pub use set::PoolSet;
+pub use set::{PoolSet, Ryw};
 
 /// Why no server connection could be provided.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -31,6 +31,18 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// The WAL position `insert_lsn` stands for as far as replay goes: at the start of a WAL
+/// page the insert position points past the page header (24 bytes, 40 at a segment start),
+/// while a replica that has replayed everything reports the boundary itself. No record ends
+/// inside a page header, so the boundary is what a replica must have reached.
+pub fn record_boundary(insert_lsn: u64) -> u64 {
+    const WAL_PAGE: u64 = 8192;
+    match insert_lsn % WAL_PAGE {
+        24 | 40 => insert_lsn - insert_lsn % WAL_PAGE,
+        _ => insert_lsn,
+    }
+}
+
 /// A replica's lag behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lag {
@@ -98,6 +110,14 @@ mod tests {
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(parse_lsn("1/"), None);
         assert_eq!(parse_lsn("1FFFFFFFF/0"), None);
+    }
+
+    #[test]
+    fn record_boundary_skips_page_headers_only() {
+        assert_eq!(record_boundary(0x500_0028), 0x500_0000, "segment start: long header");
+        assert_eq!(record_boundary(0x500_2018), 0x500_2000, "page start: short header");
+        assert_eq!(record_boundary(0x500_2060), 0x500_2060);
+        assert_eq!(record_boundary(0x500_2000), 0x500_2000);
     }
 
     #[test]

@@ -20,11 +20,14 @@ use super::{encode, Cluster, HostStatus, Role};
 use crate::backend::{self, LoginParams, ServerConn};
 
 /// One round trip: recovery state, WAL positions, replay pause and timeline. The primary's
+/// position is its *insert* position (`pg_current_wal_lsn` is the write position, which with
+/// `synchronous_commit = off` can be behind a commit already acknowledged): read-your-writes
+/// relies on it covering every commit made before the probe started. The primary's
 /// timeline is read from the name of its current WAL file (`pg_walfile_name` refuses to run
 /// during recovery, hence the CASE); a replica's is its WAL receiver's (NULL unless the probe
 /// user may read `pg_stat_wal_receiver`, e.g. as a member of `pg_monitor`).
 pub const PROBE_SQL: &str = "SELECT r, \
-CASE WHEN r THEN NULL ELSE pg_current_wal_lsn() END, \
+CASE WHEN r THEN NULL ELSE pg_current_wal_insert_lsn() END, \
 pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
 CASE WHEN r THEN pg_is_wal_replay_paused() END, \
 CASE WHEN r THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
@@ -34,7 +37,8 @@ FROM pg_is_in_recovery() AS r";
 /// Shortest time between two probes of a host, however often they are requested.
 const MIN_GAP: Duration = Duration::from_millis(50);
 
-type Report = (usize, Result<Probe, String>);
+/// Host, result, and when the probe's query was about to be sent.
+type Report = (usize, Result<Probe, String>, Instant);
 
 /// Probes host `i` until the cluster stops or the coordinator is gone.
 pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Report>) {
@@ -47,7 +51,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
         let started = Instant::now();
         let requests = signals.reprobe_requests.load(Ordering::Acquire);
         let result = probe_once(&cluster, i, &mut conn).await;
-        if tx.send((i, result)).is_err() {
+        if tx.send((i, result, started)).is_err() {
             break;
         }
         let s = &cluster.settings;
@@ -142,7 +146,7 @@ fn parse_probe(row: &[Option<String>]) -> Result<Probe, String> {
     };
     Ok(Probe {
         in_recovery,
-        current_lsn: get(1).and_then(parse_lsn),
+        current_lsn: get(1).and_then(parse_lsn).map(super::lag::record_boundary),
         receive_lsn: get(2).and_then(parse_lsn),
         replay_lsn: get(3).and_then(parse_lsn),
         replay_paused: get(4) == Some("t"),
@@ -163,7 +167,7 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
     let mut floor: Option<u32> = None;
     let mut fenced = vec![false; hosts.len()];
     loop {
-        let (i, result) = tokio::select! {
+        let (i, result, started) = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => return },
             _ = cluster.signals.stop.notified() => return,
         };
@@ -192,12 +196,14 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
                 last_elected = Some(new);
             }
             current = next;
+            cluster.clear_primary_lsn();
             cluster.primary.store(encode(next), Ordering::Release);
             cluster.signals.changed.notify_waiters();
         }
         if current == Primary::Host(i) {
             if let Some(lsn) = hosts[i].last.as_ref().and_then(|p| p.current_lsn) {
                 history.record(now, lsn);
+                cluster.publish_primary_lsn(lsn, started);
             }
             if let Some(tl) = hosts[i].last.as_ref().and_then(|p| p.timeline) {
                 floor = floor.max(Some(tl));

@@ -24,7 +24,7 @@ use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
 use crate::error::{ClientError, ErrorSource};
 use crate::net::Stream;
-use crate::pool::{PoolGuard, PoolSet};
+use crate::pool::{PoolGuard, PoolSet, Ryw};
 use crate::protocol::{status, write};
 use crate::shared::Shared;
 use crate::shutdown::{DrainToken, Shutdown};
@@ -88,7 +88,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         policy,
         classifier: shared.classifier.clone(),
         ryw_lsn: 0,
-        capture_lsn: false,
+        ryw_since: 0,
+        note_write: false,
         deferred_begin: None,
         cancel: l.cancel,
         relay,
@@ -113,11 +114,13 @@ struct Session {
     /// Routing policy (fixed at login).
     policy: Policy,
     classifier: Arc<Classifier>,
-    /// WAL position of this client's last write (read-your-writes); 0 = none,
-    /// `u64::MAX` = unknown (reads go to the primary until the next write is measured).
+    /// Read-your-writes: a primary WAL position covering this client's last write (0: none).
     ryw_lsn: u64,
-    /// The held server was attached for a write: learn its WAL position at release.
-    capture_lsn: bool,
+    /// Read-your-writes: when (`Cluster::now_ms`) this client's last write ended, while no
+    /// probe that started later has measured the primary yet (0: none pending).
+    ryw_since: u64,
+    /// The held server is the primary and may have been written to: note the time at release.
+    note_write: bool,
     /// `transaction_routing = "first_statement"`: a `BEGIN` answered by pgsluice, to be run
     /// on the server the transaction's first statement is routed to.
     deferred_begin: Option<Box<str>>,
@@ -220,7 +223,7 @@ impl Session {
                     }
                 }
                 Event::ClientClosed | Event::ClientIo(_) => {
-                    self.capture_lsn = false;
+                    self.note_write = false;
                     if let Some(mut g) = server.take() {
                         if self.server_clean(g.server()) {
                             self.release(g).await;
@@ -342,10 +345,9 @@ impl Session {
         drop(g);
         // Probe now: the primary may be gone.
         self.pool.cluster().request_probe();
-        // Whatever the write was, its position was not learned: reads go to the primary until
-        // the next write is measured.
-        if std::mem::take(&mut self.capture_lsn) {
-            self.ryw_lsn = u64::MAX;
+        // A write may have committed before the connection died.
+        if std::mem::take(&mut self.note_write) {
+            self.ryw_since = self.pool.cluster().now_ms();
         }
         if !resumable {
             return Err(format!("{why}; the transaction or session state on it is lost"));
@@ -380,9 +382,10 @@ impl Session {
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
     async fn release(&mut self, mut g: PoolGuard) {
-        // First, whatever happens to the connection next: the client's write is done.
-        if std::mem::take(&mut self.capture_lsn) && !Box::pin(self.learn_write_lsn(&mut g)).await {
-            return g.discard();
+        // The client's write is done (whatever happens to the connection next): its reads
+        // need a primary position measured from now on.
+        if std::mem::take(&mut self.note_write) {
+            self.ryw_since = self.pool.cluster().now_ms();
         }
         if g.server().pipeline.poisoned {
             // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
@@ -402,18 +405,23 @@ impl Session {
         // Taken first: if no server can be had, the client gets an error and `Z I` for its
         // request, and the deferred transaction is gone with it.
         let deferred_begin = self.deferred_begin.take();
-        self.capture_lsn = false;
+        self.note_write = false;
         // The keyword scan assumes standard_conforming_strings: with it off, a backslash in a
         // literal could hide a write from it, so nothing is classified.
         let scs_off = self.params.get("standard_conforming_strings").is_some_and(|v| v == "off");
+        let class = if self.policy.classifies() && !scs_off { self.classify_request() } else { None };
         let want = if self.policy.classifies() && !scs_off {
             let read_only = self.params.get("default_transaction_read_only").is_some_and(|v| v == "on");
-            router::want(&self.policy, self.classify_request(), read_only)
+            router::want(&self.policy, class, read_only)
         } else if self.policy.classifies() {
             Want::Primary
         } else {
             router::want(&self.policy, None, false)
         };
+        // A read the client sent to the primary (hint) writes nothing; a read it sent to a
+        // replica by hint is its own choice (no read-your-writes wait).
+        let may_write = class.is_none_or(|c| !c.read_only);
+        let hinted_replica = class.is_some_and(|c| c.hint == crate::router::classify::Hint::Replica);
         // The slow paths are boxed so that their futures do not enlarge every idle session.
         let mut g = match want {
             Want::Primary if !self.policy.classifies() => match self.pool.try_check_out() {
@@ -422,9 +430,16 @@ impl Session {
             },
             Want::Primary => Box::pin(self.pool.check_out_write()).await.map_err(|e| ClientError::from(&e))?,
             Want::Read => {
-                let min_lsn =
-                    if self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn { self.ryw_lsn } else { 0 };
-                Box::pin(self.pool.check_out_read(&self.policy, min_lsn)).await.map_err(|e| ClientError::from(&e))?
+                let ryw = if self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn && !hinted_replica {
+                    self.resolve_ryw();
+                    Ryw { lsn: self.ryw_lsn, since: self.ryw_since }
+                } else {
+                    Ryw::default()
+                };
+                let g =
+                    Box::pin(self.pool.check_out_read(&self.policy, ryw)).await.map_err(|e| ClientError::from(&e))?;
+                self.resolve_ryw();
+                g
             }
         };
         let server = g.server();
@@ -455,13 +470,13 @@ impl Session {
         // write pipelined behind the read is routed (and its WAL position learned) on its own.
         self.txn.requests = 0;
         self.txn.one_request = want == Want::Read;
-        // Read-your-writes: learn the WAL position at release after whatever may have written
-        // on the primary (a write, or a first_statement transaction that began with a read).
+        // Read-your-writes: note the time at release after whatever may have written on the
+        // primary (a write, or a first_statement transaction that began with a read).
         let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
-        self.capture_lsn = self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn
+        self.note_write = self.policy.read_your_writes == crate::config::ReadYourWrites::Lsn
             && self.policy.classifies()
             && on_primary
-            && (want == Want::Primary || began);
+            && ((want == Want::Primary && may_write) || began);
         let server = g.server();
         if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
             // Only on change: the set is shared by many clients, its refcount is a hot line.
@@ -516,6 +531,7 @@ impl Session {
     /// the primary.
     fn classify_request(&self) -> Option<Class> {
         let mut off = 0;
+        let mut executes = false;
         let mut acc: Option<Class> = None;
         while let Ok(Some(hdr)) = Header::parse(&self.buf[off..], self.relay.max_client_message) {
             let end = off + hdr.frame_len();
@@ -548,7 +564,13 @@ impl Session {
                         return None;
                     }
                 }
+                // Without an Execute the batch only prepares or describes: harmless anywhere.
+                ftag::SYNC if !executes => {
+                    let hint = acc.map(|c| c.hint).unwrap_or_default();
+                    return Some(Class { read_only: true, hint, ..Class::default() });
+                }
                 ftag::SYNC => return Some(acc.unwrap_or(Class { read_only: true, ..Class::default() })),
+                ftag::EXECUTE => executes = true,
                 ftag::FUNCTION_CALL => return None,
                 _ => {}
             }
@@ -559,28 +581,13 @@ impl Session {
         None
     }
 
-    /// Learns the WAL position a write left on the primary (one round trip after the client
-    /// already has its answer), for read-your-writes. The *insert* position: the write
-    /// position (`pg_current_wal_lsn`) may still be before the commit record when
-    /// `synchronous_commit` is off. False if the server failed it.
-    async fn learn_write_lsn(&mut self, g: &mut PoolGuard) -> bool {
-        let limit = g.pool().settings().connect_timeout;
-        let lsn =
-            match tokio::time::timeout(limit, g.server().query_row("SELECT pg_catalog.pg_current_wal_insert_lsn()"))
-                .await
-            {
-                Ok(Ok(row)) => row.first().and_then(|v| v.as_deref()).and_then(crate::cluster::parse_lsn),
-                _ => None,
-            };
-        match lsn {
-            Some(l) => {
-                self.ryw_lsn = record_boundary(l);
-                true
-            }
-            None => {
-                // Unknown: this client's reads go to the primary until a write is measured.
-                self.ryw_lsn = u64::MAX;
-                false
+    /// Turns a pending write time into a primary position once a probe that started later
+    /// has measured the primary.
+    fn resolve_ryw(&mut self) {
+        if self.ryw_since != 0 {
+            if let Some(lsn) = self.pool.cluster().primary_lsn_after(self.ryw_since) {
+                self.ryw_lsn = lsn;
+                self.ryw_since = 0;
             }
         }
     }
@@ -724,18 +731,6 @@ impl Session {
     }
 }
 
-/// The WAL position `insert_lsn` stands for as far as replay goes: at the start of a WAL
-/// page the insert position points past the page header (24 bytes, 40 at a segment start),
-/// while a replica that has replayed everything reports the boundary itself. No record ends
-/// inside a page header, so the boundary is what the client's write needs.
-fn record_boundary(insert_lsn: u64) -> u64 {
-    const WAL_PAGE: u64 = 8192;
-    match insert_lsn % WAL_PAGE {
-        24 | 40 => insert_lsn - insert_lsn % WAL_PAGE,
-        _ => insert_lsn,
-    }
-}
-
 /// The session's stop-signal future; polled only while the stop is not yet set (it must not
 /// be polled again after it completed).
 type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -746,16 +741,4 @@ fn shutting_down() -> ClientError {
         "terminating connection due to administrator command (pgsluice is shutting down)",
         ErrorSource::Internal,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn record_boundary_skips_page_headers_only() {
-        use super::record_boundary;
-        assert_eq!(record_boundary(0x500_0028), 0x500_0000, "segment start: long header");
-        assert_eq!(record_boundary(0x500_2018), 0x500_2000, "page start: short header");
-        assert_eq!(record_boundary(0x500_2060), 0x500_2060);
-        assert_eq!(record_boundary(0x500_2000), 0x500_2000);
-    }
 }

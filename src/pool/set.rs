@@ -32,6 +32,17 @@ const RYW_POLL: Duration = Duration::from_millis(10);
 /// "No deadline" for waits that another branch bounds.
 const FOREVER: Duration = Duration::from_secs(86_400);
 
+/// What a read must see (read-your-writes): a primary position to cover, or the time of a
+/// write whose position the probes have not measured yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ryw {
+    /// Primary WAL position the replica must have replayed (0: none).
+    pub lsn: u64,
+    /// `Cluster::now_ms` when the client's last write ended, if not yet covered by `lsn`
+    /// (0: none).
+    pub since: u64,
+}
+
 /// The pools of one (database, user); see the module docs.
 #[derive(Clone)]
 pub struct PoolSet(Arc<Inner>);
@@ -67,9 +78,9 @@ impl PoolSet {
     }
 
     /// Checks out a connection for a read: an eligible replica (or the primary as a read
-    /// candidate with `primary_reads = "always"`) whose replay position is known to be at
-    /// least `min_lsn` (0: any), else the primary as a fallback; see the module docs.
-    pub async fn check_out_read(&self, policy: &Policy, min_lsn: u64) -> Result<PoolGuard, Error> {
+    /// candidate with `primary_reads = "always"`) whose replay position is known to cover
+    /// the client's last write (`ryw`), else the primary as a fallback; see the module docs.
+    pub async fn check_out_read(&self, policy: &Policy, ryw: Ryw) -> Result<PoolGuard, Error> {
         let cluster = &self.0.cluster;
         let stats = &self.0.stats;
         let replicas_only = policy.route == Route::Replica || policy.primary_reads == PrimaryReads::Never;
@@ -78,6 +89,11 @@ impl PoolSet {
         let mut exclude = 0u64;
         let mut waited = false;
         loop {
+            // A write not yet covered by a primary measurement: no replica can prove it has it.
+            let min_lsn = match ryw.since {
+                0 => ryw.lsn,
+                since => cluster.primary_lsn_after(since).unwrap_or(u64::MAX),
+            };
             let load = |i: usize| self.0.pools[i].in_use();
             if let Some(i) = router::pick_read(cluster, load, min_lsn, with_primary, exclude) {
                 let to_primary = cluster.primary() == Primary::Host(i);
@@ -102,9 +118,9 @@ impl PoolSet {
                 }
             }
             // None eligible. Behind the client's last write only? Then maybe wait.
-            // (u64::MAX: the client's last write position is unknown; no replica can prove it.)
+            // (A pending write resolves with the next probe of the primary, which is asked for.)
             if min_lsn > 0
-                && min_lsn != u64::MAX
+                && (min_lsn != u64::MAX || ryw.since != 0)
                 && Instant::now() < wait_until
                 && router::pick_read(cluster, load, 0, false, exclude).is_some()
             {

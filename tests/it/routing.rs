@@ -469,20 +469,23 @@ async fn read_only_transactions_stay_on_one_replica() {
     tx.commit().await.expect("commit");
     assert!(ports.iter().all(|p| *p == ports[0]) && replicas.contains(&ports[0]), "builder: {ports:?}");
 
-    // One query string with the whole transaction.
+    // One query string with the whole transaction. (The plain-BEGIN one from another client:
+    // a transaction on the primary may have written, so read-your-writes would keep this
+    // client's reads on the primary until a probe measures the primary again.)
+    let c3 = t.client(APP).await;
     for _ in 0..4 {
         let port = port_of(&c, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await.expect("one-string txn");
         assert!(replicas.contains(&port), "BEGIN READ ONLY; SELECT; COMMIT ran on {port}");
-        let port = port_of(&c, "BEGIN; SELECT inet_server_port(); COMMIT").await.expect("one-string txn");
+        let port = port_of(&c3, "BEGIN; SELECT inet_server_port(); COMMIT").await.expect("one-string txn");
         assert_eq!(port, primary, "BEGIN; SELECT; COMMIT ran on {port}");
     }
 
     // A plain BEGIN: the primary, for every statement.
     for _ in 0..3 {
-        c.batch_execute("BEGIN").await.expect("begin");
-        let ports = [read_port(&c).await.unwrap(), read_port_ext(&c).await.unwrap(), read_port(&c).await.unwrap()];
-        assert_eq!(simple_one(&c, "SELECT pg_is_in_recovery()").await, "f", "plain BEGIN not on the primary");
-        c.batch_execute("COMMIT").await.expect("commit");
+        c3.batch_execute("BEGIN").await.expect("begin");
+        let ports = [read_port(&c3).await.unwrap(), read_port_ext(&c3).await.unwrap(), read_port(&c3).await.unwrap()];
+        assert_eq!(simple_one(&c3, "SELECT pg_is_in_recovery()").await, "f", "plain BEGIN not on the primary");
+        c3.batch_execute("COMMIT").await.expect("commit");
         assert!(ports.iter().all(|p| *p == primary), "plain BEGIN: {ports:?}, primary {primary}");
     }
 
