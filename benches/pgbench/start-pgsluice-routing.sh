@@ -10,9 +10,6 @@ set -euo pipefail
 MODE=${1:?primary or routed}
 RYW=${2:-lsn}
 HERE=$(cd "$(dirname "$0")" && pwd)
-cat > "$WORK/userlist.txt" <<EOT
-"$BENCH_USER" "$BENCH_PASSWORD"
-EOT
 hosts="\"$PG_HOST:$PG_PORT\""
 probe=""
 if [ "$MODE" = routed ]; then
@@ -22,21 +19,5 @@ health_check_password = \"$BENCH_PASSWORD\"
 route = \"auto\"
 read_your_writes = \"$RYW\""
 fi
-cat > "$WORK/pgsluice.toml" <<EOT
-[general]
-listen_addr = "127.0.0.1"
-listen_port = $PORT
-max_client_conn = 5000
-pool_mode = "transaction"
-default_pool_size = $POOL_SIZE
-auth_type = "scram-sha-256"
-auth_file = "userlist.txt"
-worker_threads = ${WORKERS:-2}
-query_wait_timeout = "120s"
-$probe
-
-[databases.$BENCH_DB]
-hosts = [$hosts]
-EOT
 "$HERE/node-snap.sh" start >> "$WORK/nodes.tsv" || true
-exec "${PGSLUICE_BIN:-pgsluice}" --config "$WORK/pgsluice.toml"
+HOSTS=$hosts EXTRA_GENERAL=$probe exec "$HERE/start-pgsluice.sh"
