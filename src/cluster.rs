@@ -258,9 +258,13 @@ impl Host {
         self.status.load_full()
     }
 
-    /// Whether it may take reads now.
-    pub fn eligible(&self) -> bool {
-        self.status.load().eligible
+    /// Whether it may take a read now as a replica: eligible (see `election::eligible`) and,
+    /// when `min_lsn` > 0, known to have replayed that position. Lock-free and without a
+    /// reference-count change (called per read request for every host).
+    #[inline]
+    pub fn serves_read(&self, min_lsn: u64) -> bool {
+        let st = self.status.load();
+        st.eligible && st.role == Role::Replica && (min_lsn == 0 || st.lsn.is_some_and(|l| l >= min_lsn))
     }
 }
 

@@ -17,7 +17,7 @@ pub mod classify;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::cluster::{BreakerState, Cluster, Primary, Role};
+use crate::cluster::{Cluster, Primary};
 use crate::config::{PrimaryReads, ReadYourWrites, Route, TransactionRouting};
 use classify::{Begin, Class, Hint};
 
@@ -131,13 +131,10 @@ pub fn pick_read(
             if !with_primary {
                 continue;
             }
-        } else {
-            let st = h.status();
-            if !st.eligible || st.role != Role::Replica || (min_lsn > 0 && st.lsn.is_none_or(|l| l < min_lsn)) {
-                continue;
-            }
+        } else if !h.serves_read(min_lsn) {
+            continue;
         }
-        if matches!(h.breaker.state(), BreakerState::Open { .. }) {
+        if h.breaker.is_open() {
             continue;
         }
         let (l, w) = (u64::from(load(i)), u64::from(h.weight));

@@ -209,14 +209,36 @@ impl ServerConn {
     /// Like [`ServerConn::run_discard`], but the server must end with transaction status
     /// `want` (e.g. `T` after a deferred `BEGIN`).
     pub async fn run_discard_until(&mut self, sql: &str, want: u8) -> Result<(), Error> {
+        self.simple_query(sql, Some(want), false).await.map(drop)
+    }
+
+    /// Runs `sql` as a simple query and returns its first row as text values (`None` for
+    /// NULL); an empty result is an empty vector. Used by the health probes.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Error> {
+        self.simple_query(sql, None, true).await
+    }
+
+    /// The one loop behind the internal queries: sends `sql`, keeps the first row if
+    /// `keep_row`, records ParameterStatus and `DEALLOCATE ALL`, and fails on an error or,
+    /// with `want`, on another final transaction status.
+    async fn simple_query(
+        &mut self,
+        sql: &str,
+        want: Option<u8>,
+        keep_row: bool,
+    ) -> Result<Vec<Option<String>>, Error> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         write::query(&mut out, sql);
         self.stream.write_all(&out).await?;
         let mut failed = None;
+        let mut row = None;
         loop {
             let (tag, body) = read_message(&mut self.stream, &mut self.buf, MAX_LOGIN_MESSAGE).await?;
             match tag {
                 btag::ERROR_RESPONSE => failed = Some(server_error(&body)),
+                btag::DATA_ROW if keep_row && row.is_none() => {
+                    row = Some(bmsg::parse_data_row(&body).ok_or_else(|| Error::Lost("malformed DataRow".into()))?);
+                }
                 btag::COMMAND_COMPLETE if crate::protocol::cstr(&body).is_some_and(|(t, _)| tag_deallocates_all(t)) => {
                     self.pipeline.statements.clear();
                 }
@@ -229,34 +251,8 @@ impl ServerConn {
                 btag::READY_FOR_QUERY => {
                     return match (failed, body.first()) {
                         (Some(e), _) => Err(e),
-                        (None, Some(&s)) if s == want => Ok(()),
+                        (None, Some(&s)) if want.is_none_or(|w| w == s) => Ok(row.unwrap_or_default()),
                         _ => Err(Error::Lost("server in an unexpected transaction state after internal query".into())),
-                    };
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs `sql` as a simple query and returns its first row as text values (`None` for
-    /// NULL); an empty result is an empty vector. Used by the health probes.
-    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Error> {
-        let mut out = BytesMut::with_capacity(sql.len() + 8);
-        write::query(&mut out, sql);
-        self.stream.write_all(&out).await?;
-        let mut failed = None;
-        let mut row = None;
-        loop {
-            let (tag, body) = read_message(&mut self.stream, &mut self.buf, MAX_LOGIN_MESSAGE).await?;
-            match tag {
-                btag::ERROR_RESPONSE => failed = Some(server_error(&body)),
-                btag::DATA_ROW if row.is_none() => {
-                    row = Some(bmsg::parse_data_row(&body).ok_or_else(|| Error::Lost("malformed DataRow".into()))?);
-                }
-                btag::READY_FOR_QUERY => {
-                    return match failed {
-                        Some(e) => Err(e),
-                        None => Ok(row.unwrap_or_default()),
                     };
                 }
                 _ => {}

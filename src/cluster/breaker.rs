@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -66,12 +68,31 @@ struct Inner {
 pub struct Breaker {
     settings: BreakerSettings,
     inner: Mutex<Inner>,
+    /// Mirror of `open_until` for [`Breaker::is_open`] (milliseconds after `created`, plus one;
+    /// 0 = not open), so the router reads it per request without the mutex.
+    open_until_ms: AtomicU64,
+    created: Instant,
 }
 
 impl Breaker {
     /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Breaker {
-        Breaker { settings, inner: Mutex::new(Inner { backoff: settings.backoff, ..Inner::default() }) }
+        Breaker {
+            settings,
+            inner: Mutex::new(Inner { backoff: settings.backoff, ..Inner::default() }),
+            open_until_ms: AtomicU64::new(0),
+            created: Instant::now(),
+        }
+    }
+
+    /// Whether the breaker is open now (no attempt would be allowed). Lock-free, for the
+    /// router's per-request choice.
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        match self.open_until_ms.load(Ordering::Acquire) {
+            0 => false,
+            until => (self.created.elapsed().as_millis() as u64) < until,
+        }
     }
 
     /// Asks to make one connection attempt now. `Err(wait)` means the breaker is open (or a
@@ -101,6 +122,7 @@ impl Breaker {
         let mut b = self.inner.lock();
         b.failures = 0;
         b.open_until = None;
+        self.open_until_ms.store(0, Ordering::Release);
         b.trial_in_flight = false;
         b.backoff = self.settings.backoff;
     }
@@ -112,7 +134,10 @@ impl Breaker {
         let trial = std::mem::take(&mut b.trial_in_flight);
         if trial || (b.open_until.is_none() && b.failures >= self.settings.threshold) {
             let period = b.backoff;
-            b.open_until = Some(Instant::now() + period);
+            let until = Instant::now() + period;
+            b.open_until = Some(until);
+            let ms = until.saturating_duration_since(self.created).as_millis() as u64;
+            self.open_until_ms.store(ms.max(1), Ordering::Release);
             b.backoff = (period * 2).min(self.settings.max_backoff);
             return true;
         }
@@ -168,10 +193,12 @@ mod tests {
         assert!(b.try_acquire().is_ok());
         assert!(b.failure(), "third consecutive failure opens it");
         assert!(matches!(b.state(), BreakerState::Open { .. }));
+        assert!(b.is_open());
         assert!(b.try_acquire().is_err());
         assert_eq!(b.refused(), 1);
         std::thread::sleep(35 * MS);
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.is_open(), "half-open lets a trial through");
         assert!(b.try_acquire().is_ok(), "one trial");
         assert!(b.try_acquire().is_err(), "only one trial at a time");
         b.success();

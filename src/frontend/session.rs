@@ -408,7 +408,8 @@ impl Session {
         self.note_write = false;
         // The keyword scan assumes standard_conforming_strings: with it off, a backslash in a
         // literal could hide a write from it, so nothing is classified.
-        let scs_off = self.params.get("standard_conforming_strings").is_some_and(|v| v == "off");
+        let scs_off =
+            self.policy.classifies() && self.params.get("standard_conforming_strings").is_some_and(|v| v == "off");
         let class = if self.policy.classifies() && !scs_off { self.classify_request() } else { None };
         let want = if self.policy.classifies() && !scs_off {
             let read_only = self.params.get("default_transaction_read_only").is_some_and(|v| v == "on");

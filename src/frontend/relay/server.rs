@@ -70,6 +70,7 @@ pub(super) fn scan_server(
                 return Ok(());
             }
         }
+        // One look at an error (a relayed one over MAX_INSPECTED streams without it).
         if tag == btag::ERROR_RESPONSE && rest.len() >= frame_len {
             let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
             if f.is_fatal() {
@@ -77,6 +78,17 @@ pub(super) fn scan_server(
                 ctx.pl.server_fatal = Some(format!("{}: {}", f.code, f.message));
                 s.drop_frame(&mut ctx.pl.to_client, frame_len);
                 continue;
+            }
+            match f.code {
+                "25006" => ctx.pl.read_only_error = true,
+                // "cached plan must not change result type": a statement prepared on this
+                // connection predates a schema change. pgsluice shares statements by text, so
+                // re-preparing the same text would land on the same stale copy: the connection
+                // is closed at release instead, and the next one prepares afresh.
+                "0A000" if ctx.track && f.message.starts_with("cached plan must not change result type") => {
+                    ctx.pl.poisoned = true;
+                }
+                _ => {}
             }
         }
         if tag == btag::PARAMETER_STATUS {
@@ -141,21 +153,6 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
-        // (A relayed error over MAX_INSPECTED streams without a look.)
-        if error && rest.len() >= frame_len {
-            let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
-            match f.code {
-                "25006" => ctx.pl.read_only_error = true,
-                // "cached plan must not change result type": a statement prepared on this
-                // connection predates a schema change. pgsluice shares statements by text, so
-                // re-preparing the same text would land on the same stale copy: the connection
-                // is closed at release instead, and the next one prepares afresh.
-                "0A000" if ctx.track && f.message.starts_with("cached plan must not change result type") => {
-                    ctx.pl.poisoned = true;
-                }
-                _ => {}
-            }
-        }
         if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
             ctx.pl.copy_in = true;
         }
