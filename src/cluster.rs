@@ -248,6 +248,12 @@ impl Host {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// Marks every connection opened so far for closing when it is next released (RECONNECT,
+    /// reload).
+    pub fn drain(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Asks for an immediate probe of every host of the database.
     pub fn request_probe(&self) {
         self.signals.request_probe();

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 pub use general::{
-    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, PoolMode, PrimaryReads, ReadYourWrites, RoleHint,
-    Route, TlsSection, TransactionRouting, UserSection,
+    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PoolMode, PrimaryReads,
+    ReadYourWrites, RoleHint, Route, SessionState, TlsSection, TransactionRouting, UserSection,
 };
 
 use crate::auth::{scram::Verifier, Secret};
@@ -52,6 +52,9 @@ pub struct ConfigFile {
     /// Per-user overrides.
     #[serde(default)]
     pub users: BTreeMap<String, UserSection>,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// A backend address, `host:port`.
@@ -189,7 +192,7 @@ pub struct Config {
     /// Where the file was read from.
     pub path: PathBuf,
     /// Parameters tracked per client: the built-in six plus `track_extra_parameters`.
-    pub tracked: crate::params::Tracked,
+    pub tracked: Arc<crate::params::Tracked>,
 }
 
 impl std::fmt::Debug for Config {
@@ -214,6 +217,13 @@ impl Config {
         validate(file, &base, path).map_err(err)
     }
 
+    /// Validates an already parsed file (the console's `SET` edits one); `path` anchors
+    /// relative paths.
+    pub fn from_file(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate(file, &base, path).map_err(|message| ConfigError { path: path.into(), message })
+    }
+
     /// The general section.
     pub fn general(&self) -> &General {
         &self.file.general
@@ -227,6 +237,17 @@ impl Config {
     /// Effective route for `db` and `user` (user overrides database overrides general).
     pub fn route(&self, db: &Database, user: &str) -> Route {
         self.file.users.get(user).and_then(|u| u.route).unwrap_or(db.route)
+    }
+
+    /// Effective `session_state` policy for `db` and `user` (user overrides database
+    /// overrides general).
+    pub fn session_state(&self, db: &str, user: &str) -> SessionState {
+        self.file
+            .users
+            .get(user)
+            .and_then(|u| u.session_state)
+            .or_else(|| self.file.databases.get(db).and_then(|d| d.session_state))
+            .unwrap_or(self.file.general.session_state)
     }
 
     /// Effective `max_user_connections` for `user`; 0 = unlimited.
@@ -267,6 +288,22 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         return Err("[general] default_pool_size must be at least 1".into());
     }
     positive(g.server_connect_timeout, "server_connect_timeout")?;
+    positive(g.stats_period, "stats_period")?;
+    if g.admin_database.is_empty() {
+        return Err("[general] admin_database must not be empty".into());
+    }
+    if file.databases.contains_key(&g.admin_database) {
+        return Err(format!(
+            "[databases.{0}] is the admin console's name (admin_database); rename the database or set admin_database",
+            g.admin_database
+        ));
+    }
+    if !file.metrics.listen_addr.is_empty() {
+        file.metrics
+            .listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("[metrics] listen_addr {:?} is not an IP:port address", file.metrics.listen_addr))?;
+    }
     positive(g.shutdown_timeout, "shutdown_timeout")?;
     positive(g.health_check_interval, "health_check_interval")?;
     positive(g.health_check_timeout, "health_check_timeout")?;
@@ -287,7 +324,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
     for name in &g.track_extra_parameters {
         crate::params::validate_extra_name(name).map_err(|e| format!("[general] track_extra_parameters: {e}"))?;
     }
-    let tracked = crate::params::Tracked::new(&g.track_extra_parameters);
+    let tracked = Arc::new(crate::params::Tracked::new(&g.track_extra_parameters));
 
     let mut users = HashMap::new();
     if let Some(f) = &g.auth_file {

@@ -39,6 +39,7 @@ pool_mode = "transaction"
 default_pool_size = 10
 auth_type = "scram-sha-256"
 auth_file = "userlist.txt"
+admin_users = ["{DEMO_USER}"]      # may use the admin console (database "pgbouncer")
 # Failover settings at their defaults:
 # health_check_interval = "1s"
 # health_check_fail_threshold = 3
@@ -149,6 +150,7 @@ pub async fn run(port: u16) -> Result<(), DemoError> {
 /// the commands for a failover.
 fn instructions(clusters: &[LocalCluster], bin_dir: &str, cfg_path: &Path, port: u16) -> String {
     let url = format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_USER}");
+    let admin_url = format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/pgbouncer");
     let pg_ctl = |c: &LocalCluster, args: &str| pg_ctl_line(bin_dir, c.data_dir(), args, running_as_root());
     let hosts: String = clusters
         .iter()
@@ -181,6 +183,9 @@ most failover_wait_timeout = 10s. Promoting while the primary still runs instead
 fencing: the old primary gets no traffic once the promoted replica is seen, but writes it
 took in the meantime are not on the new primary.
 The other replica keeps following the old primary: pgsluice does not repoint replicas.
+
+Admin console (PgBouncer's commands, plus SHOW HOSTS and SHOW ROUTES):
+    psql "{admin_url}" -c "SHOW POOLS" -c "SHOW HOSTS"
 
 Load test: PGPASSWORD={DEMO_PASSWORD} pgbench -i -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER} && PGPASSWORD={DEMO_PASSWORD} pgbench -S -c 20 -T 10 -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}
 Press Ctrl-C to stop (the three servers are stopped and deleted).

@@ -17,10 +17,14 @@
 //!   queue of answers a server owes its current client.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
+//! - [`admin`]: the PgBouncer-compatible admin console (`SHOW POOLS`, `PAUSE`, `RELOAD`…).
+//! - [`stats`]: traffic counters and the live client/server registries the console and
+//!   `/metrics` read; [`metrics`]: the Prometheus endpoint; [`reload`]: applying a new config.
 //!
 //! Data flows one way: server → session → relay; pools never call into sessions, and
 //! shared state is passed down as `Arc<Shared>` (no global statics).
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -30,13 +34,19 @@ pub mod demo;
 pub mod error;
 pub mod frontend;
 pub mod localpg;
+pub mod metrics;
 pub mod net;
 pub mod params;
 pub mod pipeline;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
+pub mod stats;
+
+/// pgsluice's version (`SHOW VERSION`, admin `server_version`).
+pub const VERSION_NUMBER: &str = env!("CARGO_PKG_VERSION");

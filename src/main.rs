@@ -1,5 +1,7 @@
-//! The `pgsluice` binary: CLI parsing, logging setup, the Tokio runtime, signal handling and
-//! graceful shutdown. Everything else lives in the library.
+//! The `pgsluice` binary: CLI parsing, logging setup (text or JSON), the Tokio runtime,
+//! signal handling (SIGHUP reload; SIGINT, SIGTERM, SIGQUIT and admin `SHUTDOWN` stop modes,
+//! a second stop request is immediate) and the metrics endpoint. Everything else lives in
+//! the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,9 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use pgsluice::config::Config;
+use pgsluice::config::{Config, LogFormat};
 use pgsluice::server::ServerHandle;
 use pgsluice::shared::Shared;
+use pgsluice::shutdown::{Signal, Signals, StopMode};
 
 #[derive(Parser)]
 #[command(name = "pgsluice", version, about = "PostgreSQL connection pooler")]
@@ -47,15 +50,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_target(false).with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line; the fields of the client span (its id, db, user) on every line
+        // logged inside it.
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -80,13 +84,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Demo { port }) => {
-            init_tracing();
+            init_tracing(LogFormat::Text);
             let rt = runtime(0)?;
             Ok(rt.block_on(pgsluice::demo::run(port))?)
         }
         None => {
             let cfg = Config::load(&cli.config)?;
-            init_tracing();
+            init_tracing(cfg.general().log_format);
             let rt = runtime(cfg.general().worker_threads)?;
             rt.block_on(serve(cfg))
         }
@@ -94,20 +98,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let timeout = cfg.general().shutdown_timeout.0;
     let listen = cfg.listen;
+    let metrics_addr = cfg.file.metrics.listen_addr.clone();
     let shared = Shared::new(cfg);
-    let handle = ServerHandle::start(shared, None).await.with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(addr = %handle.addr, version = env!("CARGO_PKG_VERSION"), "pgsluice listening");
-    pgsluice::shutdown::wait_for_signal().await;
-    tracing::info!("shutting down: waiting for running transactions (at most {timeout:?}; signal again to stop now)");
-    tokio::select! {
-        finished = handle.shutdown(timeout) => {
-            if !finished {
-                tracing::warn!("shutdown_timeout passed; closing remaining connections");
+    let mut signals = Signals::new();
+    let handle =
+        ServerHandle::start(shared.clone(), None).await.with_context(|| format!("cannot listen on {listen}"))?;
+    if !metrics_addr.is_empty() {
+        let addr = metrics_addr.parse().with_context(|| format!("[metrics] listen_addr {metrics_addr}"))?;
+        let bound = pgsluice::metrics::serve(shared.clone(), addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr} for /metrics"))?;
+        tracing::info!(addr = %bound, "metrics endpoint listening");
+    }
+    tracing::info!(addr = %handle.addr, version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "pgsluice listening");
+    let mut requests = shared.take_stop_requests().context("stop requests already taken")?;
+    let mode = loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                Signal::Reload => reload(&shared),
+                Signal::Stop(m) => break m,
+            },
+            Some(m) = requests.recv() => break m,
+        }
+    };
+    let timeout = shared.config.load().general().shutdown_timeout.0;
+    match mode {
+        StopMode::WaitForServers => tracing::info!(
+            "shutting down: clients are closed as their transactions end (at most {timeout:?}; signal again to stop now)"
+        ),
+        StopMode::WaitForClients => {
+            tracing::info!("shutting down: waiting for all clients to disconnect (signal again to stop now)")
+        }
+        StopMode::Immediate => tracing::info!("shutting down now"),
+    }
+    let stopping = handle.stop(mode, timeout);
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            finished = &mut stopping => {
+                if !finished && mode == StopMode::WaitForServers {
+                    tracing::warn!("shutdown_timeout passed; closing remaining connections");
+                }
+                break;
+            }
+            s = signals.recv() => match s {
+                Signal::Reload => reload(&shared),
+                Signal::Stop(_) => {
+                    tracing::warn!("second stop signal: closing all connections now");
+                    break;
+                }
+            },
+            Some(m) = requests.recv() => {
+                if m == StopMode::Immediate {
+                    tracing::warn!("SHUTDOWN: closing all connections now");
+                    break;
+                }
             }
         }
-        _ = pgsluice::shutdown::wait_for_signal() => tracing::warn!("second signal: closing all connections now"),
     }
+    tracing::info!("pgsluice stopped");
     Ok(())
+}
+
+/// SIGHUP: reload, or keep the running config and log why not.
+fn reload(shared: &std::sync::Arc<Shared>) {
+    tracing::info!("got SIGHUP, re-reading config");
+    if let Err(e) = pgsluice::reload::reload(shared) {
+        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+    }
 }

@@ -94,6 +94,10 @@ pub enum Action {
     /// A client Parse of a name it already uses: the server's 42P05 names pgsluice's
     /// statement, so it is replaced by one naming the client's.
     Duplicate,
+    /// A statement refused by `session_state = "reject"`: pgsluice sent the server a text
+    /// that fails to parse (so a transaction fails as PostgreSQL would fail it) and replaces
+    /// the server's error by its own ([`Undo::reject`]).
+    Reject,
 }
 
 /// Statement bookkeeping to roll back when the server fails or skips the message.
@@ -109,6 +113,8 @@ pub struct Undo {
     pub closed: Option<Key>,
     /// The client's statement name, for the error of [`Action::Duplicate`] (not an undo).
     pub name: Option<Box<[u8]>>,
+    /// The error message of [`Action::Reject`] (not an undo).
+    pub reject: Option<Box<str>>,
 }
 
 impl Undo {
@@ -175,6 +181,11 @@ pub struct Pipeline {
     /// skipped or ignored — since the connection opened; compared with
     /// `ServerStatements`' batch numbers.
     pub completed: u64,
+    /// Traffic counted since the last fold into the pool's statistics.
+    pub tally: crate::stats::Tally,
+    /// A client pinned this connection by setting session state: it is reset
+    /// (`server_reset_query`) before another client gets it. Survives [`Pipeline::reset`].
+    pub session_dirty: bool,
 }
 
 impl Pipeline {
@@ -224,6 +235,7 @@ impl Pipeline {
         self.server_fatal = None;
         self.to_server.clear();
         self.to_client.clear();
+        self.tally.clear_timers();
     }
 }
 

@@ -29,6 +29,7 @@ use crate::backend::{self, Credential, LoginParams, ServerConn};
 use crate::cluster::Host;
 use crate::params::Interner;
 use crate::prepared::KnownStatements;
+use crate::stats::{PoolStats, ServerMeta};
 
 pub use limit::Limit;
 pub use set::{PoolSet, Ryw};
@@ -74,11 +75,11 @@ pub enum Error {
 /// Settings of one pool, computed once from the config when the pool is created.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Regular size.
+    /// Regular size (changed later with [`Pool::resize`]).
     pub size: u32,
-    /// Connections kept open.
+    /// Connections kept open (see `size`).
     pub min_size: u32,
-    /// Extra connections after `reserve_timeout`.
+    /// Extra connections after `reserve_timeout` (see `size`).
     pub reserve_size: u32,
     /// Wait before using the reserve.
     pub reserve_timeout: Duration,
@@ -104,6 +105,21 @@ pub struct PoolSettings {
     pub application_name: String,
     /// `tcp_keepalive`.
     pub keepalive: bool,
+    /// Process clock (server connection timestamps).
+    pub clock: crate::stats::Clock,
+    /// Source of server connection ids, shared by all pools.
+    pub server_ids: Arc<AtomicU64>,
+}
+
+/// Sizes of a pool that a reload may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Regular size.
+    pub size: u32,
+    /// Connections kept open.
+    pub min: u32,
+    /// Extra connections after `reserve_timeout`.
+    pub reserve: u32,
 }
 
 /// A point-in-time view of a pool, for the admin console and metrics.
@@ -119,6 +135,24 @@ pub struct PoolSnapshot {
     pub waiting: u32,
     /// How long the oldest waiter has waited.
     pub max_wait: Duration,
+    /// Idle connections that sat idle past `server_check_delay` (PgBouncer's `sv_used`:
+    /// they run `server_check_query` before reuse).
+    pub used: u32,
+    /// Connections checked out by clients.
+    pub active: u32,
+    /// Current sizes.
+    pub sizes: Option<Sizes>,
+}
+
+/// One server connection as `SHOW SERVERS` shows it.
+#[derive(Debug, Clone)]
+pub struct ServerRow {
+    /// Its identity.
+    pub meta: Arc<ServerMeta>,
+    /// PgBouncer's state word: `active`, `idle`, `used` or `tested`.
+    pub state: &'static str,
+    /// Opened before the last drain of its host or RECONNECT: closes when released.
+    pub close_needed: bool,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -140,6 +174,9 @@ struct Waiter {
 #[derive(Default)]
 struct State {
     idle: Vec<Pooled>,
+    /// Every open connection (idle or checked out).
+    servers: Vec<Arc<ServerMeta>>,
+    sizes: Option<Sizes>,
     waiters: VecDeque<Waiter>,
     open: u32,
     connecting: u32,
@@ -165,14 +202,19 @@ struct Inner {
     interner: Interner,
     /// Prepared statements some server of this pool accepted.
     known: KnownStatements,
+    /// Traffic counters.
+    stats: PoolStats,
+    /// Replaced by a reload: no connection goes back to the idle stack.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// A pool of server connections for one (database, user).
 #[derive(Clone)]
 pub struct Pool(Arc<Inner>);
 
-/// The pool accounting of one server connection; see the module invariants.
-struct Slot(Arc<Inner>);
+/// The pool accounting of one server connection; see the module invariants. Holds the
+/// connection's id once it is registered.
+struct Slot(Arc<Inner>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -181,6 +223,10 @@ impl Drop for Slot {
         inner.user_limit.release();
         let mut st = inner.state.lock();
         st.open -= 1;
+        if self.1 != 0 {
+            let id = self.1;
+            st.servers.retain(|m| m.id != id);
+        }
         Pool(inner.clone()).maybe_open(&mut st, false);
     }
 }
@@ -203,11 +249,14 @@ pub struct PoolGuard {
 impl Pool {
     /// Creates an empty pool. Connections are opened on demand.
     pub fn new(settings: PoolSettings, credential: Credential, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Pool {
+        let sizes = Sizes { size: settings.size, min: settings.min_size, reserve: settings.reserve_size };
         let pool = Pool(Arc::new(Inner {
             settings,
             credential: Mutex::new(credential),
             server_params: Mutex::new(None),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State { sizes: Some(sizes), ..State::default() }),
+            stats: PoolStats::default(),
+            retired: std::sync::atomic::AtomicBool::new(false),
             db_limit,
             user_limit,
             checkouts: AtomicU64::new(0),
@@ -225,8 +274,8 @@ impl Pool {
     fn relieve_limits(&self, allow_reserve: bool) {
         let blocked_by_limit = {
             let st = self.0.state.lock();
-            let s = &self.0.settings;
-            let cap = s.size + if allow_reserve { s.reserve_size } else { 0 };
+            let z = st.sizes();
+            let cap = z.size + if allow_reserve { z.reserve } else { 0 };
             st.waiters.len() > st.connecting as usize && st.open < cap
         };
         if !blocked_by_limit {
@@ -401,12 +450,17 @@ impl Pool {
     fn check_in(&self, mut p: Pooled) {
         let now = Instant::now();
         p.conn.last_used = now;
+        if let Some(m) = &p.conn.meta {
+            m.unlink(p.conn.pipeline.statements.len());
+        }
         if self.expired(&p, now) {
             tokio::spawn(p.conn.terminate());
             return;
         }
         let mut st = self.0.state.lock();
-        if st.closed {
+        let z = st.sizes();
+        // (Over its size: the pool was made smaller by a reload.)
+        if st.closed || st.open > z.size + z.reserve {
             drop(st);
             tokio::spawn(p.conn.terminate());
             return;
@@ -417,6 +471,12 @@ impl Pool {
                 Err(Ok(back)) => p = back,
                 Err(Err(_)) => return,
             }
+        }
+        if self.0.retired.load(Ordering::Relaxed) {
+            // Replaced by a reload: it served the waiters it still had; nothing goes idle.
+            drop(st);
+            tokio::spawn(p.conn.terminate());
+            return;
         }
         st.idle.push(p);
     }
@@ -432,8 +492,8 @@ impl Pool {
     }
 
     fn open_one(&self, st: &mut State, allow_reserve: bool) {
-        let s = &self.0.settings;
-        let cap = s.size + if allow_reserve { s.reserve_size } else { 0 };
+        let z = st.sizes();
+        let cap = z.size + if allow_reserve { z.reserve } else { 0 };
         if st.open >= cap || st.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
@@ -459,12 +519,12 @@ impl Pool {
         // matters.
         let pool = self.clone();
         rt.spawn(async move {
-            let slot = Slot(pool.0.clone());
+            let slot = Slot(pool.0.clone(), 0);
             pool.connect_task(slot).await
         });
     }
 
-    async fn connect_task(self, slot: Slot) {
+    async fn connect_task(self, mut slot: Slot) {
         let s = &self.0.settings;
         let cred = self.0.credential.lock().clone();
         let login = LoginParams {
@@ -495,7 +555,15 @@ impl Pool {
             ))),
         };
         match res {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                let id = s.server_ids.fetch_add(1, Ordering::Relaxed);
+                let local = conn.stream.tcp().local_addr().ok();
+                let mut meta = ServerMeta::new(id, conn.cancel.pid as u32, conn.cancel.addr, local, s.clock.now_us());
+                meta.tls = conn.stream.is_tls();
+                meta.epoch = epoch;
+                let meta = Arc::new(meta);
+                conn.meta = Some(meta.clone());
+                slot.1 = id;
                 {
                     let mut params = self.0.server_params.lock();
                     if params.is_none() {
@@ -505,6 +573,7 @@ impl Pool {
                 {
                     let mut st = self.0.state.lock();
                     st.connecting -= 1;
+                    st.servers.push(meta);
                     st.backoff = Duration::ZERO;
                     st.retry_at = None;
                     st.last_error = None;
@@ -546,7 +615,7 @@ impl Pool {
             while i < st.idle.len() {
                 let p = &st.idle[i];
                 let c = &p.conn;
-                let keep_warm = st.open - closing.len() as u32 <= s.min_size;
+                let keep_warm = st.open - closing.len() as u32 <= st.sizes().min;
                 let idle_long = s.idle_timeout.is_some_and(|t| now.duration_since(c.last_used) >= t) && !keep_warm;
                 if idle_long || self.expired(p, now) || !c.stream.idle_and_open() {
                     closing.push(st.idle.swap_remove(i));
@@ -574,7 +643,7 @@ impl Pool {
         };
         if have_cred && host_usable {
             let mut st = self.0.state.lock();
-            for _ in st.open..s.min_size {
+            for _ in st.open..st.sizes().min {
                 self.open_one(&mut st, false);
             }
         }
@@ -595,13 +664,97 @@ impl Pool {
 
     /// Counters for the admin console and metrics.
     pub fn snapshot(&self) -> PoolSnapshot {
+        let s = &self.0.settings;
+        let now = Instant::now();
         let st = self.0.state.lock();
+        let used = if s.check_query.is_empty() {
+            0
+        } else {
+            st.idle.iter().filter(|p| now.duration_since(p.conn.last_used) >= s.check_delay).count() as u32
+        };
         PoolSnapshot {
             open: st.open,
             connecting: st.connecting,
-            idle: st.idle.len() as u32,
+            idle: st.idle.len() as u32 - used,
+            used,
+            active: self.in_use(),
             waiting: st.waiters.len() as u32,
             max_wait: st.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+            sizes: st.sizes,
+        }
+    }
+
+    /// Every open server connection with its state, for `SHOW SERVERS`.
+    pub fn servers(&self) -> Vec<ServerRow> {
+        let s = &self.0.settings;
+        let now = Instant::now();
+        let epoch = s.host.epoch();
+        let st = self.0.state.lock();
+        st.servers
+            .iter()
+            .map(|m| {
+                let idle = st.idle.iter().find(|p| p.conn.meta.as_ref().is_some_and(|x| x.id == m.id));
+                let state = match idle {
+                    Some(p) if !s.check_query.is_empty() && now.duration_since(p.conn.last_used) >= s.check_delay => {
+                        "used"
+                    }
+                    Some(_) => "idle",
+                    None if m.linked_client() != 0 => "active",
+                    None => "tested",
+                };
+                let close_needed = m.epoch != epoch;
+                ServerRow { meta: m.clone(), state, close_needed }
+            })
+            .collect()
+    }
+
+    /// Traffic counters of this pool.
+    pub fn stats(&self) -> &PoolStats {
+        &self.0.stats
+    }
+
+    /// Changes the pool's sizes (a reload); waiters are served at once if it grew, and
+    /// connections beyond a smaller size close as they are released or expire.
+    pub fn resize(&self, sizes: Sizes) {
+        let surplus = {
+            let mut st = self.0.state.lock();
+            st.sizes = Some(sizes);
+            let over = (st.open.saturating_sub(sizes.size + sizes.reserve) as usize).min(st.idle.len());
+            let keep = st.idle.len() - over;
+            let surplus = st.idle.split_off(keep);
+            for _ in 0..st.waiters.len() {
+                self.open_one(&mut st, false);
+            }
+            surplus
+        };
+        for p in surplus {
+            tokio::spawn(p.conn.terminate());
+        }
+    }
+
+    /// The pool is being replaced (a reload): idle connections close now, the others when
+    /// released unless a client still waits on this pool (sessions move to the new pools
+    /// before their next request, so only a check-out racing the reload waits here).
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Release);
+        self.close_idle();
+    }
+
+    /// The secret this pool logs in with, if any (reload compares it).
+    pub fn secret(&self) -> Option<crate::auth::Secret> {
+        self.0.credential.lock().secret.clone()
+    }
+
+    /// SCRAM keys learned from client logins (carried over to a replacement pool).
+    pub fn scram_keys(&self) -> Option<crate::auth::scram::ClientKeys> {
+        self.0.credential.lock().keys.clone()
+    }
+
+    /// Closes the idle connections (PAUSE); the pool stays usable.
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.0.state.lock().idle);
+        for p in idle {
+            tokio::spawn(p.conn.terminate());
         }
     }
 
@@ -617,10 +770,41 @@ impl Pool {
     }
 }
 
+impl State {
+    fn sizes(&self) -> Sizes {
+        // Invariant: set in `Pool::new`.
+        self.sizes.unwrap_or(Sizes { size: 1, min: 0, reserve: 0 })
+    }
+}
+
+impl PoolSettings {
+    /// Whether `other` differs from `self` only in the sizes a running pool can take on
+    /// ([`Pool::resize`]); anything else needs a new pool.
+    pub fn same_except_sizes(&self, other: &PoolSettings) -> bool {
+        self.reserve_timeout == other.reserve_timeout
+            && self.wait_timeout == other.wait_timeout
+            && self.connect_timeout == other.connect_timeout
+            && self.idle_timeout == other.idle_timeout
+            && self.lifetime == other.lifetime
+            && self.check_delay == other.check_delay
+            && self.check_query == other.check_query
+            && Arc::ptr_eq(&self.host, &other.host)
+            && self.dbname == other.dbname
+            && self.user == other.user
+            && self.application_name == other.application_name
+            && self.keepalive == other.keepalive
+    }
+
+    /// The sizes part.
+    pub fn sizes(&self) -> Sizes {
+        Sizes { size: self.size, min: self.min_size, reserve: self.reserve_size }
+    }
+}
+
 /// The reserve may be used once a waiter has waited `reserve_pool_timeout` (0 disables the
 /// reserve, as in PgBouncer).
 fn reserve_allowed(s: &PoolSettings, reserve_at: Instant) -> bool {
-    s.reserve_size > 0 && !s.reserve_timeout.is_zero() && Instant::now() >= reserve_at
+    !s.reserve_timeout.is_zero() && Instant::now() >= reserve_at
 }
 
 fn connect_error(e: &backend::Error) -> Error {

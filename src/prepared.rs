@@ -66,6 +66,9 @@ pub struct Stmt {
     pub rest: Box<[u8]>,
     /// Its routing class, computed on first use (a prepared statement is classified once).
     pub class: std::sync::OnceLock<crate::router::classify::Class>,
+    /// Whether its text sets or undoes session state (`router::session_state`), computed on
+    /// first use.
+    pub session_effect: std::sync::OnceLock<bool>,
 }
 
 impl Stmt {
@@ -76,7 +79,13 @@ impl Stmt {
 
     /// A statement whose key the caller has already computed from `parse_rest`.
     pub fn with_key(key: Key, parse_rest: &[u8]) -> Arc<Stmt> {
-        Arc::new(Stmt { key, name: key.server_name(), rest: parse_rest.into(), class: Default::default() })
+        Arc::new(Stmt {
+            key,
+            name: key.server_name(),
+            rest: parse_rest.into(),
+            class: Default::default(),
+            session_effect: Default::default(),
+        })
     }
 
     /// The query text (empty if not UTF-8).

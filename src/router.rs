@@ -13,6 +13,8 @@
 //! holds back the next request until it is routed on its own).
 
 pub mod classify;
+mod lexer;
+pub mod session_state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,14 +1,17 @@
 //! The listener: accepts connections, enforces `max_client_conn`, spawns one session task
-//! per client, and runs pool upkeep once a second. Stops accepting on shutdown.
+//! per client, runs pool upkeep once a second and the statistics period. Stops accepting
+//! on shutdown (or on its own for `SHUTDOWN WAIT_FOR_CLIENTS`), and [`ServerHandle::stop`]
+//! carries out the three stop modes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::{ClientError, ErrorSource};
@@ -16,38 +19,33 @@ use crate::frontend::session;
 use crate::net::{read_startup_packet, ReadError};
 use crate::protocol::frontend::{parse_startup, StartupPacket};
 use crate::shared::Shared;
-use crate::shutdown::{DrainToken, Shutdown, ShutdownController};
+use crate::shutdown::{DrainToken, Shutdown, ShutdownController, StopMode};
 
 /// Most connections being turned away at once; beyond that they are just closed.
 const MAX_REJECTING: usize = 256;
 
-/// Accepts clients on `listener` until `shutdown` fires.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown, drain: DrainToken) {
+/// Accepts clients on `listener` until `shutdown` fires or `stop_accepting` turns true.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+    mut stop_accepting: watch::Receiver<bool>,
+    drain: DrainToken,
+) {
     let max_clients = shared.config.load().general().max_client_conn as usize;
     let clients = Arc::new(Semaphore::new(max_clients));
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     tokio::spawn(upkeep(shared.clone(), shutdown.clone()));
+    tokio::spawn(stats_period(shared.clone(), shutdown.clone()));
     shared.start_probes();
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let session_shutdown = shutdown.clone();
+    let dispatch = |tcp: TcpStream, peer: SocketAddr| {
         if shared.config.load().general().tcp_keepalive {
             let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
         }
         match clients.clone().try_acquire_owned() {
             Ok(permit) => {
-                let (shared, shutdown, drain) = (shared.clone(), shutdown.clone(), drain.clone());
+                let (shared, shutdown, drain) = (shared.clone(), session_shutdown.clone(), drain.clone());
                 tokio::spawn(async move {
                     session::run(shared, tcp, peer, shutdown, drain).await;
                     drop(permit);
@@ -61,6 +59,36 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutd
                         drop(p);
                     });
                 }
+            }
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait() => break,
+            _ = async { drop(stop_accepting.wait_for(|&v| v).await) } => {
+                // Online restart: connections the kernel already queued on this socket would
+                // be reset when it closes; serve them first (new ones go to the other
+                // SO_REUSEPORT listener).
+                let mut n = 0;
+                while let Poll::Ready(Ok((tcp, peer))) =
+                    std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+                {
+                    dispatch(tcp, peer);
+                    n += 1;
+                }
+                if n > 0 {
+                    tracing::info!(connections = n, "served the connections queued before the listener closed");
+                }
+                break;
+            }
+        };
+        match accepted {
+            Ok((tcp, peer)) => dispatch(tcp, peer),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -99,6 +127,41 @@ async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     .await;
 }
 
+/// Every `stats_period`: the per-database averages of `SHOW STATS`, and the `log_stats` line.
+async fn stats_period(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut last = crate::admin::show::totals_by_database(&shared);
+    let mut last_at = tokio::time::Instant::now();
+    loop {
+        let period = shared.config.load().general().stats_period.0;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.wait() => return,
+        }
+        let now = tokio::time::Instant::now();
+        let totals = crate::admin::show::totals_by_database(&shared);
+        let elapsed = now - last_at;
+        let mut sum = crate::stats::Totals::default();
+        let mut averages = std::collections::HashMap::new();
+        for (db, t) in &totals {
+            let delta = last.get(db).map_or(*t, |l| t.since(l));
+            sum += delta;
+            averages.insert(db.clone(), crate::stats::Averages::from_delta(&delta, elapsed));
+        }
+        *shared.averages.lock() = averages;
+        if shared.config.load().general().log_stats {
+            let a = crate::stats::Averages::from_delta(&sum, elapsed);
+            tracing::info!(
+                target: "pgsluice::stats",
+                "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
+                a.xact_count, a.query_count, a.client_parses, a.server_parses, a.binds, a.received, a.sent,
+                a.xact_time, a.query_time, a.wait_time
+            );
+        }
+        last = totals;
+        last_at = now;
+    }
+}
+
 /// Pool upkeep: idle/lifetime expiry and `min_pool_size`.
 async fn upkeep(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -121,24 +184,85 @@ pub struct ServerHandle {
     /// Shared state.
     pub shared: Arc<Shared>,
     controller: ShutdownController,
+    stop_accepting: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// Binds the listening socket (`SO_REUSEPORT` when `reuse_port`, so a second pgsluice can
+/// bind the same port during an online restart).
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    #[cfg(unix)]
+    s.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 impl ServerHandle {
     /// Binds `shared`'s configured address (or `addr` if given) and starts accepting.
     pub async fn start(shared: Arc<Shared>, addr: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
         let addr = addr.unwrap_or_else(|| shared.config.load().listen);
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(addr, shared.config.load().general().so_reuseport)?;
         let addr = listener.local_addr()?;
         let controller = ShutdownController::new();
-        let task = tokio::spawn(run(listener, shared.clone(), controller.subscribe(), controller.token()));
-        Ok(ServerHandle { addr, shared, controller, task })
+        let (stop_accepting, accept_rx) = watch::channel(false);
+        let task = tokio::spawn(run(listener, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
+        Ok(ServerHandle { addr, shared, controller, stop_accepting, task })
+    }
+
+    /// Stops as `mode` says (PgBouncer's `SHUTDOWN` variants). Returns whether every session
+    /// ended on its own (for `Immediate`: whether there were none).
+    /// - `WaitForServers`: stop accepting; idle clients are closed at once, the others when
+    ///   their transaction ends, within `timeout`.
+    /// - `WaitForClients`: stop accepting; clients go on until they disconnect (no limit:
+    ///   send a second signal, or `SHUTDOWN`, to cut it short).
+    /// - `Immediate`: close everything now.
+    pub async fn stop(mut self, mode: StopMode, timeout: Duration) -> bool {
+        match mode {
+            StopMode::WaitForServers => self.shutdown(timeout).await,
+            StopMode::Immediate => {
+                self.controller.trigger();
+                let _ = self.stop_accepting.send(true);
+                let idle = self.shared.clients.is_empty();
+                self.close_pools();
+                idle
+            }
+            StopMode::WaitForClients => {
+                let _ = self.stop_accepting.send(true);
+                let _ = (&mut self.task).await;
+                tracing::info!(
+                    clients = self.shared.clients.len(),
+                    "not accepting connections; waiting for clients to disconnect"
+                );
+                self.controller.wait_drained().await;
+                self.controller.trigger();
+                self.close_pools();
+                true
+            }
+        }
+    }
+
+    fn close_pools(&self) {
+        self.shared.stop_probes();
+        for pool in self.shared.pools.all() {
+            pool.close();
+        }
     }
 
     /// Graceful stop: stop accepting, let running transactions finish (at most `timeout`),
     /// close pools. Returns whether every session finished in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
-        let ServerHandle { shared, controller, task, .. } = self;
+        let ServerHandle { shared, controller, task, stop_accepting, .. } = self;
+        let _ = stop_accepting.send(true);
         controller.trigger();
         let _ = task.await;
         let finished = tokio::time::timeout(timeout, controller.drain()).await.is_ok();

@@ -5,7 +5,7 @@
 //! never per message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use crate::cancel::CancelRegistry;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolSet, PoolSettings};
+use crate::stats::{ClientRegistry, Clock};
 
 /// The topology of every configured database, by client-visible name.
 pub type ClusterSet = HashMap<String, Arc<Cluster>>;
@@ -32,6 +33,24 @@ pub struct Shared {
     pub classifier: Arc<crate::router::classify::Classifier>,
     /// Client cancel keys.
     pub cancel: Arc<CancelRegistry>,
+    /// Logged-in clients (admin console, KILL).
+    pub clients: Arc<ClientRegistry>,
+    /// Process clock of all statistics.
+    pub clock: Clock,
+    /// Admin-console state per database (PAUSE, DISABLE).
+    controls: Mutex<HashMap<String, Arc<DbControl>>>,
+    /// `PAUSE` without a database is in effect (`SHOW STATE`).
+    pub paused_all: AtomicBool,
+    /// Connections between accept and the end of login (`SHOW LISTS` `login_clients`).
+    pub logging_in: AtomicU64,
+    /// Failed client authentications (`pgsluice_auth_failures_total`).
+    pub auth_failures: AtomicU64,
+    /// Per-database rates over the last `stats_period`, with the totals they were taken
+    /// from (`SHOW STATS` `avg_*`).
+    pub averages: Mutex<HashMap<String, crate::stats::Averages>>,
+    /// Stop requests from the admin console (`SHUTDOWN`), read by whoever runs the process.
+    stop_tx: tokio::sync::mpsc::UnboundedSender<crate::shutdown::StopMode>,
+    stop_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::shutdown::StopMode>>>,
     next_client_id: AtomicU64,
     /// Per-process key for mock SCRAM salts of unknown users.
     mock_key: [u8; 32],
@@ -50,11 +69,22 @@ impl Shared {
                 max_parse_length: g.max_parse_length as usize,
                 cache_size: g.classify_cache_size as usize,
             }));
+        let clock = Clock::default();
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Shared {
+            clients: Arc::default(),
+            controls: Mutex::default(),
+            paused_all: AtomicBool::new(false),
+            logging_in: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            averages: Mutex::default(),
+            stop_tx,
+            stop_rx: Mutex::new(Some(stop_rx)),
+            clock,
             classifier,
             clusters: ArcSwap::from_pointee(clusters),
             config: ArcSwap::from_pointee(config),
-            pools: PoolRegistry::default(),
+            pools: PoolRegistry::new(clock),
             cancel: Arc::new(CancelRegistry::default()),
             next_client_id: AtomicU64::new(1),
             mock_key: rand::random(),
@@ -75,6 +105,21 @@ impl Shared {
         }
     }
 
+    /// Asks the process to stop (admin `SHUTDOWN`).
+    pub fn request_stop(&self, mode: crate::shutdown::StopMode) {
+        let _ = self.stop_tx.send(mode);
+    }
+
+    /// The receiver of [`Shared::request_stop`] requests (once).
+    pub fn take_stop_requests(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::shutdown::StopMode>> {
+        self.stop_rx.lock().take()
+    }
+
+    /// The admin-console state of database `name` (created on first use).
+    pub fn control(&self, name: &str) -> Arc<DbControl> {
+        self.controls.lock().entry(name.to_string()).or_default().clone()
+    }
+
     /// The topology of database `name`.
     pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().get(name).cloned()
@@ -92,9 +137,10 @@ impl Shared {
 }
 
 /// All pools, plus the database- and user-wide connection limits they share.
-#[derive(Default)]
 pub struct PoolRegistry {
     inner: Mutex<RegistryInner>,
+    clock: Clock,
+    server_ids: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -105,6 +151,11 @@ struct RegistryInner {
 }
 
 impl PoolRegistry {
+    /// An empty registry whose connections are timed by `clock`.
+    pub fn new(clock: Clock) -> PoolRegistry {
+        PoolRegistry { inner: Mutex::default(), clock, server_ids: Arc::new(AtomicU64::new(1)) }
+    }
+
     /// The pools serving `client_user` on `db` (one per host of `cluster`), created on first
     /// use. The backend user is the database's fixed user if it has one.
     pub fn get_or_create(
@@ -119,7 +170,6 @@ impl PoolRegistry {
         if let Some(p) = inner.pools.get(&(db.name.clone(), user.to_string())) {
             return p.clone();
         }
-        let g = cfg.general();
         let db_limit = inner
             .db_limits
             .entry(db.name.clone())
@@ -130,33 +180,13 @@ impl PoolRegistry {
             .entry(user.to_string())
             .or_insert_with(|| Arc::new(Limit::new(cfg.max_user_connections(user))))
             .clone();
-        let secret = match &db.fixed_user {
-            Some(_) => db.fixed_secret.clone(),
-            None => cfg.users.get(user).map(|u| u.secret.clone()),
-        };
+        let secret = secret_for(cfg, db, user);
         let pools = cluster
             .hosts()
             .iter()
             .map(|host| {
-                let settings = PoolSettings {
-                    size: db.pool_size,
-                    min_size: db.min_pool_size,
-                    reserve_size: db.reserve_pool_size,
-                    reserve_timeout: g.reserve_pool_timeout.0,
-                    wait_timeout: g.query_wait_timeout.nonzero(),
-                    connect_timeout: g.server_connect_timeout.0,
-                    idle_timeout: g.server_idle_timeout.nonzero(),
-                    lifetime: Some(g.server_lifetime.0),
-                    check_delay: g.server_check_delay.0,
-                    check_query: g.server_check_query.clone(),
-                    host: host.clone(),
-                    dbname: db.dbname.clone(),
-                    user: user.to_string(),
-                    application_name: "pgsluice".into(),
-                    keepalive: g.tcp_keepalive,
-                };
                 Pool::new(
-                    settings,
+                    self.settings_for(cfg, db, user, host),
                     Credential { secret: secret.clone(), keys: None },
                     db_limit.clone(),
                     user_limit.clone(),
@@ -168,6 +198,52 @@ impl PoolRegistry {
         set
     }
 
+    /// The settings a pool of `user` on `db` at `host` gets under `cfg`.
+    pub fn settings_for(
+        &self,
+        cfg: &Config,
+        db: &Database,
+        user: &str,
+        host: &Arc<crate::cluster::Host>,
+    ) -> PoolSettings {
+        let g = cfg.general();
+        PoolSettings {
+            size: db.pool_size,
+            min_size: db.min_pool_size,
+            reserve_size: db.reserve_pool_size,
+            reserve_timeout: g.reserve_pool_timeout.0,
+            wait_timeout: g.query_wait_timeout.nonzero(),
+            connect_timeout: g.server_connect_timeout.0,
+            idle_timeout: g.server_idle_timeout.nonzero(),
+            lifetime: Some(g.server_lifetime.0),
+            check_delay: g.server_check_delay.0,
+            check_query: g.server_check_query.clone(),
+            host: host.clone(),
+            dbname: db.dbname.clone(),
+            user: user.to_string(),
+            application_name: "pgsluice".into(),
+            keepalive: g.tcp_keepalive,
+            clock: self.clock,
+            server_ids: self.server_ids.clone(),
+        }
+    }
+
+    /// Removes the set of (`db`, `user`) from the registry (a reload retires it).
+    pub fn remove(&self, db: &str, user: &str) -> Option<PoolSet> {
+        self.inner.lock().pools.remove(&(db.to_string(), user.to_string()))
+    }
+
+    /// Applies `cfg`'s `max_db_connections` and `max_user_connections` to the shared caps.
+    pub fn set_limits(&self, cfg: &Config) {
+        let inner = self.inner.lock();
+        for (db, l) in &inner.db_limits {
+            l.set_max(cfg.databases.get(db).map_or(0, |d| d.max_db_connections));
+        }
+        for (user, l) in &inner.user_limits {
+            l.set_max(cfg.max_user_connections(user));
+        }
+    }
+
     /// A snapshot of all pool sets with their (database, user) keys.
     pub fn sets(&self) -> Vec<((String, String), PoolSet)> {
         self.inner.lock().pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
@@ -176,5 +252,68 @@ impl PoolRegistry {
     /// Every pool (all hosts of all sets).
     pub fn all(&self) -> Vec<Pool> {
         self.inner.lock().pools.values().flat_map(|s| s.pools().iter().cloned()).collect()
+    }
+}
+
+/// The secret pools of `user` on `db` log in with: the database's fixed user's, else the
+/// auth_file's entry for `user`.
+pub fn secret_for(cfg: &Config, db: &Database, user: &str) -> Option<crate::auth::Secret> {
+    match &db.fixed_user {
+        Some(_) => db.fixed_secret.clone(),
+        None => cfg.users.get(user).map(|u| u.secret.clone()),
+    }
+}
+
+/// Admin-console state of one database: `PAUSE`/`RESUME` (and `KILL`, which pauses too)
+/// and `DISABLE`/`ENABLE`. Sessions read it with one atomic load per request.
+#[derive(Debug, Default)]
+pub struct DbControl {
+    paused: AtomicBool,
+    disabled: AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+impl DbControl {
+    /// Whether new requests must wait.
+    #[inline]
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// New requests wait until [`DbControl::resume`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// Lets waiting requests go on.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    /// Whether new logins are refused.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
+    }
+
+    /// `DISABLE` (true) / `ENABLE` (false).
+    pub fn set_disabled(&self, v: bool) {
+        self.disabled.store(v, Ordering::Release);
+    }
+
+    /// Resolves once the database is not paused.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn wait_resumed(&self) {
+        loop {
+            let notified = self.resumed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_paused() {
+                return;
+            }
+            notified.await;
+        }
     }
 }

@@ -5,6 +5,19 @@
 
 use tokio::sync::{mpsc, watch};
 
+/// How `SHUTDOWN` stops the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Close everything now (`SHUTDOWN`; a second signal).
+    Immediate,
+    /// Stop accepting; each client is closed once its transaction ends (`SHUTDOWN
+    /// WAIT_FOR_SERVERS`; SIGINT).
+    WaitForServers,
+    /// Stop accepting; existing clients go on until they disconnect (`SHUTDOWN
+    /// WAIT_FOR_CLIENTS`; SIGTERM).
+    WaitForClients,
+}
+
 /// Receives the stop signal.
 #[derive(Clone)]
 pub struct Shutdown {
@@ -75,8 +88,78 @@ impl ShutdownController {
     /// Requests the stop and waits until every token is dropped.
     pub async fn drain(mut self) {
         self.trigger();
+        self.wait_drained().await;
+    }
+
+    /// Waits until every token is dropped, without requesting the stop (sessions end when
+    /// their clients leave: `SHUTDOWN WAIT_FOR_CLIENTS`). No new token can be made after.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn wait_drained(&mut self) {
         self.drain_tx = None;
         let _ = self.drain_rx.recv().await;
+    }
+}
+
+/// What a process signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the config.
+    Reload,
+    /// SIGINT / SIGTERM: stop (in this mode, or at once if a stop is already under way).
+    Stop(StopMode),
+}
+
+/// The process signals pgsluice handles (PgBouncer's meanings: SIGHUP reload, SIGINT
+/// `SHUTDOWN WAIT_FOR_SERVERS`, SIGTERM `SHUTDOWN WAIT_FOR_CLIENTS`, SIGQUIT immediate).
+pub struct Signals {
+    #[cfg(unix)]
+    inner: Option<[tokio::signal::unix::Signal; 4]>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let all = (|| {
+                Some([
+                    signal(SignalKind::hangup()).ok()?,
+                    signal(SignalKind::interrupt()).ok()?,
+                    signal(SignalKind::terminate()).ok()?,
+                    signal(SignalKind::quit()).ok()?,
+                ])
+            })();
+            Signals { inner: all }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some([hup, int, term, quit]) = self.inner.as_mut() {
+            return tokio::select! {
+                _ = hup.recv() => Signal::Reload,
+                _ = int.recv() => Signal::Stop(StopMode::WaitForServers),
+                _ = term.recv() => Signal::Stop(StopMode::WaitForClients),
+                _ = quit.recv() => Signal::Stop(StopMode::Immediate),
+            };
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop(StopMode::WaitForServers)
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

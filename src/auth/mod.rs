@@ -30,6 +30,22 @@ pub enum Secret {
 
 // === impl Secret ===
 
+impl PartialEq for Secret {
+    /// Same stored form (constant-time is not needed: both sides come from config files).
+    fn eq(&self, other: &Secret) -> bool {
+        match (self, other) {
+            (Secret::Plain(a), Secret::Plain(b)) | (Secret::Md5(a), Secret::Md5(b)) => a == b,
+            (Secret::Scram(a), Secret::Scram(b)) => {
+                a.iterations == b.iterations
+                    && a.salt == b.salt
+                    && a.stored_key == b.stored_key
+                    && a.server_key == b.server_key
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Secret {
     /// Classify a stored secret the way PostgreSQL does: `"md5"` + 32 lowercase hex digits is an
     /// MD5 hash, a `SCRAM-SHA-256$` prefix is a verifier (an error if malformed), anything else is

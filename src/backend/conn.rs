@@ -121,6 +121,8 @@ pub struct ServerConn {
     pub synced: Option<Arc<ParamSet>>,
     /// Requests owed to the current client, relay side buffers, prepared statements.
     pub pipeline: Pipeline,
+    /// Its identity in its pool (`SHOW SERVERS`); `None` for probe connections.
+    pub meta: Option<Arc<crate::stats::ServerMeta>>,
 }
 
 impl ServerConn {
@@ -197,6 +199,7 @@ impl ServerConn {
             last_used: now,
             synced: None,
             pipeline: Pipeline::default(),
+            meta: None,
         })
     }
 

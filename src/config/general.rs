@@ -136,6 +136,10 @@ pub struct General {
     pub track_extra_parameters: Vec<String>,
     /// Append ` - host:port` of the client to `application_name` sent to servers. Default false.
     pub application_name_add_host: bool,
+    /// (pgsluice) Append ` #<client id>` to `application_name` sent to servers, so
+    /// `pg_stat_activity` and server logs can be matched with pgsluice's logs and `SHOW
+    /// CLIENTS`. Default false.
+    pub application_name_add_client_id: bool,
     /// Enable TCP keepalive (OS default timings) on client and server sockets, so dead peers
     /// are eventually detected. Default true. PgBouncer's `tcp_keepalive`.
     pub tcp_keepalive: bool,
@@ -214,6 +218,68 @@ pub struct General {
     pub max_parse_length: u32,
     /// (pgsluice) Parsed statement classifications kept in memory. Default 4096.
     pub classify_cache_size: u32,
+    /// Name of the admin console's virtual database. Default `pgbouncer`. Restart to change.
+    pub admin_database: String,
+    /// Users allowed every admin console command (they must pass `auth_type`, like any
+    /// client). Default `[]`.
+    pub admin_users: Vec<String>,
+    /// Users allowed the admin console's read-only `SHOW` commands. Default `[]`.
+    pub stats_users: Vec<String>,
+    /// (pgsluice) `text` or `json` (one object per line). Default `text`. Restart to change.
+    pub log_format: LogFormat,
+    /// Log each client login. Default true.
+    pub log_connections: bool,
+    /// Log each client disconnection with its reason. Default true.
+    pub log_disconnections: bool,
+    /// Log errors pgsluice itself sends to clients. Default true.
+    pub log_pooler_errors: bool,
+    /// Log a one-line summary of traffic every `stats_period`. Default true.
+    pub log_stats: bool,
+    /// How often averages (`SHOW STATS` `avg_*`, `SHOW STATS_AVERAGES`) are recomputed and the
+    /// `log_stats` line written. Default 60s.
+    pub stats_period: Dur,
+    /// (pgsluice) What a transaction-mode client that changes session state gets (see
+    /// docs/session-state.md): `pin` (it keeps its server connection until the state is
+    /// undone or it disconnects; the connection is reset before reuse), `reject` (an error
+    /// naming the statement), `allow` (PgBouncer's behaviour: the state leaks). Databases and
+    /// users may override it. Default `pin`.
+    pub session_state: SessionState,
+    /// Set `SO_REUSEPORT` on the listening socket, so a second pgsluice can listen on the same
+    /// port during an online restart (see docs/operations.md). Default false. Restart to change.
+    pub so_reuseport: bool,
+}
+
+/// The `session_state` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Keep the client on its server until the state is undone.
+    #[default]
+    Pin,
+    /// Refuse the statement with an error.
+    Reject,
+    /// Let it through (the state leaks to the next client of that server).
+    Allow,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[metrics]` section: the Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` to serve `GET /metrics` on; empty (the default) turns the endpoint off.
+    /// Restart to change.
+    pub listen_addr: String,
 }
 
 /// Where requests of a database or user go.
@@ -294,6 +360,7 @@ impl Default for General {
             ignore_startup_parameters: vec!["extra_float_digits".into()],
             track_extra_parameters: Vec::new(),
             application_name_add_host: false,
+            application_name_add_client_id: false,
             tcp_keepalive: true,
             shutdown_timeout: Dur::secs(30),
             worker_threads: 0,
@@ -319,6 +386,17 @@ impl Default for General {
             read_only_functions: Vec::new(),
             max_parse_length: 16384,
             classify_cache_size: 4096,
+            admin_database: "pgbouncer".into(),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            log_format: LogFormat::Text,
+            log_connections: true,
+            log_disconnections: true,
+            log_pooler_errors: true,
+            log_stats: true,
+            stats_period: Dur::secs(60),
+            so_reuseport: false,
+            session_state: SessionState::Pin,
         }
     }
 }
@@ -382,6 +460,9 @@ pub struct DatabaseSection {
     /// Overrides `[general] primary_reads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_reads: Option<PrimaryReads>,
+    /// Overrides `[general] session_state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_state: Option<SessionState>,
 }
 
 /// One entry of `hosts`.
@@ -451,6 +532,9 @@ pub struct UserSection {
     /// Overrides the database's and the general `route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<Route>,
+    /// Overrides the database's and the general `session_state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_state: Option<SessionState>,
 }
 
 fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -134,6 +134,8 @@ pub struct Txn {
     pub opened_transaction: bool,
     /// Requests scanned since the server was attached.
     pub requests: u32,
+    /// Session state the client set (issue 8): while pinned, it keeps its server.
+    pub pin: crate::router::session_state::PinState,
     /// The server was attached for a read (routed to a replica): outside a transaction it
     /// takes one request at a time, and the next request is held back to be routed on its
     /// own once this server is released.
@@ -264,6 +266,29 @@ pub struct Relay {
     /// The client closed its side while requests were held back behind a read-routed
     /// request: stop reading it, finish what it sent.
     client_eof: bool,
+    /// Session-state rules (transaction/statement mode with `session_state` pin or reject).
+    pub session: Option<std::sync::Arc<SessionRules>>,
+    /// pgsluice is shutting down: a pinned client's server is released at its next idle
+    /// point too (and the client closed).
+    pub draining: bool,
+}
+
+/// How a pooled client's session-state changes are handled (issue 8, see
+/// [`crate::router::session_state`]).
+pub struct SessionRules {
+    /// `Pin` or `Reject` (`Allow` means no rules at all).
+    pub policy: crate::config::SessionState,
+    /// Parameters replayed per client, which never pin.
+    pub tracked: std::sync::Arc<crate::params::Tracked>,
+    /// The client, whose `pinned` flag the console and metrics count.
+    pub info: std::sync::Arc<crate::stats::ClientInfo>,
+}
+
+impl SessionRules {
+    /// Whether parameter `name` is tracked.
+    pub fn is_tracked(&self, name: &str) -> bool {
+        self.tracked.lookup(name).is_some()
+    }
 }
 
 /// What a held server is doing, for `query_timeout` / `idle_transaction_timeout`.
@@ -297,6 +322,8 @@ impl Relay {
             timer,
             phase: None,
             client_eof: false,
+            session: None,
+            draining: false,
         }
     }
 
@@ -353,6 +380,10 @@ pub struct Ctx<'a> {
     pub statement_mode: bool,
     /// The pool's statements that some server accepted.
     pub known: Option<&'a KnownStatements>,
+    /// Session-state rules, if any.
+    pub session: Option<&'a SessionRules>,
+    /// Where the server's traffic counts go at the end of each transaction.
+    pub stats: Option<&'a crate::stats::PoolStats>,
 }
 
 /// Polls one read into `buf`. `Ready(Ok(0))` is end of stream.
@@ -363,12 +394,18 @@ fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut BytesMut) -> P
 }
 
 /// Polls one write toward `s`: the side buffer `out` first, else the scanned prefix of `h`.
-fn poll_write_from(cx: &mut Context<'_>, s: &mut Stream, out: &mut BytesMut, h: &mut Half<'_>) -> Poll<io::Result<()>> {
+/// `Ready(Ok(n))`: `n` bytes were written.
+fn poll_write_from(
+    cx: &mut Context<'_>,
+    s: &mut Stream,
+    out: &mut BytesMut,
+    h: &mut Half<'_>,
+) -> Poll<io::Result<usize>> {
     if !out.is_empty() {
         return match Pin::new(s).poll_write(cx, out) {
             Poll::Ready(Ok(n)) => {
                 out.advance(n);
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
@@ -378,7 +415,7 @@ fn poll_write_from(cx: &mut Context<'_>, s: &mut Stream, out: &mut BytesMut, h: 
         Poll::Ready(Ok(n)) => {
             h.buf.advance(n);
             h.pos.fwd -= n;
-            Poll::Ready(Ok(()))
+            Poll::Ready(Ok(n))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         Poll::Pending => Poll::Pending,
@@ -399,6 +436,8 @@ pub struct ClientIo<'a> {
     pub stmts: &'a mut ClientStatements,
     /// The pool's statements that some server accepted.
     pub known: &'a KnownStatements,
+    /// The pool's traffic counters.
+    pub stats: &'a crate::stats::PoolStats,
 }
 
 /// Where ParameterStatus values go: the server's list and the client's tracked set.
@@ -420,8 +459,10 @@ pub async fn pump(
     spos: &mut ScanPos,
     txn: &mut Txn,
 ) -> Event {
-    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params, stmts, known } = client;
+    let ClientIo { stream: cstream, buf: cbuf, pos: cpos, params, stmts, known, stats } = client;
     let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, pipeline, .. } = server;
+    // (A clone: the relay itself is borrowed mutably by each poll.)
+    let session = relay.session.clone();
     std::future::poll_fn(|cx| {
         let mut c = Half { buf: &mut *cbuf, pos: &mut *cpos };
         let mut s = Half { buf: &mut *sbuf, pos: &mut *spos };
@@ -434,6 +475,8 @@ pub async fn pump(
             max_body: relay.max_client_message,
             statement_mode: relay.statement_mode,
             known: Some(known),
+            session: session.as_deref(),
+            stats: Some(stats),
         };
         poll_pump(cx, relay, cstream, &mut c, sstream, &mut s, &mut ctx, &mut sink)
     })
@@ -465,7 +508,10 @@ fn poll_pump(
         // Client → server.
         if c.pos.fwd > 0 || !ctx.pl.to_server.is_empty() {
             match poll_write_from(cx, server, &mut ctx.pl.to_server, c) {
-                Poll::Ready(Ok(())) => progress = true,
+                Poll::Ready(Ok(n)) => {
+                    ctx.pl.tally.received += n as u64;
+                    progress = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerIo(e)),
                 Poll::Pending => {}
             }
@@ -473,7 +519,10 @@ fn poll_pump(
         // Server → client.
         if s.pos.fwd > 0 || !ctx.pl.to_client.is_empty() {
             match poll_write_from(cx, client, &mut ctx.pl.to_client, s) {
-                Poll::Ready(Ok(())) => progress = true,
+                Poll::Ready(Ok(n)) => {
+                    ctx.pl.tally.sent += n as u64;
+                    progress = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientIo(e)),
                 Poll::Pending => {}
             }
@@ -490,7 +539,8 @@ fn poll_pump(
             && c.pos.need == 0
             && ctx.pl.to_server.is_empty()
             && ctx.pl.queue.is_empty();
-        if all_relayed && ctx.txn.server_idle() && (relay.release_on_idle || ctx.txn.terminated) {
+        let releasable = relay.release_on_idle && (!ctx.txn.pin.is_pinned() || relay.draining);
+        if all_relayed && ctx.txn.server_idle() && (releasable || ctx.txn.terminated) {
             return Poll::Ready(if ctx.txn.terminated { Event::ClientClosed } else { Event::Released });
         }
         if (ctx.txn.terminated || (relay.client_eof && c.buf.len() == c.pos.fwd))

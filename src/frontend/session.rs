@@ -26,8 +26,9 @@ use crate::error::{ClientError, ErrorSource};
 use crate::net::Stream;
 use crate::pool::{PoolGuard, PoolSet, Ryw};
 use crate::protocol::{status, write};
-use crate::shared::Shared;
+use crate::shared::{DbControl, Shared};
 use crate::shutdown::{DrainToken, Shutdown};
+use crate::stats::{ClientInfo, Clock, Registration};
 
 use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts, ScanPos, Txn};
 use super::startup::{self, Startup};
@@ -42,23 +43,62 @@ use crate::router::{self, Policy, Want};
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
     let _ = tcp.set_nodelay(true);
     // Boxed so the (large, short-lived) login future does not inflate every idle session.
-    let login = match Box::pin(startup::startup(&shared, tcp, peer)).await {
-        Startup::LoggedIn(l) => l,
-        Startup::Done => return,
+    let login = {
+        shared.logging_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let s = Box::pin(startup::startup(&shared, tcp, peer)).await;
+        shared.logging_in.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match s {
+            Startup::LoggedIn(l) => l,
+            // Boxed: the console's future must not enlarge every pooled session.
+            Startup::Admin(a) => return Box::pin(crate::admin::serve(shared, *a, peer, shutdown, _drain)).await,
+            Startup::Done => return,
+        }
     };
-    let id = shared.next_client_id();
-    // Debug level: at the default `info` a per-session span would cost memory per idle client.
-    let span = tracing::debug_span!("client", id, db = %login.db.name, user = %login.user);
+    let id = login.id;
     let cfg = shared.config.load();
     let g = cfg.general();
+    // The correlation span: with JSON logs at info level (every line of the session carries
+    // the client id); with text logs at debug level, as at `info` an enabled span per
+    // session costs memory per idle client (the session's own info lines name the id).
+    let span = if g.log_format == crate::config::LogFormat::Json {
+        tracing::info_span!("client", client_id = id, db = %login.db.name, user = %login.user)
+    } else {
+        tracing::debug_span!("client", client_id = id, db = %login.db.name, user = %login.user)
+    };
     let l = *login;
+    if g.log_connections {
+        let _e = span.enter();
+        tracing::info!(
+            client_id = id,
+            db = %l.db.name,
+            user = %l.user,
+            addr = %peer,
+            tls = l.stream.is_tls(),
+            application_name = l.params.get("application_name").unwrap_or(""),
+            "client logged in"
+        );
+    }
+    let log = LogFlags { disconnections: g.log_disconnections, pooler_errors: g.log_pooler_errors };
+    let pin_reset_query = Some(g.server_reset_query.trim().to_string()).filter(|q| !q.is_empty());
+    let reg = shared.clients.register(ClientInfo::new(
+        id,
+        l.db.name.as_str().into(),
+        l.user.as_str().into(),
+        l.db.fixed_user.as_deref().unwrap_or(&l.user).into(),
+        peer,
+        l.stream.tcp().local_addr().ok(),
+        l.stream.is_tls(),
+        l.params.get("application_name").unwrap_or(""),
+        shared.clock.now_us(),
+        false,
+    ));
     let release_on_idle = l.mode != PoolMode::Session;
     let reset_query = {
         let q = g.server_reset_query.trim();
         let wanted = l.mode == PoolMode::Session || g.server_reset_query_always;
         (!q.is_empty() && wanted).then(|| q.to_string())
     };
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         release_on_idle,
         l.mode == PoolMode::Statement,
         g.max_prepared_statements > 0,
@@ -75,6 +115,14 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         read_your_writes: g.read_your_writes,
         ryw_wait: g.read_your_writes_wait.0,
     };
+    let session_state = cfg.session_state(&l.db.name, &l.user);
+    if l.mode != PoolMode::Session && session_state != crate::config::SessionState::Allow {
+        relay.session = Some(Arc::new(relay::SessionRules {
+            policy: session_state,
+            tracked: cfg.tracked.clone(),
+            info: reg.info.clone(),
+        }));
+    }
     let session = Session {
         stream: l.stream,
         buf: l.buf,
@@ -95,9 +143,43 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         relay,
         client_idle_timeout: g.client_idle_timeout.nonzero(),
         reset_query,
+        control: shared.control(&l.db.name),
+        clock: shared.clock,
+        reg,
+        shared: shared.clone(),
+        log,
+        close_reason: None,
+        pin_reset_query,
     };
     drop(cfg);
-    session.serve(shutdown, peer).instrument(span).await;
+    let started = shared.clock.now_us();
+    let mut session = session;
+    let span2 = span.clone();
+    async {
+        session.serve(shutdown, peer).await;
+        if log.disconnections {
+            let info = &session.reg.info;
+            tracing::info!(
+                client_id = id,
+                db = %info.database,
+                user = %info.user,
+                addr = %peer,
+                duration_s = format!("{:.3}", shared.clock.now_us().saturating_sub(started) as f64 / 1e6),
+                reason = session.close_reason.as_deref().unwrap_or("client closed the connection"),
+                "client disconnected"
+            );
+        }
+    }
+    .instrument(span2)
+    .await;
+    drop(span);
+}
+
+/// Which session events are logged (`log_disconnections`, `log_pooler_errors`).
+#[derive(Debug, Clone, Copy)]
+struct LogFlags {
+    disconnections: bool,
+    pooler_errors: bool,
 }
 
 struct Session {
@@ -128,6 +210,18 @@ struct Session {
     relay: Relay,
     client_idle_timeout: Option<Duration>,
     reset_query: Option<String>,
+    /// PAUSE / RESUME of this client's database.
+    control: Arc<DbControl>,
+    clock: Clock,
+    /// This client in the registry (state for the admin console, KILL).
+    reg: Registration,
+    shared: Arc<Shared>,
+    log: LogFlags,
+    /// Why pgsluice closed the client (the disconnection log line).
+    close_reason: Option<std::borrow::Cow<'static, str>>,
+    /// `server_reset_query`, run on a server a pinned client leaves (`None`: such a server is
+    /// closed instead).
+    pin_reset_query: Option<String>,
 }
 
 enum Wait {
@@ -138,19 +232,30 @@ enum Wait {
 }
 
 impl Session {
-    async fn serve(mut self, shutdown: Shutdown, peer: SocketAddr) {
+    async fn serve(&mut self, shutdown: Shutdown, peer: SocketAddr) {
         // One stop-signal future for the whole session: registering a fresh waiter on the
         // shared watch channel per transaction would contend across all sessions.
+        // It also resolves when the client is killed (KILL, KILL_CLIENT); see `killed()`.
         let mut stop: StopSignal = Box::pin({
             let mut s = shutdown.clone();
-            async move { s.wait().await }
+            let info = self.reg.info.clone();
+            async move {
+                tokio::select! {
+                    _ = s.wait() => {}
+                    _ = info.killed() => {}
+                }
+            }
         });
+        // `stop` has resolved (it must not be polled again).
+        let mut stopped = false;
         tracing::debug!(%peer, "client logged in");
         let mut server: Option<PoolGuard> = None;
         let mut draining = false;
         loop {
             if server.is_none() {
-                match self.wait_request(&shutdown, &mut stop).await {
+                self.reg.info.unlinked();
+                self.reg.info.set_prepared_statements(self.stmts.len());
+                match self.wait_request(&shutdown, &mut stop, &mut stopped).await {
                     Wait::Ready => {
                         // (Not inside a deferred BEGIN: its answer would say "idle".)
                         if self.relay.track_prepared
@@ -170,6 +275,20 @@ impl Session {
                     Wait::Shutdown => return self.close_with(shutting_down()).await,
                     Wait::Failed(e) => return self.close_with(e).await,
                 }
+                // (Checked once the request is here: a reload may have come while it waited.)
+                if self.pool.is_retired() {
+                    if let Err(e) = self.rebind() {
+                        return self.close_with(e).await;
+                    }
+                }
+                if self.control.is_paused() {
+                    match Box::pin(self.wait_resumed(&mut stop, &mut stopped)).await {
+                        Wait::Ready => {}
+                        Wait::Closed => return,
+                        Wait::Shutdown => return self.close_with(shutting_down()).await,
+                        Wait::Failed(e) => return self.close_with(e).await,
+                    }
+                }
                 match self.attach().await {
                     Ok(g) => server = Some(g),
                     Err(e) if e.severity == write::Severity::Fatal => return self.close_with(e).await,
@@ -182,9 +301,10 @@ impl Session {
                 }
             }
             let Some(g) = server.as_mut() else { continue };
-            if !draining && !self.relay.release_on_idle && shutdown.is_set() {
+            if !draining && shutdown.is_set() && (!self.relay.release_on_idle || self.txn.pin.is_pinned()) {
                 draining = true;
                 self.relay.release_on_idle = true;
+                self.relay.draining = true;
             }
             let watch_shutdown = !draining && !self.relay.release_on_idle;
             let ev = {
@@ -196,17 +316,38 @@ impl Session {
                     params: &mut self.params,
                     stmts: &mut self.stmts,
                     known: pool.known_statements(),
+                    stats: pool.stats(),
                 };
                 let pump = relay::pump(&mut self.relay, client, server_conn, &mut self.spos, &mut self.txn);
+                // (In transaction mode a shutdown is handled when the server is released; the
+                // signal is still watched for KILL.)
                 tokio::select! {
                     ev = pump => Some(ev),
-                    _ = &mut stop, if watch_shutdown && !shutdown.is_set() => None,
+                    _ = &mut stop, if !stopped && (watch_shutdown || !shutdown.is_set()) => {
+                        stopped = true;
+                        None
+                    }
                 }
             };
+            if let Some(g) = server.as_mut() {
+                let (pool, server_conn) = g.parts();
+                pool.stats().add(&mut server_conn.pipeline.tally);
+            }
+            if ev.is_none() && self.reg.info.is_killed() {
+                if let Some(mut g) = server.take() {
+                    if self.txn.pending > 0 {
+                        tokio::spawn(crate::cancel::send_cancel(g.server().cancel.clone()));
+                    }
+                    g.discard();
+                }
+                return self.close_with(killed()).await;
+            }
             let Some(ev) = ev else {
-                // Session mode on shutdown: give the server back at the next idle point.
+                // Session mode (or a pinned client) on shutdown: give the server back at the
+                // next idle point.
                 draining = true;
                 self.relay.release_on_idle = true;
+                self.relay.draining = true;
                 continue;
             };
             self.cancel.slot.clear();
@@ -295,6 +436,27 @@ impl Session {
         }
     }
 
+    /// Moves to the current pools of this client's database after a reload replaced them;
+    /// an error if the database was removed.
+    fn rebind(&mut self) -> Result<(), ClientError> {
+        let cfg = self.shared.config.load();
+        let name = &self.reg.info.database;
+        let removed = || {
+            ClientError::fatal(
+                "3D000",
+                format!("database \"{name}\" was removed from the configuration (pgsluice reload)"),
+                ErrorSource::Internal,
+            )
+        };
+        let db = cfg.databases.get(name.as_ref()).ok_or_else(removed)?;
+        let cluster = self.shared.cluster(name).ok_or_else(removed)?;
+        let set = self.shared.pools.get_or_create(&cfg, &cluster, db, &self.reg.info.user);
+        self.params.intern(set.interner());
+        self.pool = set;
+        tracing::debug!("pools replaced by a reload: moved to the new ones");
+        Ok(())
+    }
+
     /// A server believed to be the primary said "read-only transaction": it may have been
     /// demoted, so the topology is probed again at once.
     fn check_read_only(&self, g: &mut PoolGuard) {
@@ -324,6 +486,7 @@ impl Session {
             None => "server connection closed unexpectedly".to_string(),
         };
         let resumable = self.relay.release_on_idle
+            && !self.txn.pin.is_pinned()
             && self.txn.status == status::IDLE
             && !self.txn.unsynced
             && !self.txn.flushed
@@ -387,6 +550,9 @@ impl Session {
         if std::mem::take(&mut self.note_write) {
             self.ryw_since = self.pool.cluster().now_ms();
         }
+        if g.server().pipeline.session_dirty && !Box::pin(self.reset_pinned(&mut g)).await {
+            return g.discard();
+        }
         if g.server().pipeline.poisoned {
             // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
             // DEALLOCATE by a client): no other client gets it.
@@ -423,6 +589,8 @@ impl Session {
         // replica by hint is its own choice (no read-your-writes wait).
         let may_write = class.is_none_or(|c| !c.read_only);
         let hinted_replica = class.is_some_and(|c| c.hint == crate::router::classify::Hint::Replica);
+        let wait_start = tokio::time::Instant::now();
+        self.reg.info.waiting(self.clock.us(wait_start));
         // The slow paths are boxed so that their futures do not enlarge every idle session.
         let mut g = match want {
             Want::Primary if !self.policy.classifies() => match self.pool.try_check_out() {
@@ -443,6 +611,14 @@ impl Session {
                 g
             }
         };
+        {
+            let (pool, server) = g.parts();
+            pool.stats().assigned(wait_start.elapsed());
+            if let Some(meta) = &server.meta {
+                meta.link(self.reg.info.id, self.clock.now_us());
+                self.reg.info.linked(meta);
+            }
+        }
         let server = g.server();
         if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
             if let Err(e) = Box::pin(self.sync_params(&mut g, sql)).await {
@@ -608,6 +784,25 @@ impl Session {
         true
     }
 
+    /// Resets a server a pinned client set session state on (`server_reset_query`, normally
+    /// `DISCARD ALL`) before another client gets it; false if it cannot be (then it is
+    /// closed).
+    async fn reset_pinned(&mut self, g: &mut PoolGuard) -> bool {
+        let Some(q) = self.pin_reset_query.clone() else { return false };
+        let limit = g.pool().settings().connect_timeout;
+        if !matches!(tokio::time::timeout(limit, g.server().run_discard(&q)).await, Ok(Ok(()))) {
+            return false;
+        }
+        let server = g.server();
+        // DISCARD ALL drops prepared statements and may reset unreported parameters.
+        server.pipeline.statements.clear();
+        server.pipeline.session_dirty = false;
+        self.params.forget_unreported(&mut server.params, &mut server.synced);
+        self.txn.pin = Default::default();
+        self.reg.info.set_pinned(false);
+        true
+    }
+
     /// Brings a server's tracked parameters to this client's values with `sql` (one round
     /// trip). Out of line for the same reason as [`Session::reset`].
     async fn sync_params(&mut self, g: &mut PoolGuard, sql: String) -> Result<(), ClientError> {
@@ -645,8 +840,27 @@ impl Session {
         true
     }
 
+    /// Waits while the database is paused (PAUSE, KILL), until RESUME. The client's
+    /// buffered request waits with it.
+    async fn wait_resumed(&mut self, stop: &mut StopSignal, stopped: &mut bool) -> Wait {
+        // Counted as waiting (SHOW POOLS cl_waiting, maxwait) while the database is paused.
+        self.reg.info.waiting(self.clock.now_us());
+        let control = self.control.clone();
+        tokio::select! {
+            _ = control.wait_resumed() => Wait::Ready,
+            _ = &mut *stop, if !*stopped => {
+                *stopped = true;
+                if self.reg.info.is_killed() {
+                    Wait::Failed(killed())
+                } else {
+                    Wait::Shutdown
+                }
+            }
+        }
+    }
+
     /// Waits (without a server) until the client has a complete request buffered.
-    async fn wait_request(&mut self, shutdown: &Shutdown, stop: &mut StopSignal) -> Wait {
+    async fn wait_request(&mut self, shutdown: &Shutdown, stop: &mut StopSignal, stopped: &mut bool) -> Wait {
         loop {
             // Re-walked from the start on each read: while idle the buffer holds at most a
             // request or two. A request pipelined before Terminate still runs (the relay
@@ -679,7 +893,13 @@ impl Session {
             };
             let n = tokio::select! {
                 r = read => r,
-                _ = &mut *stop, if !shutdown.is_set() => continue,
+                _ = &mut *stop, if !*stopped => {
+                    *stopped = true;
+                    if self.reg.info.is_killed() {
+                        return Wait::Failed(killed());
+                    }
+                    continue;
+                }
                 _ = idle_limit => return Wait::Failed(ClientError::fatal("08P01", "client_idle_timeout", ErrorSource::Internal)),
             };
             match n {
@@ -702,7 +922,9 @@ impl Session {
             self.close_with_inner(e.into_fatal()).await;
             return false;
         }
-        tracing::debug!(code = %e.code, message = %e.message, "request rejected");
+        if self.log.pooler_errors {
+            tracing::warn!(client_id = self.reg.info.id, code = %e.code, message = %e.message, "pooler error");
+        }
         let mut out = BytesMut::with_capacity(128);
         e.encode(&mut out);
         for _ in 0..buffered.requests {
@@ -721,7 +943,10 @@ impl Session {
     }
 
     async fn close_with_inner(&mut self, e: ClientError) {
-        tracing::debug!(code = %e.code, message = %e.message, "closing client");
+        if self.log.pooler_errors {
+            tracing::warn!(client_id = self.reg.info.id, code = %e.code, message = %e.message, "pooler error, closing client");
+        }
+        self.close_reason = Some(e.message.clone());
         let mut out = BytesMut::with_capacity(128);
         e.into_fatal().encode(&mut out);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -735,6 +960,14 @@ impl Session {
 /// The session's stop-signal future; polled only while the stop is not yet set (it must not
 /// be polled again after it completed).
 type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn killed() -> ClientError {
+    ClientError::fatal(
+        "57P01",
+        "terminating connection due to administrator command (pgsluice admin console: KILL)",
+        ErrorSource::Internal,
+    )
+}
 
 fn shutting_down() -> ClientError {
     ClientError::fatal(

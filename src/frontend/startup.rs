@@ -38,6 +38,8 @@ const MAX_AUTH_MESSAGE: usize = 8 * 1024;
 
 /// A logged-in client, ready for its session.
 pub struct LoggedIn {
+    /// Process-unique client id (logs, admin console, `application_name_add_client_id`).
+    pub id: u64,
     /// Client socket.
     pub stream: Stream,
     /// Bytes the client already sent after its login messages.
@@ -60,6 +62,8 @@ pub struct LoggedIn {
 pub enum Startup {
     /// Authenticated; run a session.
     LoggedIn(Box<LoggedIn>),
+    /// Authenticated to the admin console.
+    Admin(Box<crate::admin::AdminLogin>),
     /// A CancelRequest was handled, or the client went away; nothing more to do.
     Done,
 }
@@ -79,11 +83,13 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> 
         None => run.await,
     };
     match res {
-        Ok(Some(l)) => Startup::LoggedIn(l),
+        Ok(Some(l)) => l,
         Ok(None) => Startup::Done,
         Err(err) => {
             if let (Some(e), Some(s)) = (err, stream.as_mut()) {
-                tracing::debug!(%peer, code = %e.code, message = %e.message, "login failed");
+                if cfg.general().log_pooler_errors {
+                    tracing::warn!(%peer, code = %e.code, message = %e.message, "login failed");
+                }
                 let mut out = BytesMut::new();
                 e.into_fatal().encode(&mut out);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
@@ -123,7 +129,7 @@ async fn login(
     slot: &mut Option<Stream>,
     buf: &mut BytesMut,
     peer: SocketAddr,
-) -> LoginResult<Option<Box<LoggedIn>>> {
+) -> LoginResult<Option<Startup>> {
     // 1. Negotiate encryption until a StartupMessage arrives.
     let (major, minor, params) = loop {
         let s = slot.as_mut().ok_or(None)?;
@@ -214,13 +220,30 @@ async fn login(
         Some(ClientError::fatal("28000", "no PostgreSQL user name specified in startup packet", ErrorSource::Client))
     })?;
     let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let id = shared.next_client_id();
     if g.application_name_add_host {
         let app = client_params.get("application_name").unwrap_or("").to_string();
         client_params.set("application_name", &format!("{app} - {peer}"));
     }
+    if g.application_name_add_client_id {
+        let app = client_params.get("application_name").unwrap_or("").to_string();
+        client_params.set("application_name", &format!("{app} #{id}"));
+    }
 
     // 3. Authenticate.
-    let keys = authenticate(shared, cfg, stream, buf, &mut out, &user).await?;
+    let keys = match authenticate(shared, cfg, stream, buf, &mut out, &user).await {
+        Ok(k) => k,
+        Err(e) => {
+            if e.as_ref().is_some_and(|e| e.code.starts_with("28")) {
+                shared.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Err(e);
+        }
+    };
+
+    if database == g.admin_database {
+        return admin_login(cfg, slot, buf, out, user, &client_params).await.map(Some);
+    }
 
     // 4. Database and pool.
     let Some(db) = cfg.databases.get(&database).cloned() else {
@@ -230,6 +253,13 @@ async fn login(
             ErrorSource::Client,
         )));
     };
+    if shared.control(&db.name).is_disabled() {
+        return Err(Some(ClientError::fatal(
+            "55000",
+            format!("database \"{database}\" is disabled (admin console DISABLE)"),
+            ErrorSource::Internal,
+        )));
+    }
     let Some(cluster) = shared.cluster(&db.name) else {
         return Err(Some(ClientError::fatal(
             "3D000",
@@ -262,7 +292,8 @@ async fn login(
     client_params.intern(pool.interner());
     let mode = cfg.pool_mode(&db, &user);
     let stream = slot.take().ok_or(None)?;
-    Ok(Some(Box::new(LoggedIn {
+    Ok(Some(Startup::LoggedIn(Box::new(LoggedIn {
+        id,
         stream,
         buf: std::mem::take(buf),
         db,
@@ -271,6 +302,40 @@ async fn login(
         mode,
         cancel,
         params: client_params,
+    }))))
+}
+
+/// Finishes the login of an authenticated admin console user: users in neither
+/// `admin_users` nor `stats_users` are refused (as PgBouncer does, at login).
+async fn admin_login(
+    cfg: &Config,
+    slot: &mut Option<Stream>,
+    buf: &mut BytesMut,
+    mut out: BytesMut,
+    user: String,
+    params: &ClientParams,
+) -> LoginResult<Startup> {
+    let Some(role) = crate::admin::role_of(cfg, &user) else {
+        return Err(Some(ClientError::fatal(
+            "28000",
+            format!("not allowed: user \"{user}\" is in neither admin_users nor stats_users"),
+            ErrorSource::Client,
+        )));
+    };
+    write::auth_ok(&mut out);
+    for (k, v) in crate::admin::login_params(cfg) {
+        write::parameter_status(&mut out, k, &v);
+    }
+    write::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
+    write::ready_for_query(&mut out, status::IDLE);
+    let mut stream = slot.take().ok_or(None)?;
+    stream.write_all(&out).await.map_err(|_| None)?;
+    Ok(Startup::Admin(Box::new(crate::admin::AdminLogin {
+        stream,
+        buf: std::mem::take(buf),
+        user,
+        role,
+        application_name: params.get("application_name").unwrap_or("").to_string(),
     })))
 }
 

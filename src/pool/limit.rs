@@ -15,7 +15,7 @@ use super::Inner;
 /// A shared cap on open server connections.
 #[derive(Default)]
 pub struct Limit {
-    max: u32,
+    max: AtomicU32,
     current: AtomicU32,
     /// Pools sharing this cap.
     members: Mutex<Vec<Weak<Inner>>>,
@@ -24,7 +24,12 @@ pub struct Limit {
 impl Limit {
     /// A limit of `max` connections (0 = unlimited).
     pub fn new(max: u32) -> Limit {
-        Limit { max, current: AtomicU32::new(0), members: Mutex::new(Vec::new()) }
+        Limit { max: AtomicU32::new(max), current: AtomicU32::new(0), members: Mutex::new(Vec::new()) }
+    }
+
+    /// Changes the cap (a reload); connections over a lower cap close as they are released.
+    pub fn set_max(&self, max: u32) {
+        self.max.store(max, Ordering::Release);
     }
 
     /// Records a pool sharing this cap.
@@ -36,7 +41,10 @@ impl Limit {
 
     /// Whether the cap is reached.
     pub fn at_max(&self) -> bool {
-        self.max != 0 && self.current.load(Ordering::Acquire) >= self.max
+        {
+            let max = self.max.load(Ordering::Acquire);
+            max != 0 && self.current.load(Ordering::Acquire) >= max
+        }
     }
 
     /// Closes one idle connection of another pool sharing this cap (one whose clients are not
@@ -67,7 +75,10 @@ impl Limit {
     /// Takes one unit if below the maximum.
     pub fn try_acquire(&self) -> bool {
         self.current
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (self.max == 0 || c < self.max).then_some(c + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                let max = self.max.load(Ordering::Acquire);
+                (max == 0 || c < max).then_some(c + 1)
+            })
             .is_ok()
     }
 

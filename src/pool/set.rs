@@ -53,13 +53,36 @@ struct Inner {
     pools: Box<[Pool]>,
     /// Routing decisions.
     stats: RouteStats,
+    /// Replaced or removed by a reload: sessions look their pools up again before their
+    /// next request.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl PoolSet {
     /// A set over `pools` (one per host of `cluster`, in order).
     pub fn new(cluster: Arc<Cluster>, pools: Vec<Pool>) -> PoolSet {
         debug_assert_eq!(pools.len(), cluster.hosts().len());
-        PoolSet(Arc::new(Inner { cluster, pools: pools.into(), stats: RouteStats::default() }))
+        PoolSet(Arc::new(Inner {
+            cluster,
+            pools: pools.into(),
+            stats: RouteStats::default(),
+            retired: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Marks the set replaced (a reload): its idle connections close now, busy ones when
+    /// released, and sessions move to the registry's current set at their next request.
+    pub fn retire(&self) {
+        self.0.retired.store(true, std::sync::atomic::Ordering::Release);
+        for p in self.0.pools.iter() {
+            p.retire();
+        }
+    }
+
+    /// Whether [`PoolSet::retire`] was called.
+    #[inline]
+    pub fn is_retired(&self) -> bool {
+        self.0.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Routing decisions so far.

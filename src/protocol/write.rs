@@ -237,6 +237,53 @@ pub fn bind_prefix(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest_len
     put_cstr(buf, statement);
 }
 
+/// RowDescription of text-format columns `(name, type oid)`.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    frame(buf, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_u32(*oid);
+            b.put_i16(-1); // type size
+            b.put_i32(-1); // type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values (`None` is NULL).
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a str>>) {
+    frame(buf, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(s) => {
+                    b.put_i32(s.len() as i32);
+                    b.put_slice(s.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// NoticeResponse (severity NOTICE) with `message`.
+pub fn notice(buf: &mut BytesMut, message: &str) {
+    frame(buf, b'N', |b| {
+        for tag in [b'S', b'V'] {
+            b.put_u8(tag);
+            put_cstr(b, b"NOTICE");
+        }
+        b.put_u8(b'C');
+        put_cstr(b, b"00000");
+        b.put_u8(b'M');
+        put_cstr(b, message.as_bytes());
+        b.put_u8(0);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{backend, split_frame};

@@ -4,9 +4,11 @@
 #[allow(dead_code)]
 mod harness;
 
+mod admin;
 mod auth;
 mod drivers;
 mod lifecycle;
+mod metrics;
 mod params;
 mod pooling;
 mod prepared;

@@ -14,6 +14,7 @@ use super::{server, Ctx, Half};
 use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::prepared::{parse_deallocate, ClientStatements, Key, KnownStatements, Stmt};
 use crate::protocol::{self, cstr, ftag, status, write, Header, HEADER_LEN};
+use crate::router::session_state;
 
 /// Longest simple query inspected for `DEALLOCATE name`.
 const MAX_DEALLOCATE_QUERY: usize = 1024;
@@ -55,7 +56,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         let frame_len = hdr.frame_len();
         let whole = rest.len() >= frame_len;
         // Rewriting needs some messages whole; wait for them.
-        if ctx.track && !whole && needs_whole(hdr.tag, frame_len) {
+        if !whole && needs_whole(hdr.tag, frame_len, ctx.track, ctx.session.is_some()) {
             c.pos.need = c.pos.fwd + frame_len;
             break;
         }
@@ -67,6 +68,9 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         }
         match hdr.tag {
             ftag::QUERY => {
+                if whole && ctx.session.is_some() && session_state(c, ctx, frame_len, false) {
+                    continue;
+                }
                 ctx.txn.pending += 1;
                 ctx.txn.requests += 1;
                 if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, ctx, frame_len) {
@@ -97,15 +101,25 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
                 ctx.txn.unsynced = true;
+                if hdr.tag == ftag::PARSE && whole && ctx.session.is_some() && session_state(c, ctx, frame_len, true) {
+                    continue;
+                }
                 if ctx.track {
                     match rewrite(c, ctx, hdr)? {
-                        Rewrite::Done => continue,
+                        Rewrite::Done => {
+                            count_client_message(ctx, hdr.tag);
+                            continue;
+                        }
                         Rewrite::Wait => {
                             c.pos.need = c.pos.fwd + super::READ_AHEAD;
                             break;
                         }
                         Rewrite::Untouched => {}
                     }
+                }
+                count_client_message(ctx, hdr.tag);
+                if hdr.tag == ftag::PARSE {
+                    ctx.pl.tally.server_parses += 1;
                 }
                 ctx.pl.batch_started = true;
                 let kind = match hdr.tag {
@@ -153,16 +167,117 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
     Ok(false)
 }
 
-/// Whether a message with this tag must be buffered whole before it is scanned (when
-/// prepared statements are tracked).
+/// Counts a client's Parse or Bind (`SHOW STATS` `client_parse_count`, `bind_count`).
 #[inline]
-fn needs_whole(tag: u8, frame_len: usize) -> bool {
+fn count_client_message(ctx: &mut Ctx<'_>, tag: u8) {
     match tag {
-        ftag::PARSE | ftag::DESCRIBE | ftag::CLOSE => true,
+        ftag::PARSE => ctx.pl.tally.client_parses += 1,
+        ftag::BIND => ctx.pl.tally.binds += 1,
+        _ => {}
+    }
+}
+
+/// Queues a Parse pgsluice sends to the server on its own or rewritten.
+#[inline]
+fn send_parse(ctx: &mut Ctx<'_>, name: &[u8], rest: &[u8]) {
+    ctx.pl.tally.server_parses += 1;
+    write::parse_raw(&mut ctx.pl.to_server, name, rest);
+}
+
+/// Whether a message with this tag must be buffered whole before it is scanned: when
+/// prepared statements are tracked (`track`), and for the session-state rules (`session`:
+/// query texts up to `READ_AHEAD`; longer ones stream unexamined).
+#[inline]
+fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
+    let text = session && frame_len <= super::READ_AHEAD;
+    match tag {
+        ftag::PARSE => track || text,
+        ftag::DESCRIBE | ftag::CLOSE => track,
         // Only the names at its start are needed; the values stream.
-        ftag::BIND => frame_len <= super::READ_AHEAD,
-        ftag::QUERY => frame_len <= MAX_DEALLOCATE_QUERY,
+        ftag::BIND => track && frame_len <= super::READ_AHEAD,
+        ftag::QUERY => (track && frame_len <= MAX_DEALLOCATE_QUERY) || text,
         _ => false,
+    }
+}
+
+/// Text a refused statement is replaced with: it fails to parse, so the server answers with
+/// an error (aborting a transaction, as the refused statement's error would), which the
+/// server scan replaces with pgsluice's own.
+const REJECT_SQL: &str = "pgsluice_refused_statement";
+
+/// Applies the session-state rules to a whole `Query` (or `Parse`, `parse`) at the scan
+/// position. Returns true when the message was refused and replaced (the scan position is
+/// past it and its answer is queued).
+fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool) -> bool {
+    let Some(rules) = ctx.session else { return false };
+    let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
+    let text = if parse { cstr(body).and_then(|(_, rest)| cstr(rest)) } else { cstr(body) };
+    let Some(text) = text.and_then(|(q, _)| std::str::from_utf8(q).ok()) else { return false };
+    match rules.policy {
+        crate::config::SessionState::Reject => {
+            let Some(d) = session_state::first_change(text, &|n| rules.is_tracked(n)) else { return false };
+            let message = format!(
+                "pgsluice: \"{}\" would leave {} on a pooled server connection, which session_state = \"reject\" refuses (use SET LOCAL, a transaction-level lock, or a session-mode pool)",
+                d.statement,
+                d.reason.as_str()
+            );
+            refuse(c, ctx, frame_len, parse, message);
+            true
+        }
+        crate::config::SessionState::Pin => {
+            pin_text(ctx, rules, text);
+            false
+        }
+        crate::config::SessionState::Allow => false,
+    }
+}
+
+/// Pin mode: records what `text` sets or undoes; logs when the client becomes pinned or
+/// unpinned.
+fn pin_text(ctx: &mut Ctx<'_>, rules: &super::SessionRules, text: &str) {
+    let was = ctx.txn.pin.is_pinned();
+    let d = session_state::apply(text, &|n| rules.is_tracked(n), &mut ctx.txn.pin);
+    let now = ctx.txn.pin.is_pinned();
+    if now {
+        ctx.pl.session_dirty = true;
+        // A pinned client keeps its server: nothing is held back to be routed on its own.
+        ctx.txn.one_request = false;
+    }
+    if now == was {
+        return;
+    }
+    rules.info.set_pinned(now);
+    if now {
+        tracing::info!(
+            client_id = rules.info.id,
+            db = %rules.info.database,
+            user = %rules.info.user,
+            reason = d.map_or("session state", |d| d.reason.as_str()),
+            statement = d.map_or(String::new(), |d| session_state::redact(d.statement)),
+            "client pinned to its server connection (session_state = pin)"
+        );
+    } else {
+        tracing::info!(client_id = rules.info.id, "client unpinned: the session state it set was undone");
+    }
+}
+
+/// Replaces a refused `Query`/`Parse` by [`REJECT_SQL`] and queues its error.
+fn refuse(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool, message: String) {
+    c.drop_frame(&mut ctx.pl.to_server, frame_len);
+    let undo = Some(Box::new(Undo { reject: Some(message.into()), ..Undo::default() }));
+    if parse {
+        let mut rest = Vec::with_capacity(REJECT_SQL.len() + 3);
+        rest.extend_from_slice(REJECT_SQL.as_bytes());
+        rest.extend_from_slice(&[0, 0, 0]);
+        send_parse(ctx, b"", &rest);
+        ctx.pl.batch_started = true;
+        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Reject, undo });
+    } else {
+        write::query(&mut ctx.pl.to_server, REJECT_SQL);
+        ctx.txn.pending += 1;
+        ctx.txn.requests += 1;
+        ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::Reject, undo });
+        boundary(ctx);
     }
 }
 
@@ -182,6 +297,7 @@ fn reads_statements(tag: u8, body: &[u8]) -> bool {
 /// bookkeeping that a failure would roll back, hold later requests until it is answered.
 #[inline]
 fn boundary(ctx: &mut Ctx<'_>) {
+    ctx.pl.tally.request_sent();
     ctx.pl.statements.next_batch();
     if ctx.pl.batch_dirty {
         ctx.pl.set_barrier();
@@ -220,7 +336,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 ensure_prepared(ctx, &existing);
                 let server_name = existing.name;
                 let rest = &c.buf[HEADER_LEN + name.len() + 1..frame_len];
-                write::parse_raw(&mut ctx.pl.to_server, &server_name, rest);
+                send_parse(ctx, &server_name, rest);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
                 let undo = Undo { name: Some(name), ..Undo::default() };
@@ -238,7 +354,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 // ROLLBACK/COMMIT: let the server decide, on the unnamed statement, so the
                 // shared statements stay as they are.
                 c.spill(&mut ctx.pl.to_server);
-                write::parse_raw(&mut ctx.pl.to_server, b"", &stmt.rest);
+                send_parse(ctx, b"", &stmt.rest);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
                 ctx.pl.batch_dirty = true;
@@ -259,7 +375,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             } else {
                 c.spill(&mut ctx.pl.to_server);
                 evict_for(ctx, &stmt);
-                write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
+                send_parse(ctx, &stmt.name, &stmt.rest);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
                 ctx.pl.batch_dirty = true;
@@ -277,6 +393,18 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 return Ok(Rewrite::Untouched);
             }
             let name_len = name.len();
+            let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
+            // A prepared statement that sets session state does so at each execution (its
+            // Parse may have been answered without a server).
+            if let Some(rules) = ctx.session.filter(|r| r.policy == crate::config::SessionState::Pin) {
+                if *stmt
+                    .session_effect
+                    .get_or_init(|| session_state::has_effect(stmt.query(), &|n| rules.is_tracked(n)))
+                {
+                    let stmt = stmt.clone();
+                    pin_text(ctx, rules, stmt.query());
+                }
+            }
             let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
             let (key, server_name) = (stmt.key, stmt.name);
             if !ctx.pl.statements.touch(&key) {
@@ -360,7 +488,7 @@ fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
         return;
     }
     evict_for(ctx, stmt);
-    write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
+    send_parse(ctx, &stmt.name, &stmt.rest);
     ctx.pl.batch_started = true;
     ctx.pl.batch_dirty = true;
     let undo = Undo { prepared: Some(stmt.key), ..Undo::default() };

@@ -140,6 +140,11 @@ pub(super) fn scan_server(
             ctx.pl.skipping = false;
             ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             ctx.txn.status = st;
+            if ctx.pl.tally.ready(st, ctx.txn.pending > 0, ctx.stats) {
+                if let Some(stats) = ctx.stats {
+                    stats.add(&mut ctx.pl.tally);
+                }
+            }
             if st == status::IDLE {
                 ctx.pl.statements.transaction_ends_before(ctx.pl.completed);
             }
@@ -164,6 +169,12 @@ pub(super) fn scan_server(
                 let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
                 s.drop_frame(&mut ctx.pl.to_client, frame_len);
                 write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "42P05", &message, None);
+            }
+            Action::Reject if error => {
+                let msg = ctx.pl.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.reject.as_deref());
+                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                let msg = msg.unwrap_or("pgsluice: statement refused (session_state = \"reject\")");
+                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "0A000", msg, None);
             }
             _ => s.pass(frame_len),
         }
@@ -294,7 +305,7 @@ fn replay_pipelined(ctx: &mut Ctx<'_>) {
 /// Rolls back the statement bookkeeping of a request the server failed or skipped.
 fn undo(ctx: &mut Ctx<'_>, e: Expect) {
     let Some(u) = e.undo else { return };
-    let Undo { defined, removed, prepared, closed, name: _ } = *u;
+    let Undo { defined, removed, prepared, closed, name: _, reject: _ } = *u;
     if let Some((name, stmt)) = defined {
         ctx.stmts.remove_if(&name, &stmt);
     }

@@ -76,6 +76,8 @@ impl Sim {
             max_body: 1 << 20,
             statement_mode: self.statement_mode,
             known: None,
+            session: None,
+            stats: None,
         };
         (c, s, ctx)
     }
@@ -100,6 +102,8 @@ impl Sim {
             max_body: 1 << 20,
             statement_mode: self.statement_mode,
             known: None,
+            session: None,
+            stats: None,
         };
         server::scan_server(s, &mut ctx, &mut sink)
     }

@@ -1,0 +1,100 @@
+//! The HTTP/1.1 server of the endpoint (hyper 1 over Tokio): `GET` or `HEAD` on
+//! [`super::PATH`] answers the scrape, another method there is a 405, any other path a 404.
+//!
+//! Invariants: the server holds only a `Weak` reference to the pooler's state, so it never
+//! keeps a stopped pooler alive (a request after that is a 503, and the accept loop ends
+//! at its next connection); a scrape is rendered synchronously between two awaits, so no
+//! lock is held across one; a connection that does not send its request head within
+//! [`HEADER_TIMEOUT`] is closed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::shared::Shared;
+
+/// How long a connection may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds `addr`, spawns the server task and returns the bound address (the real port when
+/// `addr`'s is 0). Must run inside a Tokio runtime.
+pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(accept_loop(listener, Arc::downgrade(&shared)));
+    Ok(bound)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Weak<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // This connection still gets its answer (a 503), then the listener closes.
+        let stopped = shared.strong_count() == 0;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let res = respond(&shared, &req);
+                async move { Ok::<_, Infallible>(res) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
+            }
+        });
+        if stopped {
+            tracing::debug!("metrics endpoint: the pooler has stopped, closing the listener");
+            return;
+        }
+    }
+}
+
+/// The response to one request.
+fn respond(shared: &Weak<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() != super::PATH {
+        return plain(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return res;
+    }
+    let Some(shared) = shared.upgrade() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "the pooler has stopped\n");
+    };
+    // (hyper sends no body for HEAD, with the GET's Content-Length.)
+    let body = super::render(&shared);
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(super::CONTENT_TYPE));
+    res
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}

@@ -1,0 +1,174 @@
+//! pgsluice's own families (`pgsluice_*`): what PgBouncer has no column for.
+//!
+//! - Hosts (`SHOW HOSTS`), labelled `database` and `host` (`host:port`, unique within a
+//!   database by config validation): `pgsluice_host_info` carries the role and health words
+//!   as labels (value 1); the numeric families `pgsluice_host_up`, `_primary`, `_lag_bytes`,
+//!   `_lag_seconds`, `_timeline`, `_breaker_open` can be alerted on directly. Lag and
+//!   timeline have no series while unknown. `pgsluice_host_breaker_state` is a state set: one
+//!   series per breaker state, 1 for the current one.
+//! - Routing (`SHOW ROUTES`) per (database, user) pool set, and failovers per database.
+//! - `pgsluice_checkout_wait_seconds`: how long clients waited for a server connection,
+//!   summed over the hosts' pools of a (database, user); its count is the number of server
+//!   assignments (`pgbouncer_stats_totals_server_assignments_total`, per database).
+//! - Logins: authentication failures and connections still logging in.
+
+use std::sync::atomic::Ordering;
+
+use super::{Families, Family, Spec};
+use crate::cluster::{BreakerState, Health, Primary};
+use crate::shared::Shared;
+use crate::stats::HistogramSnapshot;
+
+const HOST: &[&str] = &["database", "host"];
+
+const HOST_INFO: Spec = Spec::gauge(
+    "pgsluice_host_info",
+    "A backend host with its decided role (primary, replica, unknown) and health (up, lagging, unknown, down, \
+     breaker-open, fenced); always 1.",
+    &["database", "host", "role", "health"],
+);
+const HOST_UP: Spec = Spec::gauge("pgsluice_host_up", "1 if the host is healthy (health up or lagging), else 0.", HOST);
+const HOST_PRIMARY: Spec =
+    Spec::gauge("pgsluice_host_primary", "1 if the host is the database's current primary, else 0.", HOST);
+const HOST_LAG_BYTES: Spec = Spec::gauge(
+    "pgsluice_host_lag_bytes",
+    "Replication lag behind the primary, bytes of WAL (replicas with a known lag).",
+    HOST,
+);
+const HOST_LAG_SECONDS: Spec = Spec::gauge(
+    "pgsluice_host_lag_seconds",
+    "Replication lag behind the primary, seconds (replicas with a known lag).",
+    HOST,
+);
+const HOST_TIMELINE: Spec = Spec::gauge("pgsluice_host_timeline", "The host's timeline ID, when known.", HOST);
+const HOST_BREAKER_OPEN: Spec = Spec::gauge(
+    "pgsluice_host_breaker_open",
+    "1 if the host's circuit breaker is open (no connection attempts), else 0.",
+    HOST,
+);
+const HOST_BREAKER_STATE: Spec = Spec::gauge(
+    "pgsluice_host_breaker_state",
+    "The host's circuit breaker state: 1 for the current state (closed, open, half-open), 0 for the others.",
+    &["database", "host", "state"],
+);
+const HOST_BREAKER_REFUSED: Spec = Spec::counter(
+    "pgsluice_host_breaker_refused_total",
+    "Connection attempts to the host refused by its open circuit breaker.",
+    HOST,
+);
+const FAILOVERS: Spec =
+    Spec::counter("pgsluice_failovers_total", "Primary changes seen after the first election.", &["database"]);
+
+const SET: &[&str] = &["database", "user"];
+
+const ROUTE_DECISIONS: Spec = Spec::counter(
+    "pgsluice_route_decisions_total",
+    "Routing decisions: reads_replica, reads_primary (as a candidate or as a fallback), writes, and fallbacks \
+     (reads sent to the primary because no replica was eligible; a subset of reads_primary).",
+    &["database", "user", "decision"],
+);
+const ROUTE_RYW_WAITS: Spec = Spec::counter(
+    "pgsluice_route_ryw_waits_total",
+    "Reads that waited for a replica to replay the client's last write (read-your-writes).",
+    SET,
+);
+const ROUTE_RETRIES: Spec =
+    Spec::counter("pgsluice_route_retries_total", "Reads retried on another host after a connection failure.", SET);
+const CHECKOUT_WAIT: Spec = Spec::histogram(
+    "pgsluice_checkout_wait_seconds",
+    "How long clients waited for a server connection, per server assignment.",
+    SET,
+);
+const AUTH_FAILURES: Spec =
+    Spec::counter("pgsluice_auth_failures_total", "Client logins refused for bad credentials (SQLSTATE 28xxx).", &[]);
+const LOGGING_IN: Spec =
+    Spec::gauge("pgsluice_clients_logging_in", "Client connections accepted and not yet logged in.", &[]);
+
+/// Appends pgsluice's own families.
+pub(super) fn collect(shared: &Shared, out: &mut Families) {
+    hosts(shared, out);
+    routes(shared, out);
+    out.single(&AUTH_FAILURES, shared.auth_failures.load(Ordering::Relaxed) as f64);
+    out.single(&LOGGING_IN, shared.logging_in.load(Ordering::Relaxed) as f64);
+}
+
+fn hosts(shared: &Shared, out: &mut Families) {
+    let clusters = shared.clusters.load();
+    let mut names: Vec<&String> = clusters.keys().collect();
+    names.sort();
+    let mut info = Family::new(&HOST_INFO);
+    let mut up = Family::new(&HOST_UP);
+    let mut primary = Family::new(&HOST_PRIMARY);
+    let mut lag_bytes = Family::new(&HOST_LAG_BYTES);
+    let mut lag_seconds = Family::new(&HOST_LAG_SECONDS);
+    let mut timeline = Family::new(&HOST_TIMELINE);
+    let mut breaker_open = Family::new(&HOST_BREAKER_OPEN);
+    let mut breaker_state = Family::new(&HOST_BREAKER_STATE);
+    let mut refused = Family::new(&HOST_BREAKER_REFUSED);
+    let mut failovers = Family::new(&FAILOVERS);
+    for name in names {
+        let c = &clusters[name];
+        let current = c.primary();
+        for (i, h) in c.snapshot().iter().enumerate() {
+            let l = [h.database.as_str(), h.addr.as_str()];
+            let st = &h.status;
+            info.add(&[&h.database, &h.addr, st.role.as_str(), h.health.as_str()], 1.0);
+            up.add(&l, flag(matches!(h.health, Health::Up | Health::Lagging)));
+            primary.add(&l, flag(current == Primary::Host(i)));
+            if let Some(lag) = st.lag {
+                lag_bytes.add(&l, lag.bytes as f64);
+                lag_seconds.add(&l, lag.time.as_secs_f64());
+            }
+            if let Some(tl) = st.timeline {
+                timeline.add(&l, tl.into());
+            }
+            breaker_open.add(&l, flag(matches!(h.breaker, BreakerState::Open { .. })));
+            for state in ["closed", "open", "half-open"] {
+                breaker_state.add(&[&h.database, &h.addr, state], flag(h.breaker.as_str() == state));
+            }
+            refused.add(&l, h.breaker_refused as f64);
+        }
+        failovers.add(&[name], c.failovers() as f64);
+    }
+    for f in [info, up, primary, lag_bytes, lag_seconds, timeline, breaker_open, breaker_state, refused, failovers] {
+        out.push(f);
+    }
+}
+
+fn routes(shared: &Shared, out: &mut Families) {
+    let mut sets = shared.pools.sets();
+    sets.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut decisions = Family::new(&ROUTE_DECISIONS);
+    let mut ryw = Family::new(&ROUTE_RYW_WAITS);
+    let mut retries = Family::new(&ROUTE_RETRIES);
+    let mut wait = Family::new(&CHECKOUT_WAIT);
+    for ((db, user), set) in &sets {
+        let r = set.route_stats().counts();
+        for (decision, n) in [
+            ("reads_replica", r.reads_replica),
+            ("reads_primary", r.reads_primary),
+            ("writes", r.writes),
+            ("fallbacks", r.fallbacks),
+        ] {
+            decisions.add(&[db, user, decision], n as f64);
+        }
+        ryw.add(&[db, user], r.ryw_waits as f64);
+        retries.add(&[db, user], r.retries as f64);
+        let mut h = HistogramSnapshot::default();
+        for p in set.pools() {
+            h.merge(&p.stats().wait.snapshot());
+        }
+        wait.add_histogram(&[db, user], &h);
+    }
+    for f in [decisions, ryw, retries, wait] {
+        out.push(f);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,566 @@
+//! Session-state detection (issue 8): which statements leave state on a server connection
+//! that a transaction-mode pooler would leak to the next client, and which undo it.
+//!
+//! [`apply`] walks the statements of a `Query` or `Parse` text with the router's lexer and
+//! updates a client's [`PinState`]: a bit per kind of state ([`Reason`]) plus counts of
+//! SQL-level prepared statements and `WITH HOLD` cursors. The session keeps a client on its
+//! server while any is set ("pinned").
+//!
+//! What sets state: `SET`/`SET SESSION` of a parameter pgsluice does not track (tracked ones
+//! are replayed per client), `SET SESSION CHARACTERISTICS`, `SET ROLE` / `SET SESSION
+//! AUTHORIZATION`, `set_config(…, false)` (or a non-literal third argument), `CREATE TEMP …`
+//! (unless `ON COMMIT DROP`), `SELECT … INTO TEMP`, a table in `pg_temp`, session-level
+//! advisory locks (`pg_advisory_lock*`, `pg_try_advisory_lock*`, not the `_xact_` ones),
+//! `LISTEN`, SQL `PREPARE`, `DECLARE … WITH HOLD`.
+//! What undoes it: `DISCARD ALL` (everything), `RESET ALL` (parameters and role), `RESET
+//! ROLE`, `SET ROLE NONE`, `RESET SESSION AUTHORIZATION`, `DISCARD TEMP`,
+//! `pg_advisory_unlock_all()`, `UNLISTEN *`, `DEALLOCATE` (per statement, or `ALL`), `CLOSE`
+//! (per cursor, or `ALL`).
+//!
+//! Invariants: conservative — state that may have been set counts as set (a rolled-back
+//! `SET`, an unlock that may not have been the last one keep the pin); never allocates;
+//! `SET LOCAL`, `SET TRANSACTION`, `set_config(…, true)` and `pg_advisory_xact_lock` never
+//! pin. Statements inside functions or `DO` blocks are not visible (documented).
+
+use super::lexer::{upper, Lexer, Tok};
+
+/// A kind of session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// A parameter pgsluice does not track (`SET search_path …`, `set_config(…, false)`).
+    Set = 1,
+    /// `SET ROLE` / `SET SESSION AUTHORIZATION`.
+    Role = 2,
+    /// A temporary table, view or sequence.
+    Temp = 4,
+    /// A session-level advisory lock.
+    Advisory = 8,
+    /// `LISTEN`.
+    Listen = 16,
+    /// SQL-level `PREPARE`.
+    Prepare = 32,
+    /// A `WITH HOLD` cursor.
+    HoldCursor = 64,
+}
+
+impl Reason {
+    /// What the setting names in logs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Set => "a session parameter pgsluice does not track",
+            Reason::Role => "a session role",
+            Reason::Temp => "a temporary table",
+            Reason::Advisory => "a session-level advisory lock",
+            Reason::Listen => "LISTEN",
+            Reason::Prepare => "an SQL-level prepared statement",
+            Reason::HoldCursor => "a WITH HOLD cursor",
+        }
+    }
+}
+
+/// A client's session state, as far as pgsluice has seen it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PinState {
+    mask: u8,
+    prepared: u16,
+    cursors: u16,
+}
+
+impl PinState {
+    /// Some state is set: the client must keep its server.
+    #[inline]
+    pub fn is_pinned(&self) -> bool {
+        self.mask != 0
+    }
+
+    /// Whether `r` is set.
+    pub fn has(&self, r: Reason) -> bool {
+        self.mask & r as u8 != 0
+    }
+
+    fn set(&mut self, r: Reason) {
+        self.mask |= r as u8;
+    }
+
+    fn clear(&mut self, r: Reason) {
+        self.mask &= !(r as u8);
+    }
+}
+
+/// The first statement of a text that sets state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detected<'a> {
+    /// What it sets.
+    pub reason: Reason,
+    /// The statement (up to 200 bytes).
+    pub statement: &'a str,
+}
+
+/// One statement's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Pin(Reason),
+    Unpin(Reason),
+    UnpinAll,
+    ResetAll,
+    Prepare,
+    Deallocate,
+    DeallocateAll,
+    DeclareHold,
+    Close,
+    CloseAll,
+}
+
+/// Applies every statement of `text` to `state` in order; `tracked` says whether a parameter
+/// name is tracked (replayed per client). Returns the first statement that set state.
+pub fn apply<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool, state: &mut PinState) -> Option<Detected<'a>> {
+    let mut first = None;
+    let functions = mentions_state_function(text.as_bytes());
+    let mut lx = Lexer::new(text.as_bytes());
+    let mut effects = [None; 4];
+    while let Ok(Some((start, end))) = statement(&mut lx, tracked, functions, &mut effects) {
+        for e in effects.iter_mut().filter_map(Option::take) {
+            let set = apply_effect(e, state);
+            if let (Some(r), None) = (set, first) {
+                first = Some(Detected { reason: r, statement: snippet(text, start, end) });
+            }
+        }
+    }
+    first
+}
+
+/// Whether any statement of `text` sets or undoes session state.
+pub fn has_effect(text: &str, tracked: &dyn Fn(&str) -> bool) -> bool {
+    let functions = mentions_state_function(text.as_bytes());
+    let mut lx = Lexer::new(text.as_bytes());
+    let mut effects = [None; 4];
+    while let Ok(Some(_)) = statement(&mut lx, tracked, functions, &mut effects) {
+        if effects.iter().any(Option::is_some) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The first statement of `text` that would set state, without changing anything.
+pub fn first_change<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool) -> Option<Detected<'a>> {
+    apply(text, tracked, &mut PinState::default())
+}
+
+/// A statement for a log line: cut before its first literal (`'…'`, `$…`, a number), so no
+/// value a client sets (or a parameter) reaches the log.
+pub fn redact(statement: &str) -> String {
+    let b = statement.as_bytes();
+    let mut cut = b.len();
+    for (i, &c) in b.iter().enumerate() {
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if c == b'\'' || c == b'$' || (c.is_ascii_digit() && word_start) {
+            cut = i;
+            break;
+        }
+    }
+    let kept = statement[..cut].trim_end();
+    if cut < b.len() {
+        format!("{kept} …")
+    } else {
+        kept.to_string()
+    }
+}
+
+fn snippet(text: &str, start: usize, end: usize) -> &str {
+    let s = text.get(start..end.min(text.len())).unwrap_or("").trim();
+    if s.len() <= 200 {
+        return s;
+    }
+    let mut cut = 200;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// Applies one effect; returns the reason if it set state.
+fn apply_effect(e: Effect, st: &mut PinState) -> Option<Reason> {
+    match e {
+        Effect::Pin(r) => {
+            st.set(r);
+            return Some(r);
+        }
+        Effect::Unpin(r) => st.clear(r),
+        Effect::UnpinAll => *st = PinState::default(),
+        Effect::ResetAll => {
+            st.clear(Reason::Set);
+            st.clear(Reason::Role);
+        }
+        Effect::Prepare => {
+            st.prepared = st.prepared.saturating_add(1);
+            st.set(Reason::Prepare);
+            return Some(Reason::Prepare);
+        }
+        Effect::Deallocate => {
+            st.prepared = st.prepared.saturating_sub(1);
+            if st.prepared == 0 {
+                st.clear(Reason::Prepare);
+            }
+        }
+        Effect::DeallocateAll => {
+            st.prepared = 0;
+            st.clear(Reason::Prepare);
+        }
+        Effect::DeclareHold => {
+            st.cursors = st.cursors.saturating_add(1);
+            st.set(Reason::HoldCursor);
+            return Some(Reason::HoldCursor);
+        }
+        Effect::Close => {
+            st.cursors = st.cursors.saturating_sub(1);
+            if st.cursors == 0 {
+                st.clear(Reason::HoldCursor);
+            }
+        }
+        Effect::CloseAll => {
+            st.cursors = 0;
+            st.clear(Reason::HoldCursor);
+        }
+    }
+    None
+}
+
+/// Whether the text may call a state-changing function (an ASCII case-insensitive search,
+/// so that statements without one are not scanned token by token).
+fn mentions_state_function(b: &[u8]) -> bool {
+    contains_ci(b, b"advisory") || contains_ci(b, b"set_config")
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Reads one statement and records its effects (at most 4: the statement's own, then
+/// function calls). Returns its byte range, `None` at the end of the text.
+fn statement(
+    lx: &mut Lexer<'_>,
+    tracked: &dyn Fn(&str) -> bool,
+    functions: bool,
+    effects: &mut [Option<Effect>; 4],
+) -> Result<Option<(usize, usize)>, super::lexer::Unterminated> {
+    let mut t = lx.next()?;
+    while t == Tok::Punct(b';') {
+        t = lx.next()?;
+    }
+    if t == Tok::End {
+        return Ok(None);
+    }
+    let start = lx.tok_start;
+    let mut n = 0;
+    let mut push = |e: Effect| {
+        if let Some(slot) = effects.get_mut(n) {
+            *slot = Some(e);
+            n += 1;
+        }
+    };
+    let mut buf = [0u8; 12];
+    let first = upper(lx.word(t), &mut buf);
+    // Tokens of the statement after the keyword, as the per-keyword rules need them.
+    let mut toks: [Tok; 6] = [Tok::End; 6];
+    let mut k = 0;
+    let mut temp_seen = false;
+    let mut on_commit_drop = 0u8;
+    let mut into_temp = 0u8;
+    let mut with_hold = false;
+    let mut prev_with = false;
+    let mut set_config_arg: Option<u32> = None;
+    let mut depth = 0u32;
+    let end = loop {
+        let t = lx.next()?;
+        match t {
+            Tok::End => break lx.b.len(),
+            Tok::Punct(b';') if depth == 0 => break lx.pos - 1,
+            _ => {}
+        }
+        if k < toks.len() {
+            toks[k] = t;
+            k += 1;
+        }
+        match t {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        // Words anywhere in the statement.
+        if lx.is(t, b"TEMP") || lx.is(t, b"TEMPORARY") || lx.is(t, b"pg_temp") {
+            temp_seen = true;
+            if into_temp == 1 {
+                into_temp = 2;
+            }
+        }
+        if lx.is(t, b"INTO") {
+            into_temp = 1;
+        } else if into_temp == 1 && !lx.is(t, b"TEMP") && !lx.is(t, b"TEMPORARY") {
+            into_temp = 0;
+        }
+        on_commit_drop = match (on_commit_drop, lx.word(t)) {
+            (0, w) if w.eq_ignore_ascii_case(b"ON") => 1,
+            (1, w) if w.eq_ignore_ascii_case(b"COMMIT") => 2,
+            (2, w) if w.eq_ignore_ascii_case(b"DROP") => 3,
+            (3, _) => 3,
+            _ => 0,
+        };
+        if prev_with && lx.is(t, b"HOLD") {
+            with_hold = true;
+        }
+        prev_with = lx.is(t, b"WITH");
+        if functions {
+            if let Tok::Word(..) = t {
+                let w = lx.word(t);
+                if is_one_of(
+                    w,
+                    &[
+                        b"pg_advisory_lock",
+                        b"pg_advisory_lock_shared",
+                        b"pg_try_advisory_lock",
+                        b"pg_try_advisory_lock_shared",
+                    ],
+                ) {
+                    push(Effect::Pin(Reason::Advisory));
+                } else if w.eq_ignore_ascii_case(b"pg_advisory_unlock_all") {
+                    push(Effect::Unpin(Reason::Advisory));
+                } else if w.eq_ignore_ascii_case(b"set_config") {
+                    set_config_arg = Some(0);
+                }
+            }
+            // set_config(name, value, is_local): pins unless the third argument is `true`.
+            if let Some(commas) = set_config_arg {
+                match t {
+                    Tok::Punct(b',') => set_config_arg = Some(commas + 1),
+                    Tok::Punct(b')') if commas >= 2 => set_config_arg = None,
+                    _ if commas == 2 && !matches!(t, Tok::Punct(b'(')) => {
+                        if !(lx.is(t, b"true") || lx.is(t, b"TRUE")) {
+                            push(Effect::Pin(Reason::Set));
+                        }
+                        set_config_arg = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    let word = |i: usize| -> &[u8] { toks.get(i).map_or(b"", |&t| lx.word(t)) };
+    let is = |i: usize, kw: &[u8]| word(i).eq_ignore_ascii_case(kw);
+    let own = match first {
+        b"SET" => {
+            let mut i = 0;
+            if is(0, b"SESSION") {
+                i = 1;
+                if is(1, b"AUTHORIZATION") {
+                    return finish(
+                        push,
+                        Some(if is(2, b"DEFAULT") { Effect::Unpin(Reason::Role) } else { Effect::Pin(Reason::Role) }),
+                        start,
+                        end,
+                    );
+                }
+                if is(1, b"CHARACTERISTICS") {
+                    return finish(push, Some(Effect::Pin(Reason::Set)), start, end);
+                }
+            }
+            if i == 0 && (is(0, b"LOCAL") || is(0, b"TRANSACTION") || is(0, b"CONSTRAINTS")) {
+                None
+            } else if is(i, b"ROLE") {
+                Some(if is(i + 1, b"NONE") { Effect::Unpin(Reason::Role) } else { Effect::Pin(Reason::Role) })
+            } else if is(i, b"TIME") {
+                (!tracked("timezone")).then_some(Effect::Pin(Reason::Set))
+            } else if is(i, b"NAMES") {
+                (!tracked("client_encoding")).then_some(Effect::Pin(Reason::Set))
+            } else if is(i, b"SCHEMA") {
+                (!tracked("search_path")).then_some(Effect::Pin(Reason::Set))
+            } else {
+                // A parameter name; a dotted (extension) name is never tracked.
+                let dotted = matches!(toks.get(i + 1), Some(Tok::Punct(b'.')));
+                match std::str::from_utf8(word(i)) {
+                    Ok(name) if !name.is_empty() && !dotted && tracked(name) => None,
+                    _ => Some(Effect::Pin(Reason::Set)),
+                }
+            }
+        }
+        b"RESET" => {
+            if is(0, b"ALL") {
+                Some(Effect::ResetAll)
+            } else if is(0, b"ROLE") || (is(0, b"SESSION") && is(1, b"AUTHORIZATION")) {
+                Some(Effect::Unpin(Reason::Role))
+            } else {
+                None
+            }
+        }
+        b"CREATE" => (temp_seen && on_commit_drop != 3).then_some(Effect::Pin(Reason::Temp)),
+        b"SELECT" | b"WITH" | b"EXPLAIN" if into_temp == 2 => Some(Effect::Pin(Reason::Temp)),
+        b"LISTEN" => Some(Effect::Pin(Reason::Listen)),
+        b"UNLISTEN" => matches!(toks[0], Tok::Punct(b'*')).then_some(Effect::Unpin(Reason::Listen)),
+        b"PREPARE" if !is(0, b"TRANSACTION") => Some(Effect::Prepare),
+        b"DEALLOCATE" => {
+            let i = usize::from(is(0, b"PREPARE"));
+            Some(if is(i, b"ALL") { Effect::DeallocateAll } else { Effect::Deallocate })
+        }
+        b"DECLARE" if with_hold => Some(Effect::DeclareHold),
+        b"CLOSE" => Some(if is(0, b"ALL") { Effect::CloseAll } else { Effect::Close }),
+        b"DISCARD" => {
+            if is(0, b"ALL") {
+                Some(Effect::UnpinAll)
+            } else if is(0, b"TEMP") || is(0, b"TEMPORARY") {
+                Some(Effect::Unpin(Reason::Temp))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    finish(push, own, start, end)
+}
+
+/// Records the statement's own effect (after the effects of functions it calls: a statement
+/// with both, e.g. `DISCARD ALL` and a function, does not exist).
+fn finish(
+    mut push: impl FnMut(Effect),
+    own: Option<Effect>,
+    start: usize,
+    end: usize,
+) -> Result<Option<(usize, usize)>, super::lexer::Unterminated> {
+    if let Some(e) = own {
+        push(e);
+    }
+    Ok(Some((start, end)))
+}
+
+fn is_one_of(w: &[u8], names: &[&[u8]]) -> bool {
+    names.iter().any(|n| w.eq_ignore_ascii_case(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(name: &str) -> bool {
+        matches!(
+            name.to_ascii_lowercase().as_str(),
+            "application_name"
+                | "timezone"
+                | "client_encoding"
+                | "datestyle"
+                | "intervalstyle"
+                | "standard_conforming_strings"
+        )
+    }
+
+    fn pins(sql: &str) -> Option<Reason> {
+        first_change(sql, &tracked).map(|d| d.reason)
+    }
+
+    #[test]
+    fn statements_that_set_session_state() {
+        assert_eq!(pins("SET statement_timeout = '1ms'"), Some(Reason::Set));
+        assert_eq!(pins("set session lock_timeout to 5"), Some(Reason::Set));
+        assert_eq!(pins("SET search_path TO a, b"), Some(Reason::Set));
+        assert_eq!(pins("SET SCHEMA 'a'"), Some(Reason::Set));
+        assert_eq!(pins("SET myext.flag = on"), Some(Reason::Set));
+        assert_eq!(pins("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), Some(Reason::Set));
+        assert_eq!(pins("SET ROLE admin"), Some(Reason::Role));
+        assert_eq!(pins("SET SESSION AUTHORIZATION bob"), Some(Reason::Role));
+        assert_eq!(pins("SELECT set_config('search_path', 'x', false)"), Some(Reason::Set));
+        assert_eq!(pins("select set_config('a.b', $1, $2)"), Some(Reason::Set));
+        assert_eq!(pins("CREATE TEMP TABLE t (a int)"), Some(Reason::Temp));
+        assert_eq!(pins("create global temporary table t (a int)"), Some(Reason::Temp));
+        assert_eq!(pins("CREATE TABLE pg_temp.t (a int)"), Some(Reason::Temp));
+        assert_eq!(pins("SELECT 1 AS a INTO TEMP t"), Some(Reason::Temp));
+        assert_eq!(pins("SELECT pg_advisory_lock(42)"), Some(Reason::Advisory));
+        assert_eq!(pins("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"), Some(Reason::Advisory));
+        assert_eq!(pins("LISTEN jobs"), Some(Reason::Listen));
+        assert_eq!(pins("PREPARE q AS SELECT 1"), Some(Reason::Prepare));
+        assert_eq!(pins("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Some(Reason::HoldCursor));
+        assert_eq!(pins("SELECT 1; SET work_mem = '64MB'").unwrap(), Reason::Set);
+        let d = first_change("SELECT 1; SET work_mem = '64MB'; SELECT 2", &tracked).unwrap();
+        assert_eq!(d.statement, "SET work_mem = '64MB'");
+    }
+
+    #[test]
+    fn statements_that_do_not() {
+        for sql in [
+            "SET LOCAL statement_timeout = '1ms'",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "SET application_name = 'x'",
+            "SET TIME ZONE 'UTC'",
+            "SET NAMES 'UTF8'",
+            "SELECT set_config('search_path', 'x', true)",
+            "SELECT pg_advisory_xact_lock(1)",
+            "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
+            "CREATE TABLE t (a int)",
+            "SELECT 'SET x = 1', 'pg_advisory_lock(1)' FROM t",
+            "SELECT a INTO t2 FROM t",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "PREPARE TRANSACTION 'x'",
+            "INSERT INTO temp_log VALUES (1)",
+            "-- SET x = 1\nSELECT 1",
+            "SELECT $$ LISTEN x $$",
+        ] {
+            assert_eq!(pins(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn undoing_statements_unpin() {
+        let mut st = PinState::default();
+        let t = &tracked;
+        apply("SET search_path = x; SET ROLE r", t, &mut st);
+        assert!(st.has(Reason::Set) && st.has(Reason::Role));
+        apply("RESET ALL", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("SELECT pg_advisory_lock(1)", t, &mut st);
+        apply("SELECT pg_advisory_unlock(1)", t, &mut st);
+        assert!(st.is_pinned(), "an unlock may not be the last one");
+        apply("SELECT pg_advisory_unlock_all()", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("LISTEN a; LISTEN b", t, &mut st);
+        apply("UNLISTEN a", t, &mut st);
+        assert!(st.is_pinned());
+        apply("UNLISTEN *", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("PREPARE a AS SELECT 1; PREPARE b AS SELECT 2", t, &mut st);
+        apply("DEALLOCATE a", t, &mut st);
+        assert!(st.has(Reason::Prepare));
+        apply("DEALLOCATE PREPARE b", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("DECLARE c CURSOR WITH HOLD FOR SELECT 1", t, &mut st);
+        apply("CLOSE ALL", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("CREATE TEMP TABLE x (a int)", t, &mut st);
+        apply("DISCARD TEMP", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("SET ROLE r; CREATE TEMP TABLE y (a int); LISTEN z", t, &mut st);
+        apply("DISCARD ALL", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("SET ROLE r", t, &mut st);
+        apply("SET ROLE NONE", t, &mut st);
+        assert!(!st.is_pinned());
+    }
+
+    #[test]
+    fn logged_statements_carry_no_values() {
+        assert_eq!(redact("SET app.secret = 'hunter2'"), "SET app.secret = …");
+        assert_eq!(redact("SELECT pg_advisory_lock(42)"), "SELECT pg_advisory_lock( …");
+        assert_eq!(redact("SELECT pg_advisory_lock($1)"), "SELECT pg_advisory_lock( …");
+        assert_eq!(redact("LISTEN jobs2"), "LISTEN jobs2");
+        assert!(has_effect("DISCARD ALL", &tracked));
+        assert!(!has_effect("SELECT 1", &tracked));
+    }
+
+    #[test]
+    fn unterminated_or_odd_text_does_not_panic() {
+        for sql in
+            ["SET", "SET SESSION", "SELECT set_config(", "CREATE", "'unterminated", "DEALLOCATE", "UNLISTEN", ";;;", ""]
+        {
+            let _ = pins(sql);
+        }
+        assert_eq!(pins("SET"), Some(Reason::Set), "conservative");
+    }
+}
