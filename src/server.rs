@@ -262,9 +262,11 @@ impl ServerHandle {
     /// close pools. Returns whether every session finished in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
         let ServerHandle { shared, controller, task, stop_accepting, .. } = self;
+        // The listener first serves what the kernel already queued (online restart), then
+        // the sessions are told to stop.
         let _ = stop_accepting.send(true);
-        controller.trigger();
         let _ = task.await;
+        controller.trigger();
         let finished = tokio::time::timeout(timeout, controller.drain()).await.is_ok();
         shared.stop_probes();
         for pool in shared.pools.all() {

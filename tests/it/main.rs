@@ -9,6 +9,7 @@ mod auth;
 mod drivers;
 mod lifecycle;
 mod metrics;
+mod operations;
 mod params;
 mod pooling;
 mod prepared;
