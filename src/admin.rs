@@ -48,6 +48,8 @@ pub enum Role {
 
 /// A client logged in to the admin console.
 pub struct AdminLogin {
+    /// Process-unique client id (assigned at login).
+    pub id: u64,
     /// Client socket.
     pub stream: Stream,
     /// Bytes already received after the login.
@@ -93,10 +95,10 @@ pub async fn serve(
     mut shutdown: Shutdown,
     _drain: DrainToken,
 ) {
-    let AdminLogin { mut stream, mut buf, user, role, application_name } = login;
+    let AdminLogin { id, mut stream, mut buf, user, role, application_name } = login;
     let cfg = shared.config.load_full();
     let reg = shared.clients.register(ClientInfo::new(
-        shared.next_client_id(),
+        id,
         cfg.general().admin_database.as_str().into(),
         user.as_str().into(),
         user.as_str().into(),
@@ -198,6 +200,8 @@ async fn run(shared: &Arc<Shared>, role: Role, text: &str, out: &mut BytesMut) -
 fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
     match parse::parse(text) {
         Ok(Command::Set(key, _)) if key.contains("password") => format!("SET {key} = <redacted>").into(),
+        // Not understood, but it may still carry one (`SET x TO '…'`).
+        _ if text.to_ascii_lowercase().contains("password") => "<a command naming a password, not logged>".into(),
         _ => text.trim().into(),
     }
 }
@@ -220,5 +224,6 @@ mod tests {
     fn passwords_set_on_the_console_are_not_logged() {
         assert_eq!(loggable("SET health_check_password = 'hunter2'"), "SET health_check_password = <redacted>");
         assert_eq!(loggable(" SHOW POOLS; "), "SHOW POOLS;");
+        assert!(!loggable("SET health_check_password TO 'hunter2'").contains("hunter2"));
     }
 }

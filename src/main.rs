@@ -117,6 +117,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             s = signals.recv() => match s {
                 Signal::Reload => reload(&shared),
+                Signal::Pause => pause(&shared, true),
+                Signal::Resume => pause(&shared, false),
                 Signal::Stop(m) => break m,
             },
             Some(m) = requests.recv() => break m,
@@ -144,6 +146,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
             s = signals.recv() => match s {
                 Signal::Reload => reload(&shared),
+                Signal::Pause | Signal::Resume => {}
                 Signal::Stop(_) => {
                     tracing::warn!("second stop signal: closing all connections now");
                     break;
@@ -159,6 +162,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("pgsluice stopped");
     Ok(())
+}
+
+/// SIGUSR1 / SIGUSR2: PAUSE / RESUME every database.
+fn pause(shared: &Shared, on: bool) {
+    if on {
+        tracing::info!("got SIGUSR1, pausing all databases");
+        pgsluice::admin::control::pause_all(shared);
+    } else {
+        tracing::info!("got SIGUSR2, resuming all databases");
+        pgsluice::admin::control::resume_all(shared);
+    }
 }
 
 /// SIGHUP: reload, or keep the running config and log why not.

@@ -94,6 +94,17 @@ pub enum Action {
     /// A client Parse of a name it already uses: the server's 42P05 names pgsluice's
     /// statement, so it is replaced by one naming the client's.
     Duplicate,
+    /// Answer to a message pgsluice sent to retry a request after a stale-statement error
+    /// (`relay::retry`): always dropped; an error or a different row description makes the
+    /// retry fail.
+    RetryOwn,
+    /// pgsluice's repeat of a client's statement Describe that failed on a stale copy after
+    /// PostgreSQL had sent its ParameterDescription: that message is dropped this time, the
+    /// rest relayed.
+    DescribeAgain,
+    /// The Sync ending pgsluice's statement check of a retry: its ReadyForQuery is dropped
+    /// and the retry goes on or fails (`relay::retry::decide`).
+    RetryDecide,
     /// A statement refused by `session_state = "reject"`: pgsluice sent the server a text
     /// that fails to parse (so a transaction fails as PostgreSQL would fail it) and replaces
     /// the server's error by its own ([`Undo::reject`]).
@@ -115,6 +126,8 @@ pub struct Undo {
     pub name: Option<Box<[u8]>>,
     /// The error message of [`Action::Reject`] (not an undo).
     pub reject: Option<Box<str>>,
+    /// A client Describe of this statement: its row description is recorded (not an undo).
+    pub describe: Option<Arc<Stmt>>,
 }
 
 impl Undo {
@@ -183,6 +196,13 @@ pub struct Pipeline {
     pub completed: u64,
     /// Traffic counted since the last fold into the pool's statistics.
     pub tally: crate::stats::Tally,
+    /// The request captured for a retry after a stale-statement error.
+    pub retry: crate::frontend::relay::retry::Capture,
+    /// Row descriptions of this connection's copies of statements, where seen (a client's
+    /// Describe, a retry): a client whose own description differs gets PostgreSQL's `0A000`
+    /// instead of rows of a shape it does not expect. Survives [`Pipeline::reset`].
+    pub shapes:
+        std::collections::HashMap<crate::prepared::Key, u64, std::hash::BuildHasherDefault<crate::prepared::KeyHasher>>,
     /// A client pinned this connection by setting session state: it is reset
     /// (`server_reset_query`) before another client gets it. Survives [`Pipeline::reset`].
     pub session_dirty: bool,
@@ -236,6 +256,7 @@ impl Pipeline {
         self.to_server.clear();
         self.to_client.clear();
         self.tally.clear_timers();
+        self.retry.reset();
     }
 }
 

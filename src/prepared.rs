@@ -69,6 +69,9 @@ pub struct Stmt {
     /// Whether its text sets or undoes session state (`router::session_state`), computed on
     /// first use.
     pub session_effect: std::sync::OnceLock<bool>,
+    /// The row description the client was given when it described the statement
+    /// (`relay::retry::shape_of`; 0: never described).
+    pub shape: std::sync::atomic::AtomicU64,
 }
 
 impl Stmt {
@@ -85,6 +88,7 @@ impl Stmt {
             rest: parse_rest.into(),
             class: Default::default(),
             session_effect: Default::default(),
+            shape: Default::default(),
         })
     }
 

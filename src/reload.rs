@@ -25,6 +25,21 @@ use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, Database};
 use crate::shared::{secret_for, ClusterSet, Shared};
 
+/// `[general]` settings that only a restart changes (`SHOW CONFIG` `changeable = no`; `SET`
+/// refuses them; a reload reports them).
+pub const RESTART_ONLY: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "worker_threads",
+    "so_reuseport",
+    "admin_database",
+    "log_format",
+    "max_client_conn",
+    "read_only_functions",
+    "max_parse_length",
+    "classify_cache_size",
+];
+
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -75,7 +90,7 @@ pub fn reload(shared: &Arc<Shared>) -> Result<Report, String> {
 /// `SET key = value`: the running config with one `[general]` setting changed, validated
 /// and applied like a reload (the next `RELOAD` takes the file's value again).
 pub fn set(shared: &Arc<Shared>, key: &str, value: &str) -> Result<Report, String> {
-    if crate::admin::show::RESTART_ONLY.contains(&key) {
+    if RESTART_ONLY.contains(&key) {
         return Err(format!("{key} cannot be changed without a restart"));
     }
     let cur = shared.config.load_full();
@@ -116,6 +131,10 @@ fn parse_value(key: &str, value: &str, like: Option<&toml::Value>) -> Result<tom
         Some(toml::Value::Array(_)) => toml::Value::Array(
             value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
         ),
+        // Durations also as a bare number of seconds, as in the file.
+        Some(toml::Value::String(_)) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+            toml::Value::Integer(value.parse().map_err(|_| bad())?)
+        }
         Some(_) => toml::Value::String(value.to_string()),
         // An optional setting not set now: a number if it looks like one.
         None => match value.trim().parse::<i64>() {

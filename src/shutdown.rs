@@ -107,15 +107,20 @@ impl ShutdownController {
 pub enum Signal {
     /// SIGHUP: reload the config.
     Reload,
+    /// SIGUSR1: `PAUSE` (every database; returns at once).
+    Pause,
+    /// SIGUSR2: `RESUME`.
+    Resume,
     /// SIGINT / SIGTERM: stop (in this mode, or at once if a stop is already under way).
     Stop(StopMode),
 }
 
 /// The process signals pgsluice handles (PgBouncer's meanings: SIGHUP reload, SIGINT
-/// `SHUTDOWN WAIT_FOR_SERVERS`, SIGTERM `SHUTDOWN WAIT_FOR_CLIENTS`, SIGQUIT immediate).
+/// `SHUTDOWN WAIT_FOR_SERVERS`, SIGTERM `SHUTDOWN WAIT_FOR_CLIENTS`, SIGQUIT immediate,
+/// SIGUSR1 `PAUSE`, SIGUSR2 `RESUME`).
 pub struct Signals {
     #[cfg(unix)]
-    inner: Option<[tokio::signal::unix::Signal; 4]>,
+    inner: Option<[tokio::signal::unix::Signal; 6]>,
 }
 
 impl Signals {
@@ -130,6 +135,8 @@ impl Signals {
                     signal(SignalKind::interrupt()).ok()?,
                     signal(SignalKind::terminate()).ok()?,
                     signal(SignalKind::quit()).ok()?,
+                    signal(SignalKind::user_defined1()).ok()?,
+                    signal(SignalKind::user_defined2()).ok()?,
                 ])
             })();
             Signals { inner: all }
@@ -144,9 +151,11 @@ impl Signals {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Signal {
         #[cfg(unix)]
-        if let Some([hup, int, term, quit]) = self.inner.as_mut() {
+        if let Some([hup, int, term, quit, usr1, usr2]) = self.inner.as_mut() {
             return tokio::select! {
                 _ = hup.recv() => Signal::Reload,
+                _ = usr1.recv() => Signal::Pause,
+                _ = usr2.recv() => Signal::Resume,
                 _ = int.recv() => Signal::Stop(StopMode::WaitForServers),
                 _ = term.recv() => Signal::Stop(StopMode::WaitForClients),
                 _ = quit.recv() => Signal::Stop(StopMode::Immediate),

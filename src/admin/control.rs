@@ -175,7 +175,10 @@ pub async fn run(shared: &Arc<Shared>, cmd: Command, out: &mut BytesMut) -> Resu
                 }
                 write::command_complete(out, "RELOAD");
             }
-            Err(e) => return Err(err("F0000", format!("RELOAD failed: {e}"))),
+            Err(e) => {
+                tracing::error!(error = %e, "RELOAD failed; keeping the running configuration");
+                return Err(err("F0000", format!("RELOAD failed: {e}")));
+            }
         },
         Command::Set(key, value) => match crate::reload::set(shared, &key, &value) {
             Ok(report) => {
@@ -195,4 +198,20 @@ pub async fn run(shared: &Arc<Shared>, cmd: Command, out: &mut BytesMut) -> Resu
         }
     }
     Ok(())
+}
+
+/// SIGUSR1: pauses every database (new requests wait), without waiting for running ones.
+pub fn pause_all(shared: &Shared) {
+    shared.paused_all.store(true, Ordering::Release);
+    for d in shared.config.load().databases.keys() {
+        shared.control(d).pause();
+    }
+}
+
+/// SIGUSR2: resumes every database.
+pub fn resume_all(shared: &Shared) {
+    shared.paused_all.store(false, Ordering::Release);
+    for d in shared.config.load().databases.keys() {
+        shared.control(d).resume();
+    }
 }

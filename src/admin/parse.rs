@@ -132,9 +132,13 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         "KILL" => Command::Kill(need_db(rest, "KILL")?),
         "KILL_CLIENT" => {
             let (id, tail) = split_word(rest);
-            let id = id.trim_start_matches("0x");
-            let id = u64::from_str_radix(id, 16)
-                .map_err(|_| ParseError("KILL_CLIENT needs a client id (the ptr column of SHOW CLIENTS)".into()))?;
+            // The `id` column of SHOW CLIENTS (decimal, as PgBouncer), or its `ptr` (0x…).
+            let id = match id.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => id.parse().ok(),
+            };
+            let id =
+                id.ok_or_else(|| ParseError("KILL_CLIENT needs a client id (the id column of SHOW CLIENTS)".into()))?;
             if !tail.trim().is_empty() {
                 return Err(err());
             }
@@ -221,7 +225,8 @@ mod tests {
         assert_eq!(parse("PAUSE app;").unwrap(), Command::Pause(Some("app".into())));
         assert_eq!(parse("resume \"My Db\"").unwrap(), Command::Resume(Some("My Db".into())));
         assert_eq!(parse("kill app").unwrap(), Command::Kill("app".into()));
-        assert_eq!(parse("KILL_CLIENT 1f").unwrap(), Command::KillClient(31));
+        assert_eq!(parse("KILL_CLIENT 31").unwrap(), Command::KillClient(31));
+        assert_eq!(parse("KILL_CLIENT 0x1f").unwrap(), Command::KillClient(31));
         assert_eq!(parse("shutdown wait_for_clients").unwrap(), Command::Shutdown(StopMode::WaitForClients));
         assert_eq!(parse("SHUTDOWN;").unwrap(), Command::Shutdown(StopMode::Immediate));
         assert_eq!(parse("set default_pool_size = 30").unwrap(), Command::Set("default_pool_size".into(), "30".into()));

@@ -554,10 +554,6 @@ fn servers(shared: &Shared) -> Table {
     t
 }
 
-/// `[general]` keys that only a restart changes.
-pub const RESTART_ONLY: &[&str] =
-    &["listen_addr", "listen_port", "worker_threads", "so_reuseport", "admin_database", "log_format"];
-
 fn config(shared: &Shared) -> Table {
     let cfg = shared.config.load();
     let mut t = Table::new(&[("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]);
@@ -568,7 +564,12 @@ fn config(shared: &Shared) -> Table {
     };
     for (k, v) in current {
         let default = defaults.get(&k).map(render_value);
-        let changeable = if RESTART_ONLY.contains(&k.as_str()) || k == "conffile" { "no" } else { "yes" };
+        let changeable =
+            if crate::reload::RESTART_ONLY.contains(&k.as_str()) || k == "conffile" || k == "metrics_listen_addr" {
+                "no"
+            } else {
+                "yes"
+            };
         t.push(vec![k.into(), v.into(), default.into(), changeable.into()]);
     }
     t

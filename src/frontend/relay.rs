@@ -22,6 +22,7 @@
 //! - [`pump`] is cancel-safe: all progress lives in `Half`/`Txn`/`Pipeline`, never in locals.
 
 mod client;
+pub mod retry;
 mod server;
 
 use std::future::Future;

@@ -923,7 +923,7 @@ impl Session {
             return false;
         }
         if self.log.pooler_errors {
-            tracing::warn!(client_id = self.reg.info.id, code = %e.code, message = %e.message, "pooler error");
+            tracing::warn!(client_id = self.reg.info.id, code = %e.code, error = %e.message, "pooler error");
         }
         let mut out = BytesMut::with_capacity(128);
         e.encode(&mut out);
@@ -944,7 +944,7 @@ impl Session {
 
     async fn close_with_inner(&mut self, e: ClientError) {
         if self.log.pooler_errors {
-            tracing::warn!(client_id = self.reg.info.id, code = %e.code, message = %e.message, "pooler error, closing client");
+            tracing::warn!(client_id = self.reg.info.id, code = %e.code, error = %e.message, "pooler error, closing client");
         }
         self.close_reason = Some(e.message.clone());
         let mut out = BytesMut::with_capacity(128);

@@ -88,7 +88,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> 
         Err(err) => {
             if let (Some(e), Some(s)) = (err, stream.as_mut()) {
                 if cfg.general().log_pooler_errors {
-                    tracing::warn!(%peer, code = %e.code, message = %e.message, "login failed");
+                    tracing::warn!(%peer, code = %e.code, error = %e.message, "login failed");
                 }
                 let mut out = BytesMut::new();
                 e.into_fatal().encode(&mut out);
@@ -242,7 +242,7 @@ async fn login(
     };
 
     if database == g.admin_database {
-        return admin_login(cfg, slot, buf, out, user, &client_params).await.map(Some);
+        return admin_login(cfg, slot, buf, out, id, user, &client_params).await.map(Some);
     }
 
     // 4. Database and pool.
@@ -312,6 +312,7 @@ async fn admin_login(
     slot: &mut Option<Stream>,
     buf: &mut BytesMut,
     mut out: BytesMut,
+    id: u64,
     user: String,
     params: &ClientParams,
 ) -> LoginResult<Startup> {
@@ -331,6 +332,7 @@ async fn admin_login(
     let mut stream = slot.take().ok_or(None)?;
     stream.write_all(&out).await.map_err(|_| None)?;
     Ok(Startup::Admin(Box::new(crate::admin::AdminLogin {
+        id,
         stream,
         buf: std::mem::take(buf),
         user,

@@ -1980,7 +1980,9 @@ async fn deallocate_all_pipelined_poisons_connection() {
 async fn sql_prepare_replaces_shared_statement() {
     within_limit(async move {
         let db = fresh_db("ps_review4");
-        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        // (With the default session_state = "pin", the attacker's PREPARE would keep the only
+        // server connection for itself; this is about what a shared connection may carry.)
+        let p = txn_pooler(&db, &["pool_size = 1", "session_state = \"allow\""]).start().await;
         let name = String::from_utf8(pgsluice::prepared::Key::of(b"select 7\0\0\0").server_name().to_vec()).unwrap();
         let attacker = p.connect(&db).await;
         let st = attacker.prepare("select 7").await.unwrap();
@@ -2018,6 +2020,44 @@ async fn re_preparing_after_a_schema_change_works_like_postgresql() {
             }
             setup.batch_execute("alter table rp drop column b").await.unwrap();
         }
+    })
+    .await;
+}
+
+/// The pooler-specific case: a client prepares a statement *after* an `ALTER TABLE` that
+/// changed its result type, but the server it gets still holds the copy another client
+/// prepared before (pgsluice shares statements by text). PostgreSQL would never fail this
+/// client; pgsluice re-prepares the stale copy and runs the request again, so it gets its
+/// rows. A client whose own statement predates the change still gets `0A000`, as directly.
+#[tokio::test]
+async fn a_statement_prepared_after_a_schema_change_never_sees_a_stale_copy() {
+    within_limit(async move {
+        let db = fresh_db("ps_stale");
+        let p = txn_pooler(&db, &["pool_size = 1"]).start().await;
+        let setup = direct(&db).await;
+        setup.batch_execute("create table st(a int); insert into st values (1)").await.unwrap();
+        let old = p.connect(&db).await;
+        let st_old = old.prepare("select * from st").await.unwrap();
+        assert_eq!(old.query_one(&st_old, &[]).await.unwrap().len(), 1);
+        setup.batch_execute("alter table st add column b int default 2").await.unwrap();
+        // A new client, same text, after the change: one server connection, holding the
+        // stale copy.
+        let new = p.connect(&db).await;
+        let st_new = new.prepare("select * from st").await.unwrap();
+        assert_eq!(st_new.columns().len(), 2, "described after the change");
+        for round in 0..3 {
+            let row = new.query_one(&st_new, &[]).await.unwrap_or_else(|e| panic!("round {round}: {}", err(&e)));
+            assert_eq!(row.len(), 2);
+            let b: i32 = row.get(1);
+            assert_eq!(b, 2);
+        }
+        // The old client's statement describes the old shape: the error, as PostgreSQL gives it.
+        let e = old.query_one(&st_old, &[]).await.expect_err("stale for this client");
+        assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+        let st_again = old.prepare("select * from st").await.unwrap();
+        assert_eq!(old.query_one(&st_again, &[]).await.unwrap().len(), 2);
+        // And the new client still works after all that.
+        assert_eq!(new.query_one(&st_new, &[]).await.unwrap().len(), 2);
     })
     .await;
 }

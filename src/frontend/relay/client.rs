@@ -66,6 +66,10 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         if ctx.pl.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
             return Ok(true);
         }
+        if ctx.track {
+            let frame = whole.then(|| &c.buf[c.pos.fwd..c.pos.fwd + frame_len]);
+            ctx.pl.retry.message(hdr.tag, frame);
+        }
         match hdr.tag {
             ftag::QUERY => {
                 if whole && ctx.session.is_some() && session_state(c, ctx, frame_len, false) {
@@ -406,7 +410,15 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 }
             }
             let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
+            if avail == frame_len && super::retry::client_is_stale(ctx, stmt) {
+                // PostgreSQL would refuse this execution: so does pgsluice.
+                refuse(c, ctx, frame_len, true, "cached plan must not change result type".to_string());
+                return Ok(Rewrite::Done);
+            }
             let (key, server_name) = (stmt.key, stmt.name);
+            // A request that may be retried after a stale-statement error (`retry`).
+            let fresh = !ctx.pl.batch_started && ctx.pl.queue.is_empty() && ctx.txn.status == protocol::status::IDLE;
+            let captured = fresh.then(|| stmt.clone());
             if !ctx.pl.statements.touch(&key) {
                 let stmt = stmt.clone();
                 c.spill(&mut ctx.pl.to_server);
@@ -417,8 +429,13 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             let prefix = HEADER_LEN + portal_len + 1 + name_len + 1;
             let rest_len = frame_len - prefix;
             let portal = &c.buf[HEADER_LEN..HEADER_LEN + portal_len];
+            let at = ctx.pl.to_server.len();
             write::bind_prefix(&mut ctx.pl.to_server, portal, &server_name, rest_len);
             c.buf.advance(prefix);
+            if let Some(stmt) = &captured {
+                let params = c.buf.get(..rest_len);
+                ctx.pl.retry.bind(true, stmt, &ctx.pl.to_server[at..], params);
+            }
             ctx.pl.batch_started = true;
             ctx.pl.queue.push_back(Expect::forward(Kind::Bind));
             // Parameter values follow unchanged (streamed if large).
@@ -438,7 +455,12 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
                 c.buf.advance(frame_len);
                 ctx.pl.batch_started = true;
-                ctx.pl.queue.push_back(Expect::forward(Kind::Describe));
+                // The row description the client gets is recorded (see `retry`).
+                ctx.pl.queue.push_back(Expect {
+                    kind: Kind::Describe,
+                    action: Action::Forward,
+                    undo: super::retry::describe_undo(&stmt),
+                });
             } else {
                 let name: Box<[u8]> = name.into();
                 let Some(stmt) = ctx.stmts.remove(&name) else {

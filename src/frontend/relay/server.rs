@@ -58,9 +58,11 @@ pub(super) fn scan_server(
         }
         let head = ctx.pl.queue.front();
         let action = head.map_or(Action::Forward, |h| h.action);
+        let shape = matches!(tag, b'T' | b'n') && super::retry::records_shape(head);
         let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
             || (tag == btag::ERROR_RESPONSE && (action != Action::Forward || hdr.body_len <= MAX_INSPECTED))
-            || action == Action::Swallow;
+            || matches!(action, Action::Swallow | Action::RetryOwn)
+            || shape;
         if inspect {
             if hdr.body_len > MAX_INSPECTED {
                 return Err(protocol::Error::TooLarge { tag, len: hdr.body_len as u32 + 4 });
@@ -71,6 +73,7 @@ pub(super) fn scan_server(
             }
         }
         // One look at an error (a relayed one over MAX_INSPECTED streams without it).
+        let mut stale = false;
         if tag == btag::ERROR_RESPONSE && rest.len() >= frame_len {
             let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
             if f.is_fatal() {
@@ -82,15 +85,29 @@ pub(super) fn scan_server(
             match f.code {
                 "25006" => ctx.pl.read_only_error = true,
                 // "cached plan must not change result type": a statement prepared on this
-                // connection predates a schema change. pgsluice shares statements by text, so
-                // re-preparing the same text would land on the same stale copy: the connection
-                // is closed at release instead, and the next one prepares afresh.
+                // connection predates a schema change (see `retry`).
                 "0A000" if ctx.track && f.message.starts_with("cached plan must not change result type") => {
-                    ctx.pl.poisoned = true;
+                    stale = true;
                 }
                 _ => {}
             }
         }
+        if stale && action != Action::RetryOwn {
+            if super::retry::start(s, ctx, frame_len) || super::retry::start_describe(s, ctx, frame_len) {
+                // The server now skips the rest of the failed request.
+                advance(s, ctx);
+                continue;
+            }
+            // Relayed: pgsluice shares statements by text, so the same text prepared again
+            // would land on the same stale copy; the connection is closed at release instead.
+            ctx.pl.poisoned = true;
+        }
+        if shape {
+            super::retry::record_shape(ctx, tag, &s.buf[s.pos.fwd + HEADER_LEN..s.pos.fwd + frame_len]);
+        }
+        // (Taken again: the retry above needed `s` and `ctx` whole.)
+        let rest = &s.buf[s.pos.fwd..];
+        let head = ctx.pl.queue.front();
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
             crate::backend::conn::set_param(sink.conn, k, v);
@@ -140,7 +157,9 @@ pub(super) fn scan_server(
             ctx.pl.skipping = false;
             ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
             ctx.txn.status = st;
-            if ctx.pl.tally.ready(st, ctx.txn.pending > 0, ctx.stats) {
+            // A ReadyForQuery of pgsluice's own (a retry's) is dropped, not counted.
+            let own = matches!(action, Action::Swallow | Action::RetryDecide);
+            if !own && ctx.pl.tally.ready(st, ctx.txn.pending > 0, ctx.stats) {
                 if let Some(stats) = ctx.stats {
                     stats.add(&mut ctx.pl.tally);
                 }
@@ -153,7 +172,15 @@ pub(super) fn scan_server(
                 ctx.txn.opened_transaction = true;
                 return Ok(());
             }
-            s.pass(frame_len);
+            if own {
+                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                if action == Action::RetryDecide {
+                    super::retry::decide(ctx, st);
+                }
+            } else {
+                s.pass(frame_len);
+            }
+            super::retry::finished(ctx);
             advance(s, ctx);
             continue;
         }
@@ -163,6 +190,8 @@ pub(super) fn scan_server(
         }
         match action {
             Action::Swallow if !error => s.drop_frame(&mut ctx.pl.to_client, frame_len),
+            Action::RetryOwn => super::retry::own_answer(s, ctx, tag, frame_len),
+            Action::DescribeAgain if tag == b't' => s.drop_frame(&mut ctx.pl.to_client, frame_len),
             Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
                 let front = ctx.pl.queue.front();
                 let name = front.and_then(|h| h.undo.as_ref()).and_then(|u| u.name.as_deref()).unwrap_or_default();
@@ -305,7 +334,7 @@ fn replay_pipelined(ctx: &mut Ctx<'_>) {
 /// Rolls back the statement bookkeeping of a request the server failed or skipped.
 fn undo(ctx: &mut Ctx<'_>, e: Expect) {
     let Some(u) = e.undo else { return };
-    let Undo { defined, removed, prepared, closed, name: _, reject: _ } = *u;
+    let Undo { defined, removed, prepared, closed, name: _, reject: _, describe: _ } = *u;
     if let Some((name, stmt)) = defined {
         ctx.stmts.remove_if(&name, &stmt);
     }
