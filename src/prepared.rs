@@ -18,7 +18,7 @@
 //! - Eviction never closes a statement used in the server's current transaction (a portal
 //!   bound from it may still be executed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -301,25 +301,40 @@ impl ServerStatements {
 /// Statements that some server of a pool has accepted (`ParseComplete`), so that a client's
 /// `Parse` + `Sync` of one of them can be answered without a server (libpq's `PQprepare`,
 /// pgbench `-M prepared`): the statement is prepared on a server when first used. Bounded:
-/// forgotten wholesale when full (it is only an optimisation).
+/// forgotten wholesale when full (it is only an optimisation). With each, the row
+/// description a server last gave for it, when seen (schema changes, `relay::retry`).
 #[derive(Debug, Default)]
-pub struct KnownStatements(parking_lot::Mutex<HashSet<Key, BuildHasherDefault<KeyHasher>>>);
+pub struct KnownStatements(parking_lot::Mutex<HashMap<Key, u64, BuildHasherDefault<KeyHasher>>>);
 
 impl KnownStatements {
     const MAX: usize = 4096;
 
     /// Records that a server accepted `key`.
     pub fn insert(&self, key: Key) {
-        let mut set = self.0.lock();
-        if set.len() >= Self::MAX {
-            set.clear();
+        let mut map = self.0.lock();
+        if map.len() >= Self::MAX {
+            map.clear();
         }
-        set.insert(key);
+        map.entry(key).or_insert(0);
     }
 
     /// Whether a server accepted `key`.
     pub fn contains(&self, key: &Key) -> bool {
-        self.0.lock().contains(key)
+        self.0.lock().contains_key(key)
+    }
+
+    /// Records the row description (`relay::retry::shape_of`) a server just gave for `key`.
+    pub fn set_shape(&self, key: Key, shape: u64) {
+        let mut map = self.0.lock();
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(key, shape);
+    }
+
+    /// The row description last seen for `key`, if any.
+    pub fn shape(&self, key: &Key) -> Option<u64> {
+        self.0.lock().get(key).copied().filter(|&s| s != 0)
     }
 }
 

@@ -42,6 +42,14 @@ impl Severity {
 
 /// ErrorResponse with severity, SQLSTATE and message (and optional detail).
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str, detail: Option<&str>) {
+    match detail {
+        Some(d) => error_response_with(buf, severity, code, message, &[(b'D', d)]),
+        None => error_response_with(buf, severity, code, message, &[]),
+    }
+}
+
+/// ErrorResponse with severity, SQLSTATE, message and extra fields (`(field type, value)`).
+pub fn error_response_with(buf: &mut BytesMut, severity: Severity, code: &str, message: &str, extra: &[(u8, &str)]) {
     frame(buf, b'E', |b| {
         for tag in [b'S', b'V'] {
             b.put_u8(tag);
@@ -51,9 +59,9 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, messag
         put_cstr(b, code.as_bytes());
         b.put_u8(b'M');
         put_cstr(b, message.as_bytes());
-        if let Some(d) = detail {
-            b.put_u8(b'D');
-            put_cstr(b, d.as_bytes());
+        for (t, v) in extra {
+            b.put_u8(*t);
+            put_cstr(b, v.as_bytes());
         }
         b.put_u8(0);
     });

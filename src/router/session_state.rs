@@ -115,6 +115,9 @@ enum Effect {
 /// Applies every statement of `text` to `state` in order; `tracked` says whether a parameter
 /// name is tracked (replayed per client). Returns the first statement that set state.
 pub fn apply<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool, state: &mut PinState) -> Option<Detected<'a>> {
+    if quick_no_effect(text.as_bytes()) {
+        return None;
+    }
     let mut first = None;
     let functions = mentions_state_function(text.as_bytes());
     let mut lx = Lexer::new(text.as_bytes());
@@ -132,6 +135,9 @@ pub fn apply<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool, state: &mut PinS
 
 /// Whether any statement of `text` sets or undoes session state.
 pub fn has_effect(text: &str, tracked: &dyn Fn(&str) -> bool) -> bool {
+    if quick_no_effect(text.as_bytes()) {
+        return false;
+    }
     let functions = mentions_state_function(text.as_bytes());
     let mut lx = Lexer::new(text.as_bytes());
     let mut effects = [None; 4];
@@ -233,8 +239,31 @@ fn mentions_state_function(b: &[u8]) -> bool {
     contains_ci(b, b"advisory") || contains_ci(b, b"set_config")
 }
 
+/// Whether `hay` contains `needle` (lower-case, starting with a letter), ignoring ASCII case.
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    let (Some(&first), n) = (needle.first(), needle.len()) else { return true };
+    if hay.len() < n {
+        return false;
+    }
+    (0..=hay.len() - n).any(|i| hay[i] | 0x20 == first && hay[i..i + n].eq_ignore_ascii_case(needle))
+}
+
+/// The common case, decided without scanning the statement: one statement (no `;` at all)
+/// whose first keyword never sets or undoes state, mentioning no state function, and for a
+/// `SELECT`-like one no `INTO`.
+fn quick_no_effect(b: &[u8]) -> bool {
+    if b.contains(&b';') || mentions_state_function(b) {
+        return false;
+    }
+    let mut lx = Lexer::new(b);
+    let Ok(t) = lx.next() else { return false };
+    let mut buf = [0u8; 12];
+    match upper(lx.word(t), &mut buf) {
+        b"SET" | b"RESET" | b"CREATE" | b"LISTEN" | b"UNLISTEN" | b"PREPARE" | b"DEALLOCATE" | b"DECLARE"
+        | b"CLOSE" | b"DISCARD" | b"" => false,
+        b"SELECT" | b"WITH" | b"EXPLAIN" | b"VALUES" | b"TABLE" => !contains_ci(b, b"into"),
+        _ => true,
+    }
 }
 
 /// Reads one statement and records its effects (at most 4: the statement's own, then
@@ -542,6 +571,20 @@ mod tests {
         apply("SET ROLE r", t, &mut st);
         apply("SET ROLE NONE", t, &mut st);
         assert!(!st.is_pinned());
+    }
+
+    #[test]
+    fn the_common_case_is_decided_without_a_scan() {
+        assert!(quick_no_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(quick_no_effect(b"UPDATE t SET a = 1 WHERE b = 2"));
+        assert!(quick_no_effect(b"insert into t values (1)"));
+        assert!(!quick_no_effect(b"SELECT 1 INTO TEMP t"));
+        assert!(!quick_no_effect(b"select pg_advisory_lock(1)"));
+        assert!(!quick_no_effect(b"SET x = 1"));
+        assert!(!quick_no_effect(b"SELECT 1; SET x = 1"));
+        assert!(!quick_no_effect(b"(SELECT 1)"), "no keyword first: scanned");
+        assert!(contains_ci(b"xx SET_CONFIG(", b"set_config"));
+        assert!(!contains_ci(b"se", b"set_config"));
     }
 
     #[test]

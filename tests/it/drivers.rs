@@ -43,6 +43,20 @@ async fn asyncpg_100_tasks_pool_5() {
     assert_server_connections_at_most(&db, 5);
 }
 
+/// Issue 8: asyncpg keeps working across `ALTER TABLE … ADD COLUMN` on a table its cached
+/// statement selects `*` from, with server copies of the statement shared by 6 connections
+/// over 2 server connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_across_a_schema_change() {
+    let db = fresh_db("drv_schema");
+    let p = pooler().database(&db, &["pool_size = 2"]).user(&db.name, &db.verifier()).start().await;
+    let mut cmd = Command::new(python());
+    cmd.arg(driver_script("asyncpg_schema_change.py")).arg(uri(&p, &db)).args(["6", "5"]);
+    let out = run_client("asyncpg_schema_change.py", &mut cmd).await;
+    out.assert_success();
+    assert!(out.stdout.contains("errors=0"), "{}", out.report());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_prepare_threshold_0() {
     let db = fresh_db("drv_psycopg");

@@ -204,6 +204,10 @@ fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
     }
 }
 
+/// PostgreSQL's message for executing a statement whose result type changed since it was
+/// prepared (0A000); drivers recognise it (asyncpg re-prepares).
+pub(super) const STALE_STATEMENT: &str = "cached plan must not change result type";
+
 /// Text a refused statement is replaced with: it fails to parse, so the server answers with
 /// an error (aborting a transaction, as the refused statement's error would), which the
 /// server scan replaces with pgsluice's own.
@@ -412,7 +416,7 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
             if avail == frame_len && super::retry::client_is_stale(ctx, stmt) {
                 // PostgreSQL would refuse this execution: so does pgsluice.
-                refuse(c, ctx, frame_len, true, "cached plan must not change result type".to_string());
+                refuse(c, ctx, frame_len, true, STALE_STATEMENT.to_string());
                 return Ok(Rewrite::Done);
             }
             let (key, server_name) = (stmt.key, stmt.name);
@@ -421,6 +425,10 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             let captured = fresh.then(|| stmt.clone());
             if !ctx.pl.statements.touch(&key) {
                 let stmt = stmt.clone();
+                if avail == frame_len && super::retry::stale_for_new_copy(ctx, &stmt) {
+                    refuse(c, ctx, frame_len, true, STALE_STATEMENT.to_string());
+                    return Ok(Rewrite::Done);
+                }
                 c.spill(&mut ctx.pl.to_server);
                 ensure_prepared(ctx, &stmt);
             }

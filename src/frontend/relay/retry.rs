@@ -249,6 +249,9 @@ pub(super) fn own_answer(s: &mut Half<'_>, ctx: &mut Ctx<'_>, tag: u8, frame_len
             }
             if let Some(key) = c.stmt.as_ref().map(|st| st.key) {
                 ctx.pl.shapes.insert(key, shape);
+                if let Some(known) = ctx.known {
+                    known.set_shape(key, shape);
+                }
             }
         }
         _ => {}
@@ -301,7 +304,24 @@ pub(super) fn record_shape(ctx: &mut Ctx<'_>, tag: u8, body: &[u8]) {
         stmt.shape.store(shape, std::sync::atomic::Ordering::Relaxed);
         let key = stmt.key;
         ctx.pl.shapes.insert(key, shape);
+        if let Some(known) = ctx.known {
+            known.set_shape(key, shape);
+        }
     }
+}
+
+/// Before pgsluice prepares `stmt` on this connection for a client's Bind: whether the
+/// client's description differs from the latest one a server of the pool gave (then its
+/// statement predates a schema change, and PostgreSQL would refuse the execution). Otherwise
+/// the copy about to be prepared here is taken to have that latest shape.
+pub(super) fn stale_for_new_copy(ctx: &mut Ctx<'_>, stmt: &crate::prepared::Stmt) -> bool {
+    let mine = stmt.shape.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(latest) = ctx.known.and_then(|k| k.shape(&stmt.key)) else { return false };
+    if mine != 0 && mine != latest {
+        return true;
+    }
+    ctx.pl.shapes.insert(stmt.key, latest);
+    false
 }
 
 /// Whether the client's description of `stmt` differs from this connection's copy (a

@@ -203,7 +203,18 @@ pub(super) fn scan_server(
                 let msg = ctx.pl.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.reject.as_deref());
                 s.drop_frame(&mut ctx.pl.to_client, frame_len);
                 let msg = msg.unwrap_or("pgsluice: statement refused (session_state = \"reject\")");
-                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "0A000", msg, None);
+                if msg == super::client::STALE_STATEMENT {
+                    // As PostgreSQL reports it, routine included: drivers key on it.
+                    write::error_response_with(
+                        &mut ctx.pl.to_client,
+                        write::Severity::Error,
+                        "0A000",
+                        msg,
+                        &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
+                    );
+                } else {
+                    write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "0A000", msg, None);
+                }
             }
             _ => s.pass(frame_len),
         }
