@@ -11,7 +11,8 @@
 //!   labels and unit conversions, so its Grafana dashboards work unchanged. The v0.10 names
 //!   of the `SHOW STATS` counters are emitted too, for older dashboards.
 //! - `sluice`: pgsluice's own `pgsluice_*` families: host health and roles, failovers,
-//!   routing decisions, the check-out wait histogram and login counters.
+//!   routing decisions, the transaction, query and check-out wait latency histograms,
+//!   pinned clients and login counters.
 //! - `http`: the hyper server ([`serve`]).
 //!
 //! Invariants:
@@ -25,6 +26,9 @@
 //!   like `admin_database`.
 //! - Families without a series are left out (the text format has no empty families).
 //!   Metric names and help texts are `&'static str`; nothing is formatted to name a metric.
+//! - Every family is declared once, as a `Spec` constant listed by its module's `specs()`;
+//!   [`family_names`] is their union (docs/metrics.md and docs/grafana-dashboard.json are
+//!   checked against it).
 
 mod http;
 mod pgbouncer;
@@ -34,6 +38,7 @@ mod tests;
 
 use prometheus::proto::{self, MetricFamily, MetricType};
 
+use crate::admin::show;
 use crate::shared::Shared;
 use crate::stats::{HistogramSnapshot, LATENCY_BUCKETS_US};
 
@@ -59,9 +64,19 @@ pub fn render(shared: &Shared) -> String {
 /// Every metric family, sampled now (PgBouncer-compatible families first, then pgsluice's).
 pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     let mut out = Families::default();
-    pgbouncer::collect(shared, &mut out);
-    sluice::collect(shared, &mut out);
+    // One look at the pools (`SHOW POOLS`' rows) for the exporter's pool gauges and
+    // pgsluice's pinned-client gauge, so they agree with each other.
+    let pools = show::pool_rows(shared);
+    pgbouncer::collect(shared, &pools, &mut out);
+    sluice::collect(shared, &pools, &mut out);
     out.0
+}
+
+/// The name of every metric family a scrape can have, in output order (a family without a
+/// series at the moment, e.g. replication lag before the first probe, is left out of the
+/// scrape but listed here).
+pub fn family_names() -> Vec<&'static str> {
+    pgbouncer::specs().chain(sluice::specs()).map(|s| s.name).collect()
 }
 
 /// Kind of a metric family.

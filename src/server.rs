@@ -190,7 +190,7 @@ pub struct ServerHandle {
 
 /// Binds the listening socket (`SO_REUSEPORT` when `reuse_port`, so a second pgsluice can
 /// bind the same port during an online restart).
-fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     #[cfg(unix)]

@@ -33,7 +33,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Binds `addr`, spawns the server task and returns the bound address (the real port when
 /// `addr`'s is 0). Must run inside a Tokio runtime.
 pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    // With so_reuseport, a second pgsluice started for an online restart can bind it too.
+    let listener = crate::server::bind(addr, shared.config.load().general().so_reuseport)?;
     let bound = listener.local_addr()?;
     tokio::spawn(accept_loop(listener, Arc::downgrade(&shared)));
     Ok(bound)

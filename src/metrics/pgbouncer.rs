@@ -3,10 +3,10 @@
 //!
 //! The exporter maps admin console columns to metrics; this module reads the same values
 //! the console shows, through the same functions: `SHOW POOLS` rows come from
-//! [`show::pool_rows`], `SHOW STATS_TOTALS` from [`show::totals_by_database`], `SHOW LISTS`
-//! and `SHOW DATABASES` from their result tables. Conversions follow the exporter: times
-//! in µs become seconds (÷1e6), `maxwait` is whole seconds (its `maxwait_us` part is
-//! ignored, as the exporter does), NULL labels are `""`.
+//! [`show::pool_rows`] (taken once per scrape by the caller), `SHOW STATS_TOTALS` from
+//! [`show::totals_by_database`], `SHOW LISTS` and `SHOW DATABASES` from their result tables.
+//! Conversions follow the exporter: times in µs become seconds (÷1e6), `maxwait` is whole
+//! seconds (its `maxwait_us` part is ignored, as the exporter does), NULL labels are `""`.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ const VERSION: Spec = Spec::gauge("pgbouncer_version_info", "The pooler's versio
 const VERSION_TEXT: &str = concat!("pgsluice ", env!("CARGO_PKG_VERSION"));
 
 /// `SHOW LISTS` rows the exporter maps, and their metrics (no labels).
-const LISTS: [(&str, Spec); 11] = [
+static LISTS: [(&str, Spec); 11] = [
     ("databases", Spec::gauge("pgbouncer_databases", "Count of databases.", &[])),
     ("users", Spec::gauge("pgbouncer_users", "Count of users.", &[])),
     ("pools", Spec::gauge("pgbouncer_pools", "Count of pools.", &[])),
@@ -51,7 +51,7 @@ const CLIENTS: Spec = Spec::gauge(
 const DATABASE_LABELS: &[&str] = &["name", "host", "port", "database", "force_user", "pool_mode"];
 
 /// `SHOW DATABASES` value columns and their metrics.
-const DATABASES: [(&str, Spec); 6] = [
+static DATABASES: [(&str, Spec); 6] = [
     (
         "pool_size",
         Spec::gauge("pgbouncer_databases_pool_size", "Maximum number of server connections.", DATABASE_LABELS),
@@ -93,7 +93,7 @@ type PoolsColumn = (Spec, fn(&PoolRow) -> u64);
 
 /// `SHOW POOLS` columns, as metrics. Cancel requests are forwarded at once (never queued),
 /// so the cancel columns are 0, as the console shows them.
-const POOLS: [PoolsColumn; 12] = [
+static POOLS: [PoolsColumn; 12] = [
     (
         Spec::gauge(
             "pgbouncer_pools_client_active_connections",
@@ -196,7 +196,7 @@ const DB: &[&str] = &["database"];
 type TotalsColumn = (Spec, fn(&Totals) -> u64, f64);
 
 /// `SHOW STATS_TOTALS` columns (exporter v0.11+ names).
-const STATS_TOTALS: [TotalsColumn; 11] = [
+static STATS_TOTALS: [TotalsColumn; 11] = [
     (
         Spec::counter("pgbouncer_stats_totals_queries_pooled_total", "Total number of SQL queries pooled.", DB),
         |t| t.query_count,
@@ -297,7 +297,7 @@ const STATS_TOTALS: [TotalsColumn; 11] = [
 
 /// The same counters under exporter v0.10's names (from `SHOW STATS`' `total_*` columns),
 /// for dashboards made before v0.11.
-const STATS_LEGACY: [TotalsColumn; 7] = [
+static STATS_LEGACY: [TotalsColumn; 7] = [
     (
         Spec::counter("pgbouncer_stats_queries_pooled_total", "Total number of SQL queries pooled (v0.10 name).", DB),
         |t| t.query_count,
@@ -355,8 +355,19 @@ const STATS_LEGACY: [TotalsColumn; 7] = [
     ),
 ];
 
-/// Appends the exporter-compatible families.
-pub(super) fn collect(shared: &Shared, out: &mut Families) {
+/// Every family this module can produce, in output order.
+pub(super) fn specs() -> impl Iterator<Item = &'static Spec> {
+    [&UP, &VERSION]
+        .into_iter()
+        .chain(LISTS.iter().map(|(_, s)| s))
+        .chain([&MAX_CLIENT_CONN, &MAX_USER_CONN, &CLIENTS])
+        .chain(DATABASES.iter().map(|(_, s)| s))
+        .chain(POOLS.iter().map(|(s, _)| s))
+        .chain(STATS_TOTALS.iter().chain(&STATS_LEGACY).map(|(s, _, _)| s))
+}
+
+/// Appends the exporter-compatible families; `pools` are `SHOW POOLS`' rows.
+pub(super) fn collect(shared: &Shared, pools: &[PoolRow], out: &mut Families) {
     out.single(&UP, 1.0);
     let mut version = Family::new(&VERSION);
     version.add(&[VERSION_TEXT], 1.0);
@@ -368,7 +379,7 @@ pub(super) fn collect(shared: &Shared, out: &mut Families) {
     drop(cfg);
     clients(shared, out);
     databases(shared, out);
-    pools(shared, out);
+    pool_gauges(pools, out);
     stats_totals(shared, out);
 }
 
@@ -416,11 +427,10 @@ fn databases(shared: &Shared, out: &mut Families) {
     }
 }
 
-fn pools(shared: &Shared, out: &mut Families) {
-    let rows = show::pool_rows(shared);
+fn pool_gauges(rows: &[PoolRow], out: &mut Families) {
     for (spec, value) in &POOLS {
         let mut f = Family::new(spec);
-        for r in &rows {
+        for r in rows {
             f.add(&[&r.database, &r.user], value(r) as f64);
         }
         out.push(f);

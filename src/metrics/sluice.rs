@@ -7,17 +7,21 @@
 //!   timeline have no series while unknown. `pgsluice_host_breaker_state` is a state set: one
 //!   series per breaker state, 1 for the current one.
 //! - Routing (`SHOW ROUTES`) per (database, user) pool set, and failovers per database.
-//! - `pgsluice_checkout_wait_seconds`: how long clients waited for a server connection,
-//!   summed over the hosts' pools of a (database, user); its count is the number of server
-//!   assignments (`pgbouncer_stats_totals_server_assignments_total`, per database).
+//! - Latency histograms per (database, user), summed over the set's hosts by
+//!   [`show::latency_of`] (the data of `SHOW LATENCY`): `pgsluice_transaction_duration_seconds`
+//!   and `pgsluice_query_duration_seconds` (their counts and sums are `SHOW STATS_TOTALS`'
+//!   `xact_count`/`xact_time` and `query_count`/`query_time` of the set), and
+//!   `pgsluice_wait_duration_seconds`, the check-out wait (its count is the number of server
+//!   assignments, its sum `wait_time`).
+//! - `pgsluice_pinned_clients`: `SHOW POOLS`' `cl_pinned`, one series per row.
 //! - Logins: authentication failures and connections still logging in.
 
 use std::sync::atomic::Ordering;
 
 use super::{Families, Family, Spec};
+use crate::admin::show::{self, PoolRow};
 use crate::cluster::{BreakerState, Health, Primary};
 use crate::shared::Shared;
-use crate::stats::HistogramSnapshot;
 
 const HOST: &[&str] = &["database", "host"];
 
@@ -74,9 +78,25 @@ const ROUTE_RYW_WAITS: Spec = Spec::counter(
 );
 const ROUTE_RETRIES: Spec =
     Spec::counter("pgsluice_route_retries_total", "Reads retried on another host after a connection failure.", SET);
-const CHECKOUT_WAIT: Spec = Spec::histogram(
-    "pgsluice_checkout_wait_seconds",
-    "How long clients waited for a server connection, per server assignment.",
+const TRANSACTION_DURATION: Spec = Spec::histogram(
+    "pgsluice_transaction_duration_seconds",
+    "Transaction durations on the server, from the first request to the ReadyForQuery that ends the \
+     transaction (SHOW LATENCY xact_*).",
+    SET,
+);
+const QUERY_DURATION: Spec = Spec::histogram(
+    "pgsluice_query_duration_seconds",
+    "Query durations on the server, from a request to its ReadyForQuery (SHOW LATENCY query_*).",
+    SET,
+);
+const WAIT_DURATION: Spec = Spec::histogram(
+    "pgsluice_wait_duration_seconds",
+    "How long clients waited for a server connection, per server assignment (SHOW LATENCY wait_*).",
+    SET,
+);
+const PINNED_CLIENTS: Spec = Spec::gauge(
+    "pgsluice_pinned_clients",
+    "Clients pinned to their server connection by session state they set (SHOW POOLS cl_pinned).",
     SET,
 );
 const AUTH_FAILURES: Spec =
@@ -84,10 +104,41 @@ const AUTH_FAILURES: Spec =
 const LOGGING_IN: Spec =
     Spec::gauge("pgsluice_clients_logging_in", "Client connections accepted and not yet logged in.", &[]);
 
-/// Appends pgsluice's own families.
-pub(super) fn collect(shared: &Shared, out: &mut Families) {
+/// Every family this module can produce, in output order.
+pub(super) fn specs() -> impl Iterator<Item = &'static Spec> {
+    [
+        &HOST_INFO,
+        &HOST_UP,
+        &HOST_PRIMARY,
+        &HOST_LAG_BYTES,
+        &HOST_LAG_SECONDS,
+        &HOST_TIMELINE,
+        &HOST_BREAKER_OPEN,
+        &HOST_BREAKER_STATE,
+        &HOST_BREAKER_REFUSED,
+        &FAILOVERS,
+        &ROUTE_DECISIONS,
+        &ROUTE_RYW_WAITS,
+        &ROUTE_RETRIES,
+        &TRANSACTION_DURATION,
+        &QUERY_DURATION,
+        &WAIT_DURATION,
+        &PINNED_CLIENTS,
+        &AUTH_FAILURES,
+        &LOGGING_IN,
+    ]
+    .into_iter()
+}
+
+/// Appends pgsluice's own families; `pools` are `SHOW POOLS`' rows.
+pub(super) fn collect(shared: &Shared, pools: &[PoolRow], out: &mut Families) {
     hosts(shared, out);
-    routes(shared, out);
+    sets(shared, out);
+    let mut pinned = Family::new(&PINNED_CLIENTS);
+    for r in pools {
+        pinned.add(&[&r.database, &r.user], r.cl_pinned.into());
+    }
+    out.push(pinned);
     out.single(&AUTH_FAILURES, shared.auth_failures.load(Ordering::Relaxed) as f64);
     out.single(&LOGGING_IN, shared.logging_in.load(Ordering::Relaxed) as f64);
 }
@@ -135,13 +186,16 @@ fn hosts(shared: &Shared, out: &mut Families) {
     }
 }
 
-fn routes(shared: &Shared, out: &mut Families) {
+/// Per (database, user) pool set: routing counters and latency histograms.
+fn sets(shared: &Shared, out: &mut Families) {
     let mut sets = shared.pools.sets();
     sets.sort_by(|a, b| a.0.cmp(&b.0));
     let mut decisions = Family::new(&ROUTE_DECISIONS);
     let mut ryw = Family::new(&ROUTE_RYW_WAITS);
     let mut retries = Family::new(&ROUTE_RETRIES);
-    let mut wait = Family::new(&CHECKOUT_WAIT);
+    let mut xact = Family::new(&TRANSACTION_DURATION);
+    let mut query = Family::new(&QUERY_DURATION);
+    let mut wait = Family::new(&WAIT_DURATION);
     for ((db, user), set) in &sets {
         let r = set.route_stats().counts();
         for (decision, n) in [
@@ -154,13 +208,12 @@ fn routes(shared: &Shared, out: &mut Families) {
         }
         ryw.add(&[db, user], r.ryw_waits as f64);
         retries.add(&[db, user], r.retries as f64);
-        let mut h = HistogramSnapshot::default();
-        for p in set.pools() {
-            h.merge(&p.stats().wait.snapshot());
-        }
-        wait.add_histogram(&[db, user], &h);
+        let [x, q, w] = show::latency_of(set);
+        xact.add_histogram(&[db, user], &x);
+        query.add_histogram(&[db, user], &q);
+        wait.add_histogram(&[db, user], &w);
     }
-    for f in [decisions, ryw, retries, wait] {
+    for f in [decisions, ryw, retries, xact, query, wait] {
         out.push(f);
     }
 }

@@ -1,7 +1,8 @@
 //! The Prometheus endpoint against real traffic: a scrape while clients run transactions
 //! parses, has every promised family with its label names, and once the load stops its
-//! values equal the admin console's `SHOW POOLS` and `SHOW STATS_TOTALS`; other paths are
-//! 404s. HTTP is spoken by hand over a `TcpStream` (HTTP/1.1, `Connection: close`).
+//! values equal the admin console's `SHOW POOLS` and `SHOW STATS_TOTALS` (the latency
+//! histograms count every transaction and query, a pinned client is counted); other paths
+//! are 404s. HTTP is spoken by hand over a `TcpStream` (HTTP/1.1, `Connection: close`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -81,7 +82,10 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("pgsluice_route_decisions_total", &["database", "user", "decision"]),
     ("pgsluice_route_ryw_waits_total", POOL),
     ("pgsluice_route_retries_total", POOL),
-    ("pgsluice_checkout_wait_seconds", POOL),
+    ("pgsluice_transaction_duration_seconds", POOL),
+    ("pgsluice_query_duration_seconds", POOL),
+    ("pgsluice_wait_duration_seconds", POOL),
+    ("pgsluice_pinned_clients", POOL),
     ("pgsluice_auth_failures_total", &[]),
     ("pgsluice_clients_logging_in", &[]),
 ];
@@ -105,6 +109,7 @@ const POOL_COLUMNS: &[(&str, &str)] = &[
     ("sv_tested", "pgbouncer_pools_server_testing_connections"),
     ("sv_login", "pgbouncer_pools_server_login_connections"),
     ("maxwait", "pgbouncer_pools_client_maxwait_seconds"),
+    ("cl_pinned", "pgsluice_pinned_clients"),
 ];
 
 /// `SHOW STATS_TOTALS` columns, the counter that mirrors each, and its divisor (µs → s).
@@ -334,6 +339,8 @@ async fn scrape_under_load_matches_the_admin_console() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let during = scrape(addr).await;
     let expected: BTreeSet<&str> = FAMILIES.iter().map(|(n, _)| *n).collect();
+    let listed: BTreeSet<&str> = pgsluice::metrics::family_names().into_iter().collect();
+    assert!(expected.is_subset(&listed), "not in family_names(): {:?}", expected.difference(&listed));
     let present: BTreeSet<&str> = during.types.keys().map(String::as_str).collect();
     assert_eq!(
         present,
@@ -406,13 +413,36 @@ async fn scrape_under_load_matches_the_admin_console() {
         assert!(after.get(metric, &dbl) > 0.0, "{metric} after traffic");
     }
 
-    // The wait histogram counts every server assignment; its sum is the total wait.
+    // The latency histograms (one user, one host: the set is the whole database) count
+    // every transaction, query and server assignment, and sum their times.
     let set = [("database", db.name.as_str()), ("user", db.name.as_str())];
-    let assignments = after.get("pgbouncer_stats_totals_server_assignments_total", &dbl);
-    assert_eq!(after.get("pgsluice_checkout_wait_seconds_count", &set), assignments);
-    assert_eq!(after.get("pgsluice_checkout_wait_seconds_bucket", &[set[0], set[1], ("le", "+Inf")]), assignments);
-    let wait = after.get("pgbouncer_stats_totals_client_wait_seconds_total", &dbl);
-    assert!((after.get("pgsluice_checkout_wait_seconds_sum", &set) - wait).abs() < 1e-6);
+    for (histogram, count, seconds) in [
+        (
+            "pgsluice_transaction_duration_seconds",
+            "pgbouncer_stats_totals_sql_transactions_pooled_total",
+            "pgbouncer_stats_totals_server_in_transaction_seconds_total",
+        ),
+        (
+            "pgsluice_query_duration_seconds",
+            "pgbouncer_stats_totals_queries_pooled_total",
+            "pgbouncer_stats_totals_queries_duration_seconds_total",
+        ),
+        (
+            "pgsluice_wait_duration_seconds",
+            "pgbouncer_stats_totals_server_assignments_total",
+            "pgbouncer_stats_totals_client_wait_seconds_total",
+        ),
+    ] {
+        let n = after.get(count, &dbl);
+        assert_eq!(after.get(&format!("{histogram}_count"), &set), n, "{histogram} count and {count}");
+        assert_eq!(after.get(&format!("{histogram}_bucket"), &[set[0], set[1], ("le", "+Inf")]), n, "{histogram}");
+        let sum = after.get(&format!("{histogram}_sum"), &set);
+        assert!((sum - after.get(seconds, &dbl)).abs() < 1e-6, "{histogram} sum {sum} and {seconds}");
+        let buckets = after.all(&format!("{histogram}_bucket"));
+        assert_eq!(buckets.len(), 18, "{histogram}: 17 bounds and +Inf");
+        assert!(buckets.windows(2).all(|w| w[0].value <= w[1].value), "{histogram} buckets are cumulative");
+    }
+    assert_eq!(after.get("pgsluice_transaction_duration_seconds_count", &set), ran as f64, "after {ran} transactions");
 
     // SHOW ROUTES against the routing counters.
     let routes = show(&admin, "ROUTES").await;
@@ -431,6 +461,11 @@ async fn scrape_under_load_matches_the_admin_console() {
     assert_eq!(after.get("pgbouncer_client_connections", &[("database", "pgbouncer")]), 1.0);
     assert_eq!(after.get("pgbouncer_used_clients", &[]), 5.0);
 
+    assert_eq!(after.get("pgsluice_pinned_clients", &set), 0.0);
+
+    // One client takes a session-level advisory lock: pinned to its server until it lets go.
+    clients[0].simple_query("SELECT pg_advisory_lock(4242)").await.expect("advisory lock");
+
     // SHOW POOLS against the gauges, right after each other (a connection being checked in
     // could move between the two: look again a few times before calling it a mismatch).
     let mut diffs = Vec::new();
@@ -439,13 +474,16 @@ async fn scrape_under_load_matches_the_admin_console() {
         let m = scrape(addr).await;
         diffs = pools_mismatch(&rows, &m);
         if diffs.is_empty() {
-            assert!(rows.iter().any(|r| r["database"] == db.name), "our pool in SHOW POOLS");
+            let ours = rows.iter().find(|r| r["database"] == db.name).expect("our pool in SHOW POOLS");
+            assert_eq!(ours["cl_pinned"], "1", "the locking client is pinned");
             assert!(rows.iter().any(|r| r["database"] == "pgbouncer"), "the console's row in SHOW POOLS");
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(diffs.is_empty(), "SHOW POOLS and /metrics differ: {diffs:#?}");
+    clients[0].simple_query("SELECT pg_advisory_unlock_all()").await.expect("unlock");
+    assert_eq!(scrape(addr).await.get("pgsluice_pinned_clients", &set), 0.0, "unpinned");
 
     // SHOW DATABASES against the database gauges.
     let dbs = show(&admin, "DATABASES").await;
