@@ -286,9 +286,12 @@ pub struct SessionRules {
 }
 
 impl SessionRules {
-    /// Whether parameter `name` is tracked.
+    /// Whether a `SET` of parameter `name` is followed per client without pinning: only the
+    /// built-in tracked parameters, which PostgreSQL reports with ParameterStatus. Those of
+    /// `track_extra_parameters` are replayed from what the client gave at login, but a later
+    /// `SET` of them is not reported (PostgreSQL < 18) and so pins.
     pub fn is_tracked(&self, name: &str) -> bool {
-        self.tracked.lookup(name).is_some()
+        crate::params::canonical(name).is_some()
     }
 }
 

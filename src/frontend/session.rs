@@ -79,7 +79,6 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         );
     }
     let log = LogFlags { disconnections: g.log_disconnections, pooler_errors: g.log_pooler_errors };
-    let pin_reset_query = Some(g.server_reset_query.trim().to_string()).filter(|q| !q.is_empty());
     let reg = shared.clients.register(ClientInfo::new(
         id,
         l.db.name.as_str().into(),
@@ -149,7 +148,6 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         shared: shared.clone(),
         log,
         close_reason: None,
-        pin_reset_query,
     };
     drop(cfg);
     let started = shared.clock.now_us();
@@ -219,9 +217,6 @@ struct Session {
     log: LogFlags,
     /// Why pgsluice closed the client (the disconnection log line).
     close_reason: Option<std::borrow::Cow<'static, str>>,
-    /// `server_reset_query`, run on a server a pinned client leaves (`None`: such a server is
-    /// closed instead).
-    pin_reset_query: Option<String>,
 }
 
 enum Wait {
@@ -550,15 +545,16 @@ impl Session {
         if std::mem::take(&mut self.note_write) {
             self.ryw_since = self.pool.cluster().now_ms();
         }
-        if g.server().pipeline.session_dirty && !Box::pin(self.reset_pinned(&mut g)).await {
-            return g.discard();
-        }
         if g.server().pipeline.poisoned {
             // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
             // DEALLOCATE by a client): no other client gets it.
             return g.discard();
         }
-        if self.reset_query.is_some() && !Box::pin(self.reset(&mut g)).await {
+        if self.reset_query.is_some() {
+            if !Box::pin(self.reset(&mut g)).await {
+                return g.discard();
+            }
+        } else if g.server().pipeline.session_dirty && !Box::pin(self.reset_pinned(&mut g)).await {
             return g.discard();
         }
         self.spos = ScanPos::default();
@@ -781,6 +777,11 @@ impl Session {
         // The reset query may have reset unreported tracked parameters silently.
         let server = g.server();
         self.params.forget_unreported(&mut server.params, &mut server.synced);
+        if std::mem::take(&mut server.pipeline.session_dirty) {
+            // (It was also the reset of a pinned client's state.)
+            server.pipeline.statements.clear();
+            server.pipeline.shapes.clear();
+        }
         true
     }
 
@@ -788,7 +789,10 @@ impl Session {
     /// `DISCARD ALL`) before another client gets it; false if it cannot be (then it is
     /// closed).
     async fn reset_pinned(&mut self, g: &mut PoolGuard) -> bool {
-        let Some(q) = self.pin_reset_query.clone() else { return false };
+        let q = self.shared.config.load().general().server_reset_query.trim().to_string();
+        if q.is_empty() {
+            return false;
+        }
         let limit = g.pool().settings().connect_timeout;
         if !matches!(tokio::time::timeout(limit, g.server().run_discard(&q)).await, Ok(Ok(()))) {
             return false;
@@ -796,6 +800,7 @@ impl Session {
         let server = g.server();
         // DISCARD ALL drops prepared statements and may reset unreported parameters.
         server.pipeline.statements.clear();
+        server.pipeline.shapes.clear();
         server.pipeline.session_dirty = false;
         self.params.forget_unreported(&mut server.params, &mut server.synced);
         self.txn.pin = Default::default();

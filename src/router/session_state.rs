@@ -12,8 +12,8 @@
 //! (unless `ON COMMIT DROP`), `SELECT … INTO TEMP`, a table in `pg_temp`, session-level
 //! advisory locks (`pg_advisory_lock*`, `pg_try_advisory_lock*`, not the `_xact_` ones),
 //! `LISTEN`, SQL `PREPARE`, `DECLARE … WITH HOLD`.
-//! What undoes it: `DISCARD ALL` (everything), `RESET ALL` (parameters and role), `RESET
-//! ROLE`, `SET ROLE NONE`, `RESET SESSION AUTHORIZATION`, `DISCARD TEMP`,
+//! What undoes it: `DISCARD ALL` (everything), `RESET ALL` (parameters, not roles, as in
+//! PostgreSQL), `RESET ROLE`, `SET ROLE NONE`, `RESET SESSION AUTHORIZATION`, `DISCARD TEMP`,
 //! `pg_advisory_unlock_all()`, `UNLISTEN *`, `DEALLOCATE` (per statement, or `ALL`), `CLOSE`
 //! (per cursor, or `ALL`).
 //!
@@ -30,7 +30,7 @@ use super::lexer::{upper, Lexer, Tok};
 pub enum Reason {
     /// A parameter pgsluice does not track (`SET search_path …`, `set_config(…, false)`).
     Set = 1,
-    /// `SET ROLE` / `SET SESSION AUTHORIZATION`.
+    /// `SET ROLE`.
     Role = 2,
     /// A temporary table, view or sequence.
     Temp = 4,
@@ -42,6 +42,8 @@ pub enum Reason {
     Prepare = 32,
     /// A `WITH HOLD` cursor.
     HoldCursor = 64,
+    /// `SET SESSION AUTHORIZATION`.
+    Authorization = 128,
 }
 
 impl Reason {
@@ -55,6 +57,7 @@ impl Reason {
             Reason::Listen => "LISTEN",
             Reason::Prepare => "an SQL-level prepared statement",
             Reason::HoldCursor => "a WITH HOLD cursor",
+            Reason::Authorization => "a session authorization",
         }
     }
 }
@@ -154,17 +157,35 @@ pub fn first_change<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool) -> Option
     apply(text, tracked, &mut PinState::default())
 }
 
-/// A statement for a log line: cut before its first literal (`'…'`, `$…`, a number), so no
-/// value a client sets (or a parameter) reaches the log.
+/// A statement for a log line: its leading keywords and names, cut before anything that may
+/// be a value — a literal (`'…'`, `$…`, a number), `=`, `(`, or the word after `TO`,
+/// `ROLE`, `AUTHORIZATION` or `SCHEMA` — so what a client sets never reaches the log.
 pub fn redact(statement: &str) -> String {
     let b = statement.as_bytes();
     let mut cut = b.len();
-    for (i, &c) in b.iter().enumerate() {
+    let mut i = 0;
+    let mut last_word: &[u8] = b"";
+    while i < b.len() {
+        let c = b[i];
         let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-        if c == b'\'' || c == b'$' || (c.is_ascii_digit() && word_start) {
+        if matches!(c, b'\'' | b'$' | b'=' | b'(' | b'"') || (c.is_ascii_digit() && word_start) {
             cut = i;
             break;
         }
+        if c.is_ascii_alphabetic() && word_start {
+            if ["TO", "ROLE", "AUTHORIZATION", "SCHEMA"].iter().any(|k| last_word.eq_ignore_ascii_case(k.as_bytes())) {
+                cut = i;
+                break;
+            }
+            let end = b[i..]
+                .iter()
+                .position(|x| !(x.is_ascii_alphanumeric() || *x == b'_' || *x == b'.'))
+                .map_or(b.len(), |n| i + n);
+            last_word = &b[i..end];
+            i = end;
+            continue;
+        }
+        i += 1;
     }
     let kept = statement[..cut].trim_end();
     if cut < b.len() {
@@ -195,10 +216,8 @@ fn apply_effect(e: Effect, st: &mut PinState) -> Option<Reason> {
         }
         Effect::Unpin(r) => st.clear(r),
         Effect::UnpinAll => *st = PinState::default(),
-        Effect::ResetAll => {
-            st.clear(Reason::Set);
-            st.clear(Reason::Role);
-        }
+        // (PostgreSQL's RESET ALL leaves SET ROLE and SET SESSION AUTHORIZATION alone.)
+        Effect::ResetAll => st.clear(Reason::Set),
         Effect::Prepare => {
             st.prepared = st.prepared.saturating_add(1);
             st.set(Reason::Prepare);
@@ -385,7 +404,11 @@ fn statement(
                 if is(1, b"AUTHORIZATION") {
                     return finish(
                         push,
-                        Some(if is(2, b"DEFAULT") { Effect::Unpin(Reason::Role) } else { Effect::Pin(Reason::Role) }),
+                        Some(if is(2, b"DEFAULT") {
+                            Effect::Unpin(Reason::Authorization)
+                        } else {
+                            Effect::Pin(Reason::Authorization)
+                        }),
                         start,
                         end,
                     );
@@ -416,8 +439,10 @@ fn statement(
         b"RESET" => {
             if is(0, b"ALL") {
                 Some(Effect::ResetAll)
-            } else if is(0, b"ROLE") || (is(0, b"SESSION") && is(1, b"AUTHORIZATION")) {
+            } else if is(0, b"ROLE") {
                 Some(Effect::Unpin(Reason::Role))
+            } else if is(0, b"SESSION") && is(1, b"AUTHORIZATION") {
+                Some(Effect::Unpin(Reason::Authorization))
             } else {
                 None
             }
@@ -494,7 +519,7 @@ mod tests {
         assert_eq!(pins("SET myext.flag = on"), Some(Reason::Set));
         assert_eq!(pins("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), Some(Reason::Set));
         assert_eq!(pins("SET ROLE admin"), Some(Reason::Role));
-        assert_eq!(pins("SET SESSION AUTHORIZATION bob"), Some(Reason::Role));
+        assert_eq!(pins("SET SESSION AUTHORIZATION bob"), Some(Reason::Authorization));
         assert_eq!(pins("SELECT set_config('search_path', 'x', false)"), Some(Reason::Set));
         assert_eq!(pins("select set_config('a.b', $1, $2)"), Some(Reason::Set));
         assert_eq!(pins("CREATE TEMP TABLE t (a int)"), Some(Reason::Temp));
@@ -543,6 +568,13 @@ mod tests {
         apply("SET search_path = x; SET ROLE r", t, &mut st);
         assert!(st.has(Reason::Set) && st.has(Reason::Role));
         apply("RESET ALL", t, &mut st);
+        assert!(!st.has(Reason::Set) && st.has(Reason::Role), "RESET ALL keeps the role, as in PostgreSQL");
+        apply("RESET ROLE", t, &mut st);
+        assert!(!st.is_pinned());
+        apply("SET SESSION AUTHORIZATION bob; SET ROLE r", t, &mut st);
+        apply("SET ROLE NONE", t, &mut st);
+        assert!(st.has(Reason::Authorization));
+        apply("RESET SESSION AUTHORIZATION", t, &mut st);
         assert!(!st.is_pinned());
         apply("SELECT pg_advisory_lock(1)", t, &mut st);
         apply("SELECT pg_advisory_unlock(1)", t, &mut st);
@@ -589,9 +621,12 @@ mod tests {
 
     #[test]
     fn logged_statements_carry_no_values() {
-        assert_eq!(redact("SET app.secret = 'hunter2'"), "SET app.secret = …");
-        assert_eq!(redact("SELECT pg_advisory_lock(42)"), "SELECT pg_advisory_lock( …");
-        assert_eq!(redact("SELECT pg_advisory_lock($1)"), "SELECT pg_advisory_lock( …");
+        assert_eq!(redact("SET app.secret = 'hunter2'"), "SET app.secret …");
+        assert_eq!(redact("SET app.tenant = acme"), "SET app.tenant …");
+        assert_eq!(redact("set search_path to tenant_42"), "set search_path to …");
+        assert_eq!(redact("SET ROLE admin"), "SET ROLE …");
+        assert_eq!(redact("SET SESSION AUTHORIZATION bob"), "SET SESSION AUTHORIZATION …");
+        assert_eq!(redact("SELECT pg_advisory_lock(42)"), "SELECT pg_advisory_lock …");
         assert_eq!(redact("LISTEN jobs2"), "LISTEN jobs2");
         assert!(has_effect("DISCARD ALL", &tracked));
         assert!(!has_effect("SELECT 1", &tracked));

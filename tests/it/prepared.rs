@@ -1692,7 +1692,6 @@ async fn parse_describe_flush_answers_before_sync() {
 /// (After `DROP TABLE`, pgsluice answering such a Parse itself and reporting the error at the
 /// first Bind is a documented difference, docs/prepared-statements.md, so it is not checked.)
 #[tokio::test]
-#[ignore = "known limitation (docs/prepared-statements.md): a shared server statement predating a result-type change gives 0A000 until re-prepared; issue 8"]
 async fn prepare_after_a_schema_change_sees_the_new_schema() {
     within_limit(async move {
         let db = fresh_db("ps_schema");
@@ -1843,7 +1842,6 @@ async fn duplicate_parse_in_one_batch_of_a_known_statement() {
 /// column from PostgreSQL. Through pgsluice they must too, and not only once the server
 /// connection that still holds the old statement has been recycled.
 #[tokio::test]
-#[ignore = "known limitation (docs/prepared-statements.md): a shared server statement predating a result-type change gives 0A000 until re-prepared; issue 8"]
 async fn new_clients_prepare_fine_after_alter_table() {
     within_limit(async move {
         let db = fresh_db("ps_alter");

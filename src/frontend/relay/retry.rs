@@ -268,6 +268,7 @@ pub(super) fn decide(ctx: &mut Ctx<'_>, st: u8) {
         ctx.pl.to_client.extend_from_slice(&c.error);
         write::ready_for_query(&mut ctx.pl.to_client, st);
         c.state = State::Off;
+        ctx.pl.tally.clear_timers();
         // The copy here is fresh now; this client's statement is what is stale (its next
         // Bind here gets 0A000 from pgsluice, see `client_is_stale`).
     } else {
@@ -324,12 +325,20 @@ pub(super) fn stale_for_new_copy(ctx: &mut Ctx<'_>, stmt: &crate::prepared::Stmt
     false
 }
 
-/// Whether the client's description of `stmt` differs from this connection's copy (a
-/// statement described before a schema change, executed on a copy prepared after it).
+/// Whether the client's description of `stmt` is older than this connection's copy (a
+/// statement described before a schema change, executed on a copy prepared after it), so
+/// PostgreSQL would refuse the execution. Only when the copy's recorded shape is also the
+/// latest any server of the pool gave: a copy recorded with an older shape may itself be
+/// stale, and then the server decides (and `start` retries).
 #[inline]
 pub(super) fn client_is_stale(ctx: &Ctx<'_>, stmt: &crate::prepared::Stmt) -> bool {
     let mine = stmt.shape.load(std::sync::atomic::Ordering::Relaxed);
-    mine != 0 && !ctx.pl.shapes.is_empty() && ctx.pl.shapes.get(&stmt.key).is_some_and(|&s| s != mine)
+    if mine == 0 || ctx.pl.shapes.is_empty() {
+        return false;
+    }
+    let Some(&copy) = ctx.pl.shapes.get(&stmt.key) else { return false };
+    // (The pool's lock is taken only in this rare case.)
+    copy != mine && ctx.known.and_then(|k| k.shape(&stmt.key)) == Some(copy)
 }
 
 /// Whether the front request records a statement's shape (its RowDescription must be read

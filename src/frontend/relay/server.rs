@@ -134,6 +134,7 @@ pub(super) fn scan_server(
                 // The server dropped every prepared statement of its session. Bookkeeping
                 // of requests pipelined behind it was made before: do not trust it.
                 ctx.pl.statements.clear();
+                ctx.pl.shapes.clear();
                 ctx.stmts.clear();
                 if ctx.track && ctx.pl.queue.len() > 1 {
                     replay_pipelined(ctx);
@@ -296,6 +297,10 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
                 }
                 write::ready_for_query(&mut ctx.pl.to_client, ctx.txn.status);
                 ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+                if ctx.txn.pending == 0 {
+                    // Answered without the server: not a timed query.
+                    ctx.pl.tally.clear_timers();
+                }
             }
             _ => break,
         }
