@@ -632,8 +632,8 @@ impl Pool {
             let c = self.0.credential.lock();
             c.secret.is_some() || c.keys.is_some()
         };
-        // Only the primary is warmed (it takes all traffic until read routing exists), and
-        // not while it is down, fenced or behind an open breaker.
+        // Only the primary is warmed (replicas take reads only, which come and go with the
+        // lag bounds), and not while it is down, fenced or behind an open breaker.
         let host_usable = {
             let st = s.host.status();
             st.role == crate::cluster::Role::Primary
