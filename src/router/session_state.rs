@@ -318,6 +318,8 @@ fn statement(
     let mut into_temp = 0u8;
     let mut with_hold = false;
     let mut prev_with = false;
+    let mut prev_pg_temp = false;
+    let mut prev_insert = false;
     let mut set_config_arg: Option<u32> = None;
     let mut depth = 0u32;
     let end = loop {
@@ -336,18 +338,22 @@ fn statement(
             Tok::Punct(b')') => depth = depth.saturating_sub(1),
             _ => {}
         }
-        // Words anywhere in the statement.
-        if lx.is(t, b"TEMP") || lx.is(t, b"TEMPORARY") || lx.is(t, b"pg_temp") {
+        // `pg_temp.name` anywhere: an object in the session's temporary schema. (A bare
+        // `temp` may be a column or table name.)
+        if t == Tok::Punct(b'.') && prev_pg_temp {
             temp_seen = true;
-            if into_temp == 1 {
-                into_temp = 2;
-            }
         }
-        if lx.is(t, b"INTO") {
-            into_temp = 1;
-        } else if into_temp == 1 && !lx.is(t, b"TEMP") && !lx.is(t, b"TEMPORARY") {
+        prev_pg_temp = lx.is(t, b"pg_temp");
+        // `SELECT … INTO TEMP [TABLE] name` (not `INSERT`/`MERGE INTO temp …`).
+        if into_temp == 1 && (lx.is(t, b"TEMP") || lx.is(t, b"TEMPORARY")) {
+            into_temp = 2;
+        } else if into_temp == 1 {
             into_temp = 0;
         }
+        if into_temp == 0 && lx.is(t, b"INTO") && !prev_insert {
+            into_temp = 1;
+        }
+        prev_insert = lx.is(t, b"INSERT") || lx.is(t, b"MERGE");
         on_commit_drop = match (on_commit_drop, lx.word(t)) {
             (0, w) if w.eq_ignore_ascii_case(b"ON") => 1,
             (1, w) if w.eq_ignore_ascii_case(b"COMMIT") => 2,
@@ -447,7 +453,15 @@ fn statement(
                 None
             }
         }
-        b"CREATE" => (temp_seen && on_commit_drop != 3).then_some(Effect::Pin(Reason::Temp)),
+        b"CREATE" => {
+            // CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} …
+            let mut i = 0;
+            while i < toks.len() && ["OR", "REPLACE", "GLOBAL", "LOCAL"].iter().any(|k| is(i, k.as_bytes())) {
+                i += 1;
+            }
+            let temp = temp_seen || is(i, b"TEMP") || is(i, b"TEMPORARY");
+            (temp && on_commit_drop != 3).then_some(Effect::Pin(Reason::Temp))
+        }
         b"SELECT" | b"WITH" | b"EXPLAIN" if into_temp == 2 => Some(Effect::Pin(Reason::Temp)),
         b"LISTEN" => Some(Effect::Pin(Reason::Listen)),
         b"UNLISTEN" => matches!(toks[0], Tok::Punct(b'*')).then_some(Effect::Unpin(Reason::Listen)),
@@ -525,6 +539,8 @@ mod tests {
         assert_eq!(pins("CREATE TEMP TABLE t (a int)"), Some(Reason::Temp));
         assert_eq!(pins("create global temporary table t (a int)"), Some(Reason::Temp));
         assert_eq!(pins("CREATE TABLE pg_temp.t (a int)"), Some(Reason::Temp));
+        assert_eq!(pins("CREATE OR REPLACE TEMP VIEW v AS SELECT 1"), Some(Reason::Temp));
+        assert_eq!(pins("create local temp sequence s"), Some(Reason::Temp));
         assert_eq!(pins("SELECT 1 AS a INTO TEMP t"), Some(Reason::Temp));
         assert_eq!(pins("SELECT pg_advisory_lock(42)"), Some(Reason::Advisory));
         assert_eq!(pins("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"), Some(Reason::Advisory));
@@ -554,6 +570,11 @@ mod tests {
             "DECLARE c CURSOR FOR SELECT 1",
             "PREPARE TRANSACTION 'x'",
             "INSERT INTO temp_log VALUES (1)",
+            "CREATE TABLE weather (city text, temp int)",
+            "CREATE INDEX ON weather (temp)",
+            "CREATE VIEW hot AS SELECT * FROM weather WHERE temp > 30",
+            "WITH s AS (SELECT 1) INSERT INTO temp SELECT * FROM s",
+            "SELECT temp FROM weather",
             "-- SET x = 1\nSELECT 1",
             "SELECT $$ LISTEN x $$",
         ] {

@@ -16,4 +16,5 @@ mod prepared;
 mod review;
 mod robustness;
 mod routing;
+mod session_state;
 mod topology;
