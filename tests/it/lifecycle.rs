@@ -264,20 +264,21 @@ async fn tls_required_refuses_plaintext_login() {
 async fn idle_transaction_timeout_disconnects_and_frees_the_server() {
     let db = fresh_db("idletxn");
     let p = pooler()
-        .general("idle_transaction_timeout = \"1s\"")
+        .general("idle_transaction_timeout = \"2s\"")
         .database(&db, &["pool_size = 2"])
         .user(&db.name, &db.password)
         .start()
         .await;
     let c = p.connect(&db).await;
     c.batch_execute("begin").await.unwrap();
-    // Activity inside the transaction restarts the clock.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Activity inside the transaction restarts the clock: two gaps of 1.3 s add up to more
+    // than the limit, each leaves 0.7 s of margin for a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(scalar(&c, "select 1").await.expect("still within the timeout").as_deref(), Some("1"));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(scalar(&c, "select 2").await.expect("timer restarts after each query").as_deref(), Some("2"));
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let e = c.simple_query("select 3").await.must_fail("idle-in-transaction client must be disconnected");
     assert!(e.is_closed() || sqlstate(&e).as_deref() == Some("25P03"), "{e}");
 
