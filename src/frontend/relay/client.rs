@@ -66,6 +66,11 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         if ctx.pl.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
             return Ok(true);
         }
+        // A retry is checking a statement before it sends the request again: later requests
+        // wait, so they reach the server after it (`retry`).
+        if ctx.pl.retry.holds_client() {
+            return Ok(true);
+        }
         if ctx.track {
             let frame = whole.then(|| &c.buf[c.pos.fwd..c.pos.fwd + frame_len]);
             ctx.pl.retry.message(hdr.tag, frame);

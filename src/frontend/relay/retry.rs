@@ -44,6 +44,9 @@ pub struct Capture {
     error: BytesMut,
     /// The re-prepare or the shape check failed.
     failed: bool,
+    /// The shape check is under way: the request is sent again (or not) when it ends, so
+    /// the client's later requests wait until then.
+    checking: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,13 @@ impl Capture {
     pub fn reset(&mut self) {
         self.state = State::Off;
         self.stmt = None;
+        self.checking = false;
+    }
+
+    /// Whether the client's next messages must wait (see `checking`).
+    #[inline]
+    pub fn holds_client(&self) -> bool {
+        self.checking
     }
 
     /// A `Bind` (rewritten to the server statement `stmt`) starts a request. `fresh`: no
@@ -171,13 +181,16 @@ pub(super) fn start(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bo
     c.error.extend_from_slice(&error);
     c.failed = false;
     c.state = State::Retrying;
+    // If the re-prepare fails, the statement is gone from the server: the undo forgets it.
+    let gone = || Some(Box::new(Undo { prepared: Some(stmt.key), ..Undo::default() }));
     if direct {
         // The request describes its portal: run it again right away. A failing re-prepare
         // is relayed (its error explains the skipped request).
-        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: None });
+        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone() });
         resend(ctx);
     } else {
-        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::RetryOwn, undo: None });
+        ctx.pl.retry.checking = true;
+        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::RetryOwn, undo: gone() });
         write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
         ctx.pl.queue.push_back(Expect { kind: Kind::Describe, action: Action::RetryOwn, undo: None });
         write::empty(&mut ctx.pl.to_server, ftag::SYNC);
@@ -211,7 +224,8 @@ pub(super) fn start_describe(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usi
     ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::RetryOwn, undo: None });
     ctx.pl.tally.server_parses += 1;
     write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
-    ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: None });
+    let gone = Some(Box::new(Undo { prepared: Some(stmt.key), ..Undo::default() }));
+    ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone });
     write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
     // (PostgreSQL sent the ParameterDescription before it found the copy stale.)
     ctx.pl.queue.push_back(Expect { kind: Kind::Describe, action: Action::DescribeAgain, undo: describe_undo(&stmt) });
@@ -262,6 +276,7 @@ pub(super) fn own_answer(s: &mut Half<'_>, ctx: &mut Ctx<'_>, tag: u8, frame_len
 /// The ReadyForQuery ending the shape check ([`Action::RetryDecide`]) arrived (and is
 /// dropped by the caller): run the request again, or give the client the original error.
 pub(super) fn decide(ctx: &mut Ctx<'_>, st: u8) {
+    ctx.pl.retry.checking = false;
     let failed = ctx.pl.retry.failed;
     if failed {
         let c = &mut ctx.pl.retry;
@@ -284,17 +299,52 @@ pub(super) fn finished(ctx: &mut Ctx<'_>) {
     }
 }
 
-/// A compact identity of a RowDescription (or NoData): FNV-1a over the body, never 0.
+/// A compact identity of a RowDescription (or NoData), never 0: FNV-1a over what
+/// PostgreSQL's result-type check compares — each column's name, type and type modifier —
+/// not the table OIDs and column numbers (a table recreated alike keeps its shape). A body
+/// that does not parse is hashed whole.
 pub fn shape_of(tag: u8, body: &[u8]) -> u64 {
     if tag == b'n' {
         return 1;
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in body {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match columns(body) {
+        Some(cols) => {
+            for (name, ty, typmod) in cols {
+                eat(name);
+                eat(&[0]);
+                eat(ty);
+                eat(typmod);
+            }
+        }
+        None => eat(body),
     }
     h.max(2)
+}
+
+/// A column of a RowDescription: name, type oid, type modifier (raw bytes).
+type Column<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// The columns of a RowDescription body.
+fn columns(body: &[u8]) -> Option<Vec<Column<'_>>> {
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let (name, after) = crate::protocol::cstr(rest)?;
+        // table oid (4), column number (2), type oid (4), type size (2), type modifier (4),
+        // format (2)
+        let f = after.get(..18)?;
+        out.push((name, &f[6..10], &f[12..16]));
+        rest = &after[18..];
+    }
+    Some(out)
 }
 
 /// Records the shape a client was told for its statement (`Describe` of a statement), which
@@ -357,13 +407,32 @@ pub(super) fn describe_undo(stmt: &std::sync::Arc<crate::prepared::Stmt>) -> Opt
 mod tests {
     use super::*;
 
+    fn row_description(cols: &[(&str, u32, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as u16).to_be_bytes().to_vec();
+        for (name, table, ty) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&table.to_be_bytes());
+            b.extend_from_slice(&1u16.to_be_bytes());
+            b.extend_from_slice(&ty.to_be_bytes());
+            b.extend_from_slice(&4i16.to_be_bytes());
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+            b.extend_from_slice(&0u16.to_be_bytes());
+        }
+        b
+    }
+
     #[test]
-    fn shapes_differ_by_content_and_are_never_unknown() {
+    fn shapes_compare_names_and_types_not_tables() {
         assert_eq!(shape_of(b'n', b""), 1);
-        let a = shape_of(b'T', b"\x00\x01a\x00");
-        let b = shape_of(b'T', b"\x00\x02a\x00b\x00");
-        assert_ne!(a, b);
-        assert!(a > 1 && b > 1);
+        let a = shape_of(b'T', &row_description(&[("a", 1000, 23)]));
+        let same_in_other_table = shape_of(b'T', &row_description(&[("a", 2000, 23)]));
+        let two = shape_of(b'T', &row_description(&[("a", 1000, 23), ("b", 1000, 23)]));
+        let other_type = shape_of(b'T', &row_description(&[("a", 1000, 20)]));
+        assert_eq!(a, same_in_other_table);
+        assert_ne!(a, two);
+        assert_ne!(a, other_type);
+        assert!(a > 1 && shape_of(b'T', b"\x00\x05junk") > 1, "unparsable bodies still hash");
     }
 
     #[test]
