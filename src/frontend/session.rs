@@ -114,7 +114,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         read_your_writes: g.read_your_writes,
         ryw_wait: g.read_your_writes_wait.0,
     };
-    let session_state = cfg.session_state(&l.db.name, &l.user);
+    // (Decided at login: a reload or SET right after it does not change this client.)
+    let session_state = l.session_state;
     if l.mode != PoolMode::Session && session_state != crate::config::SessionState::Allow {
         relay.session = Some(Arc::new(relay::SessionRules {
             policy: session_state,

@@ -56,6 +56,8 @@ pub struct LoggedIn {
     pub cancel: CancelHandle,
     /// Tracked parameters it asked for.
     pub params: ClientParams,
+    /// Its `session_state` policy, from the configuration it logged in under.
+    pub session_state: crate::config::SessionState,
 }
 
 /// How a connection's startup ended.
@@ -291,6 +293,7 @@ async fn login(
 
     client_params.intern(pool.interner());
     let mode = cfg.pool_mode(&db, &user);
+    let session_state = cfg.session_state(&database, &user);
     let stream = slot.take().ok_or(None)?;
     Ok(Some(Startup::LoggedIn(Box::new(LoggedIn {
         id,
@@ -302,6 +305,7 @@ async fn login(
         mode,
         cancel,
         params: client_params,
+        session_state,
     }))))
 }
 

@@ -63,11 +63,19 @@ impl Reason {
 }
 
 /// A client's session state, as far as pgsluice has seen it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PinState {
     mask: u8,
-    prepared: u16,
-    cursors: u16,
+    /// Names (hashed) of the SQL-level prepared statements and `WITH HOLD` cursors it
+    /// created and has not closed; allocated only once there is one.
+    names: Vec<(Named, u64)>,
+}
+
+/// What a tracked name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    Prepared,
+    Cursor,
 }
 
 impl PinState {
@@ -89,6 +97,32 @@ impl PinState {
     fn clear(&mut self, r: Reason) {
         self.mask &= !(r as u8);
     }
+
+    /// Forgets `name` (or every name, `None`) of `kind`; the reason clears with the last one.
+    fn forget(&mut self, kind: Named, name: Option<u64>, r: Reason) {
+        match name {
+            Some(h) => {
+                if let Some(i) = self.names.iter().position(|&(k, n)| k == kind && n == h) {
+                    self.names.swap_remove(i);
+                }
+            }
+            None => self.names.retain(|&(k, _)| k != kind),
+        }
+        if !self.names.iter().any(|&(k, _)| k == kind) {
+            self.clear(r);
+        }
+    }
+}
+
+/// A name as PostgreSQL folds it: an unquoted identifier in lower case, a quoted one as is.
+fn name_hash(raw: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let quoted = raw.first() == Some(&b'"');
+    for &b in raw {
+        h ^= u64::from(if quoted { b } else { b.to_ascii_lowercase() });
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// The first statement of a text that sets state.
@@ -107,11 +141,11 @@ enum Effect {
     Unpin(Reason),
     UnpinAll,
     ResetAll,
-    Prepare,
-    Deallocate,
+    Prepare(u64),
+    Deallocate(u64),
     DeallocateAll,
-    DeclareHold,
-    Close,
+    DeclareHold(u64),
+    Close(u64),
     CloseAll,
 }
 
@@ -218,36 +252,22 @@ fn apply_effect(e: Effect, st: &mut PinState) -> Option<Reason> {
         Effect::UnpinAll => *st = PinState::default(),
         // (PostgreSQL's RESET ALL leaves SET ROLE and SET SESSION AUTHORIZATION alone.)
         Effect::ResetAll => st.clear(Reason::Set),
-        Effect::Prepare => {
-            st.prepared = st.prepared.saturating_add(1);
+        Effect::Prepare(h) => {
+            st.names.push((Named::Prepared, h));
             st.set(Reason::Prepare);
             return Some(Reason::Prepare);
         }
-        Effect::Deallocate => {
-            st.prepared = st.prepared.saturating_sub(1);
-            if st.prepared == 0 {
-                st.clear(Reason::Prepare);
-            }
-        }
-        Effect::DeallocateAll => {
-            st.prepared = 0;
-            st.clear(Reason::Prepare);
-        }
-        Effect::DeclareHold => {
-            st.cursors = st.cursors.saturating_add(1);
+        // A name never seen (a protocol-level statement, a cursor without WITH HOLD) unpins
+        // nothing.
+        Effect::Deallocate(h) => st.forget(Named::Prepared, Some(h), Reason::Prepare),
+        Effect::DeallocateAll => st.forget(Named::Prepared, None, Reason::Prepare),
+        Effect::DeclareHold(h) => {
+            st.names.push((Named::Cursor, h));
             st.set(Reason::HoldCursor);
             return Some(Reason::HoldCursor);
         }
-        Effect::Close => {
-            st.cursors = st.cursors.saturating_sub(1);
-            if st.cursors == 0 {
-                st.clear(Reason::HoldCursor);
-            }
-        }
-        Effect::CloseAll => {
-            st.cursors = 0;
-            st.clear(Reason::HoldCursor);
-        }
+        Effect::Close(h) => st.forget(Named::Cursor, Some(h), Reason::HoldCursor),
+        Effect::CloseAll => st.forget(Named::Cursor, None, Reason::HoldCursor),
     }
     None
 }
@@ -312,6 +332,8 @@ fn statement(
     let first = upper(lx.word(t), &mut buf);
     // Tokens of the statement after the keyword, as the per-keyword rules need them.
     let mut toks: [Tok; 6] = [Tok::End; 6];
+    // Byte ranges of the first two tokens (statement and cursor names may be quoted).
+    let mut ranges = [(0usize, 0usize); 2];
     let mut k = 0;
     let mut temp_seen = false;
     let mut on_commit_drop = 0u8;
@@ -330,6 +352,9 @@ fn statement(
             _ => {}
         }
         if k < toks.len() {
+            if let Some(r) = ranges.get_mut(k) {
+                *r = (lx.tok_start, lx.pos);
+            }
             toks[k] = t;
             k += 1;
         }
@@ -402,6 +427,7 @@ fn statement(
     };
     let word = |i: usize| -> &[u8] { toks.get(i).map_or(b"", |&t| lx.word(t)) };
     let is = |i: usize, kw: &[u8]| word(i).eq_ignore_ascii_case(kw);
+    let name = |i: usize| ranges.get(i).map_or(0, |&(s, e)| name_hash(lx.b.get(s..e).unwrap_or(b"")));
     let own = match first {
         b"SET" => {
             let mut i = 0;
@@ -465,13 +491,13 @@ fn statement(
         b"SELECT" | b"WITH" | b"EXPLAIN" if into_temp == 2 => Some(Effect::Pin(Reason::Temp)),
         b"LISTEN" => Some(Effect::Pin(Reason::Listen)),
         b"UNLISTEN" => matches!(toks[0], Tok::Punct(b'*')).then_some(Effect::Unpin(Reason::Listen)),
-        b"PREPARE" if !is(0, b"TRANSACTION") => Some(Effect::Prepare),
+        b"PREPARE" if !is(0, b"TRANSACTION") => Some(Effect::Prepare(name(0))),
         b"DEALLOCATE" => {
             let i = usize::from(is(0, b"PREPARE"));
-            Some(if is(i, b"ALL") { Effect::DeallocateAll } else { Effect::Deallocate })
+            Some(if is(i, b"ALL") { Effect::DeallocateAll } else { Effect::Deallocate(name(i)) })
         }
-        b"DECLARE" if with_hold => Some(Effect::DeclareHold),
-        b"CLOSE" => Some(if is(0, b"ALL") { Effect::CloseAll } else { Effect::Close }),
+        b"DECLARE" if with_hold => Some(Effect::DeclareHold(name(0))),
+        b"CLOSE" => Some(if is(0, b"ALL") { Effect::CloseAll } else { Effect::Close(name(0)) }),
         b"DISCARD" => {
             if is(0, b"ALL") {
                 Some(Effect::UnpinAll)
@@ -613,6 +639,14 @@ mod tests {
         apply("DEALLOCATE PREPARE b", t, &mut st);
         assert!(!st.is_pinned());
         apply("DECLARE c CURSOR WITH HOLD FOR SELECT 1", t, &mut st);
+        apply("CLOSE other", t, &mut st);
+        assert!(st.is_pinned(), "a cursor that is not c (e.g. without WITH HOLD) does not unpin");
+        apply("DEALLOCATE never_prepared", t, &mut st);
+        apply("CLOSE C", t, &mut st);
+        assert!(!st.is_pinned(), "names fold to lower case");
+        apply("DECLARE \"Mixed\" CURSOR WITH HOLD FOR SELECT 1", t, &mut st);
+        apply("CLOSE mixed", t, &mut st);
+        assert!(st.is_pinned(), "a quoted name keeps its case");
         apply("CLOSE ALL", t, &mut st);
         assert!(!st.is_pinned());
         apply("CREATE TEMP TABLE x (a int)", t, &mut st);
