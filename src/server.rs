@@ -145,11 +145,11 @@ async fn stats_period(shared: Arc<Shared>, mut shutdown: Shutdown) {
         for (db, t) in &totals {
             let delta = last.get(db).map_or(*t, |l| t.since(l));
             sum += delta;
-            averages.insert(db.clone(), crate::stats::Averages::from_delta(&delta, elapsed));
+            averages.insert(db.clone(), delta.averages_over(elapsed));
         }
         *shared.averages.lock() = averages;
         if shared.config.load().general().log_stats {
-            let a = crate::stats::Averages::from_delta(&sum, elapsed);
+            let a = sum.averages_over(elapsed);
             tracing::info!(
                 target: "pgsluice::stats",
                 "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",

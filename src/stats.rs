@@ -657,51 +657,29 @@ impl ServerMeta {
     }
 }
 
-/// Per-database rates over the last `stats_period` (PgBouncer's `avg_*` columns).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Averages {
-    /// Transactions per second.
-    pub xact_count: u64,
-    /// Queries per second.
-    pub query_count: u64,
-    /// Bytes received per second.
-    pub received: u64,
-    /// Bytes sent per second.
-    pub sent: u64,
-    /// Average transaction time, µs.
-    pub xact_time: u64,
-    /// Average query time, µs.
-    pub query_time: u64,
-    /// Average wait per assignment, µs.
-    pub wait_time: u64,
-    /// Server assignments per second.
-    pub assignments: u64,
-    /// Client Parse messages per second.
-    pub client_parses: u64,
-    /// Server Parse messages per second.
-    pub server_parses: u64,
-    /// Bind messages per second.
-    pub binds: u64,
-}
+/// Per-database rates and means over the last `stats_period` (PgBouncer's `avg_*` values):
+/// the fields of [`Totals`], with counts and bytes per second and times per transaction,
+/// query or assignment ([`Totals::averages_over`]).
+pub type Averages = Totals;
 
-impl Averages {
-    /// Averages of `delta`, accumulated over `period`.
-    pub fn from_delta(delta: &Totals, period: Duration) -> Averages {
+impl Totals {
+    /// The averages of this delta, accumulated over `period`.
+    pub fn averages_over(&self, period: Duration) -> Averages {
         let secs = period.as_secs_f64().max(0.001);
         let rate = |v: u64| (v as f64 / secs).round() as u64;
         let per = |t: u64, n: u64| t.checked_div(n).unwrap_or(0);
-        Averages {
-            xact_count: rate(delta.xact_count),
-            query_count: rate(delta.query_count),
-            received: rate(delta.received),
-            sent: rate(delta.sent),
-            xact_time: per(delta.xact_time, delta.xact_count),
-            query_time: per(delta.query_time, delta.query_count),
-            wait_time: per(delta.wait_time, delta.assignments),
-            assignments: rate(delta.assignments),
-            client_parses: rate(delta.client_parses),
-            server_parses: rate(delta.server_parses),
-            binds: rate(delta.binds),
+        Totals {
+            xact_count: rate(self.xact_count),
+            query_count: rate(self.query_count),
+            received: rate(self.received),
+            sent: rate(self.sent),
+            xact_time: per(self.xact_time, self.xact_count),
+            query_time: per(self.query_time, self.query_count),
+            wait_time: per(self.wait_time, self.assignments),
+            assignments: rate(self.assignments),
+            client_parses: rate(self.client_parses),
+            server_parses: rate(self.server_parses),
+            binds: rate(self.binds),
         }
     }
 }
@@ -763,9 +741,9 @@ mod tests {
     #[test]
     fn averages_are_rates_and_means() {
         let d = Totals { xact_count: 120, query_count: 240, xact_time: 1200, query_time: 480, ..Totals::default() };
-        let a = Averages::from_delta(&d, Duration::from_secs(60));
+        let a = d.averages_over(Duration::from_secs(60));
         assert_eq!((a.xact_count, a.query_count, a.xact_time, a.query_time), (2, 4, 10, 2));
-        assert_eq!(Averages::from_delta(&Totals::default(), Duration::from_secs(60)), Averages::default());
+        assert_eq!(Totals::default().averages_over(Duration::from_secs(60)), Averages::default());
         let later = Totals { xact_count: 5, ..Totals::default() };
         assert_eq!(Totals::default().since(&later).xact_count, 0);
     }

@@ -21,8 +21,8 @@ pub fn show(shared: &Shared, what: Show) -> Table {
     match what {
         Show::Pools => pools(shared),
         Show::Stats => stats(shared),
-        Show::StatsTotals => stats_totals(shared),
-        Show::StatsAverages => stats_averages(shared),
+        Show::StatsTotals => stats_per_database(shared, false),
+        Show::StatsAverages => stats_per_database(shared, true),
         Show::Totals => totals(shared),
         Show::Databases => databases(shared),
         Show::Clients => clients(shared),
@@ -218,7 +218,7 @@ fn stats(shared: &Shared) -> Table {
         let a = averages_of(shared, &db);
         let mut row = vec![Val::from(db)];
         row.extend(totals_values(&x));
-        row.extend(averages_values(&a));
+        row.extend(totals_values(&a));
         t.push(row);
     }
     t
@@ -240,65 +240,37 @@ fn totals_values(x: &Totals) -> Vec<Val> {
     ]
 }
 
-fn averages_values(a: &Averages) -> Vec<Val> {
-    vec![
-        a.assignments.into(),
-        a.xact_count.into(),
-        a.query_count.into(),
-        a.received.into(),
-        a.sent.into(),
-        a.xact_time.into(),
-        a.query_time.into(),
-        a.wait_time.into(),
-        a.client_parses.into(),
-        a.server_parses.into(),
-        a.binds.into(),
-    ]
-}
+/// Columns of SHOW STATS_TOTALS; SHOW STATS_AVERAGES has the same with `avg_` before the
+/// last three (PgBouncer really names only its newer columns so).
+const STATS_COLUMNS: [&str; 11] = [
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+    "client_parse_count",
+    "server_parse_count",
+    "bind_count",
+];
+const STATS_AVERAGES_NEWER: [&str; 3] = ["avg_client_parse_count", "avg_server_parse_count", "avg_bind_count"];
 
-fn stats_totals(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        ("database", TEXT),
-        ("server_assignment_count", NUMERIC),
-        ("xact_count", NUMERIC),
-        ("query_count", NUMERIC),
-        ("bytes_received", NUMERIC),
-        ("bytes_sent", NUMERIC),
-        ("xact_time", NUMERIC),
-        ("query_time", NUMERIC),
-        ("wait_time", NUMERIC),
-        ("client_parse_count", NUMERIC),
-        ("server_parse_count", NUMERIC),
-        ("bind_count", NUMERIC),
-    ]);
-    for (db, x) in totals_by_database(shared) {
-        let mut row = vec![Val::from(db)];
-        row.extend(totals_values(&x));
-        t.push(row);
+/// SHOW STATS_TOTALS (`averages` false) or SHOW STATS_AVERAGES: one row per database.
+fn stats_per_database(shared: &Shared, averages: bool) -> Table {
+    let mut columns = vec![("database", TEXT)];
+    columns.extend(STATS_COLUMNS.iter().map(|&c| (c, NUMERIC)));
+    if averages {
+        for (col, name) in columns[9..].iter_mut().zip(STATS_AVERAGES_NEWER) {
+            col.0 = name;
+        }
     }
-    t
-}
-
-fn stats_averages(shared: &Shared) -> Table {
-    // PgBouncer really names the newer columns with an `avg_` prefix and the older without.
-    let mut t = Table::new(&[
-        ("database", TEXT),
-        ("server_assignment_count", NUMERIC),
-        ("xact_count", NUMERIC),
-        ("query_count", NUMERIC),
-        ("bytes_received", NUMERIC),
-        ("bytes_sent", NUMERIC),
-        ("xact_time", NUMERIC),
-        ("query_time", NUMERIC),
-        ("wait_time", NUMERIC),
-        ("avg_client_parse_count", NUMERIC),
-        ("avg_server_parse_count", NUMERIC),
-        ("avg_bind_count", NUMERIC),
-    ]);
-    for db in totals_by_database(shared).into_keys() {
-        let a = averages_of(shared, &db);
+    let mut t = Table::new(&columns);
+    for (db, x) in totals_by_database(shared) {
+        let values = if averages { averages_of(shared, &db) } else { x };
         let mut row = vec![Val::from(db)];
-        row.extend(averages_values(&a));
+        row.extend(totals_values(&values));
         t.push(row);
     }
     t
@@ -311,18 +283,11 @@ fn totals(shared: &Shared) -> Table {
     for (db, x) in totals_by_database(shared) {
         sum += x;
         let a = averages_of(shared, &db);
-        avg.assignments += a.assignments;
-        avg.xact_count += a.xact_count;
-        avg.query_count += a.query_count;
-        avg.received += a.received;
-        avg.sent += a.sent;
-        avg.client_parses += a.client_parses;
-        avg.server_parses += a.server_parses;
-        avg.binds += a.binds;
-        // Times: the longest per-database average (an overall mean would need the weights).
-        avg.xact_time = avg.xact_time.max(a.xact_time);
-        avg.query_time = avg.query_time.max(a.query_time);
-        avg.wait_time = avg.wait_time.max(a.wait_time);
+        // Rates add up; times are the longest per-database mean (an overall mean would need
+        // the weights).
+        let times = (avg.xact_time.max(a.xact_time), avg.query_time.max(a.query_time), avg.wait_time.max(a.wait_time));
+        avg += a;
+        (avg.xact_time, avg.query_time, avg.wait_time) = times;
     }
     let names = [
         "server_assignment_count",
@@ -337,7 +302,7 @@ fn totals(shared: &Shared) -> Table {
         "ps_server_parse_count",
         "ps_bind_count",
     ];
-    for (prefix, values) in [("total_", totals_values(&sum)), ("avg_", averages_values(&avg))] {
+    for (prefix, values) in [("total_", totals_values(&sum)), ("avg_", totals_values(&avg))] {
         for (n, v) in names.iter().zip(values) {
             t.push(vec![format!("{prefix}{n}").into(), v]);
         }

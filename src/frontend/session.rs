@@ -95,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
     let reset_query = {
         let q = g.server_reset_query.trim();
         let wanted = l.mode == PoolMode::Session || g.server_reset_query_always;
-        (!q.is_empty() && wanted).then(|| q.to_string())
+        (!q.is_empty() && wanted).then(|| Arc::<str>::from(q))
     };
     let mut relay = Relay::new(
         release_on_idle,
@@ -208,7 +208,7 @@ struct Session {
     cancel: CancelHandle,
     relay: Relay,
     client_idle_timeout: Option<Duration>,
-    reset_query: Option<String>,
+    reset_query: Option<Arc<str>>,
     /// PAUSE / RESUME of this client's database.
     control: Arc<DbControl>,
     clock: Clock,
@@ -551,12 +551,17 @@ impl Session {
             // DEALLOCATE by a client): no other client gets it.
             return g.discard();
         }
-        if self.reset_query.is_some() {
-            if !Box::pin(self.reset(&mut g)).await {
+        let query = match &self.reset_query {
+            Some(q) => Some(q.clone()),
+            None if g.server().pipeline.session_dirty => {
+                Some(self.shared.config.load().general().server_reset_query.trim().into())
+            }
+            None => None,
+        };
+        if let Some(q) = query {
+            if !Box::pin(self.reset(&mut g, q)).await {
                 return g.discard();
             }
-        } else if g.server().pipeline.session_dirty && !Box::pin(self.reset_pinned(&mut g)).await {
-            return g.discard();
         }
         self.spos = ScanPos::default();
         g.check_in();
@@ -766,31 +771,12 @@ impl Session {
         }
     }
 
-    /// Runs `server_reset_query` on a released server; false if it failed. Out of line (boxed
-    /// by the caller): it is rare in transaction mode, and its future would enlarge every
-    /// idle session's state.
-    async fn reset(&mut self, g: &mut PoolGuard) -> bool {
-        let Some(q) = &self.reset_query else { return true };
-        let limit = g.pool().settings().connect_timeout;
-        if !matches!(tokio::time::timeout(limit, g.server().run_discard(q)).await, Ok(Ok(()))) {
-            return false;
-        }
-        // The reset query may have reset unreported tracked parameters silently.
-        let server = g.server();
-        self.params.forget_unreported(&mut server.params, &mut server.synced);
-        if std::mem::take(&mut server.pipeline.session_dirty) {
-            // (It was also the reset of a pinned client's state.)
-            server.pipeline.statements.clear();
-            server.pipeline.shapes.clear();
-        }
-        true
-    }
-
-    /// Resets a server a pinned client set session state on (`server_reset_query`, normally
-    /// `DISCARD ALL`) before another client gets it; false if it cannot be (then it is
-    /// closed).
-    async fn reset_pinned(&mut self, g: &mut PoolGuard) -> bool {
-        let q = self.shared.config.load().general().server_reset_query.trim().to_string();
+    /// Runs `q` (`server_reset_query`) on a released server; false if it failed or `q` is
+    /// empty (then the caller closes the server). Used in session mode, with
+    /// `server_reset_query_always`, and for a server a pinned client set session state on.
+    /// Out of line (boxed by the caller): it is rare in transaction mode, and its future would
+    /// enlarge every idle session's state.
+    async fn reset(&mut self, g: &mut PoolGuard, q: Arc<str>) -> bool {
         if q.is_empty() {
             return false;
         }
@@ -798,14 +784,16 @@ impl Session {
         if !matches!(tokio::time::timeout(limit, g.server().run_discard(&q)).await, Ok(Ok(()))) {
             return false;
         }
+        // The reset query may have reset unreported tracked parameters silently.
         let server = g.server();
-        // DISCARD ALL drops prepared statements and may reset unreported parameters.
-        server.pipeline.statements.clear();
-        server.pipeline.shapes.clear();
-        server.pipeline.session_dirty = false;
         self.params.forget_unreported(&mut server.params, &mut server.synced);
-        self.txn.pin = Default::default();
-        self.reg.info.set_pinned(false);
+        if std::mem::take(&mut server.pipeline.session_dirty) {
+            // It reset a pinned client's state; DISCARD ALL also drops prepared statements.
+            server.pipeline.statements.clear();
+            server.pipeline.shapes.clear();
+            self.txn.pin = Default::default();
+            self.reg.info.set_pinned(false);
+        }
         true
     }
 

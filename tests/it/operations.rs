@@ -293,6 +293,22 @@ async fn sigterm_lets_an_open_transaction_commit() {
     assert_eq!(su(&db.name, "select string_agg(id::text, ',' order by id) from ops").await, "1,2");
 }
 
+/// Asserts that the connection ends within `within` with FATAL 57P01 (`what` names the
+/// client; `late` is the failure message when it is still connected).
+async fn assert_closed_57p01(
+    conn: &mut JoinHandle<Result<(), tokio_postgres::Error>>,
+    within: Duration,
+    what: &str,
+    late: &str,
+    p: &Proc,
+) {
+    match conn_outcome(conn, within).await {
+        Some(Err(e)) => assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "{what} closed with {e}"),
+        Some(Ok(())) => panic!("{what}'s connection ended without an error\n{}", p.tail()),
+        None => panic!("{late}\n{}", p.tail()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_closes_idle_clients_and_waits_for_transactions() {
     let db = fresh_db("ops_int");
@@ -308,11 +324,14 @@ async fn sigint_closes_idle_clients_and_waits_for_transactions() {
     p.signal("INT");
 
     // The idle client is closed at once with 57P01.
-    match conn_outcome(&mut idle_conn, Duration::from_secs(5)).await {
-        Some(Err(e)) => assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "idle client closed with {e}"),
-        Some(Ok(())) => panic!("idle client's connection ended without an error\n{}", p.tail()),
-        None => panic!("idle client still connected 5 s after SIGINT\n{}", p.tail()),
-    }
+    assert_closed_57p01(
+        &mut idle_conn,
+        Duration::from_secs(5),
+        "idle client",
+        "idle client still connected 5 s after SIGINT",
+        &p,
+    )
+    .await;
     let e = idle.simple_query("select 1").await.must_fail("the idle client could still query after SIGINT");
     assert!(e.is_closed(), "idle client's query after SIGINT: {e}");
     assert!(wait_refused(p.port, Duration::from_secs(5)).await, "still accepting after SIGINT\n{}", p.tail());
@@ -322,11 +341,14 @@ async fn sigint_closes_idle_clients_and_waits_for_transactions() {
     assert!(p.exited().is_none(), "pgsluice exited with a transaction open\n{}", p.tail());
     busy.batch_execute("insert into ops values (2)").await.unwrap_or_else(|e| panic!("insert after SIGINT: {e}"));
     busy.batch_execute("commit").await.unwrap_or_else(|e| panic!("commit after SIGINT: {e}"));
-    match conn_outcome(&mut busy_conn, Duration::from_secs(5)).await {
-        Some(Err(e)) => assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "busy client closed with {e}"),
-        Some(Ok(())) => panic!("busy client's connection ended without an error\n{}", p.tail()),
-        None => panic!("busy client still connected 5 s after its COMMIT\n{}", p.tail()),
-    }
+    assert_closed_57p01(
+        &mut busy_conn,
+        Duration::from_secs(5),
+        "busy client",
+        "busy client still connected 5 s after its COMMIT",
+        &p,
+    )
+    .await;
     let took = p.assert_exits_ok(Duration::from_secs(5), "after the last transaction ended").await;
     println!("SIGINT: pgsluice exited {took:?} after the last transaction ended");
     assert_eq!(su(&db.name, "select count(*) from ops").await, "2");
