@@ -3,7 +3,7 @@
 //! pgbench's tpcb-like transaction (printed once before the measurements).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pgsluice::router::classify::{Classifier, ClassifierSettings};
+use pgsluice::sql::classify::{Classifier, ClassifierSettings};
 use std::hint::black_box;
 
 /// pgbench -S.

@@ -26,6 +26,21 @@ pub use general::{
 
 use crate::auth::{scram::Verifier, Secret};
 
+/// `[general]` settings that only a restart changes (`SHOW CONFIG` `changeable = no`; `SET`
+/// refuses them; a reload reports them).
+pub const RESTART_ONLY: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "worker_threads",
+    "so_reuseport",
+    "admin_database",
+    "log_format",
+    "max_client_conn",
+    "read_only_functions",
+    "max_parse_length",
+    "classify_cache_size",
+];
+
 /// A config that could not be loaded, with a message precise enough to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]

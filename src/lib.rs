@@ -46,6 +46,7 @@ pub mod router;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
+pub mod sql;
 pub mod stats;
 
 /// pgsluice's version (`SHOW VERSION`, admin `server_version`).

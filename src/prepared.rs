@@ -65,8 +65,8 @@ pub struct Stmt {
     /// prepare the statement on any server.
     pub rest: Box<[u8]>,
     /// Its routing class, computed on first use (a prepared statement is classified once).
-    pub class: std::sync::OnceLock<crate::router::classify::Class>,
-    /// Whether its text sets or undoes session state (`router::session_state`), computed on
+    pub class: std::sync::OnceLock<crate::sql::classify::Class>,
+    /// Whether its text sets or undoes session state (`sql::session_state`), computed on
     /// first use.
     pub session_effect: std::sync::OnceLock<bool>,
     /// The row description the client was given when it described the statement

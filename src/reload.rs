@@ -22,23 +22,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, ClusterSettings};
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, RESTART_ONLY};
 use crate::shared::{secret_for, ClusterSet, Shared};
-
-/// `[general]` settings that only a restart changes (`SHOW CONFIG` `changeable = no`; `SET`
-/// refuses them; a reload reports them).
-pub const RESTART_ONLY: &[&str] = &[
-    "listen_addr",
-    "listen_port",
-    "worker_threads",
-    "so_reuseport",
-    "admin_database",
-    "log_format",
-    "max_client_conn",
-    "read_only_functions",
-    "max_parse_length",
-    "classify_cache_size",
-];
 
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Read/write routing: which host a request goes to.
 //!
-//! [`classify`] decides what a statement may do (read-only or not, whether it opens a
+//! [`crate::sql::classify`] decides what a statement may do (read-only or not, whether it opens a
 //! transaction, a hint comment). [`want`] turns that, the client's policy and its
 //! `default_transaction_read_only` into what the request needs: the primary or a read
 //! candidate. `pool::PoolSet` then picks the host with [`pick_read`] (least outstanding
@@ -12,16 +12,11 @@
 //! a server attached for a read takes one request at a time outside a transaction (the relay
 //! holds back the next request until it is routed on its own).
 
-pub mod classify;
-mod lexer;
-pub mod session_state;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cluster::{Cluster, Primary};
 use crate::config::{PrimaryReads, ReadYourWrites, Route, TransactionRouting};
-use classify::{Begin, Class, Hint};
+use crate::sql::classify::{Begin, Class, Hint};
 
 /// The routing policy of one client, fixed at login.
 #[derive(Debug, Clone, Copy)]
@@ -156,61 +151,6 @@ pub fn pick_read(
         }
     }
     best.map(|(i, _, _)| i)
-}
-
-/// Routing decisions of one (database, user), for the admin console and metrics.
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// Reads sent to a replica.
-    pub reads_replica: AtomicU64,
-    /// Reads sent to the primary (as a candidate or as a fallback).
-    pub reads_primary: AtomicU64,
-    /// Requests that needed the primary.
-    pub writes: AtomicU64,
-    /// Reads that went to the primary because no replica was eligible.
-    pub fallbacks: AtomicU64,
-    /// Reads that waited for a replica to replay the client's last write.
-    pub ryw_waits: AtomicU64,
-    /// Reads retried on another host after a connection failure.
-    pub retries: AtomicU64,
-}
-
-/// A copy of [`RouteStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouteCounts {
-    /// See [`RouteStats`].
-    pub reads_replica: u64,
-    /// See [`RouteStats`].
-    pub reads_primary: u64,
-    /// See [`RouteStats`].
-    pub writes: u64,
-    /// See [`RouteStats`].
-    pub fallbacks: u64,
-    /// See [`RouteStats`].
-    pub ryw_waits: u64,
-    /// See [`RouteStats`].
-    pub retries: u64,
-}
-
-impl RouteStats {
-    /// Adds one to `counter`.
-    #[inline]
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The current counts.
-    pub fn counts(&self) -> RouteCounts {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        RouteCounts {
-            reads_replica: r(&self.reads_replica),
-            reads_primary: r(&self.reads_primary),
-            writes: r(&self.writes),
-            fallbacks: r(&self.fallbacks),
-            ryw_waits: r(&self.ryw_waits),
-            retries: r(&self.retries),
-        }
-    }
 }
 
 #[cfg(test)]

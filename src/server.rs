@@ -129,7 +129,7 @@ async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
 
 /// Every `stats_period`: the per-database averages of `SHOW STATS`, and the `log_stats` line.
 async fn stats_period(shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let mut last = crate::admin::show::totals_by_database(&shared);
+    let mut last = shared.totals_by_database();
     let mut last_at = tokio::time::Instant::now();
     loop {
         let period = shared.config.load().general().stats_period.0;
@@ -138,7 +138,7 @@ async fn stats_period(shared: Arc<Shared>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => return,
         }
         let now = tokio::time::Instant::now();
-        let totals = crate::admin::show::totals_by_database(&shared);
+        let totals = shared.totals_by_database();
         let elapsed = now - last_at;
         let mut sum = crate::stats::Totals::default();
         let mut averages = std::collections::HashMap::new();
@@ -188,30 +188,11 @@ pub struct ServerHandle {
     task: JoinHandle<()>,
 }
 
-/// Binds the listening socket (`SO_REUSEPORT` when `reuse_port`, so a second pgsluice can
-/// bind the same port during an online restart).
-pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    #[cfg(unix)]
-    s.set_reuse_address(true)?;
-    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
-    if reuse_port {
-        s.set_reuse_port(true)?;
-    }
-    #[cfg(not(unix))]
-    let _ = reuse_port;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    TcpListener::from_std(s.into())
-}
-
 impl ServerHandle {
     /// Binds `shared`'s configured address (or `addr` if given) and starts accepting.
     pub async fn start(shared: Arc<Shared>, addr: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
         let addr = addr.unwrap_or_else(|| shared.config.load().listen);
-        let listener = bind(addr, shared.config.load().general().so_reuseport)?;
+        let listener = crate::net::bind(addr, shared.config.load().general().so_reuseport)?;
         let addr = listener.local_addr()?;
         let controller = ShutdownController::new();
         let (stop_accepting, accept_rx) = watch::channel(false);

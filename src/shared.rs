@@ -30,7 +30,7 @@ pub struct Shared {
     /// Server pools.
     pub pools: PoolRegistry,
     /// Statement classifier of the router (one per process; its cache is shared).
-    pub classifier: Arc<crate::router::classify::Classifier>,
+    pub classifier: Arc<crate::sql::classify::Classifier>,
     /// Client cancel keys.
     pub cancel: Arc<CancelRegistry>,
     /// Logged-in clients (admin console, KILL).
@@ -63,12 +63,11 @@ impl Shared {
         let clusters: ClusterSet =
             config.databases.iter().map(|(name, db)| (name.clone(), Cluster::new(db, settings.clone()))).collect();
         let g = config.general();
-        let classifier =
-            Arc::new(crate::router::classify::Classifier::new(crate::router::classify::ClassifierSettings {
-                read_only_functions: g.read_only_functions.clone(),
-                max_parse_length: g.max_parse_length as usize,
-                cache_size: g.classify_cache_size as usize,
-            }));
+        let classifier = Arc::new(crate::sql::classify::Classifier::new(crate::sql::classify::ClassifierSettings {
+            read_only_functions: g.read_only_functions.clone(),
+            max_parse_length: g.max_parse_length as usize,
+            cache_size: g.classify_cache_size as usize,
+        }));
         let clock = Clock::default();
         let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Shared {
@@ -127,7 +126,22 @@ impl Shared {
 
     /// The SCRAM verifier presented for a user that does not exist (see `startup`).
     pub fn mock_verifier(&self, user: &str) -> crate::auth::scram::Verifier {
-        crate::frontend::startup::mock_verifier(&self.mock_key, user)
+        crate::auth::scram::mock_verifier(&self.mock_key, user)
+    }
+
+    /// Totals per database: every configured database (zeros before any traffic) and any
+    /// database that still has pools.
+    pub fn totals_by_database(&self) -> std::collections::BTreeMap<String, crate::stats::Totals> {
+        let cfg = self.config.load();
+        let mut by_db: std::collections::BTreeMap<String, crate::stats::Totals> =
+            cfg.databases.keys().map(|k| (k.clone(), crate::stats::Totals::default())).collect();
+        for ((db, _), set) in self.pools.sets() {
+            let e = by_db.entry(db).or_default();
+            for p in set.pools() {
+                *e += p.stats().totals();
+            }
+        }
+        by_db
     }
 
     /// A process-unique id for a new client session (logs, admin console).

@@ -684,6 +684,61 @@ impl Totals {
     }
 }
 
+/// Routing decisions of one (database, user), for the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Reads sent to a replica.
+    pub reads_replica: std::sync::atomic::AtomicU64,
+    /// Reads sent to the primary (as a candidate or as a fallback).
+    pub reads_primary: std::sync::atomic::AtomicU64,
+    /// Requests that needed the primary.
+    pub writes: std::sync::atomic::AtomicU64,
+    /// Reads that went to the primary because no replica was eligible.
+    pub fallbacks: std::sync::atomic::AtomicU64,
+    /// Reads that waited for a replica to replay the client's last write.
+    pub ryw_waits: std::sync::atomic::AtomicU64,
+    /// Reads retried on another host after a connection failure.
+    pub retries: std::sync::atomic::AtomicU64,
+}
+
+/// A copy of [`RouteStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteCounts {
+    /// See [`RouteStats`].
+    pub reads_replica: u64,
+    /// See [`RouteStats`].
+    pub reads_primary: u64,
+    /// See [`RouteStats`].
+    pub writes: u64,
+    /// See [`RouteStats`].
+    pub fallbacks: u64,
+    /// See [`RouteStats`].
+    pub ryw_waits: u64,
+    /// See [`RouteStats`].
+    pub retries: u64,
+}
+
+impl RouteStats {
+    /// Adds one to `counter`.
+    #[inline]
+    pub fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn counts(&self) -> RouteCounts {
+        let r = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        RouteCounts {
+            reads_replica: r(&self.reads_replica),
+            reads_primary: r(&self.reads_primary),
+            writes: r(&self.writes),
+            fallbacks: r(&self.fallbacks),
+            ryw_waits: r(&self.ryw_waits),
+            retries: r(&self.retries),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,20 +170,6 @@ fn pools(shared: &Shared) -> Table {
     t
 }
 
-/// Totals per database: every configured database (zeros before any traffic) and any
-/// database that still has pools.
-pub fn totals_by_database(shared: &Shared) -> BTreeMap<String, Totals> {
-    let cfg = shared.config.load();
-    let mut by_db: BTreeMap<String, Totals> = cfg.databases.keys().map(|k| (k.clone(), Totals::default())).collect();
-    for ((db, _), set) in shared.pools.sets() {
-        let e = by_db.entry(db).or_default();
-        for p in set.pools() {
-            *e += p.stats().totals();
-        }
-    }
-    by_db
-}
-
 fn averages_of(shared: &Shared, db: &str) -> Averages {
     shared.averages.lock().get(db).copied().unwrap_or_default()
 }
@@ -214,7 +200,7 @@ fn stats(shared: &Shared) -> Table {
         ("avg_server_parse_count", NUMERIC),
         ("avg_bind_count", NUMERIC),
     ]);
-    for (db, x) in totals_by_database(shared) {
+    for (db, x) in shared.totals_by_database() {
         let a = averages_of(shared, &db);
         let mut row = vec![Val::from(db)];
         row.extend(totals_values(&x));
@@ -267,7 +253,7 @@ fn stats_per_database(shared: &Shared, averages: bool) -> Table {
         }
     }
     let mut t = Table::new(&columns);
-    for (db, x) in totals_by_database(shared) {
+    for (db, x) in shared.totals_by_database() {
         let values = if averages { averages_of(shared, &db) } else { x };
         let mut row = vec![Val::from(db)];
         row.extend(totals_values(&values));
@@ -280,7 +266,7 @@ fn totals(shared: &Shared) -> Table {
     let mut t = Table::new(&[("name", TEXT), ("value", NUMERIC)]);
     let mut sum = Totals::default();
     let mut avg = Averages::default();
-    for (db, x) in totals_by_database(shared) {
+    for (db, x) in shared.totals_by_database() {
         sum += x;
         let a = averages_of(shared, &db);
         // Rates add up; times are the longest per-database mean (an overall mean would need
@@ -530,7 +516,7 @@ fn config(shared: &Shared) -> Table {
     for (k, v) in current {
         let default = defaults.get(&k).map(render_value);
         let changeable =
-            if crate::reload::RESTART_ONLY.contains(&k.as_str()) || k == "conffile" || k == "metrics_listen_addr" {
+            if crate::config::RESTART_ONLY.contains(&k.as_str()) || k == "conffile" || k == "metrics_listen_addr" {
                 "no"
             } else {
                 "yes"

@@ -422,3 +422,13 @@ fn xor(mut a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
     a.iter_mut().zip(b).for_each(|(x, y)| *x ^= y);
     a
 }
+
+/// Mock SCRAM salt for unknown users: stable per user name, keyed by a per-process secret so
+/// it cannot be told apart from a real one.
+pub fn mock_verifier(key: &[u8; 32], user: &str) -> Verifier {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(user.as_bytes());
+    let d = h.finalize();
+    Verifier { iterations: 4096, salt: d[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
+}

@@ -136,7 +136,7 @@ pub struct Txn {
     /// Requests scanned since the server was attached.
     pub requests: u32,
     /// Session state the client set (issue 8): while pinned, it keeps its server.
-    pub pin: crate::router::session_state::PinState,
+    pub pin: crate::sql::session_state::PinState,
     /// The server was attached for a read (routed to a replica): outside a transaction it
     /// takes one request at a time, and the next request is held back to be routed on its
     /// own once this server is released.
@@ -275,7 +275,7 @@ pub struct Relay {
 }
 
 /// How a pooled client's session-state changes are handled (issue 8, see
-/// [`crate::router::session_state`]).
+/// [`crate::sql::session_state`]).
 pub struct SessionRules {
     /// `Pin` or `Reject` (`Allow` means no rules at all).
     pub policy: crate::config::SessionState,

@@ -36,8 +36,8 @@ use crate::config::{Route, TransactionRouting};
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
-use crate::router::classify::{Class, Classifier};
 use crate::router::{self, Policy, Want};
+use crate::sql::classify::{Class, Classifier};
 
 /// Serves one client connection from accept to close.
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown, _drain: DrainToken) {
@@ -590,7 +590,7 @@ impl Session {
         // A read the client sent to the primary (hint) writes nothing; a read it sent to a
         // replica by hint is its own choice (no read-your-writes wait).
         let may_write = class.is_none_or(|c| !c.read_only);
-        let hinted_replica = class.is_some_and(|c| c.hint == crate::router::classify::Hint::Replica);
+        let hinted_replica = class.is_some_and(|c| c.hint == crate::sql::classify::Hint::Replica);
         let wait_start = tokio::time::Instant::now();
         self.reg.info.waiting(self.clock.us(wait_start));
         // The slow paths are boxed so that their futures do not enlarge every idle session.
@@ -687,7 +687,7 @@ impl Session {
         };
         let single = !text.trim_end().trim_end_matches(';').contains(';');
         let class = self.classifier.classify(text);
-        if !single || class.begin != crate::router::classify::Begin::Plain {
+        if !single || class.begin != crate::sql::classify::Begin::Plain {
             return false;
         }
         self.deferred_begin = Some(text.into());

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -501,14 +500,4 @@ fn plain_matches(secret: &Secret, user: &str, pw: &[u8]) -> bool {
             candidate.stored_key.ct_eq(&v.stored_key).into()
         }
     }
-}
-
-/// Mock SCRAM salt for unknown users: stable per user name, keyed by a per-process secret so
-/// it cannot be told apart from a real one.
-pub fn mock_verifier(key: &[u8; 32], user: &str) -> Verifier {
-    let mut h = Sha256::new();
-    h.update(key);
-    h.update(user.as_bytes());
-    let d = h.finalize();
-    Verifier { iterations: 4096, salt: d[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
 }

@@ -34,7 +34,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `addr`'s is 0). Must run inside a Tokio runtime.
 pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     // With so_reuseport, a second pgsluice started for an online restart can bind it too.
-    let listener = crate::server::bind(addr, shared.config.load().general().so_reuseport)?;
+    let listener = crate::net::bind(addr, shared.config.load().general().so_reuseport)?;
     let bound = listener.local_addr()?;
     tokio::spawn(accept_loop(listener, Arc::downgrade(&shared)));
     Ok(bound)

@@ -4,7 +4,7 @@
 //! The exporter maps admin console columns to metrics; this module reads the same values
 //! the console shows, through the same functions: `SHOW POOLS` rows come from
 //! [`show::pool_rows`] (taken once per scrape by the caller), `SHOW STATS_TOTALS` from
-//! [`show::totals_by_database`], `SHOW LISTS` and `SHOW DATABASES` from their result tables.
+//! [`Shared::totals_by_database`], `SHOW LISTS` and `SHOW DATABASES` from their result tables.
 //! Conversions follow the exporter: times in µs become seconds (÷1e6), `maxwait` is whole
 //! seconds (its `maxwait_us` part is ignored, as the exporter does), NULL labels are `""`.
 
@@ -438,7 +438,7 @@ fn pool_gauges(rows: &[PoolRow], out: &mut Families) {
 }
 
 fn stats_totals(shared: &Shared, out: &mut Families) {
-    let totals = show::totals_by_database(shared);
+    let totals = shared.totals_by_database();
     for (spec, value, divisor) in STATS_TOTALS.iter().chain(&STATS_LEGACY) {
         let mut f = Family::new(spec);
         for (db, t) in &totals {

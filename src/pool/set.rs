@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use super::{Error, Pool, PoolGuard, ServerParams};
 use crate::cluster::{Cluster, Primary};
 use crate::config::{PrimaryReads, Route};
-use crate::router::{self, Policy, RouteStats};
+use crate::router::{self, Policy};
+use crate::stats::RouteStats;
 
 /// Pause between attempts while waiting for a failed primary to be replaced (the wait ends
 /// earlier when the primary changes).

@@ -377,9 +377,7 @@ async fn scrape_under_load_matches_the_admin_console() {
 
     // Transactions are counted when their ReadyForQuery is relayed: let the last ones land.
     let settled = eventually(Duration::from_secs(3), || {
-        pgsluice::admin::show::totals_by_database(&p.handle.as_ref().unwrap().shared)
-            .get(&db.name)
-            .is_some_and(|t| t.xact_count == ran)
+        p.handle.as_ref().unwrap().shared.totals_by_database().get(&db.name).is_some_and(|t| t.xact_count == ran)
     })
     .await;
     assert!(settled, "the pooler did not count {ran} transactions");

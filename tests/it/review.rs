@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgsluice::cluster::{Cluster, Primary, Role};
-use pgsluice::router::classify::{Classifier, ClassifierSettings};
+use pgsluice::sql::classify::{Classifier, ClassifierSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::Client;

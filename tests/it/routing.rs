@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsluice::cluster::{Cluster, Health, Primary};
-use pgsluice::router::RouteCounts;
+use pgsluice::stats::RouteCounts;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

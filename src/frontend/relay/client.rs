@@ -14,7 +14,7 @@ use super::{server, Ctx, Half};
 use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::prepared::{parse_deallocate, ClientStatements, Key, KnownStatements, Stmt};
 use crate::protocol::{self, cstr, ftag, status, write, Header, HEADER_LEN};
-use crate::router::session_state;
+use crate::sql::session_state;
 
 /// Longest simple query inspected for `DEALLOCATE name`.
 const MAX_DEALLOCATE_QUERY: usize = 1024;

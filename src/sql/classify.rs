@@ -69,6 +69,7 @@ use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use super::lexer::Hint;
 use super::lexer::{upper, Lexer, Tok, Unterminated};
 
 #[cfg(test)]
@@ -98,18 +99,6 @@ pub enum Begin {
     ReadOnly,
     /// `BEGIN … READ WRITE`.
     ReadWrite,
-}
-
-/// A routing hint comment (`/* pgsluice:primary */`) before the first statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Hint {
-    /// No hint.
-    #[default]
-    None,
-    /// `/* pgsluice:primary */`
-    Primary,
-    /// `/* pgsluice:replica */`
-    Replica,
 }
 
 /// How the [`Classifier`] is set up.

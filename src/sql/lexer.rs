@@ -5,7 +5,17 @@
 //! classifier ([`super::classify`]) and the session-state detector
 //! ([`super::session_state`]).
 
-use super::classify::Hint;
+/// A routing hint comment (`/* pgsluice:primary */`) before the first statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hint {
+    /// No hint.
+    #[default]
+    None,
+    /// `/* pgsluice:primary */`
+    Primary,
+    /// `/* pgsluice:replica */`
+    Replica,
+}
 
 /// An unterminated comment, string, quoted identifier or dollar quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
