@@ -32,12 +32,13 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod exchange;
 pub mod frontend;
 pub mod localpg;
 pub mod metrics;
 pub mod net;
 pub mod params;
-pub mod pipeline;
+
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

@@ -478,5 +478,19 @@ fn split_options(options: &str) -> Vec<String> {
     }
 }
 
+/// Records a ParameterStatus value in a server's parameter list (no allocation when the
+/// parameter is known and its value fits).
+pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match params.iter_mut().find(|(k, _)| k == name) {
+        Some((_, v)) => {
+            if v != value {
+                v.clear();
+                v.push_str(value);
+            }
+        }
+        None => params.push((name.to_string(), value.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests;

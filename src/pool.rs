@@ -27,6 +27,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::backend::{self, Credential, LoginParams, ServerConn};
 use crate::cluster::Host;
+use crate::exchange::Exchange;
 use crate::params::Interner;
 use crate::prepared::KnownStatements;
 use crate::stats::{PoolStats, ServerMeta};
@@ -234,6 +235,9 @@ impl Drop for Slot {
 /// A server connection with its slot. Dropping it closes the connection.
 pub struct Pooled {
     conn: ServerConn,
+    /// The protocol state of the connection's current attachment; kept with the connection
+    /// so its buffers are reused by the next client (no allocation per transaction).
+    exchange: Exchange,
     /// The host's drain epoch when the connection was opened.
     epoch: u64,
     _slot: Slot,
@@ -451,7 +455,7 @@ impl Pool {
         let now = Instant::now();
         p.conn.last_used = now;
         if let Some(m) = &p.conn.meta {
-            m.unlink(p.conn.pipeline.statements.len());
+            m.unlink(p.conn.state.statements.len());
         }
         if self.expired(&p, now) {
             tokio::spawn(p.conn.terminate());
@@ -578,7 +582,7 @@ impl Pool {
                     st.retry_at = None;
                     st.last_error = None;
                 }
-                self.check_in(Pooled { conn, epoch, _slot: slot });
+                self.check_in(Pooled { conn, exchange: Exchange::default(), epoch, _slot: slot });
             }
             Err(e) => {
                 tracing::warn!(server = %s.host.addr, db = %s.dbname, user = %s.user, error = %e, "server connection failed");
@@ -836,11 +840,12 @@ impl PoolGuard {
         &self.pool
     }
 
-    /// The pool and the server connection at once.
+    /// The pool, the server connection and its exchange at once.
     #[inline]
-    pub fn parts(&mut self) -> (&Pool, &mut ServerConn) {
+    pub fn parts(&mut self) -> (&Pool, &mut ServerConn, &mut Exchange) {
         // Invariant: as in `server()`.
-        (&self.pool, &mut self.conn.as_mut().expect("guard holds a connection until consumed").conn)
+        let p = self.conn.as_mut().expect("guard holds a connection until consumed");
+        (&self.pool, &mut p.conn, &mut p.exchange)
     }
 
     /// Returns the connection to the pool. Call only when it is clean: `Z I` received,

@@ -70,7 +70,7 @@ pub struct Stmt {
     /// first use.
     pub session_effect: std::sync::OnceLock<bool>,
     /// The row description the client was given when it described the statement
-    /// (`relay::retry::shape_of`; 0: never described).
+    /// (`exchange::retry::shape_of`; 0: never described).
     pub shape: std::sync::atomic::AtomicU64,
 }
 
@@ -178,11 +178,14 @@ pub struct ServerStatements {
     /// portals open and are never evicted.
     txn_start: u64,
     capacity: usize,
+    /// Requests ending with ReadyForQuery (one per client batch) that are done (answered,
+    /// skipped or abandoned) since the connection opened; compared with the batch numbers.
+    completed: u64,
 }
 
 impl Default for ServerStatements {
     fn default() -> Self {
-        ServerStatements { used: HashMap::default(), tick: 0, txn_start: 0, capacity: 200 }
+        ServerStatements { used: HashMap::default(), tick: 0, txn_start: 0, capacity: 200, completed: 0 }
     }
 }
 
@@ -280,11 +283,17 @@ impl ServerStatements {
         self.tick += 1;
     }
 
-    /// The server answered batch `completed - 1` with ReadyForQuery `I`: a new transaction
-    /// starts at batch `completed`.
+    /// A batch (request ending with ReadyForQuery) is done: answered, skipped or abandoned.
     #[inline]
-    pub fn transaction_ends_before(&mut self, completed: u64) {
-        self.txn_start = completed;
+    pub fn batch_done(&mut self) {
+        self.completed += 1;
+    }
+
+    /// The server answered the last completed batch with ReadyForQuery `I`: a new
+    /// transaction starts at the next one.
+    #[inline]
+    pub fn transaction_ended(&mut self) {
+        self.txn_start = self.completed;
     }
 
     /// Number of statements prepared.
@@ -298,11 +307,44 @@ impl ServerStatements {
     }
 }
 
+/// Row descriptions of a connection's statement copies, by key (`exchange::retry::shape_of`).
+pub type Shapes = HashMap<Key, u64, BuildHasherDefault<KeyHasher>>;
+
+/// What one server connection carries from one client to the next (`ServerConn::state`):
+/// the pgsluice statements prepared on it, the row descriptions of those copies, and whether
+/// it must be reset or closed before another client gets it. The exchange updates it while a
+/// client holds the connection; the session reads the two flags at release.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    /// pgsluice statements prepared on this connection.
+    pub statements: ServerStatements,
+    /// Row descriptions of this connection's copies of statements, where seen (a client's
+    /// Describe, a retry): a client whose own description differs gets PostgreSQL's `0A000`
+    /// instead of rows of a shape it does not expect.
+    pub shapes: Shapes,
+    /// Bookkeeping may no longer match the server (a client ran SQL `PREPARE`/`DEALLOCATE`,
+    /// or `DEALLOCATE ALL` with more pipelined behind it): close the connection at release.
+    pub poisoned: bool,
+    /// A client pinned this connection by setting session state: it is reset
+    /// (`server_reset_query`) before another client gets it.
+    pub session_dirty: bool,
+}
+
+impl ServerState {
+    /// `server_reset_query` ran (after a pinned client): `DISCARD ALL` also dropped every
+    /// prepared statement.
+    pub fn was_reset(&mut self) {
+        self.session_dirty = false;
+        self.statements.clear();
+        self.shapes.clear();
+    }
+}
+
 /// Statements that some server of a pool has accepted (`ParseComplete`), so that a client's
 /// `Parse` + `Sync` of one of them can be answered without a server (libpq's `PQprepare`,
 /// pgbench `-M prepared`): the statement is prepared on a server when first used. Bounded:
 /// forgotten wholesale when full (it is only an optimisation). With each, the row
-/// description a server last gave for it, when seen (schema changes, `relay::retry`).
+/// description a server last gave for it, when seen (schema changes, `exchange::retry`).
 #[derive(Debug, Default)]
 pub struct KnownStatements(parking_lot::Mutex<HashMap<Key, u64, BuildHasherDefault<KeyHasher>>>);
 
@@ -323,7 +365,7 @@ impl KnownStatements {
         self.0.lock().contains_key(key)
     }
 
-    /// Records the row description (`relay::retry::shape_of`) a server just gave for `key`.
+    /// Records the row description (`exchange::retry::shape_of`) a server just gave for `key`.
     pub fn set_shape(&self, key: Key, shape: u64) {
         let mut map = self.0.lock();
         if map.len() >= Self::MAX {

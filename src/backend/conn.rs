@@ -18,8 +18,7 @@ use crate::auth::{md5, Secret};
 use crate::config::BackendAddr;
 use crate::net::{read_message, ReadError, Stream};
 use crate::params::ParamSet;
-use crate::pipeline::Pipeline;
-use crate::prepared::tag_deallocates_all;
+use crate::prepared::{tag_deallocates_all, ServerState};
 use crate::protocol::backend::{self as bmsg, AuthRequest};
 use crate::protocol::{btag, status, write};
 
@@ -119,8 +118,9 @@ pub struct ServerConn {
     /// The client parameter set this connection was last brought to (`None` once a
     /// parameter changed in a way not attributed to a client).
     pub synced: Option<Arc<ParamSet>>,
-    /// Requests owed to the current client, relay side buffers, prepared statements.
-    pub pipeline: Pipeline,
+    /// What the connection carries from client to client: its prepared statements, and
+    /// whether it must be reset or closed before the next one.
+    pub state: ServerState,
     /// Its identity in its pool (`SHOW SERVERS`); `None` for probe connections.
     pub meta: Option<Arc<crate::stats::ServerMeta>>,
 }
@@ -198,7 +198,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             synced: None,
-            pipeline: Pipeline::default(),
+            state: ServerState::default(),
             meta: None,
         })
     }
@@ -243,7 +243,7 @@ impl ServerConn {
                     row = Some(bmsg::parse_data_row(&body).ok_or_else(|| Error::Lost("malformed DataRow".into()))?);
                 }
                 btag::COMMAND_COMPLETE if crate::protocol::cstr(&body).is_some_and(|(t, _)| tag_deallocates_all(t)) => {
-                    self.pipeline.statements.clear();
+                    self.state.statements.clear();
                 }
                 btag::PARAMETER_STATUS => {
                     if let Ok((k, v)) = bmsg::parse_parameter_status(&body) {
@@ -265,7 +265,7 @@ impl ServerConn {
 
     /// Records a ParameterStatus value.
     pub fn set_param(&mut self, name: &str, value: &str) {
-        set_param(&mut self.params, name, value);
+        crate::params::set_param(&mut self.params, name, value);
     }
 
     /// Sends Terminate and closes, best effort (used when discarding a healthy connection).
@@ -277,20 +277,6 @@ impl ServerConn {
             let _ = self.stream.shutdown().await;
         })
         .await;
-    }
-}
-
-/// Records a ParameterStatus value in a server's parameter list (no allocation when the
-/// parameter is known and its value fits).
-pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match params.iter_mut().find(|(k, _)| k == name) {
-        Some((_, v)) => {
-            if v != value {
-                v.clear();
-                v.push_str(value);
-            }
-        }
-        None => params.push((name.to_string(), value.to_string())),
     }
 }
 

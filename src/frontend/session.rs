@@ -30,9 +30,10 @@ use crate::shared::{DbControl, Shared};
 use crate::shutdown::{DrainToken, Shutdown};
 use crate::stats::{ClientInfo, Clock, Registration};
 
-use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts, ScanPos, Txn};
+use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts};
 use super::startup::{self, Startup};
 use crate::config::{Route, TransactionRouting};
+use crate::exchange::{self, Rules};
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
@@ -97,11 +98,15 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
         let wanted = l.mode == PoolMode::Session || g.server_reset_query_always;
         (!q.is_empty() && wanted).then(|| Arc::<str>::from(q))
     };
+    let rules = Rules {
+        track: g.max_prepared_statements > 0 && release_on_idle,
+        statement_mode: l.mode == PoolMode::Statement,
+        max_body: g.max_packet_size as usize,
+        session: None,
+    };
     let mut relay = Relay::new(
         release_on_idle,
-        l.mode == PoolMode::Statement,
-        g.max_prepared_statements > 0,
-        g.max_packet_size as usize,
+        rules,
         RelayTimeouts { query: g.query_timeout.nonzero(), idle_transaction: g.idle_transaction_timeout.nonzero() },
     );
     let multi_host = shared.cluster(&l.db.name).is_some_and(|c| c.hosts().len() > 1);
@@ -117,18 +122,11 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown
     // (Decided at login: a reload or SET right after it does not change this client.)
     let session_state = l.session_state;
     if l.mode != PoolMode::Session && session_state != crate::config::SessionState::Allow {
-        relay.session = Some(Arc::new(relay::SessionRules {
-            policy: session_state,
-            tracked: cfg.tracked.clone(),
-            info: reg.info.clone(),
-        }));
+        relay.rules.session = Some(Arc::new(exchange::SessionRules { policy: session_state, info: reg.info.clone() }));
     }
     let session = Session {
         stream: l.stream,
         buf: l.buf,
-        pos: ScanPos::default(),
-        spos: ScanPos::default(),
-        txn: Txn::new(),
         params: l.params,
         stmts: ClientStatements::default(),
         max_prepared: g.max_prepared_statements as usize,
@@ -184,9 +182,6 @@ struct LogFlags {
 struct Session {
     stream: Stream,
     buf: BytesMut,
-    pos: ScanPos,
-    spos: ScanPos,
-    txn: Txn,
     params: ClientParams,
     /// Named prepared statements (transaction/statement mode).
     stmts: ClientStatements,
@@ -254,7 +249,7 @@ impl Session {
                 match self.wait_request(&shutdown, &mut stop, &mut stopped).await {
                     Wait::Ready => {
                         // (Not inside a deferred BEGIN: its answer would say "idle".)
-                        if self.relay.track_prepared
+                        if self.relay.rules.track
                             && self.deferred_begin.is_none()
                             && Box::pin(self.answer_without_server()).await
                         {
@@ -297,24 +292,23 @@ impl Session {
                 }
             }
             let Some(g) = server.as_mut() else { continue };
-            if !draining && shutdown.is_set() && (!self.relay.release_on_idle || self.txn.pin.is_pinned()) {
+            if !draining && shutdown.is_set() && (!self.relay.release_on_idle || g.parts().2.is_pinned()) {
                 draining = true;
                 self.relay.release_on_idle = true;
                 self.relay.draining = true;
             }
             let watch_shutdown = !draining && !self.relay.release_on_idle;
             let ev = {
-                let (pool, server_conn) = g.parts();
+                let (pool, server_conn, x) = g.parts();
                 let client = ClientIo {
                     stream: &mut self.stream,
                     buf: &mut self.buf,
-                    pos: &mut self.pos,
                     params: &mut self.params,
                     stmts: &mut self.stmts,
                     known: pool.known_statements(),
                     stats: pool.stats(),
                 };
-                let pump = relay::pump(&mut self.relay, client, server_conn, &mut self.spos, &mut self.txn);
+                let pump = relay::pump(&mut self.relay, client, server_conn, x);
                 // (In transaction mode a shutdown is handled when the server is released; the
                 // signal is still watched for KILL.)
                 tokio::select! {
@@ -326,12 +320,12 @@ impl Session {
                 }
             };
             if let Some(g) = server.as_mut() {
-                let (pool, server_conn) = g.parts();
-                pool.stats().add(&mut server_conn.pipeline.tally);
+                let (pool, _, x) = g.parts();
+                pool.stats().add(x.tally());
             }
             if ev.is_none() && self.reg.info.is_killed() {
                 if let Some(mut g) = server.take() {
-                    if self.txn.pending > 0 {
+                    if g.parts().2.pending() > 0 {
                         tokio::spawn(crate::cancel::send_cancel(g.server().cancel.clone()));
                     }
                     g.discard();
@@ -362,10 +356,10 @@ impl Session {
                 Event::ClientClosed | Event::ClientIo(_) => {
                     self.note_write = false;
                     if let Some(mut g) = server.take() {
-                        if self.server_clean(g.server()) {
+                        if Self::server_clean(&mut g) {
                             self.release(g).await;
                         } else {
-                            if self.txn.pending > 0 {
+                            if g.parts().2.pending() > 0 {
                                 // Nobody will read the result: stop the query too.
                                 tokio::spawn(crate::cancel::send_cancel(g.server().cancel.clone()));
                             }
@@ -456,8 +450,8 @@ impl Session {
     /// A server believed to be the primary said "read-only transaction": it may have been
     /// demoted, so the topology is probed again at once.
     fn check_read_only(&self, g: &mut PoolGuard) {
-        let (pool, server) = g.parts();
-        if std::mem::take(&mut server.pipeline.read_only_error) {
+        let (pool, _, x) = g.parts();
+        if x.take_read_only_error() {
             let host = &pool.settings().host;
             let cluster = self.pool.cluster();
             // Throttled: a client's own writes inside read-only transactions also get 25006.
@@ -475,31 +469,20 @@ impl Session {
     /// disconnect the client with (its transaction or session is gone, or the streams cannot
     /// be resynchronised).
     async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<(), String> {
-        g.server().pipeline.read_only_error = false;
-        let pl = &g.server().pipeline;
-        let why = match &pl.server_fatal {
+        let (_, server, x) = g.parts();
+        x.take_read_only_error();
+        let why = match x.server_fatal() {
             Some(f) => format!("server closed the connection ({f})"),
             None => "server connection closed unexpectedly".to_string(),
         };
-        let resumable = self.relay.release_on_idle
-            && !self.txn.pin.is_pinned()
-            && self.txn.status == status::IDLE
-            && !self.txn.unsynced
-            && !self.txn.flushed
-            && !self.txn.terminated
-            && self.pos.skip == 0
-            && self.spos.skip == 0
-            && !pl.copy_in
-            && pl.queue.iter().all(|e| e.undo.is_none());
-        let owed = self.txn.pending;
+        let resumable = self.relay.release_on_idle && x.resumable();
+        let owed = x.pending();
         // Answers already read and scanned but not yet written to the client are whole
-        // messages: they go first (rewritten ones before the read buffer's prefix, as in the
-        // relay).
+        // messages: they go first. Scanned client bytes not yet sent belong to the failed
+        // requests.
         let mut out = BytesMut::new();
         if resumable {
-            let server = g.server();
-            out.extend_from_slice(&server.pipeline.to_client);
-            out.extend_from_slice(&server.buf[..self.spos.fwd.min(server.buf.len())]);
+            x.salvage(&mut self.buf, &server.buf, &mut out);
         }
         drop(g);
         // Probe now: the primary may be gone.
@@ -511,11 +494,6 @@ impl Session {
         if !resumable {
             return Err(format!("{why}; the transaction or session state on it is lost"));
         }
-        // Scanned client bytes not yet sent belong to the failed requests.
-        self.buf.advance(self.pos.fwd.min(self.buf.len()));
-        self.pos = ScanPos::default();
-        self.spos = ScanPos::default();
-        self.txn = Txn::new();
         let message = format!(
             "{why} during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary"
         );
@@ -529,14 +507,9 @@ impl Session {
     }
 
     /// Whether the held server is idle with nothing in flight, so it may be reused.
-    fn server_clean(&self, server: &crate::backend::ServerConn) -> bool {
-        self.txn.server_idle()
-            && self.spos.fwd == 0
-            && self.spos.skip == 0
-            && self.pos.fwd == 0
-            && self.pos.skip == 0
-            && server.buf.is_empty()
-            && server.pipeline.is_idle()
+    fn server_clean(g: &mut PoolGuard) -> bool {
+        let (_, server, x) = g.parts();
+        x.is_clean(&server.buf)
     }
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
@@ -546,14 +519,14 @@ impl Session {
         if std::mem::take(&mut self.note_write) {
             self.ryw_since = self.pool.cluster().now_ms();
         }
-        if g.server().pipeline.poisoned {
+        if g.server().state.poisoned {
             // Its prepared statements may not be what pgsluice believes (SQL PREPARE or
             // DEALLOCATE by a client): no other client gets it.
             return g.discard();
         }
         let query = match &self.reset_query {
             Some(q) => Some(q.clone()),
-            None if g.server().pipeline.session_dirty => {
+            None if g.server().state.session_dirty => {
                 Some(self.shared.config.load().general().server_reset_query.trim().into())
             }
             None => None,
@@ -563,7 +536,6 @@ impl Session {
                 return g.discard();
             }
         }
-        self.spos = ScanPos::default();
         g.check_in();
     }
 
@@ -614,7 +586,7 @@ impl Session {
             }
         };
         {
-            let (pool, server) = g.parts();
+            let (pool, server, _) = g.parts();
             pool.stats().assigned(wait_start.elapsed());
             if let Some(meta) = &server.meta {
                 meta.link(self.reg.info.id, self.clock.now_us());
@@ -647,8 +619,6 @@ impl Session {
         }
         // A read-routed server takes one request at a time outside a transaction, so that a
         // write pipelined behind the read is routed (and its WAL position learned) on its own.
-        self.txn.requests = 0;
-        self.txn.one_request = want == Want::Read;
         // Read-your-writes: note the time at release after whatever may have written on the
         // primary (a write, or a first_statement transaction that began with a read).
         let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
@@ -661,9 +631,11 @@ impl Session {
             // Only on change: the set is shared by many clients, its refcount is a hot line.
             server.synced = Some(self.params.shared());
         }
-        server.pipeline.reset();
-        server.pipeline.statements.set_capacity(self.max_prepared);
-        self.spos = ScanPos::default();
+        let status = if began { status::IN_TRANSACTION } else { status::IDLE };
+        let (_, server, x) = g.parts();
+        // A read-routed server takes one request at a time outside a transaction, so that a
+        // write pipelined behind the read is routed (and its WAL position learned) on its own.
+        x.attach(&mut server.state, status, want == Want::Read, self.max_prepared);
         self.relay.reset_timer();
         self.cancel.slot.set(&g.server().cancel);
         Ok(g)
@@ -674,10 +646,10 @@ impl Session {
     /// PostgreSQL would (`BEGIN`, ReadyForQuery `T`) without a server and keeps its text for
     /// [`Session::attach`], which runs it on the server the next request is routed to.
     async fn defer_begin(&mut self) -> bool {
-        if self.deferred_begin.is_some() || self.txn.status != status::IDLE || self.relay.statement_mode {
+        if self.deferred_begin.is_some() || self.relay.rules.statement_mode {
             return false;
         }
-        let Ok(Some(hdr)) = Header::parse(&self.buf, self.relay.max_client_message) else { return false };
+        let Ok(Some(hdr)) = Header::parse(&self.buf, self.relay.rules.max_body) else { return false };
         let end = hdr.frame_len();
         if hdr.tag != ftag::QUERY || self.buf.len() < end {
             return false;
@@ -692,7 +664,6 @@ impl Session {
         }
         self.deferred_begin = Some(text.into());
         self.buf.advance(end);
-        self.txn.status = status::IN_TRANSACTION;
         let mut out = BytesMut::with_capacity(32);
         write::command_complete(&mut out, "BEGIN");
         write::ready_for_query(&mut out, status::IN_TRANSACTION);
@@ -712,7 +683,7 @@ impl Session {
         let mut off = 0;
         let mut executes = false;
         let mut acc: Option<Class> = None;
-        while let Ok(Some(hdr)) = Header::parse(&self.buf[off..], self.relay.max_client_message) {
+        while let Ok(Some(hdr)) = Header::parse(&self.buf[off..], self.relay.rules.max_body) {
             let end = off + hdr.frame_len();
             let body = self.buf.get(off + HEADER_LEN..end)?;
             match hdr.tag {
@@ -785,13 +756,12 @@ impl Session {
             return false;
         }
         // The reset query may have reset unreported tracked parameters silently.
-        let server = g.server();
+        let (_, server, x) = g.parts();
         self.params.forget_unreported(&mut server.params, &mut server.synced);
-        if std::mem::take(&mut server.pipeline.session_dirty) {
+        if server.state.session_dirty {
             // It reset a pinned client's state; DISCARD ALL also drops prepared statements.
-            server.pipeline.statements.clear();
-            server.pipeline.shapes.clear();
-            self.txn.pin = Default::default();
+            server.state.was_reset();
+            x.unpin();
             self.reg.info.set_pinned(false);
         }
         true
@@ -823,8 +793,8 @@ impl Session {
         // Without a primary right now, the request goes the long way (and waits for one).
         let Some(pool) = self.pool.current_primary() else { return false };
         let known = pool.known_statements();
-        let max = self.relay.max_client_message;
-        let Some(out) = relay::answer_without_server(&mut self.buf, &mut self.stmts, known, max) else {
+        let max = self.relay.rules.max_body;
+        let Some(out) = exchange::answer_without_server(&mut self.buf, &mut self.stmts, known, max) else {
             return false;
         };
         if self.stream.write_all(&out).await.is_err() {
@@ -859,7 +829,7 @@ impl Session {
             // Re-walked from the start on each read: while idle the buffer holds at most a
             // request or two. A request pipelined before Terminate still runs (the relay
             // closes after it).
-            match relay::inspect_idle(&self.buf, self.relay.max_client_message) {
+            match exchange::inspect_idle(&self.buf, self.relay.rules.max_body) {
                 Ok(b) if b.terminate => return Wait::Closed,
                 Ok(b) if b.ready => return Wait::Ready,
                 Ok(_) => {}
@@ -876,7 +846,7 @@ impl Session {
                         tcp.readable().await?;
                     }
                 }
-                self.buf.reserve(relay::READ_CHUNK);
+                self.buf.reserve(exchange::READ_CHUNK);
                 self.stream.read_buf(&mut self.buf).await
             };
             let idle_limit = async {
@@ -910,7 +880,7 @@ impl Session {
     }
 
     async fn reject_request_inner(&mut self, e: ClientError) -> bool {
-        let buffered = relay::inspect_idle(&self.buf, self.relay.max_client_message).unwrap_or_default();
+        let buffered = exchange::inspect_idle(&self.buf, self.relay.rules.max_body).unwrap_or_default();
         if buffered.end == 0 {
             // The client is in the middle of a large message we cannot resynchronise with.
             self.close_with_inner(e.into_fatal()).await;
@@ -926,8 +896,6 @@ impl Session {
         }
         // Drop the rejected request, keep a partly received next message.
         self.buf.advance(buffered.end);
-        self.pos = ScanPos::default();
-        self.txn = Txn::new();
         self.stream.write_all(&out).await.is_ok()
     }
 

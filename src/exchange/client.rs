@@ -1,7 +1,7 @@
 //! Client → server scanning: request accounting, and the rewriting of named prepared
 //! statements (transaction and statement mode).
 //!
-//! For each message: push what the server will owe for it onto the pipeline queue, and
+//! For each message: push what the server will owe for it onto the reply queue, and
 //! either forward it untouched (in place), or rewrite it into the side buffer, or drop it and
 //! let the queue answer for it. Statement names are rewritten in `Parse`, `Bind`,
 //! `Describe 'S'` and `Close 'S'`; everything else passes as opaque bytes.
@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use bytes::Buf;
 
+use super::queue::{Action, Expect, Kind, Undo};
 use super::{server, Ctx, Half};
-use crate::pipeline::{Action, Expect, Kind, Undo};
-use crate::prepared::{parse_deallocate, ClientStatements, Key, KnownStatements, Stmt};
+use crate::prepared::{parse_deallocate, Key, Stmt};
 use crate::protocol::{self, cstr, ftag, status, write, Header, HEADER_LEN};
 use crate::sql::session_state;
 
@@ -26,12 +26,12 @@ pub fn scan_client(c: &mut Half<'_>, s: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Res
     loop {
         let held = scan_messages(c, ctx)?;
         // One write: the scanned prefix follows whatever was rewritten.
-        if !ctx.pl.to_server.is_empty() {
-            c.spill(&mut ctx.pl.to_server);
+        if !ctx.x.to_server.is_empty() {
+            c.spill(&mut ctx.x.to_server);
         }
         server::advance(s, ctx);
         // Answers given without the server (DEALLOCATE) may have lifted the barrier.
-        if !held || ctx.pl.barrier {
+        if !held || ctx.x.barrier {
             return Ok(());
         }
     }
@@ -44,7 +44,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         if !c.stream_owed() {
             return Ok(false);
         }
-        let t = &*ctx.txn;
+        let t = &ctx.x.txn;
         if t.one_request && t.requests > 0 && !t.unsynced && (t.pending > 0 || t.status == status::IDLE) {
             // A read-routed server outside a transaction: the next request is routed anew.
             return Ok(false);
@@ -63,53 +63,53 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         // Behind a barrier, stop at the first message whose handling reads the statement
         // bookkeeping; COPY data, Sync, Execute and the like go on (the server may be
         // waiting for them).
-        if ctx.pl.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
+        if ctx.x.barrier && reads_statements(hdr.tag, &rest[HEADER_LEN..frame_len.min(rest.len())]) {
             return Ok(true);
         }
         // A retry is checking a statement before it sends the request again: later requests
         // wait, so they reach the server after it (`retry`).
-        if ctx.pl.retry.holds_client() {
+        if ctx.x.retry.holds_client() {
             return Ok(true);
         }
         if ctx.track {
             let frame = whole.then(|| &c.buf[c.pos.fwd..c.pos.fwd + frame_len]);
-            ctx.pl.retry.message(hdr.tag, frame);
+            ctx.x.retry.message(hdr.tag, frame);
         }
         match hdr.tag {
             ftag::QUERY => {
                 if whole && ctx.session.is_some() && session_state(c, ctx, frame_len, false) {
                     continue;
                 }
-                ctx.txn.pending += 1;
-                ctx.txn.requests += 1;
+                ctx.x.txn.pending += 1;
+                ctx.x.txn.requests += 1;
                 if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, ctx, frame_len) {
                     boundary(ctx);
                     continue;
                 }
-                ctx.pl.queue.push_back(Expect::forward(Kind::Query));
+                ctx.x.queue.push_back(Expect::forward(Kind::Query));
                 boundary(ctx);
             }
             ftag::FUNCTION_CALL => {
-                ctx.txn.pending += 1;
-                ctx.txn.requests += 1;
-                ctx.pl.queue.push_back(Expect::forward(Kind::FunctionCall));
+                ctx.x.txn.pending += 1;
+                ctx.x.txn.requests += 1;
+                ctx.x.queue.push_back(Expect::forward(Kind::FunctionCall));
                 boundary(ctx);
             }
             ftag::SYNC => {
-                ctx.txn.pending += 1;
-                ctx.txn.requests += 1;
-                ctx.txn.unsynced = false;
-                ctx.txn.flushed = false;
-                ctx.pl.queue.push_back(Expect::forward(Kind::Sync));
+                ctx.x.txn.pending += 1;
+                ctx.x.txn.requests += 1;
+                ctx.x.txn.unsynced = false;
+                ctx.x.txn.flushed = false;
+                ctx.x.queue.push_back(Expect::forward(Kind::Sync));
                 boundary(ctx);
             }
             ftag::EXECUTE => {
-                ctx.txn.unsynced = true;
-                ctx.pl.batch_started = true;
-                ctx.pl.queue.push_back(Expect::forward(Kind::Execute));
+                ctx.x.txn.unsynced = true;
+                ctx.x.batch_started = true;
+                ctx.x.queue.push_back(Expect::forward(Kind::Execute));
             }
             ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
-                ctx.txn.unsynced = true;
+                ctx.x.txn.unsynced = true;
                 if hdr.tag == ftag::PARSE && whole && ctx.session.is_some() && session_state(c, ctx, frame_len, true) {
                     continue;
                 }
@@ -128,22 +128,22 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
                 count_client_message(ctx, hdr.tag);
                 if hdr.tag == ftag::PARSE {
-                    ctx.pl.tally.server_parses += 1;
+                    ctx.x.tally.server_parses += 1;
                 }
-                ctx.pl.batch_started = true;
+                ctx.x.batch_started = true;
                 let kind = match hdr.tag {
                     ftag::PARSE => Kind::Parse,
                     ftag::BIND => Kind::Bind,
                     ftag::DESCRIBE => Kind::Describe,
                     _ => Kind::Close,
                 };
-                ctx.pl.queue.push_back(Expect::forward(kind));
+                ctx.x.queue.push_back(Expect::forward(kind));
             }
             ftag::FLUSH => {
                 // A Flush only matters after unsynced extended-protocol messages; a lone one
                 // produces no output and must not pin the server.
-                if ctx.txn.unsynced {
-                    ctx.txn.flushed = true;
+                if ctx.x.txn.unsynced {
+                    ctx.x.txn.flushed = true;
                 }
             }
             ftag::COPY_DONE | ftag::COPY_FAIL => {
@@ -151,7 +151,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 // STDIN get no answer if it did (PostgreSQL ignores Sync in copy-in mode);
                 // settled when that request ends (see `server::settle_copy_syncs`). A stray
                 // CopyDone outside COPY changes nothing.
-                let q = &mut ctx.pl.queue;
+                let q = &mut ctx.x.queue;
                 let mut i = q.len();
                 while i > 0 && q[i - 1].kind == Kind::Sync && q[i - 1].action == Action::Forward {
                     i -= 1;
@@ -166,7 +166,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             ftag::TERMINATE => {
                 // Never forwarded: in transaction mode the server is not the client's to end.
                 c.buf.truncate(c.pos.fwd);
-                ctx.txn.terminated = true;
+                ctx.x.txn.terminated = true;
                 break;
             }
             other => return Err(protocol::Error::UnexpectedTag(other)),
@@ -180,8 +180,8 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
 #[inline]
 fn count_client_message(ctx: &mut Ctx<'_>, tag: u8) {
     match tag {
-        ftag::PARSE => ctx.pl.tally.client_parses += 1,
-        ftag::BIND => ctx.pl.tally.binds += 1,
+        ftag::PARSE => ctx.x.tally.client_parses += 1,
+        ftag::BIND => ctx.x.tally.binds += 1,
         _ => {}
     }
 }
@@ -189,8 +189,8 @@ fn count_client_message(ctx: &mut Ctx<'_>, tag: u8) {
 /// Queues a Parse pgsluice sends to the server on its own or rewritten.
 #[inline]
 fn send_parse(ctx: &mut Ctx<'_>, name: &[u8], rest: &[u8]) {
-    ctx.pl.tally.server_parses += 1;
-    write::parse_raw(&mut ctx.pl.to_server, name, rest);
+    ctx.x.tally.server_parses += 1;
+    write::parse_raw(&mut ctx.x.to_server, name, rest);
 }
 
 /// Whether a message with this tag must be buffered whole before it is scanned: when
@@ -208,10 +208,6 @@ fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
         _ => false,
     }
 }
-
-/// PostgreSQL's message for executing a statement whose result type changed since it was
-/// prepared (0A000); drivers recognise it (asyncpg re-prepares).
-pub(super) const STALE_STATEMENT: &str = "cached plan must not change result type";
 
 /// Text a refused statement is replaced with: it fails to parse, so the server answers with
 /// an error (aborting a transaction, as the refused statement's error would), which the
@@ -248,13 +244,13 @@ fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: b
 /// Pin mode: records what `text` sets or undoes; logs when the client becomes pinned or
 /// unpinned.
 fn pin_text(ctx: &mut Ctx<'_>, rules: &super::SessionRules, text: &str) {
-    let was = ctx.txn.pin.is_pinned();
-    let d = session_state::apply(text, &|n| rules.is_tracked(n), &mut ctx.txn.pin);
-    let now = ctx.txn.pin.is_pinned();
+    let was = ctx.x.txn.pin.is_pinned();
+    let d = session_state::apply(text, &|n| rules.is_tracked(n), &mut ctx.x.txn.pin);
+    let now = ctx.x.txn.pin.is_pinned();
     if now {
-        ctx.pl.session_dirty = true;
+        ctx.conn.session_dirty = true;
         // A pinned client keeps its server: nothing is held back to be routed on its own.
-        ctx.txn.one_request = false;
+        ctx.x.txn.one_request = false;
     }
     if now == was {
         return;
@@ -276,20 +272,20 @@ fn pin_text(ctx: &mut Ctx<'_>, rules: &super::SessionRules, text: &str) {
 
 /// Replaces a refused `Query`/`Parse` by [`REJECT_SQL`] and queues its error.
 fn refuse(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool, message: String) {
-    c.drop_frame(&mut ctx.pl.to_server, frame_len);
+    c.drop_frame(&mut ctx.x.to_server, frame_len);
     let undo = Some(Box::new(Undo { reject: Some(message.into()), ..Undo::default() }));
     if parse {
         let mut rest = Vec::with_capacity(REJECT_SQL.len() + 3);
         rest.extend_from_slice(REJECT_SQL.as_bytes());
         rest.extend_from_slice(&[0, 0, 0]);
         send_parse(ctx, b"", &rest);
-        ctx.pl.batch_started = true;
-        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Reject, undo });
+        ctx.x.batch_started = true;
+        ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Reject, undo });
     } else {
-        write::query(&mut ctx.pl.to_server, REJECT_SQL);
-        ctx.txn.pending += 1;
-        ctx.txn.requests += 1;
-        ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::Reject, undo });
+        write::query(&mut ctx.x.to_server, REJECT_SQL);
+        ctx.x.txn.pending += 1;
+        ctx.x.txn.requests += 1;
+        ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::Reject, undo });
         boundary(ctx);
     }
 }
@@ -310,13 +306,13 @@ fn reads_statements(tag: u8, body: &[u8]) -> bool {
 /// bookkeeping that a failure would roll back, hold later requests until it is answered.
 #[inline]
 fn boundary(ctx: &mut Ctx<'_>) {
-    ctx.pl.tally.request_sent();
-    ctx.pl.statements.next_batch();
-    if ctx.pl.batch_dirty {
-        ctx.pl.set_barrier();
+    ctx.x.tally.request_sent();
+    ctx.conn.statements.next_batch();
+    if ctx.x.batch_dirty {
+        ctx.x.set_barrier();
     }
-    ctx.pl.batch_dirty = false;
-    ctx.pl.batch_started = false;
+    ctx.x.batch_dirty = false;
+    ctx.x.batch_started = false;
 }
 
 /// What [`rewrite`] did.
@@ -345,55 +341,51 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 // PostgreSQL answers 42P05 (after parsing the query). Send the Parse under
                 // the existing statement's server name, which is sure to exist there, and
                 // put the client's name back into the error.
-                c.spill(&mut ctx.pl.to_server);
+                c.spill(&mut ctx.x.to_server);
                 ensure_prepared(ctx, &existing);
                 let server_name = existing.name;
                 let rest = &c.buf[HEADER_LEN + name.len() + 1..frame_len];
                 send_parse(ctx, &server_name, rest);
                 c.buf.advance(frame_len);
-                ctx.pl.batch_started = true;
+                ctx.x.batch_started = true;
                 let undo = Undo { name: Some(name), ..Undo::default() };
-                ctx.pl.queue.push_back(Expect {
-                    kind: Kind::Parse,
-                    action: Action::Duplicate,
-                    undo: Some(undo.into()),
-                });
+                ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Duplicate, undo: Some(undo.into()) });
                 return Ok(Rewrite::Done);
             }
             let stmt = Stmt::new(rest);
             ctx.stmts.insert(&name, stmt.clone());
-            if ctx.txn.status == protocol::status::FAILED {
+            if ctx.x.txn.status == protocol::status::FAILED {
                 // In an aborted transaction PostgreSQL refuses a Parse (25P02) unless it is a
                 // ROLLBACK/COMMIT: let the server decide, on the unnamed statement, so the
                 // shared statements stay as they are.
-                c.spill(&mut ctx.pl.to_server);
+                c.spill(&mut ctx.x.to_server);
                 send_parse(ctx, b"", &stmt.rest);
                 c.buf.advance(frame_len);
-                ctx.pl.batch_started = true;
-                ctx.pl.batch_dirty = true;
+                ctx.x.batch_started = true;
+                ctx.x.batch_dirty = true;
                 let undo = Undo { defined: Some((name, stmt)), ..Undo::default() };
-                ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
-            } else if ctx.pl.statements.touch(&stmt.key) {
+                ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
+            } else if ctx.conn.statements.touch(&stmt.key) {
                 // Already prepared on this server: answer the Parse ourselves.
-                c.drop_frame(&mut ctx.pl.to_server, frame_len);
-                if ctx.pl.batch_started {
-                    ctx.pl.batch_dirty = true;
+                c.drop_frame(&mut ctx.x.to_server, frame_len);
+                if ctx.x.batch_started {
+                    ctx.x.batch_dirty = true;
                 }
                 let undo = Undo { defined: Some((name, stmt)), ..Undo::default() };
-                ctx.pl.queue.push_back(Expect {
+                ctx.x.queue.push_back(Expect {
                     kind: Kind::Parse,
                     action: Action::Fake(b'1'),
                     undo: Some(undo.into()),
                 });
             } else {
-                c.spill(&mut ctx.pl.to_server);
+                c.spill(&mut ctx.x.to_server);
                 evict_for(ctx, &stmt);
                 send_parse(ctx, &stmt.name, &stmt.rest);
                 c.buf.advance(frame_len);
-                ctx.pl.batch_started = true;
-                ctx.pl.batch_dirty = true;
+                ctx.x.batch_started = true;
+                ctx.x.batch_dirty = true;
                 let undo = Undo { prepared: Some(stmt.key), defined: Some((name, stmt)), ..Undo::default() };
-                ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
+                ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Forward, undo: Some(undo.into()) });
             }
             Ok(Rewrite::Done)
         }
@@ -421,36 +413,36 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             let Some(stmt) = ctx.stmts.get(name) else { return Ok(Rewrite::Untouched) };
             if avail == frame_len && super::retry::client_is_stale(ctx, stmt) {
                 // PostgreSQL would refuse this execution: so does pgsluice.
-                refuse(c, ctx, frame_len, true, STALE_STATEMENT.to_string());
+                refuse(c, ctx, frame_len, true, super::retry::STALE_STATEMENT.to_string());
                 return Ok(Rewrite::Done);
             }
             let (key, server_name) = (stmt.key, stmt.name);
             // A request that may be retried after a stale-statement error (`retry`).
-            let fresh = !ctx.pl.batch_started && ctx.pl.queue.is_empty() && ctx.txn.status == protocol::status::IDLE;
+            let fresh = !ctx.x.batch_started && ctx.x.queue.is_empty() && ctx.x.txn.status == protocol::status::IDLE;
             let captured = fresh.then(|| stmt.clone());
-            if !ctx.pl.statements.touch(&key) {
+            if !ctx.conn.statements.touch(&key) {
                 let stmt = stmt.clone();
                 if avail == frame_len && super::retry::stale_for_new_copy(ctx, &stmt) {
-                    refuse(c, ctx, frame_len, true, STALE_STATEMENT.to_string());
+                    refuse(c, ctx, frame_len, true, super::retry::STALE_STATEMENT.to_string());
                     return Ok(Rewrite::Done);
                 }
-                c.spill(&mut ctx.pl.to_server);
+                c.spill(&mut ctx.x.to_server);
                 ensure_prepared(ctx, &stmt);
             }
-            c.spill(&mut ctx.pl.to_server);
+            c.spill(&mut ctx.x.to_server);
             trim_excess(ctx);
             let prefix = HEADER_LEN + portal_len + 1 + name_len + 1;
             let rest_len = frame_len - prefix;
             let portal = &c.buf[HEADER_LEN..HEADER_LEN + portal_len];
-            let at = ctx.pl.to_server.len();
-            write::bind_prefix(&mut ctx.pl.to_server, portal, &server_name, rest_len);
+            let at = ctx.x.to_server.len();
+            write::bind_prefix(&mut ctx.x.to_server, portal, &server_name, rest_len);
             c.buf.advance(prefix);
             if let Some(stmt) = &captured {
                 let params = c.buf.get(..rest_len);
-                ctx.pl.retry.bind(true, stmt, &ctx.pl.to_server[at..], params);
+                ctx.x.retry.bind(true, stmt, &ctx.x.to_server[at..], params);
             }
-            ctx.pl.batch_started = true;
-            ctx.pl.queue.push_back(Expect::forward(Kind::Bind));
+            ctx.x.batch_started = true;
+            ctx.x.queue.push_back(Expect::forward(Kind::Bind));
             // Parameter values follow unchanged (streamed if large).
             c.pass(rest_len);
             Ok(Rewrite::Done)
@@ -463,13 +455,13 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
             }
             if hdr.tag == ftag::DESCRIBE {
                 let Some(stmt) = ctx.stmts.get(name).cloned() else { return Ok(Rewrite::Untouched) };
-                c.spill(&mut ctx.pl.to_server);
+                c.spill(&mut ctx.x.to_server);
                 ensure_prepared(ctx, &stmt);
-                write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
+                write::describe(&mut ctx.x.to_server, b'S', &stmt.name);
                 c.buf.advance(frame_len);
-                ctx.pl.batch_started = true;
+                ctx.x.batch_started = true;
                 // The row description the client gets is recorded (see `retry`).
-                ctx.pl.queue.push_back(Expect {
+                ctx.x.queue.push_back(Expect {
                     kind: Kind::Describe,
                     action: Action::Forward,
                     undo: super::retry::describe_undo(&stmt),
@@ -482,17 +474,17 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                     }
                     // Not the client's: pgsluice's statement shared with other clients stays.
                     // (Closing a statement one does not have is not an error.)
-                    c.drop_frame(&mut ctx.pl.to_server, frame_len);
-                    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Fake(b'3'), undo: None });
+                    c.drop_frame(&mut ctx.x.to_server, frame_len);
+                    ctx.x.queue.push_back(Expect { kind: Kind::Close, action: Action::Fake(b'3'), undo: None });
                     return Ok(Rewrite::Done);
                 };
                 // The server statement stays (other clients share it); answer ourselves.
-                c.drop_frame(&mut ctx.pl.to_server, frame_len);
-                if ctx.pl.batch_started {
-                    ctx.pl.batch_dirty = true;
+                c.drop_frame(&mut ctx.x.to_server, frame_len);
+                if ctx.x.batch_started {
+                    ctx.x.batch_dirty = true;
                 }
                 let undo = Undo { removed: Some((name, stmt)), ..Undo::default() };
-                ctx.pl.queue.push_back(Expect {
+                ctx.x.queue.push_back(Expect {
                     kind: Kind::Close,
                     action: Action::Fake(b'3'),
                     undo: Some(undo.into()),
@@ -519,15 +511,15 @@ fn bind_names_missing(avail: usize, frame_len: usize) -> Result<Rewrite, protoco
 /// Queues pgsluice's own `Parse` of `stmt` (and a `Close` to make room) when the server lacks
 /// it. The caller has spilled the client's scanned bytes.
 fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
-    if ctx.pl.statements.touch(&stmt.key) {
+    if ctx.conn.statements.touch(&stmt.key) {
         return;
     }
     evict_for(ctx, stmt);
     send_parse(ctx, &stmt.name, &stmt.rest);
-    ctx.pl.batch_started = true;
-    ctx.pl.batch_dirty = true;
+    ctx.x.batch_started = true;
+    ctx.x.batch_dirty = true;
     let undo = Undo { prepared: Some(stmt.key), ..Undo::default() };
-    ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: Some(undo.into()) });
+    ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: Some(undo.into()) });
 }
 
 /// Records `stmt` as prepared on the server, queueing a `Close` of the least recently used
@@ -536,30 +528,30 @@ fn ensure_prepared(ctx: &mut Ctx<'_>, stmt: &Arc<Stmt>) {
 /// least recently used ones beyond it (not the ones used in the current transaction). The
 /// caller has spilled the client's scanned bytes.
 fn trim_excess(ctx: &mut Ctx<'_>) {
-    if !ctx.pl.statements.over_capacity() {
+    if !ctx.conn.statements.over_capacity() {
         return;
     }
-    let keep = ctx.pl.statements.capacity();
-    while let Some(old) = ctx.pl.statements.evict_above(keep) {
+    let keep = ctx.conn.statements.capacity();
+    while let Some(old) = ctx.conn.statements.evict_above(keep) {
         queue_close(ctx, old);
     }
 }
 
 /// Queues pgsluice's own `Close` of server statement `key` (its answer is dropped).
 fn queue_close(ctx: &mut Ctx<'_>, key: Key) {
-    write::close(&mut ctx.pl.to_server, b'S', &key.server_name());
-    ctx.pl.batch_started = true;
-    ctx.pl.batch_dirty = true;
+    write::close(&mut ctx.x.to_server, b'S', &key.server_name());
+    ctx.x.batch_started = true;
+    ctx.x.batch_dirty = true;
     let undo = Undo { closed: Some(key), ..Undo::default() };
-    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::Swallow, undo: Some(undo.into()) });
+    ctx.x.queue.push_back(Expect { kind: Kind::Close, action: Action::Swallow, undo: Some(undo.into()) });
 }
 
 fn evict_for(ctx: &mut Ctx<'_>, stmt: &Stmt) {
     // Usually one; more after a transaction that used more statements than the limit.
-    while let Some(old) = ctx.pl.statements.evict_one() {
+    while let Some(old) = ctx.conn.statements.evict_one() {
         queue_close(ctx, old);
     }
-    if let Some(old) = ctx.pl.statements.insert(stmt.key) {
+    if let Some(old) = ctx.conn.statements.insert(stmt.key) {
         queue_close(ctx, old);
     }
 }
@@ -574,90 +566,19 @@ fn deallocate(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
         // Only outside a transaction with nothing in flight: inside one, the server would
         // have to fail the transaction too (then the DEALLOCATE goes through, see
         // docs/prepared-statements.md).
-        let idle = ctx.txn.status == protocol::status::IDLE && ctx.pl.queue.is_empty();
+        let idle = ctx.x.txn.status == protocol::status::IDLE && ctx.x.queue.is_empty();
         if !name.starts_with(b"pgsluice_") || !idle {
             return false;
         }
         // pgsluice's own server statement, shared with other clients: not this client's.
-        c.drop_frame(&mut ctx.pl.to_server, frame_len);
+        c.drop_frame(&mut ctx.x.to_server, frame_len);
         let undo = Undo { name: Some(name.into()), ..Undo::default() };
-        ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::LocalMissing, undo: Some(undo.into()) });
+        ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::LocalMissing, undo: Some(undo.into()) });
         return true;
     };
-    c.drop_frame(&mut ctx.pl.to_server, frame_len);
-    ctx.pl.batch_dirty = true;
+    c.drop_frame(&mut ctx.x.to_server, frame_len);
+    ctx.x.batch_dirty = true;
     let undo = Undo { removed: Some((name.into(), stmt)), ..Undo::default() };
-    ctx.pl.queue.push_back(Expect { kind: Kind::Query, action: Action::Local("DEALLOCATE"), undo: Some(undo.into()) });
+    ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::Local("DEALLOCATE"), undo: Some(undo.into()) });
     true
-}
-
-/// Answers, without a server, a buffered request made only of named `Parse`s of statements
-/// some server of the pool has accepted, `Close`s of named statements, `Flush` and `Sync`
-/// (libpq's `PQprepare`, pgbench `-M prepared`, tokio-postgres dropping a statement): the
-/// statement is prepared on a server when a `Bind` or `Describe` first needs it. Only for a
-/// client outside a transaction (no server held). Returns the answer to send and consumes
-/// the request, or `None` (nothing changed) when a server is needed.
-pub fn answer_without_server(
-    buf: &mut bytes::BytesMut,
-    stmts: &mut ClientStatements,
-    known: &KnownStatements,
-    max_body: usize,
-) -> Option<bytes::BytesMut> {
-    // First pass: is everything up to the last Sync answerable? (A name defined twice is a
-    // 42P05 the server must produce; a name closed and defined again is left to it too.)
-    let mut off = 0;
-    let mut end = 0;
-    let mut parsed: Vec<(&[u8], Key)> = Vec::new();
-    while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
-        match tag {
-            ftag::PARSE => {
-                let (name, rest) = cstr(body)?;
-                let key = Key::of(rest);
-                if name.is_empty() || stmts.get(name).is_some() || !known.contains(&key) {
-                    return None;
-                }
-                if parsed.iter().any(|(n, _)| *n == name) {
-                    return None;
-                }
-                parsed.push((name, key));
-            }
-            ftag::CLOSE => match body.split_first() {
-                Some((b'S', name)) if cstr(name).is_some_and(|(n, r)| !n.is_empty() && r.is_empty()) => {}
-                _ => return None,
-            },
-            ftag::FLUSH => {}
-            ftag::SYNC => end = off + HEADER_LEN + body.len(),
-            _ => break,
-        }
-        off += HEADER_LEN + body.len();
-    }
-    if end == 0 {
-        return None;
-    }
-    // Second pass: apply and answer.
-    let mut keys = parsed.iter().map(|(_, k)| *k);
-    let mut out = bytes::BytesMut::with_capacity(64);
-    let mut off = 0;
-    while off < end {
-        let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..end], max_body) else { break };
-        match tag {
-            ftag::PARSE => {
-                if let (Some((name, rest)), Some(key)) = (cstr(body), keys.next()) {
-                    stmts.insert(name, Stmt::with_key(key, rest));
-                    write::empty(&mut out, b'1');
-                }
-            }
-            ftag::CLOSE => {
-                if let Some((name, _)) = body.get(1..).and_then(cstr) {
-                    stmts.remove(name);
-                }
-                write::empty(&mut out, b'3');
-            }
-            ftag::SYNC => write::ready_for_query(&mut out, protocol::status::IDLE),
-            _ => {}
-        }
-        off += HEADER_LEN + body.len();
-    }
-    buf.advance(end);
-    Some(out)
 }

@@ -1,7 +1,5 @@
-//! What a server connection owes its current client: the queue of requests sent and not yet
-//! answered, plus the relay's side buffers. Lives in the `ServerConn` (reused by every client
-//! that borrows the connection, so no per-transaction allocation) and is empty whenever the
-//! connection sits idle in a pool.
+//! The reply queue's entries: what the server owes for each request it was sent, and what
+//! to do with the answer.
 //!
 //! Every client message that the server answers pushes one [`Expect`], in order; pgsluice's
 //! own messages (a `Parse` to prepare a statement this server lacks, a `Close` evicting one)
@@ -13,18 +11,12 @@
 //! Invariants:
 //! - The queue front is the request whose response the server sends next.
 //! - After an ErrorResponse to an extended-protocol message the server ignores everything up
-//!   to the next `Sync` ([`Pipeline::skipping`]); entries it ignores are popped without an
-//!   answer and their optimistic statement bookkeeping is undone ([`Undo`]).
-//! - `barrier`: when a batch changed statement bookkeeping that a failure could undo, the
-//!   client's next batch is not scanned until the server has answered this one, so the
-//!   bookkeeping it is scanned against is confirmed.
+//!   to the next `Sync`; entries it ignores are popped without an answer and their
+//!   optimistic statement bookkeeping is undone ([`Undo`]).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-
-use crate::prepared::{Key, ServerStatements, Stmt};
+use crate::prepared::{Key, Stmt};
 use crate::protocol::btag;
 
 /// The kind of request, which decides which server message ends its answer.
@@ -95,7 +87,7 @@ pub enum Action {
     /// statement, so it is replaced by one naming the client's.
     Duplicate,
     /// Answer to a message pgsluice sent to retry a request after a stale-statement error
-    /// (`relay::retry`): always dropped; an error or a different row description makes the
+    /// (`exchange::retry`): always dropped; an error or a different row description makes the
     /// retry fail.
     RetryOwn,
     /// pgsluice's repeat of a client's statement Describe that failed on a stale copy after
@@ -103,7 +95,7 @@ pub enum Action {
     /// rest relayed.
     DescribeAgain,
     /// The Sync ending pgsluice's statement check of a retry: its ReadyForQuery is dropped
-    /// and the retry goes on or fails (`relay::retry::decide`).
+    /// and the retry goes on or fails (`exchange::retry::decide`).
     RetryDecide,
     /// A statement refused by `session_state = "reject"`: pgsluice sent the server a text
     /// that fails to parse (so a transaction fails as PostgreSQL would fail it) and replaces
@@ -153,110 +145,6 @@ impl Expect {
     #[inline]
     pub fn forward(kind: Kind) -> Expect {
         Expect { kind, action: Action::Forward, undo: None }
-    }
-}
-
-/// Relay state that belongs to a server connection while a client holds it.
-#[derive(Debug, Default)]
-pub struct Pipeline {
-    /// Outstanding requests, oldest first.
-    pub queue: VecDeque<Expect>,
-    /// The server is skipping messages until the next Sync after an error.
-    pub skipping: bool,
-    /// Do not scan further statement messages until the requests outstanding when it was
-    /// set (`barrier_left` of them) are answered.
-    pub barrier: bool,
-    /// Requests still to be answered before the barrier lifts.
-    pub barrier_left: usize,
-    /// The request at the front of the queue started a COPY FROM STDIN (CopyInResponse seen).
-    pub copy_in: bool,
-    /// Bookkeeping may no longer match the server (a client ran SQL `PREPARE`/`DEALLOCATE`,
-    /// or `DEALLOCATE ALL` with more pipelined behind it): close the connection at release.
-    pub poisoned: bool,
-    /// The current batch (since the last Sync) changed statement bookkeeping.
-    pub batch_dirty: bool,
-    /// The server answered `25006 read_only_sql_transaction`: if it is believed to be the
-    /// primary, the topology should be probed again (it may have been demoted).
-    pub read_only_error: bool,
-    /// A FATAL/PANIC error the server sent before closing (`SQLSTATE: message`): held back
-    /// from the client, which gets pgsluice's own error about the lost connection instead
-    /// (carrying this text), so a session pgsluice keeps never sees a FATAL.
-    pub server_fatal: Option<String>,
-    /// The current batch has sent something the server may answer with an error.
-    pub batch_started: bool,
-    /// Rewritten client bytes, sent before the client buffer's scanned prefix.
-    pub to_server: BytesMut,
-    /// Rewritten server bytes, sent before the server buffer's scanned prefix.
-    pub to_client: BytesMut,
-    /// pgsluice statements prepared on this connection.
-    pub statements: ServerStatements,
-    /// Requests ending with ReadyForQuery (one per client batch) that are done — answered,
-    /// skipped or ignored — since the connection opened; compared with
-    /// `ServerStatements`' batch numbers.
-    pub completed: u64,
-    /// Traffic counted since the last fold into the pool's statistics.
-    pub tally: crate::stats::Tally,
-    /// The request captured for a retry after a stale-statement error.
-    pub retry: crate::frontend::relay::retry::Capture,
-    /// Row descriptions of this connection's copies of statements, where seen (a client's
-    /// Describe, a retry): a client whose own description differs gets PostgreSQL's `0A000`
-    /// instead of rows of a shape it does not expect. Survives [`Pipeline::reset`].
-    pub shapes:
-        std::collections::HashMap<crate::prepared::Key, u64, std::hash::BuildHasherDefault<crate::prepared::KeyHasher>>,
-    /// A client pinned this connection by setting session state: it is reset
-    /// (`server_reset_query`) before another client gets it. Survives [`Pipeline::reset`].
-    pub session_dirty: bool,
-}
-
-impl Pipeline {
-    /// Removes the front request (answered or skipped), counting it toward the barrier.
-    #[inline]
-    pub fn pop_front(&mut self) -> Option<Expect> {
-        let e = self.queue.pop_front()?;
-        if e.kind.ends_with_ready() {
-            self.completed += 1;
-        }
-        if self.barrier {
-            self.barrier_left = self.barrier_left.saturating_sub(1);
-            if self.barrier_left == 0 {
-                self.barrier = false;
-            }
-        }
-        Some(e)
-    }
-
-    /// Holds back statement messages until everything queued so far is answered.
-    pub fn set_barrier(&mut self) {
-        if !self.queue.is_empty() {
-            self.barrier = true;
-            self.barrier_left = self.queue.len();
-        }
-    }
-
-    /// Nothing outstanding and nothing waiting to be written.
-    #[inline]
-    pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.to_server.is_empty() && self.to_client.is_empty()
-    }
-
-    /// Forgets the state of an abandoned exchange (the connection is being discarded or
-    /// was reset); statement bookkeeping is kept.
-    pub fn reset(&mut self) {
-        // Abandoned requests still count as done batches (see `completed`).
-        self.completed += self.queue.iter().filter(|e| e.kind.ends_with_ready()).count() as u64;
-        self.queue.clear();
-        self.skipping = false;
-        self.barrier = false;
-        self.barrier_left = 0;
-        self.copy_in = false;
-        self.batch_dirty = false;
-        self.batch_started = false;
-        self.read_only_error = false;
-        self.server_fatal = None;
-        self.to_server.clear();
-        self.to_client.clear();
-        self.tally.clear_timers();
-        self.retry.reset();
     }
 }
 

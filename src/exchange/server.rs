@@ -4,8 +4,8 @@
 //!
 //! Only `Z`, `S`, `C` and `E` are read whole; everything else streams.
 
-use super::{Ctx, Half, ParamSink};
-use crate::pipeline::{Action, Expect, Kind, Undo};
+use super::queue::{Action, Expect, Kind, Undo};
+use super::{Ctx, Half};
 use crate::prepared::tag_deallocates_all;
 use crate::protocol::{self, backend as bmsg, btag, cstr, status, write, Header, HEADER_LEN};
 
@@ -16,6 +16,13 @@ const ABORTED: &str = "current transaction is aborted, commands ignored until en
 /// ErrorResponse, CommandComplete, ParameterStatus).
 const MAX_INSPECTED: usize = 1 << 20;
 
+/// Where ParameterStatus values go: the server's list and the client's tracked set.
+pub(super) struct ParamSink<'a> {
+    pub conn: &'a mut Vec<(String, String)>,
+    pub synced: &'a mut Option<std::sync::Arc<crate::params::ParamSet>>,
+    pub client: &'a mut crate::params::ClientParams,
+}
+
 /// Scans newly received server bytes.
 pub(super) fn scan_server(
     s: &mut Half<'_>,
@@ -24,7 +31,7 @@ pub(super) fn scan_server(
 ) -> Result<(), protocol::Error> {
     s.pos.need = 0;
     loop {
-        if ctx.txn.opened_transaction {
+        if ctx.x.txn.opened_transaction {
             // Statement mode: a held-back ReadyForQuery ends the session; read no further.
             return Ok(());
         }
@@ -47,7 +54,7 @@ pub(super) fn scan_server(
             continue;
         }
         if ctx
-            .pl
+            .x
             .queue
             .front()
             .is_some_and(|h| matches!(h.action, Action::Fake(_) | Action::Local(_) | Action::LocalMissing))
@@ -56,7 +63,7 @@ pub(super) fn scan_server(
             advance(s, ctx);
             continue;
         }
-        let head = ctx.pl.queue.front();
+        let head = ctx.x.queue.front();
         let action = head.map_or(Action::Forward, |h| h.action);
         let shape = matches!(tag, b'T' | b'n') && super::retry::records_shape(head);
         let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
@@ -78,12 +85,12 @@ pub(super) fn scan_server(
             let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
             if f.is_fatal() {
                 // The server is about to close; the session decides what the client hears.
-                ctx.pl.server_fatal = Some(format!("{}: {}", f.code, f.message));
-                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                ctx.x.server_fatal = Some(format!("{}: {}", f.code, f.message));
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
                 continue;
             }
             match f.code {
-                "25006" => ctx.pl.read_only_error = true,
+                "25006" => ctx.x.read_only_error = true,
                 // "cached plan must not change result type": a statement prepared on this
                 // connection predates a schema change (see `retry`).
                 "0A000" if ctx.track && f.message.starts_with("cached plan must not change result type") => {
@@ -100,17 +107,17 @@ pub(super) fn scan_server(
             }
             // Relayed: pgsluice shares statements by text, so the same text prepared again
             // would land on the same stale copy; the connection is closed at release instead.
-            ctx.pl.poisoned = true;
+            ctx.conn.poisoned = true;
         }
         if shape {
             super::retry::record_shape(ctx, tag, &s.buf[s.pos.fwd + HEADER_LEN..s.pos.fwd + frame_len]);
         }
         // (Taken again: the retry above needed `s` and `ctx` whole.)
         let rest = &s.buf[s.pos.fwd..];
-        let head = ctx.pl.queue.front();
+        let head = ctx.x.queue.front();
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
-            crate::backend::conn::set_param(sink.conn, k, v);
+            crate::params::set_param(sink.conn, k, v);
             sink.client.observe(k, v);
             *sink.synced = Some(sink.client.shared());
             s.pass(frame_len);
@@ -133,17 +140,17 @@ pub(super) fn scan_server(
             if tag_deallocates_all(tag) {
                 // The server dropped every prepared statement of its session. Bookkeeping
                 // of requests pipelined behind it was made before: do not trust it.
-                ctx.pl.statements.clear();
-                ctx.pl.shapes.clear();
+                ctx.conn.statements.clear();
+                ctx.conn.shapes.clear();
                 ctx.stmts.clear();
-                if ctx.track && ctx.pl.queue.len() > 1 {
+                if ctx.track && ctx.x.queue.len() > 1 {
                     replay_pipelined(ctx);
-                    ctx.pl.poisoned = true;
+                    ctx.conn.poisoned = true;
                 }
             } else if ctx.track && (tag == b"PREPARE" || tag == b"DEALLOCATE") {
                 // SQL-level statements on a shared connection (maybe even pgsluice's names):
                 // this connection is not handed to another client.
-                ctx.pl.poisoned = true;
+                ctx.conn.poisoned = true;
             }
         }
         if tag == btag::READY_FOR_QUERY {
@@ -151,30 +158,30 @@ pub(super) fn scan_server(
             if !kind.ends_with_ready() {
                 return Err(protocol::Error::UnexpectedTag(tag));
             }
-            ctx.pl.pop_front();
+            ctx.pop_front();
             if kind == Kind::Query {
                 settle_copy_syncs(ctx);
             }
-            ctx.pl.skipping = false;
-            ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
-            ctx.txn.status = st;
+            ctx.x.skipping = false;
+            ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
+            ctx.x.txn.status = st;
             // A ReadyForQuery of pgsluice's own (a retry's) is dropped, not counted.
             let own = matches!(action, Action::Swallow | Action::RetryDecide);
-            if !own && ctx.pl.tally.ready(st, ctx.txn.pending > 0, ctx.stats) {
+            if !own && ctx.x.tally.ready(st, ctx.x.txn.pending > 0, ctx.stats) {
                 if let Some(stats) = ctx.stats {
-                    stats.add(&mut ctx.pl.tally);
+                    stats.add(&mut ctx.x.tally);
                 }
             }
             if st == status::IDLE {
-                ctx.pl.statements.transaction_ends_before(ctx.pl.completed);
+                ctx.conn.statements.transaction_ended();
             }
             if ctx.statement_mode && st != status::IDLE {
                 // Held back: the client gets an error in place of this ReadyForQuery.
-                ctx.txn.opened_transaction = true;
+                ctx.x.txn.opened_transaction = true;
                 return Ok(());
             }
             if own {
-                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
                 if action == Action::RetryDecide {
                     super::retry::decide(ctx, st);
                 }
@@ -187,40 +194,40 @@ pub(super) fn scan_server(
         }
         let error = tag == btag::ERROR_RESPONSE;
         if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
-            ctx.pl.copy_in = true;
+            ctx.x.copy_in = true;
         }
         match action {
-            Action::Swallow if !error => s.drop_frame(&mut ctx.pl.to_client, frame_len),
+            Action::Swallow if !error => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::RetryOwn => super::retry::own_answer(s, ctx, tag, frame_len),
-            Action::DescribeAgain if tag == b't' => s.drop_frame(&mut ctx.pl.to_client, frame_len),
+            Action::DescribeAgain if tag == b't' => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
-                let front = ctx.pl.queue.front();
+                let front = ctx.x.queue.front();
                 let name = front.and_then(|h| h.undo.as_ref()).and_then(|u| u.name.as_deref()).unwrap_or_default();
                 let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-                s.drop_frame(&mut ctx.pl.to_client, frame_len);
-                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "42P05", &message, None);
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+                write::error_response(&mut ctx.x.to_client, write::Severity::Error, "42P05", &message, None);
             }
             Action::Reject if error => {
-                let msg = ctx.pl.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.reject.as_deref());
-                s.drop_frame(&mut ctx.pl.to_client, frame_len);
+                let msg = ctx.x.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.reject.as_deref());
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
                 let msg = msg.unwrap_or("pgsluice: statement refused (session_state = \"reject\")");
-                if msg == super::client::STALE_STATEMENT {
+                if msg == super::retry::STALE_STATEMENT {
                     // As PostgreSQL reports it, routine included: drivers key on it.
                     write::error_response_with(
-                        &mut ctx.pl.to_client,
+                        &mut ctx.x.to_client,
                         write::Severity::Error,
                         "0A000",
                         msg,
                         &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
                     );
                 } else {
-                    write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "0A000", msg, None);
+                    write::error_response(&mut ctx.x.to_client, write::Severity::Error, "0A000", msg, None);
                 }
             }
             _ => s.pass(frame_len),
         }
         if ends {
-            let Some(done) = ctx.pl.pop_front() else { continue };
+            let Some(done) = ctx.pop_front() else { continue };
             if kind == Kind::Execute {
                 settle_copy_syncs(ctx);
             }
@@ -232,7 +239,7 @@ pub(super) fn scan_server(
             if error && !kind.ends_with_ready() {
                 // The server now skips to the next Sync.
                 undo(ctx, done);
-                ctx.pl.skipping = true;
+                ctx.x.skipping = true;
             }
             if s.pos.skip == 0 {
                 advance(s, ctx);
@@ -246,15 +253,15 @@ pub(super) fn scan_server(
 /// Call after the queue or the front of it changed, at a message boundary of the server
 /// stream.
 pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
-    while let Some(head) = ctx.pl.queue.front() {
-        if ctx.pl.skipping {
+    while let Some(head) = ctx.x.queue.front() {
+        if ctx.x.skipping {
             if head.kind == Kind::Sync {
                 break;
             }
-            let Some(e) = ctx.pl.pop_front() else { break };
+            let Some(e) = ctx.pop_front() else { break };
             if e.kind.ends_with_ready() {
                 // A simple query or function call ignored while skipping gets no answer.
-                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
+                ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
             }
             undo(ctx, e);
             continue;
@@ -263,26 +270,26 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
             break;
         }
         match head.action {
-            Action::Fake(b'1') if ctx.txn.status == status::FAILED => {
+            Action::Fake(b'1') if ctx.x.txn.status == status::FAILED => {
                 // PostgreSQL refuses a Parse in an aborted transaction, and skips to Sync.
-                s.spill(&mut ctx.pl.to_client);
-                write::error_response(&mut ctx.pl.to_client, write::Severity::Error, "25P02", ABORTED, None);
-                let Some(e) = ctx.pl.pop_front() else { break };
+                s.spill(&mut ctx.x.to_client);
+                write::error_response(&mut ctx.x.to_client, write::Severity::Error, "25P02", ABORTED, None);
+                let Some(e) = ctx.pop_front() else { break };
                 undo(ctx, e);
-                ctx.pl.skipping = true;
+                ctx.x.skipping = true;
             }
             Action::Fake(tag) => {
-                s.spill(&mut ctx.pl.to_client);
-                write::empty(&mut ctx.pl.to_client, tag);
-                ctx.pl.pop_front();
+                s.spill(&mut ctx.x.to_client);
+                write::empty(&mut ctx.x.to_client, tag);
+                ctx.pop_front();
             }
             Action::Local(_) | Action::LocalMissing => {
                 // A simple query pgsluice answers itself: one result, then ReadyForQuery.
-                s.spill(&mut ctx.pl.to_client);
-                let Some(e) = ctx.pl.pop_front() else { break };
-                let out = &mut ctx.pl.to_client;
+                s.spill(&mut ctx.x.to_client);
+                let Some(e) = ctx.pop_front() else { break };
+                let out = &mut ctx.x.to_client;
                 match e.action {
-                    _ if ctx.txn.status == status::FAILED => {
+                    _ if ctx.x.txn.status == status::FAILED => {
                         write::error_response(out, write::Severity::Error, "25P02", ABORTED, None);
                         undo(ctx, e);
                     }
@@ -295,19 +302,19 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
                         write::error_response(out, write::Severity::Error, "26000", &message, None);
                     }
                 }
-                write::ready_for_query(&mut ctx.pl.to_client, ctx.txn.status);
-                ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
-                if ctx.txn.pending == 0 {
+                write::ready_for_query(&mut ctx.x.to_client, ctx.x.txn.status);
+                ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
+                if ctx.x.txn.pending == 0 {
                     // Answered without the server: not a timed query.
-                    ctx.pl.tally.clear_timers();
+                    ctx.x.tally.clear_timers();
                 }
             }
             _ => break,
         }
     }
-    if ctx.pl.queue.is_empty() {
-        ctx.pl.barrier = false;
-        ctx.pl.barrier_left = 0;
+    if ctx.x.queue.is_empty() {
+        ctx.x.barrier = false;
+        ctx.x.barrier_left = 0;
     }
 }
 
@@ -315,12 +322,12 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
 /// sent in between got no answer if that request started a COPY FROM STDIN, else they are
 /// ordinary Syncs.
 fn settle_copy_syncs(ctx: &mut Ctx<'_>) {
-    let copied = std::mem::take(&mut ctx.pl.copy_in);
-    while ctx.pl.queue.front().is_some_and(|e| e.action == Action::CopySync) {
+    let copied = std::mem::take(&mut ctx.x.copy_in);
+    while ctx.x.queue.front().is_some_and(|e| e.action == Action::CopySync) {
         if copied {
-            ctx.pl.pop_front();
-            ctx.txn.pending = ctx.txn.pending.saturating_sub(1);
-        } else if let Some(e) = ctx.pl.queue.iter_mut().find(|e| e.action == Action::CopySync) {
+            ctx.pop_front();
+            ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
+        } else if let Some(e) = ctx.x.queue.iter_mut().find(|e| e.action == Action::CopySync) {
             e.action = Action::Forward;
         }
     }
@@ -330,7 +337,7 @@ fn settle_copy_syncs(ctx: &mut Ctx<'_>) {
 /// ALL` wiped it); answers pgsluice made up for them assumed statements that may be gone, so
 /// the caller also poisons the connection.
 fn replay_pipelined(ctx: &mut Ctx<'_>) {
-    for e in ctx.pl.queue.iter().skip(1) {
+    for e in ctx.x.queue.iter().skip(1) {
         let Some(u) = &e.undo else { continue };
         if let Some((name, stmt)) = &u.defined {
             ctx.stmts.insert(name, stmt.clone());
@@ -339,10 +346,10 @@ fn replay_pipelined(ctx: &mut Ctx<'_>) {
             ctx.stmts.remove(name);
         }
         if let Some(k) = u.prepared {
-            ctx.pl.statements.restore(k);
+            ctx.conn.statements.restore(k);
         }
         if let Some(k) = &u.closed {
-            ctx.pl.statements.remove(k);
+            ctx.conn.statements.remove(k);
         }
     }
 }
@@ -358,9 +365,9 @@ fn undo(ctx: &mut Ctx<'_>, e: Expect) {
         ctx.stmts.insert(&name, stmt);
     }
     if let Some(k) = prepared {
-        ctx.pl.statements.remove(&k);
+        ctx.conn.statements.remove(&k);
     }
     if let Some(k) = closed {
-        ctx.pl.statements.restore(k);
+        ctx.conn.statements.restore(k);
     }
 }

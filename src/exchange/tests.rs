@@ -1,5 +1,4 @@
-use bytes::Buf;
-
+use super::sim::Sim;
 use super::*;
 use crate::prepared::KnownStatements;
 use crate::protocol::split_frame;
@@ -31,112 +30,44 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
-/// A session and the server it holds, driven message by message without sockets.
-struct Sim {
-    cbuf: BytesMut,
-    cpos: ScanPos,
-    sbuf: BytesMut,
-    spos: ScanPos,
-    txn: Txn,
-    pl: Pipeline,
-    stmts: ClientStatements,
-    params: ClientParams,
-    server_params: Vec<(String, String)>,
-    synced: Option<std::sync::Arc<crate::params::ParamSet>>,
-    track: bool,
-    statement_mode: bool,
+/// The client prepares `name` (`Parse` + `Sync`) and the server accepts it; the bytes
+/// exchanged are consumed.
+trait Prepare {
+    fn prepare(&mut self, name: &str, sql: &str);
 }
 
-impl Sim {
-    fn new() -> Sim {
-        Sim {
-            cbuf: BytesMut::new(),
-            cpos: ScanPos::default(),
-            sbuf: BytesMut::new(),
-            spos: ScanPos::default(),
-            txn: Txn::new(),
-            pl: Pipeline::default(),
-            stmts: ClientStatements::default(),
-            params: ClientParams::default(),
-            server_params: Vec::new(),
-            synced: None,
-            track: true,
-            statement_mode: false,
-        }
-    }
-
-    fn parts(&mut self) -> (Half<'_>, Half<'_>, Ctx<'_>) {
-        let c = Half { buf: &mut self.cbuf, pos: &mut self.cpos };
-        let s = Half { buf: &mut self.sbuf, pos: &mut self.spos };
-        let ctx = Ctx {
-            txn: &mut self.txn,
-            pl: &mut self.pl,
-            stmts: &mut self.stmts,
-            track: self.track,
-            max_body: 1 << 20,
-            statement_mode: self.statement_mode,
-            known: None,
-            session: None,
-            stats: None,
-        };
-        (c, s, ctx)
-    }
-
-    /// The client sends `bytes`.
-    fn client(&mut self, bytes: &[u8]) -> Result<(), protocol::Error> {
-        self.cbuf.extend_from_slice(bytes);
-        let (mut c, mut s, mut ctx) = self.parts();
-        client::scan_client(&mut c, &mut s, &mut ctx)
-    }
-
-    /// The server sends `bytes`.
-    fn server(&mut self, bytes: &[u8]) -> Result<(), protocol::Error> {
-        self.sbuf.extend_from_slice(bytes);
-        let mut sink = ParamSink { conn: &mut self.server_params, synced: &mut self.synced, client: &mut self.params };
-        let s = &mut Half { buf: &mut self.sbuf, pos: &mut self.spos };
-        let mut ctx = Ctx {
-            txn: &mut self.txn,
-            pl: &mut self.pl,
-            stmts: &mut self.stmts,
-            track: self.track,
-            max_body: 1 << 20,
-            statement_mode: self.statement_mode,
-            known: None,
-            session: None,
-            stats: None,
-        };
-        server::scan_server(s, &mut ctx, &mut sink)
-    }
-
-    /// The client prepares `name` (`Parse` + `Sync`) and the server accepts it; the bytes
-    /// exchanged are consumed.
+impl Prepare for Sim {
     fn prepare(&mut self, name: &str, sql: &str) {
         self.client(&cat(&[parse(name, sql), sync()])).unwrap();
         self.sent();
         self.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
         self.received();
     }
+}
 
-    /// Everything that would be written to the server now.
-    fn sent(&mut self) -> Vec<u8> {
-        let mut v = self.pl.to_server.split().to_vec();
-        v.extend_from_slice(&self.cbuf[..self.cpos.fwd]);
-        self.cbuf.advance(self.cpos.fwd);
-        self.cpos.fwd = 0;
-        v
-    }
-
-    /// Everything that would be written to the client now.
-    fn received(&mut self) -> Vec<u8> {
-        let mut v = self.pl.to_client.split().to_vec();
-        v.extend_from_slice(&self.sbuf[..self.spos.fwd]);
-        self.sbuf.advance(self.spos.fwd);
-        self.spos.fwd = 0;
-        v
-    }
-
-    fn releasable(&self) -> bool {
-        self.txn.server_idle() && self.pl.is_idle() && self.cpos.fwd == 0 && self.spos.fwd == 0
+#[test]
+fn fuzz_logic_survives_the_test_messages() {
+    // The fuzz target's entry point over inputs built from this file's messages, in both
+    // modes: no panic.
+    let chunks = [
+        cat(&[parse("s1", "select 1"), bind("", "s1"), execute(), sync()]),
+        cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")]),
+        msg(b'Q', b"select 1\0"),
+        cat(&[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")]),
+    ];
+    for mode in 0..4u8 {
+        let mut data = vec![mode];
+        for (i, c) in chunks.iter().enumerate() {
+            for piece in c.chunks(100) {
+                data.push(if i % 2 == 1 { 0x80 } else { 0 } | (piece.len() as u8 - 1));
+                data.extend_from_slice(piece);
+            }
+        }
+        super::fuzz_logic(&data);
+        // Truncated at every length.
+        for n in 0..data.len() {
+            super::fuzz_logic(&data[..n]);
+        }
     }
 }
 
@@ -164,9 +95,9 @@ fn stmt_name(tag: char, body: &[u8]) -> String {
 
 #[test]
 fn simple_query_is_one_request() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&msg(b'Q', b"select 1\0")).unwrap();
-    assert_eq!(sim.txn.pending, 1);
+    assert_eq!(sim.x.st.txn.pending, 1);
     assert_eq!(tags(&sim.sent()), "Q");
     sim.server(&cat(&[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
     assert_eq!(tags(&sim.received()), "CZ");
@@ -175,47 +106,46 @@ fn simple_query_is_one_request() {
 
 #[test]
 fn extended_batch_counts_syncs_and_waits_for_them() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("", "select 1"), bind("", ""), execute()])).unwrap();
-    assert!(sim.txn.unsynced);
+    assert!(sim.x.st.txn.unsynced);
     sim.client(&cat(&[sync(), sync()])).unwrap();
-    assert_eq!(sim.txn.pending, 2);
-    assert!(!sim.txn.unsynced);
+    assert_eq!(sim.x.st.txn.pending, 2);
+    assert!(!sim.x.st.txn.unsynced);
     assert_eq!(tags(&sim.sent()), "PBESS", "unnamed statements pass untouched");
 }
 
 #[test]
 fn partial_messages_wait_for_header_and_stream_bodies() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     let big = msg(b'd', &[7u8; 1000]);
     sim.client(&big[..3]).unwrap();
-    assert_eq!(sim.cpos.fwd, 0);
+    assert_eq!(sim.x.c.fwd, 0);
     sim.client(&big[3..100]).unwrap();
-    assert_eq!((sim.cpos.fwd, sim.cpos.skip), (100, big.len() - 100));
+    assert_eq!((sim.x.c.fwd, sim.x.c.skip), (100, big.len() - 100));
     sim.client(&big[100..]).unwrap();
-    assert_eq!((sim.cpos.fwd, sim.cpos.skip), (big.len(), 0));
+    assert_eq!((sim.x.c.fwd, sim.x.c.skip), (big.len(), 0));
 }
 
 #[test]
 fn terminate_is_swallowed_and_ends_scanning() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     let q = msg(b'Q', b"select 1\0");
     sim.client(&cat(&[q.clone(), msg(b'X', b""), msg(b'Q', b"select 2\0")])).unwrap();
-    assert!(sim.txn.terminated);
-    assert_eq!((sim.cbuf.len(), sim.cpos.fwd, sim.txn.pending), (q.len(), q.len(), 1));
+    assert!(sim.x.st.txn.terminated);
+    assert_eq!((sim.cbuf.len(), sim.x.c.fwd, sim.x.st.txn.pending), (q.len(), q.len(), 1));
 }
 
 #[test]
 fn rejects_unknown_tags_and_bad_lengths() {
-    assert_eq!(Sim::new().client(&msg(b'?', b"")), Err(protocol::Error::UnexpectedTag(b'?')));
-    assert!(Sim::new().client(b"Q\0\0\0\x02").is_err());
-    assert!(matches!(Sim::new().client(b"Q\x7f\xff\xff\xff"), Err(protocol::Error::TooLarge { .. })));
+    assert_eq!(Sim::default().client(&msg(b'?', b"")), Err(protocol::Error::UnexpectedTag(b'?')));
+    assert!(Sim::default().client(b"Q\0\0\0\x02").is_err());
+    assert!(matches!(Sim::default().client(b"Q\x7f\xff\xff\xff"), Err(protocol::Error::TooLarge { .. })));
 }
 
 #[test]
 fn server_scan_tracks_ready_for_query_and_parameters() {
-    let mut sim = Sim::new();
-    sim.server_params = vec![("TimeZone".to_string(), "UTC".to_string())];
+    let mut sim = Sim { server_params: vec![("TimeZone".to_string(), "UTC".to_string())], ..Sim::default() };
     sim.client(&cat(&[msg(b'Q', b"begin; set timezone = 'Europe/Paris'\0"), msg(b'Q', b"commit\0")])).unwrap();
     let z = msg(b'Z', b"I");
     let bytes = cat(&[
@@ -227,55 +157,55 @@ fn server_scan_tracks_ready_for_query_and_parameters() {
         z[..3].to_vec(),
     ]);
     sim.server(&bytes).unwrap();
-    assert_eq!((sim.txn.pending, sim.txn.status), (1, b'T'));
-    assert_eq!(sim.spos.fwd, bytes.len() - 3);
+    assert_eq!((sim.x.st.txn.pending, sim.x.st.txn.status), (1, b'T'));
+    assert_eq!(sim.x.s.fwd, bytes.len() - 3);
     sim.server(&z[3..]).unwrap();
-    assert!(sim.txn.server_idle());
+    assert!(sim.x.st.txn.server_idle());
     assert_eq!(sim.server_params[0].1, "Europe/Paris");
     assert_eq!(sim.params.get("TimeZone"), Some("Europe/Paris"));
 }
 
 #[test]
 fn unrequested_ready_for_query_is_a_protocol_error() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     assert!(sim.server(&msg(b'Z', b"I")).is_err());
 }
 
 #[test]
 fn statement_mode_flags_transaction_blocks() {
-    let mut sim = Sim::new();
-    sim.statement_mode = true;
+    let mut sim = Sim::default();
+    sim.rules.statement_mode = true;
     sim.client(&msg(b'Q', b"begin\0")).unwrap();
     sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
-    assert!(sim.txn.opened_transaction);
+    assert!(sim.x.st.txn.opened_transaction);
 }
 
 #[test]
 fn extended_copy_in_does_not_count_ignored_syncs() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("", "copy t from stdin"), bind("", ""), execute(), sync()])).unwrap();
-    assert_eq!(sim.txn.pending, 1);
+    assert_eq!(sim.x.st.txn.pending, 1);
     sim.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b""), sync()])).unwrap();
     sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0")])).unwrap();
     // The COPY started, so the Sync pipelined before its data got no answer: one Z is owed.
-    assert_eq!(sim.txn.pending, 1);
+    assert_eq!(sim.x.st.txn.pending, 1);
     sim.server(&msg(b'Z', b"I")).unwrap();
-    assert!(sim.txn.server_idle() && sim.pl.queue.is_empty());
+    assert!(sim.x.st.txn.server_idle() && sim.x.st.queue.is_empty());
 }
 
 #[test]
 fn simple_copy_in_keeps_its_ready_for_query() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&msg(b'Q', b"copy t from stdin\0")).unwrap();
     sim.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b"")])).unwrap();
-    assert_eq!(sim.txn.pending, 1);
+    assert_eq!(sim.x.st.txn.pending, 1);
 }
 
 #[test]
 fn lone_flush_does_not_pin_the_server() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&msg(b'H', b"")).unwrap();
-    assert!(!sim.txn.unsynced && !sim.txn.flushed);
+    assert!(!sim.x.st.txn.unsynced && !sim.x.st.txn.flushed);
     let b = inspect_idle(&msg(b'H', b""), 1 << 20).unwrap();
     assert!(!b.ready);
 }
@@ -299,7 +229,7 @@ fn inspect_idle_finds_requests() {
 
 #[test]
 fn named_statement_gets_the_servers_name_and_is_shared() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("s1", "select $1"), bind("", "s1"), execute(), sync()])).unwrap();
     let sent = frames(&sim.sent());
     assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PBES");
@@ -308,10 +238,10 @@ fn named_statement_gets_the_servers_name_and_is_shared() {
     assert_eq!(stmt_name('B', &sent[1].1), server_name);
     assert_eq!(&sent[0].1[server_name.len() + 1..], b"select $1\0\0\0", "query and types unchanged");
     // Held back until this batch is answered (the Parse might fail).
-    assert!(sim.pl.barrier);
+    assert!(sim.x.st.barrier);
     sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
     assert_eq!(tags(&sim.received()), "12CZ");
-    assert!(sim.releasable() && !sim.pl.barrier);
+    assert!(sim.releasable() && !sim.x.st.barrier);
 
     // Another client (same server) prepares the same statement under another name: the
     // server is not asked again, pgsluice answers the Parse itself.
@@ -327,10 +257,11 @@ fn named_statement_gets_the_servers_name_and_is_shared() {
 
 #[test]
 fn statement_is_prepared_on_a_server_that_lacks_it() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("s1", "select 1");
     // The client's next transaction runs on a fresh server connection.
-    sim.pl = Pipeline::default();
+    sim.conn = ServerState::default();
+    sim.x.attach(&mut sim.conn, status::IDLE, false, 200);
     sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
     let sent = frames(&sim.sent());
     assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PBES");
@@ -342,14 +273,14 @@ fn statement_is_prepared_on_a_server_that_lacks_it() {
 
 #[test]
 fn close_is_answered_without_closing_the_shared_statement() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("s1", "select 1");
     sim.client(&cat(&[msg(b'C', b"Ss1\0"), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "S");
     assert_eq!(tags(&sim.received()), "3");
     sim.server(&msg(b'Z', b"I")).unwrap();
     assert_eq!(tags(&sim.received()), "Z");
-    assert!(sim.stmts.is_empty() && sim.pl.statements.len() == 1);
+    assert!(sim.stmts.is_empty() && sim.conn.statements.len() == 1);
     // The name is free again.
     sim.client(&cat(&[parse("s1", "select 2"), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "PS");
@@ -357,13 +288,13 @@ fn close_is_answered_without_closing_the_shared_statement() {
 
 #[test]
 fn failed_parse_is_forgotten() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("s1", "selec 1"), bind("", "s1"), execute(), sync()])).unwrap();
     sim.sent();
     let err = msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0");
     sim.server(&cat(&[err, msg(b'Z', b"I")])).unwrap();
     assert_eq!(tags(&sim.received()), "EZ");
-    assert!(sim.stmts.is_empty() && sim.pl.statements.is_empty());
+    assert!(sim.stmts.is_empty() && sim.conn.statements.is_empty());
     assert!(sim.releasable());
     // Defining the name again is not a duplicate.
     sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
@@ -372,7 +303,7 @@ fn failed_parse_is_forgotten() {
 
 #[test]
 fn answers_after_an_error_are_skipped_like_the_server_does() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     // s1 is on the server already.
     sim.prepare("s1", "select 1");
     sim.stmts.clear();
@@ -390,7 +321,7 @@ fn answers_after_an_error_are_skipped_like_the_server_does() {
 
 #[test]
 fn duplicate_name_fails_with_the_clients_name() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("s1", "select 1");
     sim.client(&cat(&[parse("s1", "select 2"), sync()])).unwrap();
     let sent = frames(&sim.sent());
@@ -406,7 +337,7 @@ fn duplicate_name_fails_with_the_clients_name() {
 
 #[test]
 fn deallocate_of_a_client_statement_is_answered_locally() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("s1", "select 1");
     sim.client(&msg(b'Q', b"DEALLOCATE s1;\0")).unwrap();
     assert_eq!(tags(&sim.sent()), "");
@@ -421,7 +352,7 @@ fn deallocate_of_a_client_statement_is_answered_locally() {
     sim.client(&[]).unwrap();
     assert_eq!(tags(&sim.sent()), "BS");
     assert_eq!(tags(&sim.received()), "1ZCZ");
-    assert!(!sim.pl.barrier);
+    assert!(!sim.x.st.barrier);
     // Unknown names go to the server (which reports the error).
     sim.client(&msg(b'Q', b"DEALLOCATE s9\0")).unwrap();
     assert_eq!(tags(&sim.sent()), "Q");
@@ -429,32 +360,32 @@ fn deallocate_of_a_client_statement_is_answered_locally() {
 
 #[test]
 fn discard_all_forgets_every_statement() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
     sim.client(&msg(b'Q', b"DISCARD ALL\0")).unwrap();
     sim.server(&cat(&[msg(b'C', b"DISCARD ALL\0"), msg(b'Z', b"I")])).unwrap();
-    assert!(sim.stmts.is_empty() && sim.pl.statements.is_empty());
+    assert!(sim.stmts.is_empty() && sim.conn.statements.is_empty());
 }
 
 #[test]
 fn barrier_holds_the_next_batch_until_the_parse_is_confirmed() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     let next = cat(&[bind("", "s1"), execute(), sync()]);
     sim.client(&cat(&[parse("s1", "select 1"), sync(), next.clone()])).unwrap();
     assert_eq!(tags(&sim.sent()), "PS");
     assert_eq!(sim.cbuf.len(), next.len(), "next batch not scanned yet");
     sim.server(&cat(&[msg(b'1', b""), msg(b'Z', b"I")])).unwrap();
-    assert!(!sim.pl.barrier);
+    assert!(!sim.x.st.barrier);
     sim.client(&[]).unwrap();
     assert_eq!(tags(&sim.sent()), "BES");
 }
 
 #[test]
 fn least_recently_used_statement_is_closed_at_capacity() {
-    let mut sim = Sim::new();
-    sim.pl.statements.set_capacity(2);
+    let mut sim = Sim::default();
+    sim.conn.statements.set_capacity(2);
     for (i, sql) in ["select 1", "select 2", "select 3"].iter().enumerate() {
         sim.client(&cat(&[parse(&format!("s{i}"), sql), sync()])).unwrap();
         let sent = tags(&sim.sent());
@@ -468,7 +399,7 @@ fn least_recently_used_statement_is_closed_at_capacity() {
         sim.server(&cat(&answer)).unwrap();
         assert_eq!(tags(&sim.received()), "1Z", "pgsluice's Close is not relayed");
     }
-    assert_eq!(sim.pl.statements.len(), 2);
+    assert_eq!(sim.conn.statements.len(), 2);
     // s0 was evicted from the server; using it prepares it again.
     sim.client(&cat(&[bind("", "s0"), execute(), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "CPBES");
@@ -476,7 +407,7 @@ fn least_recently_used_statement_is_closed_at_capacity() {
 
 #[test]
 fn large_bind_is_renamed_and_its_values_stream() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("s1", "select $1::bytea");
     let value = vec![9u8; 200_000];
     let mut body = b"\0s1\0\0\0\0\x01".to_vec();
@@ -500,8 +431,8 @@ fn large_bind_is_renamed_and_its_values_stream() {
 
 #[test]
 fn untracked_mode_forwards_names_untouched() {
-    let mut sim = Sim::new();
-    sim.track = false;
+    let mut sim = Sim::default();
+    sim.rules.track = false;
     let batch = cat(&[parse("s1", "select 1"), bind("", "s1"), execute(), msg(b'C', b"Ss1\0"), sync()]);
     sim.client(&batch).unwrap();
     assert_eq!(sim.sent(), batch);
@@ -512,13 +443,13 @@ fn untracked_mode_forwards_names_untouched() {
 fn barrier_lets_copy_data_through() {
     // asyncpg's copy_records_to_table: Parse + Describe + Flush of a named statement, then
     // a simple COPY query with its data pipelined behind it.
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("s1", "select * from t"), msg(b'D', b"Ss1\0"), msg(b'H', b"")])).unwrap();
     assert_eq!(tags(&sim.sent()), "PDH");
     sim.server(&cat(&[msg(b'1', b""), msg(b't', b"\0\0"), msg(b'n', b"")])).unwrap();
     assert_eq!(tags(&sim.received()), "1tn");
     sim.client(&cat(&[msg(b'Q', b"copy t from stdin\0"), msg(b'd', b"1\n"), msg(b'c', b"")])).unwrap();
-    assert!(sim.pl.barrier);
+    assert!(sim.x.st.barrier);
     assert_eq!(tags(&sim.sent()), "Qdc", "COPY data passes the barrier");
     sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "", "statement messages wait behind it");
@@ -556,9 +487,9 @@ fn prepare_and_close_of_known_statements_need_no_server() {
 
 #[test]
 fn parse_in_an_aborted_transaction_is_checked_by_the_server() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("a", "select 1");
-    sim.txn.status = b'E';
+    sim.x.st.txn.status = b'E';
     sim.client(&cat(&[parse("b", "select 1"), sync()])).unwrap();
     let sent = frames(&sim.sent());
     assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "PS");
@@ -571,7 +502,7 @@ fn parse_in_an_aborted_transaction_is_checked_by_the_server() {
 
 #[test]
 fn clients_cannot_deallocate_pgsluice_statements() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&msg(b'Q', b"DEALLOCATE \"pgsluice_0123\"\0")).unwrap();
     assert_eq!(tags(&sim.sent()), "");
     let got = frames(&sim.received());
@@ -582,8 +513,8 @@ fn clients_cannot_deallocate_pgsluice_statements() {
 
 #[test]
 fn statements_beyond_the_limit_are_closed_after_a_big_transaction() {
-    let mut sim = Sim::new();
-    sim.pl.statements.set_capacity(2);
+    let mut sim = Sim::default();
+    sim.conn.statements.set_capacity(2);
     sim.client(&msg(b'Q', b"begin\0")).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
@@ -596,11 +527,11 @@ fn statements_beyond_the_limit_are_closed_after_a_big_transaction() {
     sim.server(&cat(&[msg(b'C', b"COMMIT\0"), msg(b'Z', b"I")])).unwrap();
     sim.sent();
     sim.received();
-    assert_eq!(sim.pl.statements.len(), 4);
+    assert_eq!(sim.conn.statements.len(), 4);
     // The next use shrinks the set back to the limit.
     sim.client(&cat(&[bind("", "s3"), execute(), sync()])).unwrap();
     assert_eq!(tags(&sim.sent()), "CCBES");
-    assert_eq!(sim.pl.statements.len(), 2);
+    assert_eq!(sim.conn.statements.len(), 2);
 }
 
 // Regressions found in review.
@@ -609,7 +540,7 @@ fn statements_beyond_the_limit_are_closed_after_a_big_transaction() {
 /// the server looks releasable while a ReadyForQuery is in flight.
 #[test]
 fn stray_copy_done_pops_a_live_sync() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("", "select 1"), bind("", ""), execute(), sync(), msg(b'c', b"")])).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"SELECT 1\0")])).unwrap();
@@ -622,7 +553,7 @@ fn stray_copy_done_pops_a_live_sync() {
 /// had pipelined CopyFail + Sync (tokio-postgres drops its CopyInSink this way).
 #[test]
 fn copy_fail_after_failed_copy_start_loses_a_ready_for_query() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[bind("", ""), execute(), sync()])).unwrap();
     sim.sent();
     let err = msg(b'E', b"SERROR\x0042501\0Mpermission denied\0\0");
@@ -642,7 +573,7 @@ fn copy_fail_after_failed_copy_start_loses_a_ready_for_query() {
 /// buffer until a Flush/Sync, which sits behind the held Bind -> hang.
 #[test]
 fn barrier_never_lifts_behind_an_unflushed_execute() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&msg(b'Q', b"begin\0")).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
@@ -681,7 +612,7 @@ fn barrier_never_lifts_behind_an_unflushed_execute() {
 /// with 42P05 for whatever client uses this connection.
 #[test]
 fn deallocate_all_clears_later_pipelined_parse() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[msg(b'Q', b"DEALLOCATE ALL\0"), parse("s1", "select 1"), bind("", "s1"), execute(), sync()]))
         .unwrap();
     assert_eq!(tags(&sim.sent()), "QPBES");
@@ -690,15 +621,15 @@ fn deallocate_all_clears_later_pipelined_parse() {
     sim.received();
     // PostgreSQL: s1 exists now, and pgsluice_X exists on the server.
     assert!(sim.stmts.get(b"s1").is_some(), "s1 was defined after the DEALLOCATE ALL");
-    assert_eq!(sim.pl.statements.len(), 1, "and prepared on the server");
-    assert!(sim.pl.poisoned, "the connection is not reused after such a pipeline");
+    assert_eq!(sim.conn.statements.len(), 1, "and prepared on the server");
+    assert!(sim.conn.poisoned, "the connection is not reused after such a pipeline");
 }
 
 /// A pipelined Parse of a statement the server already has, behind a batch that aborts the
 /// transaction: PostgreSQL answers 25P02, pgsluice synthesizes ParseComplete.
 #[test]
 fn fake_parse_complete_in_aborted_transaction() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.prepare("a", "select 1");
     sim.client(&msg(b'Q', b"begin\0")).unwrap();
     sim.sent();
@@ -719,7 +650,7 @@ fn fake_parse_complete_in_aborted_transaction() {
 /// pgsluice's own closes the statement shared by every client of this connection.
 #[test]
 fn close_of_pgsluice_name_reaches_server() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("s1", "select 1"), sync()])).unwrap();
     let sent = frames(&sim.sent());
     let server_name = stmt_name('P', &sent[0].1);
@@ -736,11 +667,11 @@ fn close_of_pgsluice_name_reaches_server() {
 /// re-scans the same Z against the next queue entry.
 #[test]
 fn statement_mode_rescans_held_ready_for_query() {
-    let mut sim = Sim::new();
-    sim.statement_mode = true;
+    let mut sim = Sim::default();
+    sim.rules.statement_mode = true;
     sim.client(&cat(&[msg(b'Q', b"begin\0"), parse("", "select 1"), bind("", ""), execute(), sync()])).unwrap();
     sim.server(&cat(&[msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")])).unwrap();
-    assert!(sim.txn.opened_transaction);
+    assert!(sim.x.st.txn.opened_transaction);
     // The client is slow to read, the server's next bytes arrive (a notice suffices).
     let r = sim.server(&msg(b'N', b"SNOTICE\0\0"));
     assert!(r.is_ok(), "held Z re-scanned: {r:?}");
@@ -750,7 +681,7 @@ fn statement_mode_rescans_held_ready_for_query() {
 /// ReadyForQuery of its Sync (the next client would get it as its own answer).
 #[test]
 fn stray_copy_done_behind_an_error_keeps_the_server() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::default();
     sim.client(&cat(&[parse("", "select 1/0"), bind("", ""), execute(), sync(), msg(b'c', b"")])).unwrap();
     sim.sent();
     sim.server(&cat(&[msg(b'1', b""), msg(b'2', b""), msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0")])).unwrap();
@@ -796,15 +727,15 @@ fn fuzz_client_parsers_are_total() {
             }
             bytes.extend(m);
         }
-        let mut sim = Sim::new();
+        let mut sim = Sim::default();
         if rnd() % 2 == 0 {
             sim.stmts.insert(b"s1", crate::prepared::Stmt::new(b"select 1\0\0\0"));
         }
         if rnd() % 3 == 0 {
-            sim.pl.statements.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
+            sim.conn.statements.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
         }
         if rnd() % 4 == 0 {
-            sim.txn.status = b'E';
+            sim.x.st.txn.status = b'E';
         }
         // Feed in random chunks.
         let mut off = 0;
@@ -823,8 +754,8 @@ fn fuzz_client_parsers_are_total() {
 
 #[test]
 fn eviction_spares_statements_of_a_pipelined_transaction() {
-    let mut sim = Sim::new();
-    sim.pl.statements.set_capacity(2);
+    let mut sim = Sim::default();
+    sim.conn.statements.set_capacity(2);
     for (name, sql) in [("s0", "select 0"), ("s1", "select 1")] {
         sim.prepare(name, sql);
     }

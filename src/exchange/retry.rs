@@ -22,9 +22,13 @@
 
 use bytes::BytesMut;
 
+use super::queue::{Action, Expect, Kind, Undo};
 use super::{Ctx, Half};
-use crate::pipeline::{Action, Expect, Kind, Undo};
 use crate::protocol::{ftag, status, write, HEADER_LEN};
+
+/// PostgreSQL's message for executing a statement whose result type changed since it was
+/// prepared (0A000); drivers recognise it (asyncpg re-prepares).
+pub(super) const STALE_STATEMENT: &str = "cached plan must not change result type";
 
 /// Largest request captured for a retry.
 pub const MAX_CAPTURE: usize = 8 * 1024;
@@ -146,8 +150,8 @@ impl Capture {
 /// allows it: the error is dropped, the retry is queued. Returns false when the error must be
 /// relayed.
 pub(super) fn start(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
-    let c = &ctx.pl.retry;
-    if c.state != State::Ready || ctx.txn.status != status::IDLE {
+    let c = &ctx.x.retry;
+    if c.state != State::Ready || ctx.x.txn.status != status::IDLE {
         return false;
     }
     let Some(stmt) = c.stmt.clone() else { return false };
@@ -157,26 +161,26 @@ pub(super) fn start(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bo
         return false;
     }
     // The captured request must be the only one in flight, its Bind at the front.
-    let q = &ctx.pl.queue;
+    let q = &ctx.x.queue;
     let requests = q.iter().filter(|e| e.kind.ends_with_ready()).count();
     if q.front().map(|e| e.kind) != Some(Kind::Bind) || requests != 1 || q.back().map(|e| e.kind) != Some(Kind::Sync) {
         return false;
     }
     let direct = c.portal_described;
     let error = s.buf[s.pos.fwd..s.pos.fwd + frame_len].to_vec();
-    s.drop_frame(&mut ctx.pl.to_client, frame_len);
+    s.drop_frame(&mut ctx.x.to_client, frame_len);
     // The server now skips the rest of the request and answers its Sync: pgsluice's.
-    ctx.pl.pop_front();
-    ctx.pl.skipping = true;
-    if let Some(last) = ctx.pl.queue.back_mut() {
+    ctx.pop_front();
+    ctx.x.skipping = true;
+    if let Some(last) = ctx.x.queue.back_mut() {
         last.action = Action::Swallow;
     }
-    let out = &mut ctx.pl.to_server;
+    let out = &mut ctx.x.to_server;
     write::close(out, b'S', &stmt.name);
-    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::RetryOwn, undo: None });
-    ctx.pl.tally.server_parses += 1;
-    write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
-    let c = &mut ctx.pl.retry;
+    ctx.x.queue.push_back(Expect { kind: Kind::Close, action: Action::RetryOwn, undo: None });
+    ctx.x.tally.server_parses += 1;
+    write::parse_raw(&mut ctx.x.to_server, &stmt.name, &stmt.rest);
+    let c = &mut ctx.x.retry;
     c.error.clear();
     c.error.extend_from_slice(&error);
     c.failed = false;
@@ -186,16 +190,16 @@ pub(super) fn start(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bo
     if direct {
         // The request describes its portal: run it again right away. A failing re-prepare
         // is relayed (its error explains the skipped request).
-        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone() });
+        ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone() });
         resend(ctx);
     } else {
-        ctx.pl.retry.checking = true;
-        ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::RetryOwn, undo: gone() });
-        write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
-        ctx.pl.queue.push_back(Expect { kind: Kind::Describe, action: Action::RetryOwn, undo: None });
-        write::empty(&mut ctx.pl.to_server, ftag::SYNC);
-        ctx.pl.queue.push_back(Expect { kind: Kind::Sync, action: Action::RetryDecide, undo: None });
-        ctx.txn.pending += 1;
+        ctx.x.retry.checking = true;
+        ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::RetryOwn, undo: gone() });
+        write::describe(&mut ctx.x.to_server, b'S', &stmt.name);
+        ctx.x.queue.push_back(Expect { kind: Kind::Describe, action: Action::RetryOwn, undo: None });
+        write::empty(&mut ctx.x.to_server, ftag::SYNC);
+        ctx.x.queue.push_back(Expect { kind: Kind::Sync, action: Action::RetryDecide, undo: None });
+        ctx.x.txn.pending += 1;
     }
     tracing::debug!("stale prepared statement on this server (0A000): re-preparing it and retrying the request");
     true
@@ -206,52 +210,52 @@ pub(super) fn start(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bo
 /// one it will expect. If the request is `Describe` + `Sync` outside a transaction block
 /// (its `Parse` answered by pgsluice), the stale copy is re-prepared and described again.
 pub(super) fn start_describe(s: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
-    if ctx.txn.status != status::IDLE || !records_shape(ctx.pl.queue.front()) {
+    if ctx.x.txn.status != status::IDLE || !records_shape(ctx.x.queue.front()) {
         return false;
     }
-    let q = &ctx.pl.queue;
+    let q = &ctx.x.queue;
     if q.len() != 2 || q.back().map(|e| e.kind) != Some(Kind::Sync) {
         return false;
     }
     let Some(stmt) = q.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.describe.clone()) else { return false };
-    s.drop_frame(&mut ctx.pl.to_client, frame_len);
-    ctx.pl.pop_front();
-    ctx.pl.skipping = true;
-    if let Some(last) = ctx.pl.queue.back_mut() {
+    s.drop_frame(&mut ctx.x.to_client, frame_len);
+    ctx.pop_front();
+    ctx.x.skipping = true;
+    if let Some(last) = ctx.x.queue.back_mut() {
         last.action = Action::Swallow;
     }
-    write::close(&mut ctx.pl.to_server, b'S', &stmt.name);
-    ctx.pl.queue.push_back(Expect { kind: Kind::Close, action: Action::RetryOwn, undo: None });
-    ctx.pl.tally.server_parses += 1;
-    write::parse_raw(&mut ctx.pl.to_server, &stmt.name, &stmt.rest);
+    write::close(&mut ctx.x.to_server, b'S', &stmt.name);
+    ctx.x.queue.push_back(Expect { kind: Kind::Close, action: Action::RetryOwn, undo: None });
+    ctx.x.tally.server_parses += 1;
+    write::parse_raw(&mut ctx.x.to_server, &stmt.name, &stmt.rest);
     let gone = Some(Box::new(Undo { prepared: Some(stmt.key), ..Undo::default() }));
-    ctx.pl.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone });
-    write::describe(&mut ctx.pl.to_server, b'S', &stmt.name);
+    ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Swallow, undo: gone });
+    write::describe(&mut ctx.x.to_server, b'S', &stmt.name);
     // (PostgreSQL sent the ParameterDescription before it found the copy stale.)
-    ctx.pl.queue.push_back(Expect { kind: Kind::Describe, action: Action::DescribeAgain, undo: describe_undo(&stmt) });
-    write::empty(&mut ctx.pl.to_server, ftag::SYNC);
-    ctx.pl.queue.push_back(Expect::forward(Kind::Sync));
-    ctx.txn.pending += 1;
-    ctx.pl.retry.state = State::Retrying;
+    ctx.x.queue.push_back(Expect { kind: Kind::Describe, action: Action::DescribeAgain, undo: describe_undo(&stmt) });
+    write::empty(&mut ctx.x.to_server, ftag::SYNC);
+    ctx.x.queue.push_back(Expect::forward(Kind::Sync));
+    ctx.x.txn.pending += 1;
+    ctx.x.retry.state = State::Retrying;
     tracing::debug!("stale prepared statement on this server (0A000 at Describe): re-preparing it");
     true
 }
 
 /// Queues the captured request again.
 fn resend(ctx: &mut Ctx<'_>) {
-    let c = &mut ctx.pl.retry;
-    ctx.pl.to_server.extend_from_slice(&c.bytes);
+    let c = &mut ctx.x.retry;
+    ctx.x.to_server.extend_from_slice(&c.bytes);
     for k in c.kinds.iter().flatten() {
-        ctx.pl.queue.push_back(Expect::forward(*k));
+        ctx.x.queue.push_back(Expect::forward(*k));
     }
-    ctx.txn.pending += 1;
+    ctx.x.txn.pending += 1;
 }
 
 /// An answer to one of pgsluice's own retry messages ([`Action::RetryOwn`]), whole at the
 /// scan position: dropped; a RowDescription/NoData is compared with the client's; an error
 /// fails the retry.
 pub(super) fn own_answer(s: &mut Half<'_>, ctx: &mut Ctx<'_>, tag: u8, frame_len: usize) {
-    let c = &mut ctx.pl.retry;
+    let c = &mut ctx.x.retry;
     match tag {
         crate::protocol::btag::ERROR_RESPONSE => c.failed = true,
         b'T' | b'n' => {
@@ -262,7 +266,7 @@ pub(super) fn own_answer(s: &mut Half<'_>, ctx: &mut Ctx<'_>, tag: u8, frame_len
                 c.failed = true;
             }
             if let Some(key) = c.stmt.as_ref().map(|st| st.key) {
-                ctx.pl.shapes.insert(key, shape);
+                ctx.conn.shapes.insert(key, shape);
                 if let Some(known) = ctx.known {
                     known.set_shape(key, shape);
                 }
@@ -270,20 +274,20 @@ pub(super) fn own_answer(s: &mut Half<'_>, ctx: &mut Ctx<'_>, tag: u8, frame_len
         }
         _ => {}
     }
-    s.drop_frame(&mut ctx.pl.to_client, frame_len);
+    s.drop_frame(&mut ctx.x.to_client, frame_len);
 }
 
 /// The ReadyForQuery ending the shape check ([`Action::RetryDecide`]) arrived (and is
 /// dropped by the caller): run the request again, or give the client the original error.
 pub(super) fn decide(ctx: &mut Ctx<'_>, st: u8) {
-    ctx.pl.retry.checking = false;
-    let failed = ctx.pl.retry.failed;
+    ctx.x.retry.checking = false;
+    let failed = ctx.x.retry.failed;
     if failed {
-        let c = &mut ctx.pl.retry;
-        ctx.pl.to_client.extend_from_slice(&c.error);
-        write::ready_for_query(&mut ctx.pl.to_client, st);
+        let c = &mut ctx.x.retry;
+        ctx.x.to_client.extend_from_slice(&c.error);
+        write::ready_for_query(&mut ctx.x.to_client, st);
         c.state = State::Off;
-        ctx.pl.tally.clear_timers();
+        ctx.x.tally.clear_timers();
         // The copy here is fresh now; this client's statement is what is stale (its next
         // Bind here gets 0A000 from pgsluice, see `client_is_stale`).
     } else {
@@ -294,8 +298,8 @@ pub(super) fn decide(ctx: &mut Ctx<'_>, st: u8) {
 /// The request ended (its ReadyForQuery was relayed): a new one may be captured.
 #[inline]
 pub(super) fn finished(ctx: &mut Ctx<'_>) {
-    if ctx.pl.retry.state == State::Retrying && ctx.pl.queue.is_empty() {
-        ctx.pl.retry.state = State::Off;
+    if ctx.x.retry.state == State::Retrying && ctx.x.queue.is_empty() {
+        ctx.x.retry.state = State::Off;
     }
 }
 
@@ -351,10 +355,10 @@ fn columns(body: &[u8]) -> Option<Vec<Column<'_>>> {
 /// is also the shape of this connection's copy.
 pub(super) fn record_shape(ctx: &mut Ctx<'_>, tag: u8, body: &[u8]) {
     let shape = shape_of(tag, body);
-    if let Some(stmt) = ctx.pl.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.describe.as_ref()) {
+    if let Some(stmt) = ctx.x.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.describe.as_ref()) {
         stmt.shape.store(shape, std::sync::atomic::Ordering::Relaxed);
         let key = stmt.key;
-        ctx.pl.shapes.insert(key, shape);
+        ctx.conn.shapes.insert(key, shape);
         if let Some(known) = ctx.known {
             known.set_shape(key, shape);
         }
@@ -371,7 +375,7 @@ pub(super) fn stale_for_new_copy(ctx: &mut Ctx<'_>, stmt: &crate::prepared::Stmt
     if mine != 0 && mine != latest {
         return true;
     }
-    ctx.pl.shapes.insert(stmt.key, latest);
+    ctx.conn.shapes.insert(stmt.key, latest);
     false
 }
 
@@ -383,10 +387,10 @@ pub(super) fn stale_for_new_copy(ctx: &mut Ctx<'_>, stmt: &crate::prepared::Stmt
 #[inline]
 pub(super) fn client_is_stale(ctx: &Ctx<'_>, stmt: &crate::prepared::Stmt) -> bool {
     let mine = stmt.shape.load(std::sync::atomic::Ordering::Relaxed);
-    if mine == 0 || ctx.pl.shapes.is_empty() {
+    if mine == 0 || ctx.conn.shapes.is_empty() {
         return false;
     }
-    let Some(&copy) = ctx.pl.shapes.get(&stmt.key) else { return false };
+    let Some(&copy) = ctx.conn.shapes.get(&stmt.key) else { return false };
     // (The pool's lock is taken only in this rare case.)
     copy != mine && ctx.known.and_then(|k| k.shape(&stmt.key)) == Some(copy)
 }

@@ -1,0 +1,139 @@
+//! What a client sends while it holds no server: whether a request is complete yet
+//! ([`inspect_idle`]), and the requests pgsluice answers without one
+//! ([`answer_without_server`]).
+
+use bytes::Buf;
+
+use super::READ_AHEAD;
+use crate::prepared::{ClientStatements, Key, KnownStatements, Stmt};
+use crate::protocol::{self, cstr, ftag, write, Header, HEADER_LEN};
+
+/// What the bytes a client sent while holding no server amount to (see [`inspect_idle`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Buffered {
+    /// A server is needed: a complete request (`Q`, `Sync`, `FunctionCall`, or `Flush` after
+    /// extended-protocol messages) is buffered, or enough bytes to start streaming.
+    pub ready: bool,
+    /// Requests in `[..end]` that the client expects a ReadyForQuery for.
+    pub requests: u32,
+    /// End of the last complete request.
+    pub end: usize,
+    /// The buffer starts with Terminate.
+    pub terminate: bool,
+}
+
+/// Walks the frames a client buffered while idle (headers only) to decide whether a server
+/// is needed yet. Invalid framing or tags are an error.
+pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::Error> {
+    let mut b = Buffered::default();
+    let mut off = 0;
+    let mut extended = false;
+    while let Some(hdr) = Header::parse(&buf[off..], max_body)? {
+        match hdr.tag {
+            ftag::QUERY
+            | ftag::FUNCTION_CALL
+            | ftag::SYNC
+            | ftag::PARSE
+            | ftag::BIND
+            | ftag::DESCRIBE
+            | ftag::EXECUTE
+            | ftag::CLOSE
+            | ftag::FLUSH
+            | ftag::COPY_DATA
+            | ftag::COPY_DONE
+            | ftag::COPY_FAIL => {}
+            ftag::TERMINATE => {
+                b.terminate = off == 0;
+                break;
+            }
+            other => return Err(protocol::Error::UnexpectedTag(other)),
+        }
+        if buf.len() - off < hdr.frame_len() {
+            break;
+        }
+        off += hdr.frame_len();
+        match hdr.tag {
+            ftag::QUERY | ftag::FUNCTION_CALL | ftag::SYNC => {
+                b.requests += 1;
+                b.end = off;
+                extended = false;
+            }
+            ftag::FLUSH if extended => b.end = off,
+            ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::EXECUTE | ftag::CLOSE => extended = true,
+            _ => {}
+        }
+    }
+    b.ready = b.end > 0 || buf.len() >= READ_AHEAD;
+    Ok(b)
+}
+
+/// Answers, without a server, a buffered request made only of named `Parse`s of statements
+/// some server of the pool has accepted, `Close`s of named statements, `Flush` and `Sync`
+/// (libpq's `PQprepare`, pgbench `-M prepared`, tokio-postgres dropping a statement): the
+/// statement is prepared on a server when a `Bind` or `Describe` first needs it. Only for a
+/// client outside a transaction (no server held). Returns the answer to send and consumes
+/// the request, or `None` (nothing changed) when a server is needed.
+pub fn answer_without_server(
+    buf: &mut bytes::BytesMut,
+    stmts: &mut ClientStatements,
+    known: &KnownStatements,
+    max_body: usize,
+) -> Option<bytes::BytesMut> {
+    // First pass: is everything up to the last Sync answerable? (A name defined twice is a
+    // 42P05 the server must produce; a name closed and defined again is left to it too.)
+    let mut off = 0;
+    let mut end = 0;
+    let mut parsed: Vec<(&[u8], Key)> = Vec::new();
+    while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
+        match tag {
+            ftag::PARSE => {
+                let (name, rest) = cstr(body)?;
+                let key = Key::of(rest);
+                if name.is_empty() || stmts.get(name).is_some() || !known.contains(&key) {
+                    return None;
+                }
+                if parsed.iter().any(|(n, _)| *n == name) {
+                    return None;
+                }
+                parsed.push((name, key));
+            }
+            ftag::CLOSE => match body.split_first() {
+                Some((b'S', name)) if cstr(name).is_some_and(|(n, r)| !n.is_empty() && r.is_empty()) => {}
+                _ => return None,
+            },
+            ftag::FLUSH => {}
+            ftag::SYNC => end = off + HEADER_LEN + body.len(),
+            _ => break,
+        }
+        off += HEADER_LEN + body.len();
+    }
+    if end == 0 {
+        return None;
+    }
+    // Second pass: apply and answer.
+    let mut keys = parsed.iter().map(|(_, k)| *k);
+    let mut out = bytes::BytesMut::with_capacity(64);
+    let mut off = 0;
+    while off < end {
+        let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..end], max_body) else { break };
+        match tag {
+            ftag::PARSE => {
+                if let (Some((name, rest)), Some(key)) = (cstr(body), keys.next()) {
+                    stmts.insert(name, Stmt::with_key(key, rest));
+                    write::empty(&mut out, b'1');
+                }
+            }
+            ftag::CLOSE => {
+                if let Some((name, _)) = body.get(1..).and_then(cstr) {
+                    stmts.remove(name);
+                }
+                write::empty(&mut out, b'3');
+            }
+            ftag::SYNC => write::ready_for_query(&mut out, protocol::status::IDLE),
+            _ => {}
+        }
+        off += HEADER_LEN + body.len();
+    }
+    buf.advance(end);
+    Some(out)
+}
