@@ -33,7 +33,7 @@ use crate::prepared::KnownStatements;
 use crate::stats::{PoolStats, ServerMeta};
 
 pub use limit::Limit;
-pub use set::{PoolSet, Ryw};
+pub use set::{failover_may_help, PoolSet};
 
 /// Why no server connection could be provided.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -162,7 +162,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// database/user limits freed by another pool).
 const WAITER_RECHECK: Duration = Duration::from_millis(200);
 
-type Delivery = Result<Pooled, Error>;
+type Delivery = Result<Box<Pooled>, Error>;
 
 /// A ParameterStatus set, shared.
 pub type ServerParams = Arc<[(String, String)]>;
@@ -174,7 +174,9 @@ struct Waiter {
 
 #[derive(Default)]
 struct State {
-    idle: Vec<Pooled>,
+    /// Boxed: a connection moves between the stack, waiters and guards as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<Pooled>>,
     /// Every open connection (idle or checked out).
     servers: Vec<Arc<ServerMeta>>,
     sizes: Option<Sizes>,
@@ -232,7 +234,8 @@ impl Drop for Slot {
     }
 }
 
-/// A server connection with its slot. Dropping it closes the connection.
+/// A server connection with its slot. Dropping it closes the connection. Always boxed: it
+/// moves between the idle stack, waiters and guards as one pointer.
 pub struct Pooled {
     conn: ServerConn,
     /// The protocol state of the connection's current attachment; kept with the connection
@@ -246,7 +249,7 @@ pub struct Pooled {
 /// A checked-out connection. Dropping the guard discards the connection; call
 /// [`PoolGuard::check_in`] to return a clean one.
 pub struct PoolGuard {
-    conn: Option<Pooled>,
+    conn: Option<Box<Pooled>>,
     pool: Pool,
 }
 
@@ -421,7 +424,7 @@ impl Pool {
         }
     }
 
-    fn guard(&self, p: Pooled) -> PoolGuard {
+    fn guard(&self, p: Box<Pooled>) -> PoolGuard {
         self.0.checkouts.fetch_add(1, Ordering::Relaxed);
         self.0.in_use.fetch_add(1, Ordering::Relaxed);
         PoolGuard { conn: Some(p), pool: self.clone() }
@@ -429,7 +432,7 @@ impl Pool {
 
     /// Checks an idle connection before reuse: socket still open and silent, and, if it sat
     /// idle longer than `server_check_delay`, a round trip of `server_check_query`.
-    async fn verify_idle(&self, mut p: Pooled) -> Option<Pooled> {
+    async fn verify_idle(&self, mut p: Box<Pooled>) -> Option<Box<Pooled>> {
         if !p.conn.stream.idle_and_open() || self.expired(&p, Instant::now()) {
             return None;
         }
@@ -451,7 +454,7 @@ impl Pool {
     }
 
     /// Returns a clean connection: to the oldest live waiter, else onto the idle stack.
-    fn check_in(&self, mut p: Pooled) {
+    fn check_in(&self, mut p: Box<Pooled>) {
         let now = Instant::now();
         p.conn.last_used = now;
         if let Some(m) = &p.conn.meta {
@@ -582,7 +585,7 @@ impl Pool {
                     st.retry_at = None;
                     st.last_error = None;
                 }
-                self.check_in(Pooled { conn, exchange: Exchange::default(), epoch, _slot: slot });
+                self.check_in(Box::new(Pooled { conn, exchange: Exchange::default(), epoch, _slot: slot }));
             }
             Err(e) => {
                 tracing::warn!(server = %s.host.addr, db = %s.dbname, user = %s.user, error = %e, "server connection failed");
@@ -861,7 +864,7 @@ impl PoolGuard {
         if let Some(p) = self.conn.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
                 tokio::spawn(async move {
-                    let Pooled { conn, _slot, .. } = p;
+                    let Pooled { conn, _slot, .. } = *p;
                     conn.terminate().await;
                 });
             }

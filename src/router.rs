@@ -1,11 +1,13 @@
 //! Read/write routing: which host a request goes to.
 //!
-//! [`crate::sql::classify`] decides what a statement may do (read-only or not, whether it opens a
-//! transaction, a hint comment). [`want`] turns that, the client's policy and its
-//! `default_transaction_read_only` into what the request needs: the primary or a read
-//! candidate. `pool::PoolSet` then picks the host with [`pick_read`] (least outstanding
-//! requests per unit of weight among eligible replicas, random among equals) and counts the
-//! decision in [`RouteStats`].
+//! One [`Router`] value per client owns the routing policy, the read-your-writes bookkeeping
+//! and the deferred `BEGIN` of `transaction_routing = "first_statement"`. For each request
+//! it classifies the buffered messages ([`crate::sql::classify`]: what a statement may do,
+//! whether it opens a transaction, a hint comment) and answers with a [`Decision`]: the
+//! primary, or a read. For a read, [`Router::pick`] names the host (least outstanding
+//! requests per unit of weight among eligible replicas that have replayed the client's last
+//! write, random among equals), or says to wait for replay, fall back to the primary, or
+//! fail. The frontend's check-out carries the decision out; the pools know nothing of it.
 //!
 //! Invariants: routing happens only when a client has no server, i.e. at the start of a
 //! transaction (or of a request outside one), so a transaction never moves between servers;
@@ -14,9 +16,14 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::cluster::{Cluster, Primary};
 use crate::config::{PrimaryReads, ReadYourWrites, Route, TransactionRouting};
-use crate::sql::classify::{Begin, Class, Hint};
+use crate::params::ClientParams;
+use crate::prepared::ClientStatements;
+use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
+use crate::sql::classify::{Begin, Class, Classifier, Hint};
 
 /// The routing policy of one client, fixed at login.
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +108,273 @@ pub fn combine(acc: Option<Class>, next: Class) -> Class {
     }
 }
 
+/// What a read must see (read-your-writes): a primary position to cover, or the time of a
+/// write whose position the probes have not measured yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ryw {
+    /// Primary WAL position the replica must have replayed (0: none).
+    pub lsn: u64,
+    /// `Cluster::now_ms` when the client's last write ended, if not yet covered by `lsn`
+    /// (0: none).
+    pub since: u64,
+}
+
+/// The routing decision for one request.
+#[derive(Debug)]
+pub struct Decision {
+    /// What it needs.
+    pub want: Want,
+    /// It may write (counts for read-your-writes when it runs on the primary).
+    pub may_write: bool,
+    /// A read the client sent to a replica by hint: its own choice, no read-your-writes wait.
+    pub hinted_replica: bool,
+    /// Statements are classified for this client (`route = "auto"` over several hosts).
+    pub classified: bool,
+    /// A `BEGIN` pgsluice answered earlier, to run on the server this request gets.
+    pub begin: Option<Box<str>>,
+}
+
+/// Where a read goes now ([`Router::pick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// This host (a replica, or the primary as a read candidate).
+    Host(usize),
+    /// Only replicas behind the client's last write are eligible: ask for a probe and look
+    /// again shortly (until `read_your_writes_wait` runs out).
+    WaitForReplay,
+    /// No replica will do: the primary (`primary_reads` allows it).
+    Fallback,
+    /// No replica will do, and reads may not go to the primary.
+    NoReplica,
+}
+
+/// One client's routing state; see the module docs.
+pub struct Router {
+    policy: Policy,
+    classifier: Arc<Classifier>,
+    /// Read-your-writes: a primary WAL position covering this client's last write (0: none).
+    ryw_lsn: u64,
+    /// Read-your-writes: when (`Cluster::now_ms`) this client's last write ended, while no
+    /// probe that started later has measured the primary yet (0: none pending).
+    ryw_since: u64,
+    /// The held server is the primary and may have been written to: note the time at release.
+    note_write: bool,
+    /// `transaction_routing = "first_statement"`: a `BEGIN` answered by pgsluice, to be run
+    /// on the server the transaction's first statement is routed to.
+    deferred_begin: Option<Box<str>>,
+}
+
+impl Router {
+    /// A client's router under `policy`.
+    pub fn new(policy: Policy, classifier: Arc<Classifier>) -> Router {
+        Router { policy, classifier, ryw_lsn: 0, ryw_since: 0, note_write: false, deferred_begin: None }
+    }
+
+    /// The client's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Whether a `BEGIN` answered by pgsluice waits for the next request (the client
+    /// believes it is in a transaction).
+    pub fn in_deferred_begin(&self) -> bool {
+        self.deferred_begin.is_some()
+    }
+
+    /// Decides where the request at the start of `buf` goes. Takes the deferred `BEGIN`
+    /// (if the request cannot be served, the client gets an error and `Z I`, and the
+    /// deferred transaction is gone with it).
+    pub fn decide(&mut self, buf: &[u8], stmts: &ClientStatements, params: &ClientParams, max_body: usize) -> Decision {
+        let begin = self.deferred_begin.take();
+        self.note_write = false;
+        let classifies = self.policy.classifies();
+        // The keyword scan assumes standard_conforming_strings: with it off, a backslash in a
+        // literal could hide a write from it, so nothing is classified.
+        let scs_off = classifies && params.get("standard_conforming_strings").is_some_and(|v| v == "off");
+        let class =
+            if classifies && !scs_off { classify_request(&self.classifier, buf, stmts, max_body) } else { None };
+        let want = if classifies && !scs_off {
+            let read_only = params.get("default_transaction_read_only").is_some_and(|v| v == "on");
+            want(&self.policy, class, read_only)
+        } else if classifies {
+            Want::Primary
+        } else {
+            want(&self.policy, None, false)
+        };
+        Decision {
+            want,
+            // A read the client sent to the primary (hint) writes nothing.
+            may_write: class.is_none_or(|c| !c.read_only),
+            hinted_replica: class.is_some_and(|c| c.hint == Hint::Replica),
+            classified: classifies,
+            begin,
+        }
+    }
+
+    /// What a read must see: the client's last write, unless read-your-writes is off or the
+    /// client chose a replica itself.
+    pub fn ryw(&mut self, d: &Decision, cluster: &Cluster) -> Ryw {
+        if self.policy.read_your_writes == ReadYourWrites::Lsn && !d.hinted_replica {
+            self.resolve_ryw(cluster);
+            Ryw { lsn: self.ryw_lsn, since: self.ryw_since }
+        } else {
+            Ryw::default()
+        }
+    }
+
+    /// Picks the host for a read (see [`Pick`]). `load(i)`: connections in use at host `i`;
+    /// `exclude`: a bit per host that failed for this request; `waiting`: the read may still
+    /// wait for a replica to replay the client's last write.
+    pub fn pick(&self, cluster: &Cluster, load: impl Fn(usize) -> u32, ryw: Ryw, exclude: u64, waiting: bool) -> Pick {
+        let p = &self.policy;
+        let with_primary = p.primary_reads == PrimaryReads::Always && p.route != Route::Replica;
+        // A write not yet covered by a primary measurement: no replica can prove it has it.
+        let min_lsn = match ryw.since {
+            0 => ryw.lsn,
+            since => cluster.primary_lsn_after(since).unwrap_or(u64::MAX),
+        };
+        if let Some(i) = pick_read(cluster, &load, min_lsn, with_primary, exclude) {
+            return Pick::Host(i);
+        }
+        // None eligible. Behind the client's last write only? Then maybe wait. (A pending
+        // write resolves with the next probe of the primary, which the caller asks for.)
+        if min_lsn > 0
+            && (min_lsn != u64::MAX || ryw.since != 0)
+            && waiting
+            && pick_read(cluster, &load, 0, false, exclude).is_some()
+        {
+            return Pick::WaitForReplay;
+        }
+        if p.route == Route::Replica || p.primary_reads == PrimaryReads::Never {
+            Pick::NoReplica
+        } else {
+            Pick::Fallback
+        }
+    }
+
+    /// A server was attached for `d`; `on_primary`: it is the current primary. Notes whether
+    /// the client may write there (read-your-writes, at release).
+    pub fn attached(&mut self, d: &Decision, on_primary: bool) {
+        self.note_write = self.policy.read_your_writes == ReadYourWrites::Lsn
+            && d.classified
+            && on_primary
+            && ((d.want == Want::Primary && d.may_write) || d.begin.is_some());
+    }
+
+    /// The server is released (or lost): the client's write is done, whatever happens to
+    /// the connection next, so its reads need a primary position measured from now on.
+    pub fn released(&mut self, cluster: &Cluster) {
+        if std::mem::take(&mut self.note_write) {
+            self.ryw_since = cluster.now_ms();
+        }
+    }
+
+    /// The client left: nothing of its writes matters any more.
+    pub fn forget_write(&mut self) {
+        self.note_write = false;
+    }
+
+    /// Turns a pending write time into a primary position once a probe that started later
+    /// has measured the primary.
+    pub fn resolve_ryw(&mut self, cluster: &Cluster) {
+        if self.ryw_since != 0 {
+            if let Some(lsn) = cluster.primary_lsn_after(self.ryw_since) {
+                self.ryw_lsn = lsn;
+                self.ryw_since = 0;
+            }
+        }
+    }
+
+    /// `transaction_routing = "first_statement"`: if `buf` starts with a lone simple-query
+    /// `BEGIN` (no access mode, nothing else in the string), keeps its text for the next
+    /// request's server and returns its length: the caller answers it as PostgreSQL would
+    /// (`BEGIN`, ReadyForQuery `T`) without a server.
+    pub fn defer_begin(&mut self, buf: &[u8], max_body: usize) -> Option<usize> {
+        if self.deferred_begin.is_some()
+            || self.policy.transaction_routing != TransactionRouting::FirstStatement
+            || !self.policy.classifies()
+        {
+            return None;
+        }
+        let hdr = Header::parse(buf, max_body).ok()??;
+        let end = hdr.frame_len();
+        if hdr.tag != ftag::QUERY || buf.len() < end {
+            return None;
+        }
+        let text = cstr(&buf[HEADER_LEN..end]).and_then(|(q, _)| std::str::from_utf8(q).ok())?;
+        let single = !text.trim_end().trim_end_matches(';').contains(';');
+        if !single || self.classifier.classify(text).begin != Begin::Plain {
+            return None;
+        }
+        self.deferred_begin = Some(text.into());
+        Some(end)
+    }
+}
+
+/// The class of the first request in the client buffer: its Query, or the statements its
+/// Parse and Bind messages name; a request that names no statement at all (e.g. a `Close`
+/// and a `Sync`, as tokio-postgres sends after a one-shot query) is harmless and counts as
+/// read-only. `None` when it cannot be judged (a FunctionCall, a Bind of an unnamed or
+/// unknown statement, an extended batch not ended by a Sync in the buffer): the primary.
+fn classify_request(classifier: &Classifier, buf: &[u8], stmts: &ClientStatements, max_body: usize) -> Option<Class> {
+    let mut off = 0;
+    let mut executes = false;
+    let mut acc: Option<Class> = None;
+    while let Ok(Some(hdr)) = Header::parse(&buf[off..], max_body) {
+        let end = off + hdr.frame_len();
+        let body = buf.get(off + HEADER_LEN..end)?;
+        match hdr.tag {
+            ftag::QUERY => {
+                let text = cstr(body).and_then(|(q, _)| std::str::from_utf8(q).ok())?;
+                return Some(combine(acc, classifier.classify(text)));
+            }
+            ftag::PARSE => {
+                let (_, rest) = cstr(body)?;
+                let text = cstr(rest).and_then(|(q, _)| std::str::from_utf8(q).ok())?;
+                acc = Some(combine(acc, classifier.classify(text)));
+            }
+            ftag::BIND => {
+                let (_, rest) = cstr(body)?;
+                let (name, _) = cstr(rest)?;
+                if !name.is_empty() {
+                    match stmts.get(name) {
+                        Some(stmt) => {
+                            let class = *stmt.class.get_or_init(|| classifier.classify(stmt.query()));
+                            acc = Some(combine(acc, class));
+                        }
+                        // Defined by a Parse of this request (already judged).
+                        None if acc.is_some() => {}
+                        None => return None,
+                    }
+                } else if acc.is_none() {
+                    // The unnamed statement was parsed by an earlier request.
+                    return None;
+                }
+            }
+            // Without an Execute the batch only prepares or describes: harmless anywhere.
+            ftag::SYNC if !executes => {
+                let hint = acc.map(|c| c.hint).unwrap_or_default();
+                return Some(Class { read_only: true, hint, ..Class::default() });
+            }
+            ftag::SYNC => return Some(acc.unwrap_or(Class { read_only: true, ..Class::default() })),
+            ftag::EXECUTE => executes = true,
+            ftag::FUNCTION_CALL => return None,
+            _ => {}
+        }
+        off = end;
+    }
+    // No Sync (yet): a batch ended by Flush, or a prefix of a large one. What follows is
+    // unknown and will flow to the same server: the primary.
+    None
+}
+
 /// Picks a host for a read among the database's eligible replicas (and the primary when
 /// `with_primary`): up, within the lag bounds, breaker not open, weight > 0, not in
 /// `exclude` (a bit per host index), and, when `min_lsn` > 0, known to have replayed it.
 /// Lowest `load(i) / weight` wins; ties are broken at random.
 pub fn pick_read(
     cluster: &Cluster,
-    load: impl Fn(usize) -> u32,
+    load: &impl Fn(usize) -> u32,
     min_lsn: u64,
     with_primary: bool,
     exclude: u64,

@@ -211,7 +211,7 @@ impl ServerHandle {
         match mode {
             StopMode::WaitForServers => self.shutdown(timeout).await,
             StopMode::Immediate => {
-                self.controller.trigger();
+                self.trigger();
                 let _ = self.stop_accepting.send(true);
                 let idle = self.shared.clients.is_empty();
                 self.close_pools();
@@ -225,11 +225,17 @@ impl ServerHandle {
                     "not accepting connections; waiting for clients to disconnect"
                 );
                 self.controller.wait_drained().await;
-                self.controller.trigger();
+                self.trigger();
                 self.close_pools();
                 true
             }
         }
+    }
+
+    /// Flips the stop signal and wakes every session to look at it.
+    fn trigger(&self) {
+        self.controller.trigger();
+        self.shared.clients.wake_all();
     }
 
     fn close_pools(&self) {
@@ -248,6 +254,7 @@ impl ServerHandle {
         let _ = stop_accepting.send(true);
         let _ = task.await;
         controller.trigger();
+        shared.clients.wake_all();
         let finished = tokio::time::timeout(timeout, controller.drain()).await.is_ok();
         shared.stop_probes();
         for pool in shared.pools.all() {

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The process clock: a monotonic base and the wall time it corresponds to.
@@ -415,7 +414,9 @@ pub struct ClientInfo {
     /// Pinned to its server by session state it set (`session_state = pin`).
     pinned: AtomicBool,
     killed: AtomicBool,
-    kill: Notify,
+    /// The session task's waker, woken by [`ClientInfo::kill`] and [`ClientInfo::wake`]
+    /// (registered, not taken: a session needs no new future to hear of a stop).
+    waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ClientInfo {
@@ -451,7 +452,7 @@ impl ClientInfo {
             prepared: AtomicU32::new(0),
             pinned: AtomicBool::new(false),
             killed: AtomicBool::new(false),
-            kill: Notify::new(),
+            waker: Mutex::new(None),
         }
     }
 
@@ -518,10 +519,10 @@ impl ClientInfo {
         self.prepared.load(Ordering::Relaxed)
     }
 
-    /// Asks the session to close at once (`KILL`, `KILL_CLIENT`).
+    /// Kills the client (`KILL`, `KILL_CLIENT`): its session ends with 57P01.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        self.kill.notify_one();
+        self.wake();
     }
 
     /// Whether [`ClientInfo::kill`] was called.
@@ -529,14 +530,38 @@ impl ClientInfo {
         self.killed.load(Ordering::Acquire)
     }
 
+    /// Wakes the client's session so it looks at its stop conditions (a kill, the process
+    /// shutting down).
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.lock().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Registers the waker of the task serving this client (kept until replaced). Call on
+    /// every poll that checks the stop conditions, before checking them.
+    #[inline]
+    pub fn register_waker(&self, w: &std::task::Waker) {
+        let mut slot = self.waker.lock();
+        if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *slot = Some(w.clone());
+        }
+    }
+
     /// Resolves once the client is killed.
     ///
     /// # Cancel safety
-    /// Cancel-safe (`notify_one` keeps a permit for a later call).
+    /// Cancel-safe.
     pub async fn killed(&self) {
-        while !self.is_killed() {
-            self.kill.notified().await;
-        }
+        std::future::poll_fn(|cx| {
+            self.register_waker(cx.waker());
+            if self.is_killed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -572,6 +597,14 @@ impl ClientRegistry {
         let mut v: Vec<_> = self.clients.lock().values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+
+    /// Wakes every client's session (the process is stopping: each looks at the shutdown
+    /// signal at once, without a waiter per session on the signal's channel).
+    pub fn wake_all(&self) {
+        for c in self.clients.lock().values() {
+            c.wake();
+        }
     }
 
     /// Clients connected right now.

@@ -137,9 +137,10 @@ pub struct ClientIo<'a> {
     pub stats: &'a crate::stats::PoolStats,
 }
 
-/// Polls one read into `buf`. `Ready(Ok(0))` is end of stream.
+/// Polls one read into `buf` (with [`READ_CHUNK`] of room). `Ready(Ok(0))` is end of
+/// stream.
 #[inline]
-fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+pub(super) fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     buf.reserve(READ_CHUNK);
     let fut = pin!(s.read_buf(buf));
     fut.poll(cx)

@@ -1,16 +1,13 @@
 //! `PoolSet`: the pools of one (database, user), one per host of the database's
-//! [`Cluster`], and the choice among them. Sessions hold a `PoolSet`; the pool they check
-//! out from is decided per request from the topology and the router's verdict.
+//! [`Cluster`]. Sessions hold a `PoolSet`; which pool a request uses is the router's
+//! decision, carried out by the frontend's check-out. The set knows nothing of routing: it
+//! gives out the pool of a host ([`PoolSet::pools`]) and the primary's pool.
 //!
-//! Reads ([`PoolSet::check_out_read`]) go to an eligible replica picked by
-//! [`router::pick_read`], are retried on another host when the connection cannot be made
-//! (nothing has reached the client yet), may wait `read_your_writes_wait` for a replica to
-//! replay the client's last write, and otherwise fall back to the primary per
-//! `primary_reads`. Writes go to the primary. While there is none, a request waits
-//! up to `failover_wait_timeout` for one; a connection failure on the believed primary
-//! triggers a probe and waits the same way for the topology to move, so a request arriving
-//! in the seconds between a primary's death and the promotion of a replica is served by the
-//! new primary instead of failing. During a split brain writes are refused at once.
+//! [`PoolSet::check_out`] follows the primary: while there is none, a request waits up to
+//! `failover_wait_timeout` for one; a connection failure on the believed primary triggers a
+//! probe and waits the same way for the topology to move, so a request arriving in the
+//! seconds between a primary's death and the promotion of a replica is served by the new
+//! primary instead of failing. During a split brain writes are refused at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,30 +16,14 @@ use tokio::time::Instant;
 
 use super::{Error, Pool, PoolGuard, ServerParams};
 use crate::cluster::{Cluster, Primary};
-use crate::config::{PrimaryReads, Route};
-use crate::router::{self, Policy};
 use crate::stats::RouteStats;
 
 /// Pause between attempts while waiting for a failed primary to be replaced (the wait ends
 /// earlier when the primary changes).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// How often a read waiting for a replica to catch up looks again.
-const RYW_POLL: Duration = Duration::from_millis(10);
-
 /// "No deadline" for waits that another branch bounds.
 const FOREVER: Duration = Duration::from_secs(86_400);
-
-/// What a read must see (read-your-writes): a primary position to cover, or the time of a
-/// write whose position the probes have not measured yet.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ryw {
-    /// Primary WAL position the replica must have replayed (0: none).
-    pub lsn: u64,
-    /// `Cluster::now_ms` when the client's last write ended, if not yet covered by `lsn`
-    /// (0: none).
-    pub since: u64,
-}
 
 /// The pools of one (database, user); see the module docs.
 #[derive(Clone)]
@@ -86,86 +67,9 @@ impl PoolSet {
         self.0.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Routing decisions so far.
+    /// Routing decisions so far (counted by the frontend's check-out).
     pub fn route_stats(&self) -> &RouteStats {
         &self.0.stats
-    }
-
-    /// Checks out a connection to the primary for a request that needs it (counted as a
-    /// write).
-    pub async fn check_out_write(&self) -> Result<PoolGuard, Error> {
-        RouteStats::bump(&self.0.stats.writes);
-        match self.try_check_out() {
-            Some(g) => Ok(g),
-            None => self.check_out().await,
-        }
-    }
-
-    /// Checks out a connection for a read: an eligible replica (or the primary as a read
-    /// candidate with `primary_reads = "always"`) whose replay position is known to cover
-    /// the client's last write (`ryw`), else the primary as a fallback; see the module docs.
-    pub async fn check_out_read(&self, policy: &Policy, ryw: Ryw) -> Result<PoolGuard, Error> {
-        let cluster = &self.0.cluster;
-        let stats = &self.0.stats;
-        let replicas_only = policy.route == Route::Replica || policy.primary_reads == PrimaryReads::Never;
-        let with_primary = policy.primary_reads == PrimaryReads::Always && policy.route != Route::Replica;
-        let wait_until = Instant::now() + policy.ryw_wait;
-        let mut exclude = 0u64;
-        let mut waited = false;
-        loop {
-            // A write not yet covered by a primary measurement: no replica can prove it has it.
-            let min_lsn = match ryw.since {
-                0 => ryw.lsn,
-                since => cluster.primary_lsn_after(since).unwrap_or(u64::MAX),
-            };
-            let load = |i: usize| self.0.pools[i].in_use();
-            if let Some(i) = router::pick_read(cluster, load, min_lsn, with_primary, exclude) {
-                let to_primary = cluster.primary() == Primary::Host(i);
-                let pool = &self.0.pools[i];
-                let got = match pool.try_check_out() {
-                    Some(g) => Ok(g),
-                    None => pool.check_out().await,
-                };
-                match got {
-                    Ok(g) => {
-                        RouteStats::bump(if to_primary { &stats.reads_primary } else { &stats.reads_replica });
-                        return Ok(g);
-                    }
-                    Err(e) if failover_may_help(&e) => {
-                        // Nothing reached the client: try another host.
-                        RouteStats::bump(&stats.retries);
-                        cluster.request_probe();
-                        exclude |= 1 << i;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            // None eligible. Behind the client's last write only? Then maybe wait.
-            // (A pending write resolves with the next probe of the primary, which is asked for.)
-            if min_lsn > 0
-                && (min_lsn != u64::MAX || ryw.since != 0)
-                && Instant::now() < wait_until
-                && router::pick_read(cluster, load, 0, false, exclude).is_some()
-            {
-                if !waited {
-                    RouteStats::bump(&stats.ryw_waits);
-                    waited = true;
-                }
-                cluster.request_probe();
-                tokio::time::sleep(RYW_POLL.min(wait_until - Instant::now())).await;
-                continue;
-            }
-            if replicas_only {
-                return Err(Error::NoReplica(cluster.name().into()));
-            }
-            RouteStats::bump(&stats.fallbacks);
-            RouteStats::bump(&stats.reads_primary);
-            return match self.try_check_out() {
-                Some(g) => Ok(g),
-                None => self.check_out().await,
-            };
-        }
     }
 
     /// The database's topology.
@@ -285,9 +189,10 @@ impl PoolSet {
     }
 }
 
-/// Whether an error of the primary's pool may go away by itself when a replica is promoted:
-/// the server could not be reached (not: it refused the login, or the pool is closed).
-fn failover_may_help(e: &Error) -> bool {
+/// Whether an error of a pool may go away by itself on another host (a replica promoted,
+/// another replica for a read): the server could not be reached (not: it refused the login,
+/// or the pool is closed).
+pub fn failover_may_help(e: &Error) -> bool {
     match e {
         Error::Connect { server_code, .. } => server_code.as_deref().is_none_or(|c| c == "57P03"),
         Error::Timeout(_) | Error::Closed | Error::NoPrimary { .. } | Error::SplitBrain(_) | Error::NoReplica(_) => {

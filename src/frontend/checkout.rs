@@ -1,0 +1,95 @@
+//! Carrying out a routing decision: the server connection for one request, from the
+//! client's pools ([`PoolSet`]), counted in the set's [`RouteStats`].
+//!
+//! Writes (and everything of a client whose requests are not classified) go to the
+//! primary's pool, which follows the topology ([`PoolSet::check_out`]). Reads go where
+//! [`Router::pick`] says: a replica, retried on another host when the connection cannot be
+//! made (nothing has reached the client yet); after a short wait when only replicas behind
+//! the client's last write are eligible (`read_your_writes_wait`); or the primary as a
+//! fallback per `primary_reads`.
+//!
+//! Invariant: a request is served by at most one server connection; a failed attempt
+//! returns its connection's slot to its pool before the next one.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::Primary;
+use crate::pool::{self, failover_may_help, PoolGuard, PoolSet};
+use crate::router::{Decision, Pick, Router, Want};
+use crate::stats::RouteStats;
+
+/// How often a read waiting for a replica to catch up looks again.
+const RYW_POLL: Duration = Duration::from_millis(10);
+
+/// A server for the request `d` describes (`router` is `None` for a client whose
+/// requests all go to the primary).
+///
+/// # Cancel safety
+/// Cancel-safe: a connection handed over meanwhile goes back to its pool.
+pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision) -> Result<PoolGuard, pool::Error> {
+    let stats = set.route_stats();
+    let Some(router) = router.filter(|_| d.want == Want::Read) else {
+        if d.classified {
+            RouteStats::bump(&stats.writes);
+        }
+        return primary(set).await;
+    };
+    let cluster = set.cluster();
+    let ryw = router.ryw(d, cluster);
+    let wait_until = Instant::now() + router.policy().ryw_wait;
+    let mut exclude = 0u64;
+    let mut waited = false;
+    loop {
+        let load = |i: usize| set.pools()[i].in_use();
+        match router.pick(cluster, load, ryw, exclude, Instant::now() < wait_until) {
+            Pick::Host(i) => {
+                let to_primary = cluster.primary() == Primary::Host(i);
+                let pool = &set.pools()[i];
+                let got = match pool.try_check_out() {
+                    Some(g) => Ok(g),
+                    None => pool.check_out().await,
+                };
+                match got {
+                    Ok(g) => {
+                        RouteStats::bump(if to_primary { &stats.reads_primary } else { &stats.reads_replica });
+                        router.resolve_ryw(cluster);
+                        return Ok(g);
+                    }
+                    Err(e) if failover_may_help(&e) => {
+                        // Nothing reached the client: try another host.
+                        RouteStats::bump(&stats.retries);
+                        cluster.request_probe();
+                        exclude |= 1 << i.min(63);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Pick::WaitForReplay => {
+                if !waited {
+                    RouteStats::bump(&stats.ryw_waits);
+                    waited = true;
+                }
+                cluster.request_probe();
+                tokio::time::sleep(RYW_POLL.min(wait_until.saturating_duration_since(Instant::now()))).await;
+            }
+            Pick::NoReplica => return Err(pool::Error::NoReplica(cluster.name().into())),
+            Pick::Fallback => {
+                RouteStats::bump(&stats.fallbacks);
+                RouteStats::bump(&stats.reads_primary);
+                let g = primary(set).await;
+                router.resolve_ryw(cluster);
+                return g;
+            }
+        }
+    }
+}
+
+/// A connection to the primary: an idle one at once if there is one, else waiting.
+async fn primary(set: &PoolSet) -> Result<PoolGuard, pool::Error> {
+    match set.try_check_out() {
+        Some(g) => Ok(g),
+        None => set.check_out().await,
+    }
+}
