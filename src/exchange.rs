@@ -154,11 +154,10 @@ impl Txn {
 
 /// How a pooled client's session-state changes are handled (issue 8, see
 /// [`crate::sql::session_state`]).
+#[derive(Debug, Clone, Copy)]
 pub struct SessionRules {
     /// `Pin` or `Reject` (`Allow` means no rules at all).
     pub policy: crate::config::SessionState,
-    /// The client, whose `pinned` flag the console and metrics count.
-    pub info: Arc<crate::stats::ClientInfo>,
 }
 
 impl SessionRules {
@@ -182,7 +181,7 @@ pub struct Rules {
     /// Largest client message body accepted.
     pub max_body: usize,
     /// Session-state rules (transaction/statement mode with `session_state` pin or reject).
-    pub session: Option<Arc<SessionRules>>,
+    pub session: Option<SessionRules>,
 }
 
 /// What an exchange reads and updates outside itself while it scans.
@@ -203,6 +202,8 @@ pub struct Env<'a> {
     pub known: Option<&'a KnownStatements>,
     /// Where the server's traffic counts go at the end of each transaction.
     pub stats: Option<&'a PoolStats>,
+    /// The client as the console sees it (its `pinned` flag; the pin log line).
+    pub client: Option<&'a crate::stats::ClientInfo>,
 }
 
 /// What the scanners share: the exchange's own state and the outside state they update.
@@ -214,8 +215,9 @@ pub(crate) struct Ctx<'a> {
     pub max_body: usize,
     pub statement_mode: bool,
     pub known: Option<&'a KnownStatements>,
-    pub session: Option<&'a SessionRules>,
+    pub session: Option<SessionRules>,
     pub stats: Option<&'a PoolStats>,
+    pub client: Option<&'a crate::stats::ClientInfo>,
 }
 
 impl Ctx<'_> {
@@ -365,8 +367,9 @@ impl Exchange {
             max_body: rules.max_body,
             statement_mode: rules.statement_mode,
             known: env.known,
-            session: rules.session.as_deref(),
+            session: rules.session,
             stats: env.stats,
+            client: env.client,
         }
     }
 
@@ -404,8 +407,9 @@ impl Exchange {
             max_body: rules.max_body,
             statement_mode: rules.statement_mode,
             known: env.known,
-            session: rules.session.as_deref(),
+            session: rules.session,
             stats: env.stats,
+            client: env.client,
         };
         server::scan_server(&mut s, &mut ctx, &mut sink)
     }
@@ -528,6 +532,12 @@ impl Exchange {
     #[inline]
     pub fn pending(&self) -> u32 {
         self.st.txn.pending
+    }
+
+    /// Requests scanned since the attachment began.
+    #[inline]
+    pub fn requests(&self) -> u32 {
+        self.st.txn.requests
     }
 
     /// The transaction status of the last ReadyForQuery.

@@ -99,51 +99,52 @@ impl Stmt {
 }
 
 /// A client's named prepared statements (protocol-level `Parse`), by the client's name.
+/// Allocated at the first one: a client that never names a statement pays one word.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    map: HashMap<Box<[u8]>, Arc<Stmt>>,
+    map: Option<Box<StatementMap>>,
 }
+
+/// Client statement name → statement.
+type StatementMap = HashMap<Box<[u8]>, Arc<Stmt>>;
 
 impl ClientStatements {
     /// The statement the client named `name`.
     #[inline]
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Stmt>> {
-        if self.map.is_empty() {
-            return None;
-        }
-        self.map.get(name)
+        self.map.as_ref()?.get(name)
     }
 
     /// Defines `name` (replacing any previous definition).
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Stmt>) {
-        self.map.insert(name.into(), stmt);
+        self.map.get_or_insert_default().insert(name.into(), stmt);
     }
 
     /// Forgets `name`, returning its statement.
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Stmt>> {
-        self.map.remove(name)
+        self.map.as_mut()?.remove(name)
     }
 
     /// Forgets `name` only if it still names `stmt` (undo of an optimistic insert).
     pub fn remove_if(&mut self, name: &[u8], stmt: &Arc<Stmt>) {
-        if self.map.get(name).is_some_and(|s| Arc::ptr_eq(s, stmt)) {
-            self.map.remove(name);
+        if self.get(name).is_some_and(|s| Arc::ptr_eq(s, stmt)) {
+            self.remove(name);
         }
     }
 
     /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
-        self.map = HashMap::new();
+        self.map = None;
     }
 
     /// Number of statements.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 
     /// Whether the client has no named statement.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 

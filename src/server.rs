@@ -46,10 +46,9 @@ pub async fn run(
         match clients.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (shared, shutdown, drain) = (shared.clone(), session_shutdown.clone(), drain.clone());
-                tokio::spawn(async move {
-                    session::run(shared, tcp, peer, shutdown, drain).await;
-                    drop(permit);
-                });
+                // The login runs in this task; a logged-in session gets a task of its own
+                // (holding the permit until it ends).
+                tokio::spawn(session::run(shared, tcp, peer, shutdown, drain, permit));
             }
             Err(_) => {
                 if let Ok(p) = rejecting.clone().try_acquire_owned() {

@@ -12,7 +12,7 @@ cat > "$WORK/pgsluice.toml" <<EOT
 [general]
 listen_addr = "127.0.0.1"
 listen_port = $PORT
-max_client_conn = 5000
+max_client_conn = ${MAX_CLIENT_CONN:-20000}
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
 auth_type = "scram-sha-256"

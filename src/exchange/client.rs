@@ -243,7 +243,7 @@ fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: b
 
 /// Pin mode: records what `text` sets or undoes; logs when the client becomes pinned or
 /// unpinned.
-fn pin_text(ctx: &mut Ctx<'_>, rules: &super::SessionRules, text: &str) {
+fn pin_text(ctx: &mut Ctx<'_>, rules: super::SessionRules, text: &str) {
     let was = ctx.x.txn.pin.is_pinned();
     let d = session_state::apply(text, &|n| rules.is_tracked(n), &mut ctx.x.txn.pin);
     let now = ctx.x.txn.pin.is_pinned();
@@ -252,21 +252,19 @@ fn pin_text(ctx: &mut Ctx<'_>, rules: &super::SessionRules, text: &str) {
         // A pinned client keeps its server: nothing is held back to be routed on its own.
         ctx.x.txn.one_request = false;
     }
-    if now == was {
-        return;
-    }
-    rules.info.set_pinned(now);
+    let Some(info) = ctx.client.filter(|_| now != was) else { return };
+    info.set_pinned(now);
     if now {
         tracing::info!(
-            client_id = rules.info.id,
-            db = %rules.info.database,
-            user = %rules.info.user,
+            client_id = info.id,
+            db = %info.database,
+            user = %info.user,
             reason = d.map_or("session state", |d| d.reason.as_str()),
             statement = d.map_or(String::new(), |d| session_state::redact(d.statement)),
             "client pinned to its server connection (session_state = pin)"
         );
     } else {
-        tracing::info!(client_id = rules.info.id, "client unpinned: the session state it set was undone");
+        tracing::info!(client_id = info.id, "client unpinned: the session state it set was undone");
     }
 }
 

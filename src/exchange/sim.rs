@@ -70,6 +70,7 @@ impl Sim {
             rules: &self.rules,
             known: None,
             stats: None,
+            client: None,
         };
         (&mut self.x, &mut self.cbuf, &mut self.sbuf, env)
     }

@@ -54,13 +54,22 @@ pub enum Event {
     IdleTransactionTimeout,
 }
 
-/// Timeouts applied while a server is held; computed once per session.
+/// Timeouts applied while a server is held; computed once per session. Milliseconds, 0 for
+/// none (kept small: every session carries them).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RelayTimeouts {
     /// `query_timeout`.
-    pub query: Option<std::time::Duration>,
+    pub query_ms: u32,
     /// `idle_transaction_timeout`.
-    pub idle_transaction: Option<std::time::Duration>,
+    pub idle_transaction_ms: u32,
+}
+
+impl RelayTimeouts {
+    /// From the configured durations (`None`: off).
+    pub fn new(query: Option<std::time::Duration>, idle_transaction: Option<std::time::Duration>) -> RelayTimeouts {
+        let ms = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
+        RelayTimeouts { query_ms: ms(query), idle_transaction_ms: ms(idle_transaction) }
+    }
 }
 
 /// Per-session relay settings and timer.
@@ -71,8 +80,10 @@ pub struct Relay {
     pub rules: Rules,
     timeouts: RelayTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
-    /// What the timer currently measures.
-    phase: Option<Activity>,
+    /// What the timer currently measures, and since how many requests (a new request
+    /// re-arms it even if the phase looks the same, e.g. a whole round trip inside a
+    /// transaction between two polls).
+    phase: Option<(Activity, u32)>,
     /// The client closed its side while requests were held back behind a read-routed
     /// request: stop reading it, finish what it sent.
     client_eof: bool,
@@ -84,7 +95,7 @@ pub struct Relay {
 impl Relay {
     /// Relay settings for one session.
     pub fn new(release_on_idle: bool, rules: Rules, timeouts: RelayTimeouts) -> Relay {
-        let timer = (timeouts.query.is_some() || timeouts.idle_transaction.is_some())
+        let timer = (timeouts.query_ms > 0 || timeouts.idle_transaction_ms > 0)
             .then(|| Box::pin(tokio::time::sleep_until(Instant::now() + FAR)));
         Relay { release_on_idle, rules, timeouts, timer, phase: None, client_eof: false, draining: false }
     }
@@ -93,16 +104,17 @@ impl Relay {
     /// (`query_timeout`), "waiting for the client inside a transaction"
     /// (`idle_transaction_timeout`) and "idle between transactions" (no timer). Returns an
     /// event if the armed timer has fired.
-    fn poll_timer(&mut self, cx: &mut Context<'_>, activity: Activity) -> Option<Event> {
+    fn poll_timer(&mut self, cx: &mut Context<'_>, activity: Activity, requests: u32) -> Option<Event> {
         let timer = self.timer.as_mut()?;
-        if self.phase != Some(activity) {
-            self.phase = Some(activity);
-            let limit = match activity {
-                Activity::Running => self.timeouts.query,
-                Activity::InTransaction => self.timeouts.idle_transaction,
-                Activity::Idle => None,
+        if self.phase != Some((activity, requests)) {
+            self.phase = Some((activity, requests));
+            let limit_ms = match activity {
+                Activity::Running => self.timeouts.query_ms,
+                Activity::InTransaction => self.timeouts.idle_transaction_ms,
+                Activity::Idle => 0,
             };
-            timer.as_mut().reset(Instant::now() + limit.unwrap_or(FAR));
+            let limit = if limit_ms == 0 { FAR } else { std::time::Duration::from_millis(limit_ms.into()) };
+            timer.as_mut().reset(Instant::now() + limit);
         }
         match (timer.as_mut().poll(cx), activity) {
             (Poll::Ready(()), Activity::Running) => Some(Event::QueryTimeout),
@@ -135,6 +147,8 @@ pub struct ClientIo<'a> {
     pub known: &'a KnownStatements,
     /// The pool's traffic counters.
     pub stats: &'a crate::stats::PoolStats,
+    /// The client in the registry.
+    pub info: &'a crate::stats::ClientInfo,
 }
 
 /// Polls one read into `buf` (with [`READ_CHUNK`] of room). `Ready(Ok(0))` is end of
@@ -151,7 +165,7 @@ pub(super) fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut Byt
 /// # Cancel safety
 /// Cancel-safe: all state is in the arguments.
 pub async fn pump(relay: &mut Relay, client: ClientIo<'_>, server: &mut ServerConn, x: &mut Exchange) -> Event {
-    let ClientIo { stream: cstream, buf: cbuf, params, stmts, known, stats } = client;
+    let ClientIo { stream: cstream, buf: cbuf, params, stmts, known, stats, info } = client;
     let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, state, .. } = server;
     std::future::poll_fn(|cx| {
         let Relay { rules, release_on_idle, draining, client_eof, .. } = &mut *relay;
@@ -164,11 +178,12 @@ pub async fn pump(relay: &mut Relay, client: ClientIo<'_>, server: &mut ServerCo
             rules,
             known: Some(known),
             stats: Some(stats),
+            client: Some(info),
         };
         let releasable = |x: &Exchange| *release_on_idle && (!x.is_pinned() || *draining);
         match poll_pump(cx, x, cstream, cbuf, sstream, sbuf, &mut env, releasable, client_eof) {
             Some(ev) => Poll::Ready(ev),
-            None => match relay.poll_timer(cx, x.activity()) {
+            None => match relay.poll_timer(cx, x.activity(), x.requests()) {
                 Some(ev) => Poll::Ready(ev),
                 None => Poll::Pending,
             },
