@@ -1,9 +1,9 @@
-//! Query cancellation. Every client gets its own (pid, secret) from pgsluice; the registry
-//! maps it to a slot the client's session fills with the cancel key of the server
-//! connection it currently holds, and clears when it releases that server. A CancelRequest
-//! is forwarded (with the server's own key) only while the slot is filled, so a cancel never
-//! reaches a server that is running another client's query, and a cancel for an idle
-//! client does nothing.
+//! Query cancellation. Every client gets its own (pid, secret) from pgsluice at login; the
+//! registry maps it to the client's [`ClientInfo`], whose link names the server connection
+//! it holds right now (set when it checks one out, cleared when it goes idle). A
+//! CancelRequest is forwarded (with that server's own key) only while the client holds a
+//! server, so a cancel for an idle client does nothing, and the hot path pays nothing for
+//! cancellation beyond the link it keeps for the console anyway.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,24 +13,8 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::backend::conn::CancelTarget;
 use crate::protocol::write;
-
-/// The server a client is using right now, if any.
-#[derive(Default)]
-pub struct CancelSlot(Mutex<Option<CancelTarget>>);
-
-impl CancelSlot {
-    /// Called when the session takes a server connection.
-    pub fn set(&self, t: &CancelTarget) {
-        *self.0.lock() = Some(t.clone());
-    }
-
-    /// Called before the session releases it.
-    pub fn clear(&self) {
-        *self.0.lock() = None;
-    }
-}
+use crate::stats::{CancelTarget, ClientInfo};
 
 /// Sends a CancelRequest to a server. Returns whether it was delivered.
 pub async fn send_cancel(t: CancelTarget) -> bool {
@@ -51,19 +35,21 @@ pub async fn send_cancel(t: CancelTarget) -> bool {
     }
 }
 
-/// The (pid, secret) pairs handed to clients.
+/// The (pid, secret) pairs handed to clients, and whose they are (a key is reserved at login,
+/// before its session and `ClientInfo` exist).
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+    map: Mutex<HashMap<(i32, i32), Owner>>,
 }
 
-/// A registration; removes itself from the registry on drop.
+/// Whose a key is (`None` between the login reply and the start of the session).
+type Owner = Option<Arc<ClientInfo>>;
+
+/// A reserved cancel key; removes itself from the registry on drop.
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
     /// The client's (pid, secret).
     pub key: (i32, i32),
-    /// The slot this client's session fills.
-    pub slot: Arc<CancelSlot>,
 }
 
 impl Drop for CancelHandle {
@@ -72,10 +58,18 @@ impl Drop for CancelHandle {
     }
 }
 
+impl CancelHandle {
+    /// The key now belongs to `info` (its session has started).
+    pub fn attach(&self, info: &Arc<ClientInfo>) {
+        if let Some(slot) = self.registry.map.lock().get_mut(&self.key) {
+            *slot = Some(info.clone());
+        }
+    }
+}
+
 impl CancelRegistry {
-    /// Registers a new client with a fresh random (pid, secret).
+    /// Reserves a fresh random (pid, secret).
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let slot = Arc::new(CancelSlot::default());
         let mut map = self.map.lock();
         let key = loop {
             let pid = rand::random::<i32>() & 0x7fff_ffff;
@@ -84,25 +78,14 @@ impl CancelRegistry {
                 break key;
             }
         };
-        map.insert(key, slot.clone());
-        CancelHandle { registry: self.clone(), key, slot }
+        map.insert(key, None);
+        CancelHandle { registry: self.clone(), key }
     }
 
-    /// Handles a client's CancelRequest: forwards it to the server the client is using.
-    /// Returns whether a cancel was sent.
-    pub async fn cancel(&self, pid: i32, secret: &[u8]) -> bool {
-        let Ok(secret) = <[u8; 4]>::try_from(secret) else { return false };
-        let target = {
-            let map = self.map.lock();
-            match map.get(&(pid, i32::from_be_bytes(secret))) {
-                Some(slot) => slot.0.lock().clone(),
-                None => None,
-            }
-        };
-        match target {
-            Some(t) => send_cancel(t).await,
-            None => false,
-        }
+    /// The client a CancelRequest's key names, if any.
+    pub fn find(&self, pid: i32, secret: &[u8]) -> Option<Arc<ClientInfo>> {
+        let secret = <[u8; 4]>::try_from(secret).ok()?;
+        self.map.lock().get(&(pid, i32::from_be_bytes(secret))).cloned().flatten()
     }
 
     /// Number of registered clients.

@@ -385,7 +385,7 @@ impl Pool {
                     }
                 }
             };
-            if idle.is_none() {
+            if idle.is_none() && (self.0.db_limit.at_max() || self.0.user_limit.at_max()) {
                 self.relieve_limits(reserve_allowed(s, reserve_at));
             }
             if let Some(p) = idle {
@@ -417,7 +417,9 @@ impl Pool {
                             let mut st = self.0.state.lock();
                             self.maybe_open(&mut st, reserve_allowed(s, reserve_at));
                         }
-                        self.relieve_limits(reserve_allowed(s, reserve_at));
+                        if self.0.db_limit.at_max() || self.0.user_limit.at_max() {
+                            self.relieve_limits(reserve_allowed(s, reserve_at));
+                        }
                     }
                 }
             }
@@ -489,13 +491,29 @@ impl Pool {
     }
 
     /// Opens a connection if waiters outnumber connections being opened and limits allow.
-    /// Called with the state locked.
+    /// Called with the state locked. The waiters are counted (dropped ones removed, a walk
+    /// over the queue) only when a connection could be opened at all: a pool at its size
+    /// with a thousand waiters pays nothing here per check-out.
     fn maybe_open(&self, st: &mut State, allow_reserve: bool) {
-        st.waiters.retain(|w| !w.tx.is_closed());
-        if st.closed || st.waiters.len() <= st.connecting as usize {
+        if st.closed || st.waiters.len() <= st.connecting as usize || !self.may_open(st, allow_reserve) {
             return;
         }
-        self.open_one(st, allow_reserve);
+        st.waiters.retain(|w| !w.tx.is_closed());
+        if st.waiters.len() > st.connecting as usize {
+            self.open_one(st, allow_reserve);
+        }
+    }
+
+    /// Whether the pool's size, backoff and the shared limits leave room to open a
+    /// connection now.
+    #[inline]
+    fn may_open(&self, st: &State, allow_reserve: bool) -> bool {
+        let z = st.sizes();
+        let cap = z.size + if allow_reserve { z.reserve } else { 0 };
+        st.open < cap
+            && st.retry_at.is_none_or(|t| Instant::now() >= t)
+            && !self.0.db_limit.at_max()
+            && !self.0.user_limit.at_max()
     }
 
     fn open_one(&self, st: &mut State, allow_reserve: bool) {
@@ -568,6 +586,7 @@ impl Pool {
                 let mut meta = ServerMeta::new(id, conn.cancel.pid as u32, conn.cancel.addr, local, s.clock.now_us());
                 meta.tls = conn.stream.is_tls();
                 meta.epoch = epoch;
+                meta.cancel = Some(conn.cancel.clone());
                 let meta = Arc::new(meta);
                 conn.meta = Some(meta.clone());
                 slot.1 = id;
@@ -763,6 +782,11 @@ impl Pool {
         for p in idle {
             tokio::spawn(p.conn.terminate());
         }
+    }
+
+    /// The open server connection with id `id`, if it is one of this pool's.
+    pub fn server(&self, id: u64) -> Option<Arc<ServerMeta>> {
+        self.0.state.lock().servers.iter().find(|m| m.id == id).cloned()
     }
 
     /// Check-outs served so far.

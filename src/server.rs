@@ -113,7 +113,7 @@ async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
             match parse_startup(&pkt) {
                 Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => tcp.write_all(b"N").await?,
                 Ok(StartupPacket::CancelRequest { pid, secret }) => {
-                    shared.cancel.cancel(pid, secret).await;
+                    shared.cancel_request(pid, secret).await;
                     return Ok(());
                 }
                 _ => break,

@@ -144,6 +144,18 @@ impl Shared {
         by_db
     }
 
+    /// Handles a client's CancelRequest: forwards it to the server the client holds right
+    /// now, if any. Returns whether a cancel was sent.
+    pub async fn cancel_request(&self, pid: i32, secret: &[u8]) -> bool {
+        let Some(info) = self.cancel.find(pid, secret) else { return false };
+        let (server, _) = info.link();
+        let target = (server != 0).then(|| self.pools.server(server)).flatten().and_then(|m| m.cancel.clone());
+        match target {
+            Some(t) => crate::cancel::send_cancel(t).await,
+            None => false,
+        }
+    }
+
     /// A process-unique id for a new client session (logs, admin console).
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
@@ -261,6 +273,12 @@ impl PoolRegistry {
     /// A snapshot of all pool sets with their (database, user) keys.
     pub fn sets(&self) -> Vec<((String, String), PoolSet)> {
         self.inner.lock().pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
+    }
+
+    /// The open server connection with id `id` (a linked client's, for its CancelRequest).
+    pub fn server(&self, id: u64) -> Option<Arc<crate::stats::ServerMeta>> {
+        let sets: Vec<PoolSet> = self.inner.lock().pools.values().cloned().collect();
+        sets.iter().flat_map(|s| s.pools().iter()).find_map(|p| p.server(id))
     }
 
     /// Every pool (all hosts of all sets).

@@ -618,6 +618,17 @@ impl ClientRegistry {
     }
 }
 
+/// Cancel target of a server connection: where and with which key to send a CancelRequest.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Server process id.
+    pub pid: i32,
+    /// Server secret key.
+    pub secret: Arc<[u8]>,
+}
+
 /// The identity of one open server connection, for `SHOW SERVERS`.
 #[derive(Debug)]
 pub struct ServerMeta {
@@ -641,6 +652,8 @@ pub struct ServerMeta {
     request_us: AtomicU64,
     /// Prepared statements on it (as of its last check-in).
     prepared: AtomicU32,
+    /// Where a client's CancelRequest for it goes.
+    pub cancel: Option<CancelTarget>,
 }
 
 impl ServerMeta {
@@ -657,6 +670,7 @@ impl ServerMeta {
             link: AtomicU64::new(0),
             request_us: AtomicU64::new(connect_us),
             prepared: AtomicU32::new(0),
+            cancel: None,
         }
     }
 

@@ -4,7 +4,6 @@
 //! `ReadyForQuery`; its read buffer holds no unread server bytes whenever it sits idle in a
 //! pool (the relay only checks a connection in after the final `Z`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,16 +87,7 @@ impl From<ReadError> for Error {
     }
 }
 
-/// Cancel target of a server connection: where and with which key to send a CancelRequest.
-#[derive(Debug, Clone)]
-pub struct CancelTarget {
-    /// Server address.
-    pub addr: SocketAddr,
-    /// Server process id.
-    pub pid: i32,
-    /// Server secret key.
-    pub secret: Arc<[u8]>,
-}
+pub use crate::stats::CancelTarget;
 
 /// A logged-in server connection.
 pub struct ServerConn {

@@ -86,6 +86,29 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
     }
 }
 
+/// The fast path of [`check_out`]: an idle connection where `d` sends the request, taken
+/// without waiting. `None`: nothing is idle there, or the read needs the slow path's
+/// choices (a wait for replay, a fallback); take [`check_out`] (nothing was counted).
+pub fn try_check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision) -> Option<PoolGuard> {
+    let stats = set.route_stats();
+    let Some(router) = router.filter(|_| d.want == Want::Read) else {
+        let g = set.try_check_out()?;
+        if d.classified {
+            RouteStats::bump(&stats.writes);
+        }
+        return Some(g);
+    };
+    let cluster = set.cluster();
+    let ryw = router.ryw(d, cluster);
+    let load = |i: usize| set.pools()[i].in_use();
+    let Pick::Host(i) = router.pick(cluster, load, ryw, 0, false) else { return None };
+    let g = set.pools()[i].try_check_out()?;
+    let to_primary = cluster.primary() == Primary::Host(i);
+    RouteStats::bump(if to_primary { &stats.reads_primary } else { &stats.reads_replica });
+    router.resolve_ryw(cluster);
+    Some(g)
+}
+
 /// A connection to the primary: an idle one at once if there is one, else waiting.
 async fn primary(set: &PoolSet) -> Result<PoolGuard, pool::Error> {
     match set.try_check_out() {

@@ -6,8 +6,8 @@
 //! Invariants:
 //! - One read buffer per direction (the client's in the session, the server's in its
 //!   `ServerConn`), which doubles as the write buffer (the exchange's side buffer goes first).
-//! - [`pump`] is cancel-safe: all progress lives in the buffers, the [`Exchange`] and
-//!   [`Relay`], never in locals.
+//! - [`poll`] keeps nothing between polls: all progress lives in the buffers, the
+//!   [`Exchange`] and [`Relay`].
 //! - A direction is not read while its buffers hold [`READ_AHEAD`] bytes (more while a
 //!   message that must be read whole is arriving): backpressure both ways.
 
@@ -29,7 +29,7 @@ use crate::protocol;
 
 pub use crate::exchange::READ_AHEAD;
 
-/// Why [`pump`] returned.
+/// Why [`poll`] returned.
 #[derive(Debug)]
 pub enum Event {
     /// The server is idle and fully relayed: it may be released.
@@ -160,36 +160,41 @@ pub(super) fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut Byt
     fut.poll(cx)
 }
 
-/// Relays between the client and `server` until an [`Event`].
+/// Relays between the client and `server` until an [`Event`]: one poll. The caller keeps
+/// no state of its own between polls (a plain `poll_fn` over the session's fields), so a
+/// session pays no future for the relay.
 ///
 /// # Cancel safety
 /// Cancel-safe: all state is in the arguments.
-pub async fn pump(relay: &mut Relay, client: ClientIo<'_>, server: &mut ServerConn, x: &mut Exchange) -> Event {
+pub fn poll(
+    cx: &mut Context<'_>,
+    relay: &mut Relay,
+    client: ClientIo<'_>,
+    server: &mut ServerConn,
+    x: &mut Exchange,
+) -> Poll<Event> {
     let ClientIo { stream: cstream, buf: cbuf, params, stmts, known, stats, info } = client;
     let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, state, .. } = server;
-    std::future::poll_fn(|cx| {
-        let Relay { rules, release_on_idle, draining, client_eof, .. } = &mut *relay;
-        let mut env = Env {
-            conn: &mut *state,
-            server_params: &mut *sparams,
-            synced: &mut *synced,
-            params: &mut *params,
-            stmts: &mut *stmts,
-            rules,
-            known: Some(known),
-            stats: Some(stats),
-            client: Some(info),
-        };
-        let releasable = |x: &Exchange| *release_on_idle && (!x.is_pinned() || *draining);
-        match poll_pump(cx, x, cstream, cbuf, sstream, sbuf, &mut env, releasable, client_eof) {
+    let Relay { rules, release_on_idle, draining, client_eof, .. } = &mut *relay;
+    let mut env = Env {
+        conn: state,
+        server_params: sparams,
+        synced,
+        params,
+        stmts,
+        rules,
+        known: Some(known),
+        stats: Some(stats),
+        client: Some(info),
+    };
+    let releasable = |x: &Exchange| *release_on_idle && (!x.is_pinned() || *draining);
+    match poll_pump(cx, x, cstream, cbuf, sstream, sbuf, &mut env, releasable, client_eof) {
+        Some(ev) => Poll::Ready(ev),
+        None => match relay.poll_timer(cx, x.activity(), x.requests()) {
             Some(ev) => Poll::Ready(ev),
-            None => match relay.poll_timer(cx, x.activity(), x.requests()) {
-                Some(ev) => Poll::Ready(ev),
-                None => Poll::Pending,
-            },
-        }
-    })
-    .await
+            None => Poll::Pending,
+        },
+    }
 }
 
 /// One pass of the relay: moves what it can. `None`: nothing more can happen until a

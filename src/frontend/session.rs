@@ -21,7 +21,8 @@
 //! - Stop conditions (KILL, shutdown) reach a session through its `ClientInfo`'s waker,
 //!   which every poll that checks them registers first: no waiter per session on a shared
 //!   channel.
-//! - The cancel slot names a server only while this session holds it.
+//! - The client's link (its `ClientInfo`) names a server only while this session holds it,
+//!   and is cleared before the server is checked in: a CancelRequest follows the link.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,6 +134,14 @@ enum State {
     Closing(Option<ClientError>),
 }
 
+/// What the slow path of `Waiting` takes over from [`Session::attach_now`].
+struct Pending {
+    d: Decision,
+    wait_start: tokio::time::Instant,
+    /// The server, if one was checked out (it needs setting up).
+    g: Option<PoolGuard>,
+}
+
 /// What ended an idle wait.
 enum Idle {
     /// A complete request (or enough to start streaming) is buffered.
@@ -156,7 +165,8 @@ struct Session {
     /// Routing (a database with several hosts, `route` not `primary`); `None` sends
     /// everything to the primary without looking.
     router: Option<Box<Router>>,
-    cancel: CancelHandle,
+    /// The client's cancel key (removed from the registry when the session ends).
+    _cancel: CancelHandle,
     relay: Relay,
     /// `client_idle_timeout`'s timer, re-armed for each idle wait (`idle_limit_ms`).
     idle_timer: Option<std::pin::Pin<Box<Sleep>>>,
@@ -223,6 +233,7 @@ impl Session {
             shared.clock.now_us(),
             false,
         ));
+        l.cancel.attach(&reg.info);
         let release_on_idle = l.mode != PoolMode::Session;
         let reset_query = {
             let q = g.server_reset_query.trim();
@@ -268,7 +279,7 @@ impl Session {
             max_prepared: g.max_prepared_statements,
             pool: l.pool,
             router,
-            cancel: l.cancel,
+            _cancel: l.cancel,
             relay,
             idle_timer,
             idle_limit_ms,
@@ -291,8 +302,11 @@ impl Session {
         loop {
             state = match state {
                 State::Idle => self.idle().await,
-                State::Waiting => Box::pin(self.waiting()).await,
-                State::Active(g) => Box::pin(self.active(g)).await,
+                State::Waiting => match self.attach_now() {
+                    Ok(state) => state,
+                    Err(p) => Box::pin(self.waiting(p)).await,
+                },
+                State::Active(g) => self.active(g).await,
                 State::Closing(None) => return None,
                 State::Closing(Some(e)) => {
                     let reason = e.message.clone();
@@ -469,9 +483,10 @@ impl Session {
 
     // === Waiting ===
 
-    /// Checks out a server for the buffered request (routed) and prepares it for this
-    /// client: tracked parameters, a deferred `BEGIN`.
-    async fn waiting(&mut self) -> State {
+    /// The fast path of `Waiting`, without a future: the routing decision, an idle server
+    /// where it points, nothing to set up on it. `Err`: the rest is the slow path's
+    /// ([`Session::waiting`]), with what was done so far.
+    fn attach_now(&mut self) -> Result<State, Box<Pending>> {
         let d = match &mut self.router {
             Some(r) => r.decide(&self.buf, &self.stmts, &self.params, self.relay.rules.max_body),
             None => {
@@ -480,18 +495,31 @@ impl Session {
         };
         let wait_start = tokio::time::Instant::now();
         self.reg.info.waiting(self.shared.clock.us(wait_start));
-        let mut g = match checkout::check_out(&self.pool, self.router.as_deref_mut(), &d).await {
-            Ok(g) => g,
-            Err(e) => return self.request_failed(ClientError::from(&e)).await,
+        let Some(mut g) = checkout::try_check_out(&self.pool, self.router.as_deref_mut(), &d) else {
+            return Err(Box::new(Pending { d, wait_start, g: None }));
         };
-        {
-            let (pool, server, _) = g.parts();
-            pool.stats().assigned(wait_start.elapsed());
-            if let Some(meta) = &server.meta {
-                meta.link(self.reg.info.id, self.shared.clock.now_us());
-                self.reg.info.linked(meta);
-            }
+        self.linked(&mut g, wait_start);
+        let server = g.server();
+        if d.begin.is_some() || self.params.sync_sql(&server.params, server.synced.as_ref()).is_some() {
+            return Err(Box::new(Pending { d, wait_start, g: Some(g) }));
         }
+        Ok(self.attached(g, &d))
+    }
+
+    /// Checks out a server for the buffered request (routed), waiting as long as it takes,
+    /// and prepares it for this client: tracked parameters, a deferred `BEGIN`.
+    async fn waiting(&mut self, p: Box<Pending>) -> State {
+        let Pending { d, wait_start, g } = *p;
+        let mut g = match g {
+            Some(g) => g,
+            None => match checkout::check_out(&self.pool, self.router.as_deref_mut(), &d).await {
+                Ok(mut g) => {
+                    self.linked(&mut g, wait_start);
+                    g
+                }
+                Err(e) => return self.request_failed(ClientError::from(&e)).await,
+            },
+        };
         let server = g.server();
         if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
             if let Err(e) = self.sync_params(&mut g, sql).await {
@@ -517,9 +545,25 @@ impl Session {
                     .await;
             }
         }
-        let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
+        self.attached(g, &d)
+    }
+
+    /// A server was checked out: counted and linked for the console.
+    fn linked(&mut self, g: &mut PoolGuard, wait_start: tokio::time::Instant) {
+        let (pool, server, _) = g.parts();
+        pool.stats().assigned(wait_start.elapsed());
+        if let Some(meta) = &server.meta {
+            meta.link(self.reg.info.id, self.shared.clock.now_us());
+            self.reg.info.linked(meta);
+        }
+    }
+
+    /// The server is ready for the request: the exchange starts, `Active`.
+    fn attached(&mut self, mut g: PoolGuard, d: &Decision) -> State {
         if let Some(r) = &mut self.router {
-            r.attached(&d, on_primary);
+            let on_primary =
+                self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
+            r.attached(d, on_primary);
         }
         let status = if d.begin.is_some() { status::IN_TRANSACTION } else { status::IDLE };
         let (_, server, x) = g.parts();
@@ -531,7 +575,6 @@ impl Session {
         // write pipelined behind the read is routed (and its WAL position learned) on its own.
         x.attach(&mut server.state, status, d.want == Want::Read, self.max_prepared as usize);
         self.relay.reset_timer();
-        self.cancel.slot.set(&server.cancel);
         State::Active(g)
     }
 
@@ -586,38 +629,14 @@ impl Session {
     // === Active ===
 
     /// Relays between the client and `g` until the server is released (→ `Idle`) or the
-    /// session ends.
+    /// session ends. Inline in the session's future and small: the relay is a poll over the
+    /// session's fields; only the rare endings run boxed ([`Session::after`]).
     async fn active(&mut self, mut g: PoolGuard) -> State {
         loop {
             if !self.draining && self.shutdown.is_set() && (!self.relay.release_on_idle || g.parts().2.is_pinned()) {
                 self.drain();
             }
-            let ev = {
-                let (pool, server_conn, x) = g.parts();
-                let client = ClientIo {
-                    stream: &mut self.stream,
-                    buf: &mut self.buf,
-                    params: &mut self.params,
-                    stmts: &mut self.stmts,
-                    known: pool.known_statements(),
-                    stats: pool.stats(),
-                    info: &self.reg.info,
-                };
-                let info = &self.reg.info;
-                let (shutdown, draining) = (&self.shutdown, self.draining);
-                let mut pump = std::pin::pin!(relay::pump(&mut self.relay, client, server_conn, x));
-                // A stop (KILL; shutdown for a session that keeps its server between
-                // transactions) interrupts the relay; in transaction mode a shutdown is
-                // handled when the server is released.
-                std::future::poll_fn(|cx| {
-                    info.register_waker(cx.waker());
-                    if info.is_killed() || (!draining && shutdown.is_set()) {
-                        return Poll::Ready(None);
-                    }
-                    pump.as_mut().poll(cx).map(Some)
-                })
-                .await
-            };
+            let ev = std::future::poll_fn(|cx| self.poll_active(cx, &mut g)).await;
             {
                 let (pool, _, x) = g.parts();
                 pool.stats().add(x.tally());
@@ -634,10 +653,53 @@ impl Session {
                 self.drain();
                 continue;
             };
-            self.cancel.slot.clear();
             self.check_read_only(&mut g);
-            return self.after(g, ev).await;
+            if matches!(ev, Event::Released) && self.release_now(&mut g) {
+                // (Unlinked first: a CancelRequest must not reach the server's next client.)
+                self.reg.info.unlinked();
+                g.check_in();
+                if self.shutdown.is_set() {
+                    return State::Closing(Some(shutting_down()));
+                }
+                return State::Idle;
+            }
+            return Box::pin(self.after(g, ev)).await;
         }
+    }
+
+    /// One poll of the relay, after the stop conditions (KILL; shutdown for a session that
+    /// keeps its server between transactions: in transaction mode a shutdown is handled when
+    /// the server is released). `None`: a stop.
+    fn poll_active(&mut self, cx: &mut Context<'_>, g: &mut PoolGuard) -> Poll<Option<Event>> {
+        let info = &self.reg.info;
+        info.register_waker(cx.waker());
+        if info.is_killed() || (!self.draining && self.shutdown.is_set()) {
+            return Poll::Ready(None);
+        }
+        let (pool, server, x) = g.parts();
+        let client = ClientIo {
+            stream: &mut self.stream,
+            buf: &mut self.buf,
+            params: &mut self.params,
+            stmts: &mut self.stmts,
+            known: pool.known_statements(),
+            stats: pool.stats(),
+            info,
+        };
+        relay::poll(cx, &mut self.relay, client, server, x).map(Some)
+    }
+
+    /// The release needs nothing but the check-in (no reset query, nothing to close): the
+    /// router is told, and the caller checks the server in.
+    fn release_now(&mut self, g: &mut PoolGuard) -> bool {
+        let state = &g.server().state;
+        if self.reset_query.is_some() || state.poisoned || state.session_dirty {
+            return false;
+        }
+        if let Some(r) = &mut self.router {
+            r.released(self.pool.cluster());
+        }
+        true
     }
 
     /// Shutdown while a server is held: release it at the next idle point even if the
@@ -788,6 +850,8 @@ impl Session {
                 return g.discard();
             }
         }
+        // (Unlinked first: a CancelRequest must not reach the server's next client.)
+        self.reg.info.unlinked();
         g.check_in();
     }
 

@@ -167,7 +167,7 @@ async fn login(
                 s.write_all(b"N").await.map_err(|_| None)?;
             }
             Ok(StartupPacket::CancelRequest { pid, secret }) => {
-                shared.cancel.cancel(pid, secret).await;
+                shared.cancel_request(pid, secret).await;
                 return Ok(None);
             }
             Ok(StartupPacket::Startup { major, minor, params }) => {

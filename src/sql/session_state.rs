@@ -287,11 +287,13 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     (0..=hay.len() - n).any(|i| hay[i] | 0x20 == first && hay[i..i + n].eq_ignore_ascii_case(needle))
 }
 
-/// The common case, decided without scanning the statement: one statement (no `;` at all)
-/// whose first keyword never sets or undoes state, mentioning no state function, and for a
-/// `SELECT`-like one no `INTO`.
+/// The common case, decided without scanning the statement: one statement (no `;` but
+/// one at the end, as pgbench and many drivers send it) whose first keyword never sets or
+/// undoes state, mentioning no state function, and for a `SELECT`-like one no `INTO`.
 fn quick_no_effect(b: &[u8]) -> bool {
-    if b.contains(&b';') || mentions_state_function(b) {
+    let body = b.trim_ascii_end();
+    let body = body.strip_suffix(b";").unwrap_or(body);
+    if body.contains(&b';') || mentions_state_function(b) {
         return false;
     }
     let mut lx = Lexer::new(b);
@@ -669,6 +671,13 @@ mod tests {
         assert!(!quick_no_effect(b"select pg_advisory_lock(1)"));
         assert!(!quick_no_effect(b"SET x = 1"));
         assert!(!quick_no_effect(b"SELECT 1; SET x = 1"));
+        assert!(
+            quick_no_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;"),
+            "a final ; is one statement"
+        );
+        assert!(quick_no_effect(b"select 1 ;\n  "));
+        assert!(!quick_no_effect(b"SELECT 1;;"), "two ; are scanned");
+        assert!(!quick_no_effect(b"SET x = 1;"));
         assert!(!quick_no_effect(b"(SELECT 1)"), "no keyword first: scanned");
         assert!(contains_ci(b"xx SET_CONFIG(", b"set_config"));
         assert!(!contains_ci(b"se", b"set_config"));
