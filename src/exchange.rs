@@ -52,8 +52,24 @@ pub use sim::{fuzz_logic, Sim};
 
 /// Bytes read ahead per direction before reading pauses (backpressure).
 pub const READ_AHEAD: usize = 64 * 1024;
-/// Free space ensured before each read.
+/// Most free space ensured before a read (a buffer grows to it by doubling).
 pub const READ_CHUNK: usize = 16 * 1024;
+/// Least free space ensured before a read: a request read by an idle client (which holds no
+/// buffer) costs a small allocation, not a [`READ_CHUNK`] one, and a buffer that keeps
+/// filling up grows to [`READ_CHUNK`].
+pub const READ_MIN: usize = 1024;
+
+/// Makes room for one read into `buf`: at least [`READ_MIN`] bytes, and as much again as the
+/// buffer holds, up to [`READ_CHUNK`] (a stream of large messages reads 16 KiB at a time; a
+/// client sending one small query at a time never allocates more than its query needs).
+#[inline]
+pub fn reserve_read(buf: &mut BytesMut) {
+    let spare = buf.capacity() - buf.len();
+    let want = buf.capacity().clamp(READ_MIN, READ_CHUNK);
+    if spare < want / 2 {
+        buf.reserve(want);
+    }
+}
 
 /// Scan position of one direction's read buffer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

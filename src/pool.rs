@@ -362,8 +362,7 @@ impl Pool {
         let deadline = s.wait_timeout.map(|t| started + t);
         let reserve_at = started + s.reserve_timeout;
         loop {
-            let (tx, mut rx) = oneshot::channel();
-            let idle = {
+            let turn = {
                 let mut st = self.0.state.lock();
                 if st.closed {
                     return Err(Error::Closed);
@@ -374,37 +373,49 @@ impl Pool {
                     }
                 }
                 match st.idle.pop() {
-                    Some(p) if st.waiters.is_empty() => Some(p),
+                    Some(p) if st.waiters.is_empty() => Ok(p),
                     other => {
                         if let Some(p) = other {
                             st.idle.push(p);
                         }
+                        let (tx, rx) = oneshot::channel();
                         st.waiters.push_back(Waiter { tx, since: started });
                         self.maybe_open(&mut st, reserve_allowed(s, reserve_at));
-                        None
+                        Err(rx)
                     }
                 }
             };
-            if idle.is_none() && (self.0.db_limit.at_max() || self.0.user_limit.at_max()) {
-                self.relieve_limits(reserve_allowed(s, reserve_at));
-            }
-            if let Some(p) = idle {
-                match self.verify_idle(p).await {
+            let mut rx = match turn {
+                Ok(p) => match self.verify_idle(p).await {
                     Some(p) => return Ok(self.guard(p)),
                     None => continue,
-                }
+                },
+                Err(rx) => rx,
+            };
+            if self.0.db_limit.at_max() || self.0.user_limit.at_max() {
+                self.relieve_limits(reserve_allowed(s, reserve_at));
             }
             loop {
-                let now = Instant::now();
-                let mut wake = now + WAITER_RECHECK;
-                if let Some(d) = deadline {
-                    wake = wake.min(d);
-                }
-                match timeout_at(wake, &mut rx).await {
-                    Ok(Ok(Ok(p))) => return Ok(self.guard(p)),
-                    Ok(Ok(Err(e))) => return Err(e),
-                    Ok(Err(_)) => return Err(Error::Closed),
-                    Err(_) => {
+                // A waiter looks again every WAITER_RECHECK only while something it cannot be
+                // told about may change: the reserve pool (after reserve_pool_timeout), or a
+                // shared limit freed by another pool. Otherwise it just waits for its turn;
+                // `query_wait_timeout` is the pool's to enforce ([`Pool::maintain`]), so a
+                // waiter costs no timer of its own.
+                let recheck = s.reserve_size > 0 || self.0.db_limit.at_max() || self.0.user_limit.at_max();
+                let got = if recheck {
+                    let mut wake = Instant::now() + WAITER_RECHECK;
+                    if let Some(d) = deadline {
+                        wake = wake.min(d);
+                    }
+                    timeout_at(wake, &mut rx).await.ok()
+                } else {
+                    Some((&mut rx).await)
+                };
+                match got {
+                    Some(Ok(Ok(p))) => return Ok(self.guard(p)),
+                    Some(Ok(Err(e))) => return Err(e),
+                    Some(Err(_)) => return Err(Error::Closed),
+                    None => {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             rx.close();
                             return match rx.try_recv() {
@@ -629,14 +640,24 @@ impl Pool {
         }
     }
 
-    /// Periodic upkeep: closes idle connections past `server_idle_timeout` (down to
-    /// `min_pool_size`) or `server_lifetime`, and opens connections up to `min_pool_size`.
+    /// Periodic upkeep (every second): fails waiters past `query_wait_timeout` (so a waiter
+    /// needs no timer of its own; as in PgBouncer, the limit is enforced to within about a
+    /// second), closes idle connections past `server_idle_timeout` (down to `min_pool_size`)
+    /// or `server_lifetime`, and opens connections up to `min_pool_size`.
     pub fn maintain(&self) {
         let s = &self.0.settings;
         let now = Instant::now();
         let mut closing = Vec::new();
+        let mut expired = Vec::new();
         {
             let mut st = self.0.state.lock();
+            // `query_wait_timeout`: the oldest waiters are at the front (all of a pool wait
+            // under the same limit).
+            if let Some(limit) = s.wait_timeout {
+                while st.waiters.front().is_some_and(|w| now.duration_since(w.since) >= limit) {
+                    expired.extend(st.waiters.pop_front());
+                }
+            }
             let mut i = 0;
             while i < st.idle.len() {
                 let p = &st.idle[i];
@@ -649,6 +670,9 @@ impl Pool {
                     i += 1;
                 }
             }
+        }
+        for w in expired {
+            let _ = w.tx.send(Err(Error::Timeout(s.wait_timeout.unwrap_or_default())));
         }
         // Slots are released outside the lock (their Drop takes it).
         for p in closing {
@@ -787,6 +811,12 @@ impl Pool {
     /// The open server connection with id `id`, if it is one of this pool's.
     pub fn server(&self, id: u64) -> Option<Arc<ServerMeta>> {
         self.0.state.lock().servers.iter().find(|m| m.id == id).cloned()
+    }
+
+    /// Whether no connection is open or opening and nobody waits.
+    pub fn is_empty(&self) -> bool {
+        let st = self.0.state.lock();
+        st.open == 0 && st.waiters.is_empty()
     }
 
     /// Check-outs served so far.

@@ -172,6 +172,9 @@ pub struct PoolRegistry {
 #[derive(Default)]
 struct RegistryInner {
     pools: HashMap<(String, String), PoolSet>,
+    /// Sets replaced or removed by a reload that still have connections or waiters: upkeep
+    /// keeps serving them (idle expiry, `query_wait_timeout`) until they are empty.
+    retired: Vec<PoolSet>,
     db_limits: HashMap<String, Arc<Limit>>,
     user_limits: HashMap<String, Arc<Limit>>,
 }
@@ -254,9 +257,13 @@ impl PoolRegistry {
         }
     }
 
-    /// Removes the set of (`db`, `user`) from the registry (a reload retires it).
+    /// Removes the set of (`db`, `user`) from the registry (a reload retires it); it stays
+    /// among [`PoolRegistry::all`] until its last connection and waiter are gone.
     pub fn remove(&self, db: &str, user: &str) -> Option<PoolSet> {
-        self.inner.lock().pools.remove(&(db.to_string(), user.to_string()))
+        let mut inner = self.inner.lock();
+        let set = inner.pools.remove(&(db.to_string(), user.to_string()))?;
+        inner.retired.push(set.clone());
+        Some(set)
     }
 
     /// Applies `cfg`'s `max_db_connections` and `max_user_connections` to the shared caps.
@@ -277,13 +284,20 @@ impl PoolRegistry {
 
     /// The open server connection with id `id` (a linked client's, for its CancelRequest).
     pub fn server(&self, id: u64) -> Option<Arc<crate::stats::ServerMeta>> {
-        let sets: Vec<PoolSet> = self.inner.lock().pools.values().cloned().collect();
+        let sets: Vec<PoolSet> = {
+            let inner = self.inner.lock();
+            inner.pools.values().chain(inner.retired.iter()).cloned().collect()
+        };
         sets.iter().flat_map(|s| s.pools().iter()).find_map(|p| p.server(id))
     }
 
     /// Every pool (all hosts of all sets).
     pub fn all(&self) -> Vec<Pool> {
-        self.inner.lock().pools.values().flat_map(|s| s.pools().iter().cloned()).collect()
+        let mut inner = self.inner.lock();
+        inner.retired.retain(|s| s.pools().iter().any(|p| !p.is_empty()));
+        let current = inner.pools.values().flat_map(|s| s.pools().iter().cloned());
+        let retired = inner.retired.iter().flat_map(|s| s.pools().iter().cloned());
+        current.chain(retired).collect()
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::backend::ServerConn;
-use crate::exchange::{Activity, Env, Exchange, Rules, Verdict, READ_CHUNK};
+use crate::exchange::{reserve_read, Activity, Env, Exchange, Rules, Verdict};
 use crate::net::Stream;
 use crate::params::ClientParams;
 use crate::prepared::{ClientStatements, KnownStatements};
@@ -151,11 +151,11 @@ pub struct ClientIo<'a> {
     pub info: &'a crate::stats::ClientInfo,
 }
 
-/// Polls one read into `buf` (with [`READ_CHUNK`] of room). `Ready(Ok(0))` is end of
+/// Polls one read into `buf` (with room made by [`reserve_read`]). `Ready(Ok(0))` is end of
 /// stream.
 #[inline]
 pub(super) fn poll_read_into(cx: &mut Context<'_>, s: &mut Stream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-    buf.reserve(READ_CHUNK);
+    reserve_read(buf);
     let fut = pin!(s.read_buf(buf));
     fut.poll(cx)
 }

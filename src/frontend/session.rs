@@ -486,7 +486,7 @@ impl Session {
     /// The fast path of `Waiting`, without a future: the routing decision, an idle server
     /// where it points, nothing to set up on it. `Err`: the rest is the slow path's
     /// ([`Session::waiting`]), with what was done so far.
-    fn attach_now(&mut self) -> Result<State, Box<Pending>> {
+    fn attach_now(&mut self) -> Result<State, Pending> {
         let d = match &mut self.router {
             Some(r) => r.decide(&self.buf, &self.stmts, &self.params, self.relay.rules.max_body),
             None => {
@@ -496,25 +496,25 @@ impl Session {
         let wait_start = tokio::time::Instant::now();
         self.reg.info.waiting(self.shared.clock.us(wait_start));
         let Some(mut g) = checkout::try_check_out(&self.pool, self.router.as_deref_mut(), &d) else {
-            return Err(Box::new(Pending { d, wait_start, g: None }));
+            return Err(Pending { d, wait_start, g: None });
         };
-        self.linked(&mut g, wait_start);
+        self.linked(&mut g, wait_start, wait_start);
         let server = g.server();
         if d.begin.is_some() || self.params.sync_sql(&server.params, server.synced.as_ref()).is_some() {
-            return Err(Box::new(Pending { d, wait_start, g: Some(g) }));
+            return Err(Pending { d, wait_start, g: Some(g) });
         }
         Ok(self.attached(g, &d))
     }
 
     /// Checks out a server for the buffered request (routed), waiting as long as it takes,
     /// and prepares it for this client: tracked parameters, a deferred `BEGIN`.
-    async fn waiting(&mut self, p: Box<Pending>) -> State {
-        let Pending { d, wait_start, g } = *p;
+    async fn waiting(&mut self, p: Pending) -> State {
+        let Pending { d, wait_start, g } = p;
         let mut g = match g {
             Some(g) => g,
             None => match checkout::check_out(&self.pool, self.router.as_deref_mut(), &d).await {
                 Ok(mut g) => {
-                    self.linked(&mut g, wait_start);
+                    self.linked(&mut g, wait_start, tokio::time::Instant::now());
                     g
                 }
                 Err(e) => return self.request_failed(ClientError::from(&e)).await,
@@ -548,12 +548,12 @@ impl Session {
         self.attached(g, &d)
     }
 
-    /// A server was checked out: counted and linked for the console.
-    fn linked(&mut self, g: &mut PoolGuard, wait_start: tokio::time::Instant) {
+    /// A server was checked out at `now`: counted and linked for the console.
+    fn linked(&mut self, g: &mut PoolGuard, wait_start: tokio::time::Instant, now: tokio::time::Instant) {
         let (pool, server, _) = g.parts();
-        pool.stats().assigned(wait_start.elapsed());
+        pool.stats().assigned(now - wait_start);
         if let Some(meta) = &server.meta {
-            meta.link(self.reg.info.id, self.shared.clock.now_us());
+            meta.link(self.reg.info.id, self.shared.clock.us(now));
             self.reg.info.linked(meta);
         }
     }

@@ -289,12 +289,21 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The common case, decided without scanning the statement: one statement (no `;` but
 /// one at the end, as pgbench and many drivers send it) whose first keyword never sets or
-/// undoes state, mentioning no state function, and for a `SELECT`-like one no `INTO`.
+/// undoes state, mentioning no state function, and for a `SELECT`-like one no `INTO`. One
+/// pass over the text.
 fn quick_no_effect(b: &[u8]) -> bool {
     let body = b.trim_ascii_end();
     let body = body.strip_suffix(b";").unwrap_or(body);
-    if body.contains(&b';') || mentions_state_function(b) {
-        return false;
+    let mut into = false;
+    for (i, &c) in body.iter().enumerate() {
+        let word = |w: &[u8]| body.get(i..i + w.len()).is_some_and(|x| x.eq_ignore_ascii_case(w));
+        match c | 0x20 {
+            _ if c == b';' => return false,
+            b'a' if word(b"advisory") => return false,
+            b's' if word(b"set_config") => return false,
+            b'i' if word(b"into") => into = true,
+            _ => {}
+        }
     }
     let mut lx = Lexer::new(b);
     let Ok(t) = lx.next() else { return false };
@@ -302,7 +311,7 @@ fn quick_no_effect(b: &[u8]) -> bool {
     match upper(lx.word(t), &mut buf) {
         b"SET" | b"RESET" | b"CREATE" | b"LISTEN" | b"UNLISTEN" | b"PREPARE" | b"DEALLOCATE" | b"DECLARE"
         | b"CLOSE" | b"DISCARD" | b"" => false,
-        b"SELECT" | b"WITH" | b"EXPLAIN" | b"VALUES" | b"TABLE" => !contains_ci(b, b"into"),
+        b"SELECT" | b"WITH" | b"EXPLAIN" | b"VALUES" | b"TABLE" => !into,
         _ => true,
     }
 }
