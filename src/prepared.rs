@@ -392,6 +392,9 @@ pub fn tag_deallocates_all(tag: &[u8]) -> bool {
 /// matched (it goes to the server, and its `CommandComplete` clears the statements).
 pub fn parse_deallocate(sql: &[u8]) -> Option<Vec<u8>> {
     let mut s = trim(sql);
+    if !s.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'd')) {
+        return None;
+    }
     if let Some(stripped) = s.strip_suffix(b";") {
         s = trim(stripped);
     }

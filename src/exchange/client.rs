@@ -221,7 +221,9 @@ fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: b
     let Some(rules) = ctx.session else { return false };
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let text = if parse { cstr(body).and_then(|(_, rest)| cstr(rest)) } else { cstr(body) };
-    let Some(text) = text.and_then(|(q, _)| std::str::from_utf8(q).ok()) else { return false };
+    // The common statement is decided on its bytes, before any UTF-8 check.
+    let Some((text, _)) = text.filter(|(q, _)| !session_state::surely_stateless(q)) else { return false };
+    let Ok(text) = std::str::from_utf8(text) else { return false };
     match rules.policy {
         crate::config::SessionState::Reject => {
             let Some(d) = session_state::first_change(text, &|n| rules.is_tracked(n)) else { return false };

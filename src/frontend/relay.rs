@@ -211,6 +211,9 @@ fn poll_pump(
     releasable: impl Fn(&Exchange) -> bool,
     client_eof: &mut bool,
 ) -> Option<Event> {
+    // A socket whose read returned Pending in this pass has its waker registered: asking
+    // again before the task is woken only repeats tokio's readiness check.
+    let (mut client_blocked, mut server_blocked) = (false, false);
     loop {
         let mut progress = match x.on_client(cbuf, sbuf, env) {
             Ok(p) => p,
@@ -247,7 +250,7 @@ fn poll_pump(
             None => {}
         }
         // Read from the client (unless it said goodbye or we are far ahead of the server).
-        if !*client_eof && x.may_read_client(cbuf) {
+        if !client_blocked && !*client_eof && x.may_read_client(cbuf) {
             match poll_read_into(cx, client, cbuf) {
                 // Requests held back behind a read-routed one still run (as PostgreSQL runs a
                 // half-closed client's pipelined requests); the session sees the end later.
@@ -259,11 +262,11 @@ fn poll_pump(
                 // Scanned at the top of the loop.
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Some(Event::ClientIo(e)),
-                Poll::Pending => {}
+                Poll::Pending => client_blocked = true,
             }
         }
         // Read from the server.
-        if x.may_read_server(sbuf) {
+        if !server_blocked && x.may_read_server(sbuf) {
             match poll_read_into(cx, server, sbuf) {
                 Poll::Ready(Ok(0)) => return Some(Event::ServerClosed),
                 Poll::Ready(Ok(_)) => {
@@ -273,7 +276,7 @@ fn poll_pump(
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Some(Event::ServerIo(e)),
-                Poll::Pending => {}
+                Poll::Pending => server_blocked = true,
             }
         }
         if !progress {

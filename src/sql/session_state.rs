@@ -152,7 +152,7 @@ enum Effect {
 /// Applies every statement of `text` to `state` in order; `tracked` says whether a parameter
 /// name is tracked (replayed per client). Returns the first statement that set state.
 pub fn apply<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool, state: &mut PinState) -> Option<Detected<'a>> {
-    if quick_no_effect(text.as_bytes()) {
+    if surely_stateless(text.as_bytes()) {
         return None;
     }
     let mut first = None;
@@ -172,7 +172,7 @@ pub fn apply<'a>(text: &'a str, tracked: &dyn Fn(&str) -> bool, state: &mut PinS
 
 /// Whether any statement of `text` sets or undoes session state.
 pub fn has_effect(text: &str, tracked: &dyn Fn(&str) -> bool) -> bool {
-    if quick_no_effect(text.as_bytes()) {
+    if surely_stateless(text.as_bytes()) {
         return false;
     }
     let functions = mentions_state_function(text.as_bytes());
@@ -289,21 +289,13 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The common case, decided without scanning the statement: one statement (no `;` but
 /// one at the end, as pgbench and many drivers send it) whose first keyword never sets or
-/// undoes state, mentioning no state function, and for a `SELECT`-like one no `INTO`. One
-/// pass over the text.
-fn quick_no_effect(b: &[u8]) -> bool {
+/// undoes state, calling no state function (none without a `(`), and for a `SELECT`-like
+/// one no `INTO`. Byte searches (`memchr`) over the text; no lexing past the first word.
+pub fn surely_stateless(b: &[u8]) -> bool {
     let body = b.trim_ascii_end();
     let body = body.strip_suffix(b";").unwrap_or(body);
-    let mut into = false;
-    for (i, &c) in body.iter().enumerate() {
-        let word = |w: &[u8]| body.get(i..i + w.len()).is_some_and(|x| x.eq_ignore_ascii_case(w));
-        match c | 0x20 {
-            _ if c == b';' => return false,
-            b'a' if word(b"advisory") => return false,
-            b's' if word(b"set_config") => return false,
-            b'i' if word(b"into") => into = true,
-            _ => {}
-        }
+    if memchr::memchr(b';', body).is_some() || (memchr::memchr(b'(', body).is_some() && mentions_state_function(body)) {
+        return false;
     }
     let mut lx = Lexer::new(b);
     let Ok(t) = lx.next() else { return false };
@@ -311,7 +303,8 @@ fn quick_no_effect(b: &[u8]) -> bool {
     match upper(lx.word(t), &mut buf) {
         b"SET" | b"RESET" | b"CREATE" | b"LISTEN" | b"UNLISTEN" | b"PREPARE" | b"DEALLOCATE" | b"DECLARE"
         | b"CLOSE" | b"DISCARD" | b"" => false,
-        b"SELECT" | b"WITH" | b"EXPLAIN" | b"VALUES" | b"TABLE" => !into,
+        b"SELECT" | b"WITH" | b"EXPLAIN" | b"VALUES" | b"TABLE" => !memchr::memchr2_iter(b'i', b'I', body)
+            .any(|i| body.get(i..i + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"into"))),
         _ => true,
     }
 }
@@ -673,21 +666,21 @@ mod tests {
 
     #[test]
     fn the_common_case_is_decided_without_a_scan() {
-        assert!(quick_no_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
-        assert!(quick_no_effect(b"UPDATE t SET a = 1 WHERE b = 2"));
-        assert!(quick_no_effect(b"insert into t values (1)"));
-        assert!(!quick_no_effect(b"SELECT 1 INTO TEMP t"));
-        assert!(!quick_no_effect(b"select pg_advisory_lock(1)"));
-        assert!(!quick_no_effect(b"SET x = 1"));
-        assert!(!quick_no_effect(b"SELECT 1; SET x = 1"));
+        assert!(surely_stateless(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(surely_stateless(b"UPDATE t SET a = 1 WHERE b = 2"));
+        assert!(surely_stateless(b"insert into t values (1)"));
+        assert!(!surely_stateless(b"SELECT 1 INTO TEMP t"));
+        assert!(!surely_stateless(b"select pg_advisory_lock(1)"));
+        assert!(!surely_stateless(b"SET x = 1"));
+        assert!(!surely_stateless(b"SELECT 1; SET x = 1"));
         assert!(
-            quick_no_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;"),
+            surely_stateless(b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;"),
             "a final ; is one statement"
         );
-        assert!(quick_no_effect(b"select 1 ;\n  "));
-        assert!(!quick_no_effect(b"SELECT 1;;"), "two ; are scanned");
-        assert!(!quick_no_effect(b"SET x = 1;"));
-        assert!(!quick_no_effect(b"(SELECT 1)"), "no keyword first: scanned");
+        assert!(surely_stateless(b"select 1 ;\n  "));
+        assert!(!surely_stateless(b"SELECT 1;;"), "two ; are scanned");
+        assert!(!surely_stateless(b"SET x = 1;"));
+        assert!(!surely_stateless(b"(SELECT 1)"), "no keyword first: scanned");
         assert!(contains_ci(b"xx SET_CONFIG(", b"set_config"));
         assert!(!contains_ci(b"se", b"set_config"));
     }
