@@ -170,7 +170,7 @@ pub async fn serve(
                 return close_with(&mut stream, e).await;
             }
         }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+        if !out.is_empty() && (stream.write_all(&out).await.is_err() || stream.flush().await.is_err()) {
             return;
         }
     }

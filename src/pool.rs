@@ -399,8 +399,9 @@ impl Pool {
                 // A waiter looks again every WAITER_RECHECK only while something it cannot be
                 // told about may change: the reserve pool (after reserve_pool_timeout), or a
                 // shared limit freed by another pool. Otherwise it just waits for its turn;
-                // `query_wait_timeout` is the pool's to enforce ([`Pool::maintain`]), so a
-                // waiter costs no timer of its own.
+                // `query_wait_timeout`, a connect to retry after a failure's backoff and a
+                // limit that freed up are the pool's upkeep ([`Pool::maintain`], every
+                // second), so a waiter costs no timer of its own.
                 let recheck = s.reserve_size > 0 || self.0.db_limit.at_max() || self.0.user_limit.at_max();
                 let got = if recheck {
                     let mut wake = Instant::now() + WAITER_RECHECK;
@@ -651,12 +652,23 @@ impl Pool {
         let mut expired = Vec::new();
         {
             let mut st = self.0.state.lock();
-            // `query_wait_timeout`: the oldest waiters are at the front (all of a pool wait
-            // under the same limit).
+            // `query_wait_timeout` (every waiter: one put back after a failed idle check keeps
+            // its start time behind younger ones).
             if let Some(limit) = s.wait_timeout {
-                while st.waiters.front().is_some_and(|w| now.duration_since(w.since) >= limit) {
-                    expired.extend(st.waiters.pop_front());
+                if st.waiters.iter().any(|w| now.duration_since(w.since) >= limit) {
+                    for w in std::mem::take(&mut st.waiters) {
+                        if now.duration_since(w.since) >= limit {
+                            expired.push(w);
+                        } else {
+                            st.waiters.push_back(w);
+                        }
+                    }
                 }
+            }
+            // Waiters with no connection coming: a connect that failed (its backoff has run
+            // out), a limit that freed up. Waiters do not poll for this themselves.
+            if !st.waiters.is_empty() {
+                self.maybe_open(&mut st, false);
             }
             let mut i = 0;
             while i < st.idle.len() {
@@ -691,7 +703,8 @@ impl Pool {
                 && !st.fenced
                 && !matches!(s.host.breaker.state(), crate::cluster::BreakerState::Open { .. })
         };
-        if have_cred && host_usable {
+        let retired = self.0.retired.load(Ordering::Relaxed);
+        if have_cred && host_usable && !retired {
             let mut st = self.0.state.lock();
             for _ in st.open..st.sizes().min {
                 self.open_one(&mut st, false);
@@ -813,10 +826,15 @@ impl Pool {
         self.0.state.lock().servers.iter().find(|m| m.id == id).cloned()
     }
 
+    /// Whether [`Pool::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.0.state.lock().closed
+    }
+
     /// Whether no connection is open or opening and nobody waits.
     pub fn is_empty(&self) -> bool {
         let st = self.0.state.lock();
-        st.open == 0 && st.waiters.is_empty()
+        st.open == 0 && st.waiters.iter().all(|w| w.tx.is_closed())
     }
 
     /// Check-outs served so far.

@@ -161,16 +161,19 @@ async fn stats_period(shared: Arc<Shared>, mut shutdown: Shutdown) {
     }
 }
 
-/// Pool upkeep: idle/lifetime expiry and `min_pool_size`.
-async fn upkeep(shared: Arc<Shared>, mut shutdown: Shutdown) {
+/// Pool upkeep: idle/lifetime expiry, `min_pool_size`, `query_wait_timeout`, connect
+/// retries for waiters. It goes on during a graceful stop (waiters still time out) and ends
+/// when the stop has closed the pools.
+async fn upkeep(shared: Arc<Shared>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
+        tick.tick().await;
+        let pools = shared.pools.all();
+        if shutdown.is_set() && pools.iter().all(|p| p.is_closed()) {
+            return;
         }
-        for pool in shared.pools.all() {
+        for pool in pools {
             pool.maintain();
         }
     }

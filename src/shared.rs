@@ -149,7 +149,12 @@ impl Shared {
     pub async fn cancel_request(&self, pid: i32, secret: &[u8]) -> bool {
         let Some(info) = self.cancel.find(pid, secret) else { return false };
         let (server, _) = info.link();
-        let target = (server != 0).then(|| self.pools.server(server)).flatten().and_then(|m| m.cancel.clone());
+        // (The server must still be this client's: it may have moved on since the link was read.)
+        let target = (server != 0)
+            .then(|| self.pools.server(server))
+            .flatten()
+            .filter(|m| m.linked_client() == info.id)
+            .and_then(|m| m.cancel.clone());
         match target {
             Some(t) => crate::cancel::send_cancel(t).await,
             None => false,

@@ -3,6 +3,9 @@
 //! once, sessions inside a transaction close right after it ends, and `main` waits (bounded
 //! by `shutdown_timeout`) until every `DrainToken` is dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, watch};
 
 /// How `SHUTDOWN` stops the process.
@@ -22,12 +25,16 @@ pub enum StopMode {
 #[derive(Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    /// The same signal as a flag: sessions look at it on every poll, and reading it must
+    /// not write a shared cache line (the channel's read lock would).
+    flag: Arc<AtomicBool>,
 }
 
 impl Shutdown {
     /// Whether the stop was requested.
+    #[inline]
     pub fn is_set(&self) -> bool {
-        *self.rx.borrow()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Resolves once the stop is requested.
@@ -52,6 +59,7 @@ pub struct DrainToken {
 /// The controlling side: trigger the stop and wait for the drain.
 pub struct ShutdownController {
     tx: watch::Sender<bool>,
+    flag: Arc<AtomicBool>,
     drain_tx: Option<mpsc::Sender<()>>,
     drain_rx: mpsc::Receiver<()>,
 }
@@ -67,12 +75,12 @@ impl ShutdownController {
     pub fn new() -> ShutdownController {
         let (tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
-        ShutdownController { tx, drain_tx: Some(drain_tx), drain_rx }
+        ShutdownController { tx, flag: Arc::default(), drain_tx: Some(drain_tx), drain_rx }
     }
 
     /// A receiver of the stop signal.
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown { rx: self.tx.subscribe() }
+        Shutdown { rx: self.tx.subscribe(), flag: self.flag.clone() }
     }
 
     /// A token that keeps the drain open while held.
@@ -82,6 +90,7 @@ impl ShutdownController {
 
     /// Requests the stop.
     pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
         let _ = self.tx.send(true);
     }
 

@@ -19,6 +19,9 @@ auth_type = "scram-sha-256"
 auth_file = "userlist.txt"
 worker_threads = ${WORKERS:-2}
 query_wait_timeout = "120s"
+# As compare.sh's PgBouncer config: no log line per connection.
+log_connections = false
+log_disconnections = false
 ${EXTRA_GENERAL:-}
 
 [databases.$BENCH_DB]

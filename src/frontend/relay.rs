@@ -80,9 +80,9 @@ pub struct Relay {
     pub rules: Rules,
     timeouts: RelayTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
-    /// What the timer currently measures, and since how many requests (a new request
-    /// re-arms it even if the phase looks the same, e.g. a whole round trip inside a
-    /// transaction between two polls).
+    /// What the timer currently measures, and (inside a transaction) since how many
+    /// requests: a whole round trip between two polls re-arms the idle-in-transaction timer
+    /// though the phase looks the same.
     phase: Option<(Activity, u32)>,
     /// The client closed its side while requests were held back behind a read-routed
     /// request: stop reading it, finish what it sent.
@@ -90,6 +90,10 @@ pub struct Relay {
     /// pgsluice is shutting down: a pinned client's server is released at its next idle
     /// point too (and the client closed).
     pub draining: bool,
+    /// Bytes written to a TLS stream that rustls may still hold (`[client, server]`): a
+    /// plain socket's write is final, a TLS one is only once flushed, and the attachment
+    /// does not end before.
+    unflushed: [bool; 2],
 }
 
 impl Relay {
@@ -97,7 +101,16 @@ impl Relay {
     pub fn new(release_on_idle: bool, rules: Rules, timeouts: RelayTimeouts) -> Relay {
         let timer = (timeouts.query_ms > 0 || timeouts.idle_transaction_ms > 0)
             .then(|| Box::pin(tokio::time::sleep_until(Instant::now() + FAR)));
-        Relay { release_on_idle, rules, timeouts, timer, phase: None, client_eof: false, draining: false }
+        Relay {
+            release_on_idle,
+            rules,
+            timeouts,
+            timer,
+            phase: None,
+            client_eof: false,
+            draining: false,
+            unflushed: [false; 2],
+        }
     }
 
     /// Re-arms the timer when the server moves between "request running"
@@ -106,6 +119,9 @@ impl Relay {
     /// event if the armed timer has fired.
     fn poll_timer(&mut self, cx: &mut Context<'_>, activity: Activity, requests: u32) -> Option<Event> {
         let timer = self.timer.as_mut()?;
+        // `query_timeout` counts from the first request of a busy stretch (pipelined ones
+        // behind it do not extend it); `idle_transaction_timeout` from the end of the last.
+        let requests = if activity == Activity::InTransaction { requests } else { 0 };
         if self.phase != Some((activity, requests)) {
             self.phase = Some((activity, requests));
             let limit_ms = match activity {
@@ -151,6 +167,20 @@ pub struct ClientIo<'a> {
     pub info: &'a crate::stats::ClientInfo,
 }
 
+/// Flushes a TLS stream that was written to (`*unflushed`) once nothing more is queued for
+/// it; the flag clears when rustls has handed everything to the socket.
+#[inline]
+fn poll_flush(cx: &mut Context<'_>, s: &mut Stream, unflushed: &mut bool) -> io::Result<()> {
+    if *unflushed {
+        match Pin::new(s).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *unflushed = false,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => {}
+        }
+    }
+    Ok(())
+}
+
 /// Polls one read into `buf` (with room made by [`reserve_read`]). `Ready(Ok(0))` is end of
 /// stream.
 #[inline]
@@ -175,7 +205,7 @@ pub fn poll(
 ) -> Poll<Event> {
     let ClientIo { stream: cstream, buf: cbuf, params, stmts, known, stats, info } = client;
     let ServerConn { stream: sstream, buf: sbuf, params: sparams, synced, state, .. } = server;
-    let Relay { rules, release_on_idle, draining, client_eof, .. } = &mut *relay;
+    let Relay { rules, release_on_idle, draining, client_eof, unflushed, .. } = &mut *relay;
     let mut env = Env {
         conn: state,
         server_params: sparams,
@@ -188,7 +218,7 @@ pub fn poll(
         client: Some(info),
     };
     let releasable = |x: &Exchange| *release_on_idle && (!x.is_pinned() || *draining);
-    match poll_pump(cx, x, cstream, cbuf, sstream, sbuf, &mut env, releasable, client_eof) {
+    match poll_pump(cx, x, cstream, cbuf, sstream, sbuf, &mut env, releasable, client_eof, unflushed) {
         Some(ev) => Poll::Ready(ev),
         None => match relay.poll_timer(cx, x.activity(), x.requests()) {
             Some(ev) => Poll::Ready(ev),
@@ -210,6 +240,7 @@ fn poll_pump(
     env: &mut Env<'_>,
     releasable: impl Fn(&Exchange) -> bool,
     client_eof: &mut bool,
+    unflushed: &mut [bool; 2],
 ) -> Option<Event> {
     // A socket whose read returned Pending in this pass has its waker registered: asking
     // again before the task is woken only repeats tokio's readiness check.
@@ -225,11 +256,14 @@ fn poll_pump(
             match Pin::new(&mut *server).poll_write(cx, out) {
                 Poll::Ready(Ok(n)) => {
                     x.sent_to_server(cbuf, n);
+                    unflushed[1] |= server.is_tls();
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Some(Event::ServerIo(e)),
                 Poll::Pending => {}
             }
+        } else if let Err(e) = poll_flush(cx, server, &mut unflushed[1]) {
+            return Some(Event::ServerIo(e));
         }
         // Server → client.
         let out = x.client_bound(sbuf);
@@ -237,13 +271,18 @@ fn poll_pump(
             match Pin::new(&mut *client).poll_write(cx, out) {
                 Poll::Ready(Ok(n)) => {
                     x.sent_to_client(sbuf, n);
+                    unflushed[0] |= client.is_tls();
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Some(Event::ClientIo(e)),
                 Poll::Pending => {}
             }
+        } else if let Err(e) = poll_flush(cx, client, &mut unflushed[0]) {
+            return Some(Event::ClientIo(e));
         }
-        match x.verdict(cbuf, sbuf, releasable(x), *client_eof) {
+        let flushed = !unflushed[0] && !unflushed[1];
+        let verdict = if flushed { x.verdict(cbuf, sbuf, releasable(x), *client_eof) } else { None };
+        match verdict {
             Some(Verdict::Released) => return Some(Event::Released),
             Some(Verdict::ClientClosed) => return Some(Event::ClientClosed),
             Some(Verdict::TransactionInStatementMode) => return Some(Event::TransactionInStatementMode),

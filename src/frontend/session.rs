@@ -372,6 +372,10 @@ impl Session {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Idle> {
         self.reg.info.register_waker(cx.waker());
         loop {
+            // (Before looking at the buffer: a killed client's buffered request gets no server.)
+            if self.reg.info.is_killed() {
+                return Poll::Ready(Idle::Failed(killed()));
+            }
             // A request pipelined before Terminate still runs (the relay closes after it).
             match exchange::inspect_idle(&self.buf, self.relay.rules.max_body) {
                 Ok(b) if b.terminate => return Poll::Ready(Idle::Closed),
@@ -382,9 +386,6 @@ impl Session {
                         "invalid message from client: {e}"
                     ))))
                 }
-            }
-            if self.reg.info.is_killed() {
-                return Poll::Ready(Idle::Failed(killed()));
             }
             if self.shutdown.is_set() && self.buf.is_empty() {
                 return Poll::Ready(Idle::Shutdown);
@@ -476,7 +477,7 @@ impl Session {
     /// Writes an answer pgsluice gives without a server. A failed write shows up as a
     /// closed client at the next read.
     async fn reply(&mut self, out: BytesMut) {
-        if self.stream.write_all(&out).await.is_err() {
+        if send(&mut self.stream, &out).await.is_err() {
             self.buf.clear();
         }
     }
@@ -548,13 +549,14 @@ impl Session {
         self.attached(g, &d)
     }
 
-    /// A server was checked out at `now`: counted and linked for the console.
+    /// A server was checked out at `now`: counted, and the server linked to this client for
+    /// the console (the client is linked to it, which a CancelRequest follows, only once
+    /// pgsluice's own setup on it is done: [`Session::attached`]).
     fn linked(&mut self, g: &mut PoolGuard, wait_start: tokio::time::Instant, now: tokio::time::Instant) {
         let (pool, server, _) = g.parts();
         pool.stats().assigned(now - wait_start);
         if let Some(meta) = &server.meta {
             meta.link(self.reg.info.id, self.shared.clock.us(now));
-            self.reg.info.linked(meta);
         }
     }
 
@@ -567,6 +569,9 @@ impl Session {
         }
         let status = if d.begin.is_some() { status::IN_TRANSACTION } else { status::IDLE };
         let (_, server, x) = g.parts();
+        if let Some(meta) = &server.meta {
+            self.reg.info.linked(meta);
+        }
         if !server.synced.as_ref().is_some_and(|s| self.params.is_same(s)) {
             // Only on change: the set is shared by many clients, its refcount is a hot line.
             server.synced = Some(self.params.shared());
@@ -620,7 +625,7 @@ impl Session {
         }
         // Drop the rejected request, keep a partly received next message.
         self.buf.advance(buffered.end);
-        match self.stream.write_all(&out).await {
+        match send(&mut self.stream, &out).await {
             Ok(()) => State::Idle,
             Err(_) => State::Closing(None),
         }
@@ -825,7 +830,7 @@ impl Session {
             write::ready_for_query(&mut out, status::IDLE);
         }
         // A failed write shows up as a closed client at the next read.
-        let _ = self.stream.write_all(&out).await;
+        let _ = send(&mut self.stream, &out).await;
         Ok(())
     }
 
@@ -845,13 +850,14 @@ impl Session {
             None if state.session_dirty => Some(self.shared.config.load().general().server_reset_query.trim().into()),
             None => None,
         };
+        // (Unlinked first: a CancelRequest must reach neither pgsluice's reset query nor the
+        // server's next client.)
+        self.reg.info.unlinked();
         if let Some(q) = query {
             if !Box::pin(self.reset(&mut g, q)).await {
                 return g.discard();
             }
         }
-        // (Unlinked first: a CancelRequest must not reach the server's next client.)
-        self.reg.info.unlinked();
         g.check_in();
     }
 
@@ -895,6 +901,13 @@ impl Session {
     }
 }
 
+/// Writes `out` to the client and flushes it (a TLS stream may otherwise keep the tail in
+/// rustls's buffer while the session waits for the client's next message).
+async fn send(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
+}
+
 fn killed() -> ClientError {
     ClientError::fatal(
         "57P01",
@@ -915,11 +928,12 @@ fn shutting_down() -> ClientError {
 mod tests {
     use super::*;
 
-    /// What every client costs in its task beside its socket and registry entry, in the test
-    /// (debug) build; a change that grows one fails here with the old and new size. Budget
-    /// history (issue 14): before the state machine one 5,416-byte future per client; now
-    /// the task's own future (login, then a pointer to the session's) and the session's.
-    const TASK_FUTURE_BUDGET: usize = 280;
+    /// Future sizes in the test (debug) build; a change that grows one fails here with the
+    /// old and new size. Budget history (issue 14): before the state machine one 5,416-byte
+    /// future per client, for the whole connection. Now the login task's future (it ends at
+    /// login: 296 bytes since `Shutdown` carries a flag for the per-poll check) and the
+    /// session task's, which every idle client keeps.
+    const TASK_FUTURE_BUDGET: usize = 320;
     /// The logged-in session's future: the `Session`, the dispatch state and the idle poll.
     const SESSION_FUTURE_BUDGET: usize = 600;
     /// The `Session` struct itself (socket, buffer, parameters, pools, relay settings...).

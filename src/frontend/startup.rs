@@ -289,6 +289,8 @@ async fn login(
     write::backend_key_data(&mut out, cancel.key.0, cancel.key.1);
     write::ready_for_query(&mut out, status::IDLE);
     stream.write_all(&out).await.map_err(|_| None)?;
+    // (TLS: rustls may hold the tail until flushed, and the session then waits to read.)
+    stream.flush().await.map_err(|_| None)?;
 
     client_params.intern(pool.interner());
     let mode = cfg.pool_mode(&db, &user);
@@ -334,6 +336,7 @@ async fn admin_login(
     write::ready_for_query(&mut out, status::IDLE);
     let mut stream = slot.take().ok_or(None)?;
     stream.write_all(&out).await.map_err(|_| None)?;
+    stream.flush().await.map_err(|_| None)?;
     Ok(Startup::Admin(Box::new(crate::admin::AdminLogin {
         id,
         stream,
@@ -399,6 +402,7 @@ async fn read_password_message(s: &mut Stream, buf: &mut BytesMut) -> LoginResul
 /// Sends what is in `out` and clears it.
 async fn flush(s: &mut Stream, out: &mut BytesMut) -> LoginResult<()> {
     s.write_all(out).await.map_err(|_| None)?;
+    s.flush().await.map_err(|_| None)?;
     out.clear();
     Ok(())
 }
