@@ -939,6 +939,134 @@ mod tests {
     /// The `Session` struct itself (socket, buffer, parameters, pools, relay settings...).
     const SESSION_BUDGET: usize = 300;
 
+    /// A logged-in session over a loopback socket (`general` is added to `[general]`), not
+    /// yet running, and the client's end of the socket. No server is needed until a request
+    /// is complete.
+    async fn session(general: &str) -> (Arc<Shared>, crate::shutdown::ShutdownController, Session, TcpStream) {
+        let text =
+            format!("[general]\nauth_type = \"trust\"\n{general}\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n");
+        let cfg = crate::config::Config::from_str(&text, std::path::Path::new("/nonexistent.toml")).unwrap();
+        let shared = Shared::new(cfg);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server_side, peer) = l.accept().await.unwrap();
+        let cfg = shared.config.load_full();
+        let db = cfg.databases["app"].clone();
+        let pool = shared.pools.get_or_create(&cfg, &shared.cluster("app").unwrap(), &db, "u");
+        let login = startup::LoggedIn {
+            id: 7,
+            stream: Stream::Plain(server_side),
+            buf: BytesMut::new(),
+            db,
+            user: "u".into(),
+            pool,
+            mode: PoolMode::Transaction,
+            cancel: shared.cancel.register(),
+            params: ClientParams::default(),
+            session_state: crate::config::SessionState::Pin,
+        };
+        let ctl = crate::shutdown::ShutdownController::new();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let (session, _span) = Session::new(shared.clone(), login, peer, ctl.subscribe(), (ctl.token(), permit));
+        (shared, ctl, session, client)
+    }
+
+    /// Everything the client receives until the session closes the socket: the SQLSTATE of
+    /// each ErrorResponse.
+    async fn errors_until_close(client: &mut TcpStream) -> Vec<String> {
+        use tokio::io::AsyncReadExt;
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        let mut codes = Vec::new();
+        let mut rest = &all[..];
+        while let Ok(Some((tag, body, r))) = crate::protocol::split_frame(rest, 1 << 20) {
+            if tag == b'E' {
+                codes.push(crate::protocol::backend::parse_error_fields(body).code.to_string());
+            }
+            rest = r;
+        }
+        codes
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_past_client_idle_timeout_is_closed() {
+        let (_shared, _ctl, mut s, mut client) = session("client_idle_timeout = \"30s\"").await;
+        let started = tokio::time::Instant::now();
+        let served = tokio::spawn(async move { s.serve().await });
+        // (Paused time: the clock jumps to the timer once everything waits.)
+        assert_eq!(errors_until_close(&mut client).await, ["08P01"]);
+        assert!(served.await.unwrap().is_some_and(|r| r.contains("client_idle_timeout")));
+        assert!(started.elapsed() >= Duration::from_secs(30), "closed after {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_received_restart_client_idle_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (_shared, _ctl, mut s, mut client) = session("client_idle_timeout = \"30s\"").await;
+        let started = tokio::time::Instant::now();
+        let served = tokio::spawn(async move { s.serve().await });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // Half a Query: bytes arrived, no request is complete yet.
+        client.write_all(b"Q\0\0\0\x0dselect").await.unwrap();
+        assert_eq!(errors_until_close(&mut client).await, ["08P01"]);
+        assert!(served.await.unwrap().is_some());
+        assert!(started.elapsed() >= Duration::from_secs(50), "closed after {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn kill_and_shutdown_end_an_idle_session_with_57p01() {
+        let (_shared, _ctl, mut s, mut client) = session("").await;
+        let info = s.reg.info.clone();
+        let served = tokio::spawn(async move { s.serve().await });
+        tokio::task::yield_now().await;
+        info.kill();
+        assert_eq!(errors_until_close(&mut client).await, ["57P01"]);
+        assert!(served.await.unwrap().is_some_and(|r| r.contains("KILL")));
+
+        let (shared, ctl, mut s, mut client) = session("").await;
+        let served = tokio::spawn(async move { s.serve().await });
+        tokio::task::yield_now().await;
+        ctl.trigger();
+        shared.clients.wake_all();
+        assert_eq!(errors_until_close(&mut client).await, ["57P01"]);
+        assert!(served.await.unwrap().is_some_and(|r| r.contains("shutting down")));
+    }
+
+    #[tokio::test]
+    async fn terminate_ends_quietly_and_garbage_gets_08p01() {
+        use tokio::io::AsyncWriteExt;
+        let (_shared, _ctl, mut s, mut client) = session("").await;
+        let served = tokio::spawn(async move { s.serve().await });
+        client.write_all(b"X\0\0\0\x04").await.unwrap();
+        assert!(errors_until_close(&mut client).await.is_empty());
+        assert_eq!(served.await.unwrap(), None, "the client left: no reason of pgsluice's");
+
+        let (_shared, _ctl, mut s, mut client) = session("").await;
+        let served = tokio::spawn(async move { s.serve().await });
+        client.write_all(b"?\0\0\0\x04").await.unwrap();
+        assert_eq!(errors_until_close(&mut client).await, ["08P01"]);
+        assert!(served.await.unwrap().is_some_and(|r| r.contains("invalid message")));
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_holds_no_read_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let (_shared, _ctl, mut s, mut client) = session("").await;
+        // A request split over two reads: the buffer is allocated when bytes arrive...
+        client.write_all(b"Q\0\0\0\x0dsel").await.unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(s.poll_idle(&mut cx).is_pending());
+        assert!(s.buf.capacity() > 0 && s.buf.capacity() <= crate::exchange::READ_MIN * 2);
+        client.write_all(b"ect 1\0").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(s.poll_idle(&mut cx), Poll::Ready(Idle::Ready)));
+        // ... and none is held once the request is gone and the client is idle again.
+        s.buf.clear();
+        assert!(s.poll_idle(&mut cx).is_pending());
+        assert_eq!(s.buf.capacity(), 0);
+    }
+
     #[tokio::test]
     async fn idle_session_fits_its_budget() {
         let text = "[general]\nauth_type = \"trust\"\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n";
