@@ -100,8 +100,8 @@ pub struct General {
     pub server_check_delay: Dur,
     /// Query for the check above; empty disables the check. Default `select 1`.
     pub server_check_query: String,
-    /// A client waiting for a server longer than this gets an error; 0 = wait forever.
-    /// Default 120s.
+    /// A client waiting for a server longer than this gets an error (checked once a second,
+    /// as PgBouncer does); 0 = wait forever. Default 120s.
     pub query_wait_timeout: Dur,
     /// A query running longer than this is canceled and the client disconnected;
     /// 0 = disabled. Default 0.
