@@ -160,6 +160,9 @@ pub struct HostStatus {
     pub last_probe: Option<SystemTime>,
     /// Why the latest probe failed.
     pub last_error: Option<String>,
+    /// The SQLSTATE with which the server refused the latest probe's login for good (a
+    /// missing database, a wrong password…): reachable, but not usable as configured.
+    pub refused: Option<Arc<str>>,
 }
 
 impl HostStatus {
@@ -178,6 +181,7 @@ impl HostStatus {
             lsn: None,
             last_probe: None,
             last_error: None,
+            refused: None,
         }
     }
 }
@@ -482,6 +486,19 @@ impl Cluster {
         }
     }
 
+    /// When every host refused the probes' login for good (a missing database, a wrong
+    /// password: `refusal_code`), the SQLSTATE and the first host's error: no primary will
+    /// appear by waiting, the configuration is wrong.
+    pub fn refused(&self) -> Option<(Arc<str>, String)> {
+        let mut first = None;
+        for h in self.hosts() {
+            let st = h.status();
+            let code = st.refused.clone()?;
+            first.get_or_insert_with(|| (code, format!("{}: {}", h.addr, st.last_error.as_deref().unwrap_or(""))));
+        }
+        first
+    }
+
     /// Lets the probes use SCRAM keys recovered from a client login of `user`, when that is
     /// the probe user and no password is configured for it.
     pub fn learn_probe_keys(&self, user: &str, keys: &crate::auth::scram::ClientKeys) {
@@ -528,6 +545,14 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// Whether a server's login error is a refusal for good (authentication or authorization,
+/// class 28; a missing database, 3D000; no privilege, 42501): the host is up, but not usable
+/// with this login, and waiting will not change that. Not e.g. `53300 too_many_connections`
+/// or `57P03 cannot_connect_now`, which pass.
+pub fn refusal_code(code: &str) -> bool {
+    code.starts_with("28") || code == "3D000" || code == "42501"
 }
 
 #[cfg(test)]

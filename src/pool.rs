@@ -628,8 +628,9 @@ impl Pool {
                     st.backoff = (st.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                     st.retry_at = Some(Instant::now() + st.backoff);
                     st.last_error = Some(err.clone());
-                    // With no other connection to wait for, waiting is pointless: fail now.
-                    if st.open == 1 {
+                    // With no other connection to wait for, or a refused login (which the
+                    // next attempt would get too), waiting is pointless: fail now.
+                    if st.open == 1 || login_refused(&err) {
                         failed.extend(st.waiters.drain(..));
                     }
                 }
@@ -891,8 +892,22 @@ fn connect_error(e: &backend::Error) -> Error {
         backend::Error::Server { code, message } => {
             Error::Connect { code: "08006", server_code: Some(code.as_str().into()), message: message.as_str().into() }
         }
+        // pgsluice holds no credential the server accepts (e.g. only an md5 hash for a server
+        // that asks for SCRAM): a configuration error, reported as PostgreSQL reports a login
+        // it cannot authorize.
+        backend::Error::Auth(_) => {
+            Error::Connect { code: "28000", server_code: Some("28000".into()), message: e.to_string().into() }
+        }
         other => Error::Connect { code: "08006", server_code: None, message: other.to_string().into() },
     }
+}
+
+/// Whether a failed connect says the server refused this login for good (authentication or
+/// authorization, class 28; a missing database, 3D000; no privilege, 42501; no credential
+/// pgsluice could use): the host is up, the next attempt would be refused the same way, and
+/// no other host would do better. Not e.g. `53300 too_many_connections`, which passes.
+pub fn login_refused(e: &Error) -> bool {
+    matches!(e, Error::Connect { server_code: Some(c), .. } if crate::cluster::refusal_code(c))
 }
 
 impl Drop for PoolGuard {

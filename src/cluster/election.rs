@@ -88,6 +88,8 @@ pub struct Tracker {
     pub last_probe: Option<SystemTime>,
     /// Error of the latest failed probe.
     pub last_error: Option<String>,
+    /// SQLSTATE of the server's refusal of the latest probe's login, if it refused it.
+    pub refused: Option<std::sync::Arc<str>>,
 }
 
 impl Tracker {

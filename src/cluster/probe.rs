@@ -37,8 +37,9 @@ FROM pg_is_in_recovery() AS r";
 /// Shortest time between two probes of a host, however often they are requested.
 const MIN_GAP: Duration = Duration::from_millis(50);
 
-/// Host, result, and when the probe's query was about to be sent.
-type Report = (usize, Result<Probe, String>, Instant);
+/// Host, result, when the probe's query was about to be sent, and the SQLSTATE if the
+/// server refused the probe's login for good (`pool::refusal_code`'s classes).
+type Report = (usize, Result<Probe, String>, Instant, Option<Arc<str>>);
 
 /// Probes host `i` until the cluster stops or the coordinator is gone.
 pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Report>) {
@@ -50,8 +51,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
         }
         let started = Instant::now();
         let requests = signals.reprobe_requests.load(Ordering::Acquire);
-        let result = probe_once(&cluster, i, &mut conn).await;
-        if tx.send((i, result, started)).is_err() {
+        let mut refused = None;
+        let result = probe_once(&cluster, i, &mut conn, &mut refused).await;
+        if tx.send((i, result, started, refused)).is_err() {
             break;
         }
         let s = &cluster.settings;
@@ -76,7 +78,12 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
 }
 
 /// One probe of host `i`, connecting first if needed.
-async fn probe_once(cluster: &Cluster, i: usize, conn: &mut Option<ServerConn>) -> Result<Probe, String> {
+async fn probe_once(
+    cluster: &Cluster,
+    i: usize,
+    conn: &mut Option<ServerConn>,
+    refused: &mut Option<Arc<str>>,
+) -> Result<Probe, String> {
     let host = &cluster.hosts[i];
     let s = &cluster.settings;
     if conn.is_none() {
@@ -109,6 +116,11 @@ async fn probe_once(cluster: &Cluster, i: usize, conn: &mut Option<ServerConn>) 
                     // Reachable, but it refused us (password, database): not the breaker's
                     // business, and not a healthy probe either.
                     host.breaker.success();
+                    *refused = match &e {
+                        backend::Error::Server { code, .. } if super::refusal_code(code) => Some(code.as_str().into()),
+                        backend::Error::Auth(_) => Some("28000".into()),
+                        _ => None,
+                    };
                 }
                 return Err(e.to_string());
             }
@@ -167,12 +179,13 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
     let mut floor: Option<u32> = None;
     let mut fenced = vec![false; hosts.len()];
     loop {
-        let (i, result, started) = tokio::select! {
+        let (i, result, started, refused) = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => return },
             _ = cluster.signals.stop.notified() => return,
         };
         let now = Instant::now();
         let up_changed = hosts[i].observe(result, &rules);
+        hosts[i].refused = refused;
         let host = &cluster.hosts[i];
         if up_changed {
             if hosts[i].up {
@@ -287,6 +300,7 @@ fn status_of(
         lsn: last.and_then(|p| if p.in_recovery { p.replay_lsn } else { p.current_lsn }),
         last_probe: t.last_probe,
         last_error: t.last_error.clone(),
+        refused: t.refused.clone(),
     }
 }
 

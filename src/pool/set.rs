@@ -22,6 +22,9 @@ use crate::stats::RouteStats;
 /// earlier when the primary changes).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// How often a request waiting for a primary looks whether the hosts refuse logins.
+const REFUSAL_RECHECK: Duration = Duration::from_millis(50);
+
 /// "No deadline" for waits that another branch bounds.
 const FOREVER: Duration = Duration::from_secs(86_400);
 
@@ -109,8 +112,24 @@ impl PoolSet {
                 Primary::Host(i) => i,
                 Primary::SplitBrain => return Err(Error::SplitBrain(cluster.name().into())),
                 Primary::None => {
-                    primary = cluster.wait_change(primary, deadline).await;
-                    if primary == Primary::None {
+                    // Reachable hosts that refuse the login (a missing database, a wrong
+                    // password) are a configuration error, not a topology to wait out.
+                    // A missing database is the client's error too (3D000); a refused probe
+                    // user is pgsluice's configuration (`health_check_user`/`_password`).
+                    if let Some((code, message)) = cluster.refused() {
+                        return Err(Error::Connect {
+                            code: "08006",
+                            server_code: (code.as_ref() == "3D000").then_some(code),
+                            message: format!(
+                                "no primary can be found: the server refused the health check's login ({message})"
+                            )
+                            .into(),
+                        });
+                    }
+                    // (In steps: a refusal reported by the probes meanwhile ends the wait.)
+                    let step = (Instant::now() + REFUSAL_RECHECK).min(deadline);
+                    primary = cluster.wait_change(primary, step).await;
+                    if primary == Primary::None && Instant::now() >= deadline {
                         return Err(self.no_primary(started, ""));
                     }
                     continue;

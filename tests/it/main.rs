@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod drivers;
 mod lifecycle;
+mod login_errors;
 mod metrics;
 mod operations;
 mod params;
