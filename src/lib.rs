@@ -27,6 +27,8 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+#[cfg(test)]
+mod budgets;
 pub mod cancel;
 pub mod cluster;
 pub mod config;

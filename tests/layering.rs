@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules of `src/` by layer, highest first. A module may import only modules of
 /// a strictly lower layer (same layer: neither imports the other).
 const LAYERS: &[(u32, &[&str])] = &[
-    (90, &["demo"]),
+    (90, &["demo", "budgets"]),
     (80, &["server", "metrics"]),
     (70, &["frontend"]),
     (60, &["admin"]),
