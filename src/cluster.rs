@@ -43,6 +43,9 @@ pub use probe::host_unreachable;
 pub struct ClusterSettings {
     /// `health_check_interval`.
     pub interval: Duration,
+    /// How often each host is probed ([`General::replica_probe_period`]; the interval for a
+    /// database of one host).
+    pub period: Duration,
     /// `health_check_timeout`.
     pub timeout: Duration,
     /// Hysteresis and lag bounds.
@@ -60,6 +63,7 @@ impl ClusterSettings {
     pub fn from_general(g: &General) -> ClusterSettings {
         ClusterSettings {
             interval: g.health_check_interval.0,
+            period: g.replica_probe_period(),
             timeout: g.health_check_timeout.0,
             rules: Rules {
                 fail_threshold: g.health_check_fail_threshold,
@@ -327,7 +331,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// The topology of `db`, not yet probing (see [`Cluster::start`]).
-    pub fn new(db: &Database, settings: ClusterSettings) -> Arc<Cluster> {
+    pub fn new(db: &Database, mut settings: ClusterSettings) -> Arc<Cluster> {
+        if db.hosts.len() < 2 {
+            // No replica whose lag needs following.
+            settings.period = settings.interval;
+        }
         let signals = Arc::new(Signals::default());
         let probed = db.probe.is_some();
         let hosts = db

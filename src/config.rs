@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::Dur;
 pub use general::{
     AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PoolMode, PrimaryReads,
-    ReadYourWrites, RoleHint, Route, SessionState, TlsSection, TransactionRouting, UserSection,
+    ReadYourWrites, RoleHint, Route, SessionState, TlsSection, TransactionRouting, UserSection, MIN_PROBE_GAP,
 };
 
 use crate::auth::{scram::Verifier, Secret};

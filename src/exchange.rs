@@ -46,7 +46,7 @@ use crate::prepared::{ClientStatements, KnownStatements, ServerState};
 use crate::protocol::{self, status};
 use crate::stats::{PoolStats, Tally};
 
-pub use idle::{answer_without_server, inspect_idle, Buffered};
+pub use idle::{answer_without_server, inspect_idle, resendable_request, Buffered, MAX_RESEND};
 pub use queue::{Action, Expect, Kind, Undo};
 pub use sim::{fuzz_logic, Sim};
 
@@ -278,6 +278,9 @@ pub(crate) struct State {
     /// The server answered `25006 read_only_sql_transaction`: if it is believed to be the
     /// primary, the topology should be probed again (it may have been demoted).
     pub read_only_error: bool,
+    /// Some byte went to the client since the attachment began (a request that lost its
+    /// server before that may be sent again elsewhere).
+    pub answered: bool,
     /// A FATAL/PANIC error the server sent before closing (`SQLSTATE: message`): held back
     /// from the client, which gets pgsluice's own error about the lost connection instead
     /// (carrying this text), so a session pgsluice keeps never sees a FATAL.
@@ -363,6 +366,7 @@ impl Exchange {
         st.batch_dirty = false;
         st.batch_started = false;
         st.read_only_error = false;
+        st.answered = false;
         st.server_fatal = None;
         st.to_server.clear();
         st.to_client.clear();
@@ -473,6 +477,7 @@ impl Exchange {
         } else {
             self.st.to_client.advance(n);
         }
+        self.st.answered |= n > 0;
         self.st.tally.sent += n as u64;
     }
 
@@ -603,6 +608,14 @@ impl Exchange {
             && self.s.skip == 0
             && !self.st.copy_in
             && self.st.queue.iter().all(|e| e.undo.is_none())
+    }
+
+    /// After the server connection died (and [`Exchange::resumable`]): whether the one
+    /// request of the attachment may be sent again to another server — it is the only
+    /// request scanned, it is unanswered, and not a byte went to the client.
+    pub fn resendable(&self) -> bool {
+        let t = &self.st.txn;
+        t.requests == 1 && t.pending == 1 && !self.st.answered
     }
 
     /// After the server connection died (and [`Exchange::resumable`]): appends to `out` the

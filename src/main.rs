@@ -75,6 +75,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => {
             let cfg = Config::load(&file)?;
             print!("{}", cfg.to_toml());
+            for w in cfg.general().warnings() {
+                eprintln!("{}: warning: {w}", file.display());
+            }
             eprintln!(
                 "{}: OK ({} databases, {} users in auth_file)",
                 file.display(),
@@ -91,6 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let cfg = Config::load(&cli.config)?;
             init_tracing(cfg.general().log_format);
+            for w in cfg.general().warnings() {
+                tracing::warn!("{w}");
+            }
             let rt = runtime(cfg.general().worker_threads)?;
             rt.block_on(serve(cfg))
         }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::cluster::{Cluster, Primary};
 use crate::config::{PrimaryReads, ReadYourWrites, Route, TransactionRouting};
+use crate::exchange::resendable_request;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::protocol::{cstr, ftag, Header, HEADER_LEN};
@@ -132,6 +133,21 @@ pub struct Decision {
     pub classified: bool,
     /// A `BEGIN` pgsluice answered earlier, to run on the server this request gets.
     pub begin: Option<Box<str>>,
+    /// The request is sent again after its server died (see [`Router::take_resend`]): a
+    /// bit per host not to send it to. 0 for a first attempt.
+    pub exclude: u64,
+}
+
+impl Decision {
+    /// What a client whose requests are not routed gets: the primary.
+    pub const PRIMARY: Decision = Decision {
+        want: Want::Primary,
+        may_write: true,
+        hinted_replica: false,
+        classified: false,
+        begin: None,
+        exclude: 0,
+    };
 }
 
 /// Where a read goes now ([`Router::pick`]).
@@ -148,6 +164,9 @@ pub enum Pick {
     NoReplica,
 }
 
+/// Largest buffer a client keeps for its next read's copy between requests.
+const KEEP_RESEND_CAPACITY: usize = 1024;
+
 /// One client's routing state; see the module docs.
 pub struct Router {
     policy: Policy,
@@ -162,12 +181,29 @@ pub struct Router {
     /// `transaction_routing = "first_statement"`: a `BEGIN` answered by pgsluice, to be run
     /// on the server the transaction's first statement is routed to.
     deferred_begin: Option<Box<str>>,
+    /// The read the held server is running, kept until it ends in case the server dies
+    /// before answering (issue 20); empty when the request may not be sent again.
+    resend: bytes::BytesMut,
+    /// The host the kept read went to.
+    resend_host: usize,
+    /// Hosts the next request must avoid: it is a read sent again.
+    exclude: u64,
 }
 
 impl Router {
     /// A client's router under `policy`.
     pub fn new(policy: Policy, classifier: Arc<Classifier>) -> Router {
-        Router { policy, classifier, ryw_lsn: 0, ryw_since: 0, note_write: false, deferred_begin: None }
+        Router {
+            policy,
+            classifier,
+            ryw_lsn: 0,
+            ryw_since: 0,
+            note_write: false,
+            deferred_begin: None,
+            resend: bytes::BytesMut::new(),
+            resend_host: 0,
+            exclude: 0,
+        }
     }
 
     /// The client's policy.
@@ -208,6 +244,7 @@ impl Router {
             hinted_replica: class.is_some_and(|c| c.hint == Hint::Replica),
             classified: classifies,
             begin,
+            exclude: std::mem::take(&mut self.exclude),
         }
     }
 
@@ -252,13 +289,34 @@ impl Router {
         }
     }
 
-    /// A server was attached for `d`; `on_primary`: it is the current primary. Notes whether
-    /// the client may write there (read-your-writes, at release).
-    pub fn attached(&mut self, d: &Decision, on_primary: bool) {
+    /// A server of host `host` was attached for `d`, the request at the start of `buf`;
+    /// `on_primary`: it is the current primary. Notes whether the client may write there
+    /// (read-your-writes, at release), and keeps a copy of a read that may be sent again
+    /// should the server die before answering: one classified read-only, outside a
+    /// transaction, not itself sent again already, that [`resendable_request`] accepts.
+    pub fn attached(&mut self, d: &Decision, on_primary: bool, host: usize, buf: &[u8], max_body: usize) {
         self.note_write = self.policy.read_your_writes == ReadYourWrites::Lsn
             && d.classified
             && on_primary
             && ((d.want == Want::Primary && d.may_write) || d.begin.is_some());
+        self.resend.clear();
+        if d.want == Want::Read && !d.may_write && d.begin.is_none() && d.exclude == 0 {
+            if let Some(end) = resendable_request(buf, max_body) {
+                self.resend.extend_from_slice(&buf[..end]);
+                self.resend_host = host;
+            }
+        }
+    }
+
+    /// The server of the kept read died before a byte of its answer reached the client:
+    /// the request to put back in front of the client's buffer, once. Its next routing
+    /// avoids the host that died ([`Decision::exclude`]).
+    pub fn take_resend(&mut self) -> Option<bytes::BytesMut> {
+        if self.resend.is_empty() {
+            return None;
+        }
+        self.exclude = 1 << self.resend_host.min(63);
+        Some(self.resend.split())
     }
 
     /// The server is released (or lost): the client's write is done, whatever happens to
@@ -267,11 +325,23 @@ impl Router {
         if std::mem::take(&mut self.note_write) {
             self.ryw_since = cluster.now_ms();
         }
+        self.forget_resend();
+    }
+
+    /// The kept read is answered (or lost): dropped, and its buffer too if large (a small
+    /// one is reused by the next read; an idle client keeps no more than that).
+    fn forget_resend(&mut self) {
+        if self.resend.capacity() > KEEP_RESEND_CAPACITY {
+            self.resend = bytes::BytesMut::new();
+        } else {
+            self.resend.clear();
+        }
     }
 
     /// The client left: nothing of its writes matters any more.
     pub fn forget_write(&mut self) {
         self.note_write = false;
+        self.forget_resend();
     }
 
     /// Turns a pending write time into a primary position once a probe that started later
@@ -466,5 +536,78 @@ mod tests {
         assert!(!combine(Some(r), w).read_only);
         assert_eq!(combine(Some(b), r).begin, Begin::ReadOnly);
         assert_eq!(combine(Some(r), b).begin, Begin::ReadOnly);
+    }
+}
+
+#[cfg(test)]
+mod resend_tests {
+    use super::*;
+    use crate::sql::classify::ClassifierSettings;
+
+    fn router() -> Router {
+        let policy = Policy {
+            route: Route::Auto,
+            primary_reads: PrimaryReads::Fallback,
+            transaction_routing: TransactionRouting::Primary,
+            read_your_writes: ReadYourWrites::Off,
+            ryw_wait: Duration::ZERO,
+        };
+        let settings = ClassifierSettings { read_only_functions: Vec::new(), max_parse_length: 4096, cache_size: 0 };
+        Router::new(policy, Arc::new(Classifier::new(settings)))
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut v = vec![b'Q'];
+        v.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        v.extend_from_slice(sql.as_bytes());
+        v.push(0);
+        v
+    }
+
+    fn decide(r: &mut Router, buf: &[u8]) -> Decision {
+        r.decide(buf, &ClientStatements::default(), &ClientParams::default(), 1 << 20)
+    }
+
+    #[test]
+    fn a_read_is_kept_and_sent_again_once_avoiding_its_host() {
+        let mut r = router();
+        let mut buf = query("select 1");
+        buf.extend_from_slice(&query("select 2"));
+        let d = decide(&mut r, &buf);
+        assert_eq!((d.want, d.may_write, d.exclude), (Want::Read, false, 0));
+        r.attached(&d, false, 2, &buf, 1 << 20);
+        // Only the first request is kept.
+        assert_eq!(r.take_resend().as_deref(), Some(&query("select 1")[..]));
+        let again = decide(&mut r, &query("select 1"));
+        assert_eq!(again.exclude, 1 << 2, "the next routing avoids host 2");
+        // The request sent again is not kept again: a second death is an error.
+        r.attached(&again, false, 1, &query("select 1"), 1 << 20);
+        assert_eq!(r.take_resend(), None);
+        assert_eq!(decide(&mut r, &query("select 1")).exclude, 0, "only the next request avoids the host");
+    }
+
+    #[test]
+    fn writes_transactions_and_answered_reads_are_not_kept() {
+        let mut r = router();
+        // (A request that opens a read-only transaction is kept: until a byte of its answer,
+        // ReadyForQuery `T` included, reaches the client, no transaction exists for it.)
+        for sql in ["insert into t values (1)", "select nextval('s')", "begin; select 1"] {
+            let buf = query(sql);
+            let d = decide(&mut r, &buf);
+            r.attached(&d, true, 0, &buf, 1 << 20);
+            assert_eq!(r.take_resend(), None, "{sql}");
+        }
+        let buf = query("select 1");
+        let d = decide(&mut r, &buf);
+        r.attached(&d, false, 1, &buf, 1 << 20);
+        r.forget_resend();
+        assert_eq!(r.take_resend(), None, "released: nothing to send again");
+        // A large read's buffer is not kept between requests.
+        let big = query(&format!("select '{}'", "x".repeat(4000)));
+        let d = decide(&mut r, &big);
+        r.attached(&d, false, 1, &big, 1 << 20);
+        assert!(r.resend.capacity() >= big.len());
+        r.forget_resend();
+        assert!(r.resend.capacity() <= KEEP_RESEND_CAPACITY);
     }
 }

@@ -746,6 +746,8 @@ pub struct RouteStats {
     pub ryw_waits: std::sync::atomic::AtomicU64,
     /// Reads retried on another host after a connection failure.
     pub retries: std::sync::atomic::AtomicU64,
+    /// Reads sent again to another host after their server died before answering.
+    pub read_resends: std::sync::atomic::AtomicU64,
 }
 
 /// A copy of [`RouteStats`].
@@ -763,6 +765,8 @@ pub struct RouteCounts {
     pub ryw_waits: u64,
     /// See [`RouteStats`].
     pub retries: u64,
+    /// See [`RouteStats`].
+    pub read_resends: u64,
 }
 
 impl RouteStats {
@@ -782,6 +786,7 @@ impl RouteStats {
             fallbacks: r(&self.fallbacks),
             ryw_waits: r(&self.ryw_waits),
             retries: r(&self.retries),
+            read_resends: r(&self.read_resends),
         }
     }
 }

@@ -735,6 +735,7 @@ fn routes(shared: &Shared) -> Table {
         ("fallbacks", NUMERIC),
         ("ryw_waits", NUMERIC),
         ("retries", NUMERIC),
+        ("read_resends", NUMERIC),
         ("failovers", NUMERIC),
     ]);
     let mut sets = shared.pools.sets();
@@ -750,6 +751,7 @@ fn routes(shared: &Shared) -> Table {
             r.fallbacks.into(),
             r.ryw_waits.into(),
             r.retries.into(),
+            r.read_resends.into(),
             set.cluster().failovers().into(),
         ]);
     }

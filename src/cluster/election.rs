@@ -411,7 +411,8 @@ mod tests {
         let p = Primary::Host(0);
         assert!(eligible(&h, &hist, &RULES, p, 1, now));
         h[1].observe(replica(150), &RULES);
-        assert_eq!(lag(&h, &hist, 1, now).unwrap().time, Duration::from_secs(4));
+        // (The primary passed 150 half way between its samples at 100 and 200.)
+        assert_eq!(lag(&h, &hist, 1, now).unwrap().time, Duration::from_millis(4500));
         assert!(!eligible(&h, &hist, &RULES, p, 1, now));
         assert!(eligible(&h, &hist, &RULES, p, 1, t0 + Duration::from_millis(1500)));
         let bytes = Rules { max_lag_bytes: 10, ..RULES };

@@ -1,21 +1,24 @@
 //! Replica lag from WAL positions: bytes = primary LSN − replica replay LSN; seconds = how
 //! long ago the primary was at the position the replica has now replayed.
 //!
-//! The primary's position is sampled by its probe; [`History`] keeps the moments the
-//! position *changed* (a bounded ring), so an idle primary adds nothing and a replica that
-//! replayed everything shows 0 s, while a replica whose replay stopped shows a lag that grows
-//! from the moment the primary moved past it. Granularity is one probe interval: the lag is
-//! never over-estimated by more than that.
+//! The primary's position is sampled by its probe; [`History`] keeps the positions it was
+//! seen at, each with the first and last moment it was seen there (a bounded ring), so an
+//! idle primary adds nothing and a replica that replayed everything shows 0 s, while a
+//! replica whose replay stopped shows a lag that grows from the moment the primary moved
+//! past it. Between two samples the moment the primary passed a position is interpolated
+//! (WAL is written at a roughly steady rate over one probe interval under load), so the lag
+//! is right to a fraction of the probe interval rather than one interval too low.
 //!
 //! Invariant: samples are in time order with strictly increasing LSNs (a primary's WAL
-//! position never goes back; the history is cleared when the primary changes).
+//! position never goes back; the history is cleared when the primary changes), and each
+//! sample's `first <= last`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Change points kept (at one probe a second, over half an hour of a busy primary).
+/// Positions kept (at four probes a second, over eight minutes of a busy primary).
 const CAPACITY: usize = 2048;
 
 /// Parses an LSN as PostgreSQL prints it (`16/B374D848`).
@@ -52,25 +55,38 @@ pub struct Lag {
     pub time: Duration,
 }
 
-/// When the primary's WAL position changed, most recent last.
+/// One WAL position of the primary and when it was seen there.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// First probe that saw the primary at `lsn`.
+    first: Instant,
+    /// Last probe that saw it there (before it moved on).
+    last: Instant,
+    lsn: u64,
+}
+
+/// Where the primary's WAL position was, and when; most recent last.
 #[derive(Debug, Default)]
 pub struct History {
-    samples: VecDeque<(Instant, u64)>,
+    samples: VecDeque<Sample>,
 }
 
 impl History {
     /// Records the primary at `lsn` at time `at`. A position lower than the last one (a new
     /// primary whose history was not cleared) restarts the history.
     pub fn record(&mut self, at: Instant, lsn: u64) {
-        match self.samples.back() {
-            Some(&(_, last)) if lsn == last => return,
-            Some(&(_, last)) if lsn < last => self.samples.clear(),
+        match self.samples.back_mut() {
+            Some(s) if lsn == s.lsn => {
+                s.last = s.last.max(at);
+                return;
+            }
+            Some(s) if lsn < s.lsn => self.samples.clear(),
             _ => {}
         }
         if self.samples.len() == CAPACITY {
             self.samples.pop_front();
         }
-        self.samples.push_back((at, lsn));
+        self.samples.push_back(Sample { first: at, last: at, lsn });
     }
 
     /// Forgets everything (the primary changed).
@@ -80,7 +96,7 @@ impl History {
 
     /// The primary's latest known position.
     pub fn latest(&self) -> Option<u64> {
-        self.samples.back().map(|&(_, l)| l)
+        self.samples.back().map(|s| s.lsn)
     }
 
     /// Lag of a replica that has replayed up to `replay`, at `now`; `None` when the primary
@@ -90,11 +106,23 @@ impl History {
         if replay >= latest {
             return Some(Lag { bytes: 0, time: Duration::ZERO });
         }
-        // The first moment the primary was seen past `replay`; if even the oldest sample is
-        // past it, the lag is at least that old.
-        let i = self.samples.partition_point(|&(_, l)| l <= replay);
-        let since = self.samples[i.min(self.samples.len() - 1)].0;
-        Some(Lag { bytes: latest - replay, time: now.saturating_duration_since(since) })
+        Some(Lag { bytes: latest - replay, time: now.saturating_duration_since(self.passed(replay)) })
+    }
+
+    /// When the primary passed `replay` (which is below the latest position): between the
+    /// last moment it was seen at or before `replay` and the first moment it was seen past
+    /// it, in proportion to the WAL written in between. If even the oldest sample is past
+    /// `replay`, its first moment (the lag is at least that old).
+    fn passed(&self, replay: u64) -> Instant {
+        let i = self.samples.partition_point(|s| s.lsn <= replay);
+        let next = self.samples[i.min(self.samples.len() - 1)];
+        let Some(prev) = i.checked_sub(1).map(|p| self.samples[p]) else { return next.first };
+        let gap = next.first.saturating_duration_since(prev.last);
+        let written = next.lsn - prev.lsn;
+        let done = replay - prev.lsn;
+        // (u128: a gap of hours in nanoseconds times a WAL distance of terabytes.)
+        let nanos = gap.as_nanos() * u128::from(done) / u128::from(written);
+        prev.last + Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
     }
 }
 
@@ -135,22 +163,56 @@ mod tests {
     #[test]
     fn stopped_replay_lag_grows_from_when_the_primary_moved_past() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let s = Duration::from_secs;
         let mut h = History::default();
         h.record(t0, 100);
         h.record(t0 + s(1), 150);
         h.record(t0 + s(2), 200);
         h.record(t0 + s(3), 300);
-        // Replayed up to 150: the primary passed it when first seen at 200 (t0+2).
-        assert_eq!(h.lag(150, t0 + s(3)), Some(Lag { bytes: 150, time: s(1) }));
-        assert_eq!(h.lag(150, t0 + s(10)), Some(Lag { bytes: 150, time: s(8) }));
-        // Between samples: 120 was passed by the sample at 150 (t0+1).
-        assert_eq!(h.lag(120, t0 + s(3)).unwrap().time, s(2));
+        // Replayed up to 150: the primary was last seen there at t0+1.
+        assert_eq!(h.lag(150, t0 + s(3)), Some(Lag { bytes: 150, time: s(2) }));
+        assert_eq!(h.lag(150, t0 + s(10)), Some(Lag { bytes: 150, time: s(9) }));
+        // Between samples: 120 is 20 of the 50 bytes written between t0 and t0+1.
+        assert_eq!(h.lag(120, t0 + s(3)).unwrap().time, ms(2600));
+        assert_eq!(h.lag(250, t0 + s(3)).unwrap().time, ms(500));
         // Older than the history: at least as old as the oldest sample.
         assert_eq!(h.lag(10, t0 + s(3)).unwrap().time, s(3));
         // Caught up (or ahead of the last sample).
         assert_eq!(h.lag(300, t0 + s(3)).unwrap().time, Duration::ZERO);
         assert_eq!(h.lag(999, t0 + s(3)).unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn steady_load_lag_is_exact_between_probes() {
+        // The primary writes 1,000 bytes a second and is probed once a second; a replica
+        // replays 0.7 s behind. The old change-point estimate said 0 to 0.3 s here.
+        let t0 = Instant::now();
+        let mut h = History::default();
+        for k in 0..=10u64 {
+            h.record(t0 + Duration::from_secs(k), 1_000 * k);
+        }
+        for probe_ms in [10_000u64, 10_050, 10_400, 10_690] {
+            // (One byte a millisecond: the replica has what the primary had 700 ms ago.)
+            let lag = h.lag(probe_ms - 700, t0 + Duration::from_millis(probe_ms)).unwrap();
+            assert_eq!(lag.time, Duration::from_millis(700), "probe at {probe_ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_write_after_an_idle_stretch_counts_from_the_end_of_the_stretch() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = History::default();
+        for k in 0..=10 {
+            h.record(t0 + s(k), 100);
+        }
+        h.record(t0 + s(11), 200);
+        // The write happened between t0+10 (last seen idle) and t0+11, not since t0.
+        assert_eq!(h.lag(150, t0 + s(11)).unwrap().time, Duration::from_millis(500));
+        assert_eq!(h.lag(100, t0 + s(11)).unwrap().time, s(1));
+        // A replica that replayed everything before the write: 0 while the primary idles.
+        assert_eq!(h.lag(100, t0 + s(10)).unwrap().time, Duration::ZERO);
     }
 
     #[test]

@@ -35,7 +35,7 @@ ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int 
 FROM pg_is_in_recovery() AS r";
 
 /// Shortest time between two probes of a host, however often they are requested.
-const MIN_GAP: Duration = Duration::from_millis(50);
+const MIN_GAP: Duration = crate::config::MIN_PROBE_GAP;
 
 /// Host, result, when the probe's query was about to be sent, and the SQLSTATE if the
 /// server refused the probe's login for good (`pool::refusal_code`'s classes).
@@ -57,7 +57,10 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
             break;
         }
         let s = &cluster.settings;
-        let period = if signals.urgent.load(Ordering::Acquire) { (s.interval / 5).max(MIN_GAP) } else { s.interval };
+        let period = if signals.urgent.load(Ordering::Acquire) { (s.period / 5).max(MIN_GAP) } else { s.period };
+        // Every host of the database on the same ticks: the primary's position and the
+        // replicas' replay positions come from the same moment.
+        let next = next_tick(cluster.created, started, period);
         let reprobe = signals.reprobe.notified();
         tokio::pin!(reprobe);
         reprobe.as_mut().enable();
@@ -67,7 +70,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(started + period) => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = reprobe => tokio::time::sleep_until(started + MIN_GAP).await,
             _ = signals.stop.notified() => break,
         }
@@ -75,6 +78,14 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
     if let Some(c) = conn {
         c.terminate().await;
     }
+}
+
+/// The first multiple of `period` after `base` that is later than `after`.
+fn next_tick(base: Instant, after: Instant, period: Duration) -> Instant {
+    let period_ns = period.as_nanos().max(1);
+    let elapsed = after.saturating_duration_since(base).as_nanos();
+    let ticks = elapsed / period_ns + 1;
+    base + Duration::from_nanos((ticks * period_ns).min(u128::from(u64::MAX)) as u64)
 }
 
 /// One probe of host `i`, connecting first if needed.
@@ -215,7 +226,9 @@ pub(super) async fn coordinate(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<
         }
         if current == Primary::Host(i) {
             if let Some(lsn) = hosts[i].last.as_ref().and_then(|p| p.current_lsn) {
-                history.record(now, lsn);
+                // (When the probe was sent: the position read is at least what the primary
+                // had then, so a replica's lag is over-estimated by a round trip at most.)
+                history.record(started, lsn);
                 cluster.publish_primary_lsn(lsn, started);
             }
             if let Some(tl) = hosts[i].last.as_ref().and_then(|p| p.timeline) {
@@ -310,6 +323,16 @@ mod tests {
 
     fn row(v: &[Option<&str>]) -> Vec<Option<String>> {
         v.iter().map(|x| x.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn ticks_are_shared_multiples_of_the_period() {
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(next_tick(base, base, ms(250)), base + ms(250));
+        assert_eq!(next_tick(base, base + ms(10), ms(250)), base + ms(250));
+        assert_eq!(next_tick(base, base + ms(250), ms(250)), base + ms(500));
+        assert_eq!(next_tick(base, base + ms(1_100), ms(250)), base + ms(1_250));
     }
 
     #[test]

@@ -330,6 +330,50 @@ pub enum ReadYourWrites {
     Lsn,
 }
 
+/// Shortest time between two probes of one host, however often they are wanted.
+pub const MIN_PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl General {
+    /// How often each host of a database with replicas is probed: `health_check_interval`,
+    /// or a quarter of `max_replica_lag` when that is shorter (at least [`MIN_PROBE_GAP`]).
+    /// A replica that falls behind the bound is then seen within a quarter of it, and its
+    /// lag, interpolated between samples a quarter of the bound apart, is off by less than
+    /// that: it stops taking reads within half the bound.
+    pub fn replica_probe_period(&self) -> std::time::Duration {
+        let interval = self.health_check_interval.0;
+        if self.max_replica_lag.0.is_zero() {
+            return interval;
+        }
+        interval.min((self.max_replica_lag.0 / 4).max(MIN_PROBE_GAP))
+    }
+
+    /// What the settings cannot honour, for `check-config` and the log at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let bound = self.max_replica_lag.0;
+        if !bound.is_zero() && self.replica_probe_period() * 2 > bound {
+            w.push(format!(
+                "max_replica_lag = {:?} cannot be honoured: probes run at most every {:?}, so a replica may take \
+                 reads until its lag reaches about {:?} (use at least {:?})",
+                bound,
+                self.replica_probe_period(),
+                self.replica_probe_period() * 2,
+                MIN_PROBE_GAP * 2
+            ));
+        }
+        if self.max_replica_lag_bytes > 0 {
+            let period = self.replica_probe_period();
+            if period > std::time::Duration::from_secs(1) {
+                w.push(format!(
+                    "max_replica_lag_bytes is checked once per probe ({period:?}): a replica past it may take reads \
+                     for up to that long (set health_check_interval or max_replica_lag lower)"
+                ));
+            }
+        }
+        w
+    }
+}
+
 impl Default for General {
     fn default() -> Self {
         General {

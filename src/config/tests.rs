@@ -143,3 +143,25 @@ fn track_extra_parameters_are_validated_and_resolved() {
     }
     assert!(e(&format!("{TRUST}track_extra_parameters = \"search_path\"\n")).contains("invalid type"));
 }
+
+#[test]
+fn replica_probes_follow_the_lag_bound_and_impossible_bounds_are_warned() {
+    let ms = std::time::Duration::from_millis;
+    let g = |extra: &str| load(&format!("{TRUST}{extra}")).unwrap().general().clone();
+    // Default: max_replica_lag 1s, health_check_interval 1s: a quarter of the bound.
+    assert_eq!(g("").replica_probe_period(), ms(250));
+    assert!(g("").warnings().is_empty());
+    assert_eq!(g("max_replica_lag = \"200ms\"\n").replica_probe_period(), ms(50));
+    assert!(g("max_replica_lag = \"200ms\"\n").warnings().is_empty());
+    // A bound far above the interval: the interval.
+    assert_eq!(g("max_replica_lag = \"1h\"\n").replica_probe_period(), ms(1000));
+    assert_eq!(g("max_replica_lag = \"0s\"\n").replica_probe_period(), ms(1000));
+    // Below twice the floor: probes cannot keep up.
+    let tight = g("max_replica_lag = \"60ms\"\n");
+    assert_eq!(tight.replica_probe_period(), MIN_PROBE_GAP);
+    let w = tight.warnings();
+    assert!(w.len() == 1 && w[0].contains("cannot be honoured") && w[0].contains("100ms"), "{w:?}");
+    // A byte bound checked only every few seconds.
+    let w = g("max_replica_lag = \"1h\"\nhealth_check_interval = \"5s\"\nmax_replica_lag_bytes = 1000\n").warnings();
+    assert!(w.len() == 1 && w[0].contains("max_replica_lag_bytes"), "{w:?}");
+}

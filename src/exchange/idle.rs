@@ -22,6 +22,35 @@ pub struct Buffered {
     pub terminate: bool,
 }
 
+/// Largest request kept for sending again ([`resendable_request`]).
+pub const MAX_RESEND: usize = 8 * 1024;
+
+/// The end of the request at the start of `buf` if pgsluice may send it again to another
+/// server should its server die before answering: whole in `buf`, at most [`MAX_RESEND`]
+/// bytes, and either one simple `Query` or an extended-protocol batch up to its `Sync` made
+/// of `Parse` of the unnamed statement, `Bind`, `Describe` and `Execute` only — nothing that
+/// defines or closes a named statement (pgsluice's bookkeeping of those changes as soon as
+/// they are scanned), no `Flush` (the client may have read part of the answer), no COPY or
+/// FunctionCall. Whether the request only reads is the router's business.
+pub fn resendable_request(buf: &[u8], max_body: usize) -> Option<usize> {
+    let mut off = 0;
+    loop {
+        let hdr = Header::parse(&buf[off..], max_body).ok()??;
+        let end = off + hdr.frame_len();
+        if end > buf.len().min(MAX_RESEND) {
+            return None;
+        }
+        match hdr.tag {
+            ftag::QUERY if off == 0 => return Some(end),
+            ftag::SYNC if off > 0 => return Some(end),
+            ftag::PARSE if buf.get(off + HEADER_LEN) == Some(&0) => {}
+            ftag::BIND | ftag::DESCRIBE | ftag::EXECUTE => {}
+            _ => return None,
+        }
+        off = end;
+    }
+}
+
 /// Walks the frames a client buffered while idle (headers only) to decide whether a server
 /// is needed yet. Invalid framing or tags are an error.
 pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::Error> {

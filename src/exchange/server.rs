@@ -49,6 +49,22 @@ pub(super) fn scan_server(
         let tag = hdr.tag;
         let frame_len = hdr.frame_len();
         // Asynchronous messages belong to no request.
+        if tag == btag::NOTICE_RESPONSE && hdr.body_len <= MAX_INSPECTED {
+            if rest.len() < frame_len {
+                s.pos.need = s.pos.fwd + frame_len;
+                return Ok(());
+            }
+            let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
+            if f.code.starts_with("57P") {
+                // "terminating connection due to immediate shutdown command" (57P01) or
+                // "because of crash of another server process" (57P02): a WARNING sent just
+                // before the server closes. Like a FATAL, the session decides what the client
+                // hears (a read in flight may be sent again elsewhere, unseen).
+                ctx.x.server_fatal = Some(format!("{}: {}", f.code, f.message));
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+                continue;
+            }
+        }
         if tag == btag::NOTICE_RESPONSE || tag == btag::NOTIFICATION_RESPONSE {
             s.pass(frame_len);
             continue;

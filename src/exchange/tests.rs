@@ -779,3 +779,79 @@ fn eviction_spares_statements_of_a_pipelined_transaction() {
     assert_eq!(sent.iter().map(|f| f.0).collect::<String>(), "CPS");
     assert_ne!(&sent[0].1[1..1 + s1_name.len()], &s1_name[..], "s1 has a portal open in the transaction");
 }
+
+#[test]
+fn resendable_requests_are_one_query_or_one_batch_without_named_statements() {
+    let q = msg(b'Q', b"select 1\0");
+    let m = 1 << 20;
+    assert_eq!(resendable_request(&q, m), Some(q.len()));
+    // Only the first request counts; a partial one is not resendable yet.
+    assert_eq!(resendable_request(&cat(&[q.clone(), q.clone()]), m), Some(q.len()));
+    assert_eq!(resendable_request(&q[..q.len() - 1], m), None);
+    let batch = cat(&[parse("", "select 1"), bind("", ""), msg(b'D', b"P\0"), execute(), sync()]);
+    assert_eq!(resendable_request(&batch, m), Some(batch.len()));
+    // A Bind of a named statement is fine (pgsluice prepares it on the next server).
+    let named = cat(&[bind("", "s1"), execute(), sync()]);
+    assert_eq!(resendable_request(&named, m), Some(named.len()));
+    // Defining or closing a named statement, Flush, an unfinished batch, COPY, too long: no.
+    for no in [
+        cat(&[parse("s1", "select 1"), bind("", "s1"), execute(), sync()]),
+        cat(&[bind("", "s1"), execute(), msg(b'C', b"Ss1\0"), sync()]),
+        cat(&[bind("", "s1"), execute(), msg(b'H', b""), sync()]),
+        cat(&[bind("", "s1"), execute()]),
+        msg(b'd', b"x"),
+        msg(b'F', b"\0\0\0\0"),
+        sync(),
+        msg(b'Q', format!("select '{}'\0", "x".repeat(MAX_RESEND)).as_bytes()),
+    ] {
+        assert_eq!(resendable_request(&no, m), None, "{no:?}");
+    }
+}
+
+#[test]
+fn a_request_is_resendable_until_a_byte_reaches_the_client() {
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    assert!(sim.x.resumable() && sim.x.resendable());
+    // Answers received but not relayed do not count.
+    sim.server(&msg(b'T', b"\0\0")).unwrap();
+    assert!(sim.x.resendable());
+    sim.received();
+    assert!(!sim.x.resendable(), "part of the answer reached the client");
+
+    // Two requests in one attachment: not the one-request case.
+    let mut sim = Sim::default();
+    sim.client(&cat(&[msg(b'Q', b"select 1\0"), msg(b'Q', b"select 2\0")])).unwrap();
+    sim.sent();
+    assert!(!sim.x.resendable());
+    // A new attachment forgets what the last one relayed.
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.attach();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    assert!(sim.x.resendable());
+}
+
+#[test]
+fn a_shutdown_warning_is_held_back_like_a_fatal_error() {
+    let notice = |code: &str, text: &str| msg(b'N', format!("SWARNING\0VWARNING\0C{code}\0M{text}\0\0").as_bytes());
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    // An ordinary warning reaches the client.
+    sim.server(&notice("01000", "careful")).unwrap();
+    assert_eq!(sim.received(), notice("01000", "careful"));
+    // The one PostgreSQL sends before an immediate shutdown does not: the server is dying.
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&notice("57P01", "terminating connection due to immediate shutdown command")).unwrap();
+    assert!(sim.received().is_empty());
+    assert_eq!(sim.x.server_fatal(), Some("57P01: terminating connection due to immediate shutdown command"));
+    assert!(sim.x.resendable(), "nothing reached the client");
+}

@@ -39,7 +39,7 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
     let cluster = set.cluster();
     let ryw = router.ryw(d, cluster);
     let wait_until = Instant::now() + router.policy().ryw_wait;
-    let mut exclude = 0u64;
+    let mut exclude = d.exclude;
     let mut waited = false;
     loop {
         let load = |i: usize| set.pools()[i].in_use();
@@ -101,7 +101,7 @@ pub fn try_check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision) -
     let cluster = set.cluster();
     let ryw = router.ryw(d, cluster);
     let load = |i: usize| set.pools()[i].in_use();
-    let Pick::Host(i) = router.pick(cluster, load, ryw, 0, false) else { return None };
+    let Pick::Host(i) = router.pick(cluster, load, ryw, d.exclude, false) else { return None };
     let g = set.pools()[i].try_check_out()?;
     let to_primary = cluster.primary() == Primary::Host(i);
     RouteStats::bump(if to_primary { &stats.reads_primary } else { &stats.reads_replica });

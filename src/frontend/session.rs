@@ -142,6 +142,14 @@ struct Pending {
     g: Option<PoolGuard>,
 }
 
+/// How a session went on after its server died during a request.
+enum Survived {
+    /// The client got an error for each request in flight.
+    Answered,
+    /// The request is buffered again, to be routed to another host.
+    Resend,
+}
+
 /// What ended an idle wait.
 enum Idle {
     /// A complete request (or enough to start streaming) is buffered.
@@ -353,7 +361,12 @@ impl Session {
                 return State::Idle;
             }
         }
-        // (Checked once the request is here: a reload may have come while it waited.)
+        self.request_ready().await
+    }
+
+    /// A request is buffered: on to `Waiting`, once the pools are current (a reload may
+    /// have come while the request was arriving) and the database is not paused.
+    async fn request_ready(&mut self) -> State {
         if self.pool.is_retired() {
             if let Err(e) = self.rebind() {
                 return State::Closing(Some(e));
@@ -490,9 +503,7 @@ impl Session {
     fn attach_now(&mut self) -> Result<State, Pending> {
         let d = match &mut self.router {
             Some(r) => r.decide(&self.buf, &self.stmts, &self.params, self.relay.rules.max_body),
-            None => {
-                Decision { want: Want::Primary, may_write: true, hinted_replica: false, classified: false, begin: None }
-            }
+            None => Decision::PRIMARY,
         };
         let wait_start = tokio::time::Instant::now();
         self.reg.info.waiting(self.shared.clock.us(wait_start));
@@ -508,25 +519,45 @@ impl Session {
     }
 
     /// Checks out a server for the buffered request (routed), waiting as long as it takes,
-    /// and prepares it for this client: tracked parameters, a deferred `BEGIN`.
+    /// and prepares it for this client: tracked parameters, a deferred `BEGIN`. A server
+    /// whose connection turns out dead during that setup (an idle connection whose host
+    /// crashed) is dropped and another one checked out, up to [`SETUP_ATTEMPTS`] times: the
+    /// request has not been sent yet. A read avoids that host from then on.
     async fn waiting(&mut self, p: Pending) -> State {
-        let Pending { d, wait_start, g } = p;
-        let mut g = match g {
-            Some(g) => g,
-            None => match checkout::check_out(&self.pool, self.router.as_deref_mut(), &d).await {
-                Ok(mut g) => {
-                    self.linked(&mut g, wait_start, tokio::time::Instant::now());
-                    g
-                }
-                Err(e) => return self.request_failed(ClientError::from(&e)).await,
-            },
-        };
-        let server = g.server();
-        if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
-            if let Err(e) = self.sync_params(&mut g, sql).await {
-                g.discard();
+        let Pending { mut d, wait_start, mut g } = p;
+        let mut attempt = 1;
+        loop {
+            let mut server = match g.take() {
+                Some(g) => g,
+                None => match checkout::check_out(&self.pool, self.router.as_deref_mut(), &d).await {
+                    Ok(mut g) => {
+                        self.linked(&mut g, wait_start, tokio::time::Instant::now());
+                        g
+                    }
+                    Err(e) => return self.request_failed(ClientError::from(&e)).await,
+                },
+            };
+            let Err((e, lost)) = self.set_up(&mut server, &d).await else { return self.attached(server, &d) };
+            let host = server.pool().settings().host.index;
+            server.discard();
+            if !lost || attempt == SETUP_ATTEMPTS {
                 return self.request_failed(e).await;
             }
+            attempt += 1;
+            self.pool.cluster().request_probe();
+            if d.want == Want::Read {
+                crate::stats::RouteStats::bump(&self.pool.route_stats().retries);
+                d.exclude |= 1 << host.min(63);
+            }
+        }
+    }
+
+    /// Brings `g` to this client's tracked parameters and runs the deferred `BEGIN` of `d`.
+    /// `Err`: the client's error, and whether the connection was lost (not refused).
+    async fn set_up(&mut self, g: &mut PoolGuard, d: &Decision) -> Result<(), (ClientError, bool)> {
+        let server = g.server();
+        if let Some(sql) = self.params.sync_sql(&server.params, server.synced.as_ref()) {
+            self.sync_params(g, sql).await?;
         }
         // (After the parameter sync: a SET inside the transaction would be undone by its
         // rollback behind pgsluice's back.)
@@ -536,17 +567,12 @@ impl Session {
             let limit = g.pool().settings().connect_timeout;
             let run = tokio::time::timeout(limit, g.server().run_discard_until(begin, status::IN_TRANSACTION)).await;
             if let Err(e) = run.unwrap_or_else(|_| Err(crate::backend::Error::Timeout("BEGIN".into()))) {
-                g.discard();
-                return self
-                    .request_failed(ClientError::error(
-                        "08006",
-                        format!("could not begin the transaction on the server: {e}"),
-                        ErrorSource::Server,
-                    ))
-                    .await;
+                let lost = connection_lost(&e);
+                let msg = format!("could not begin the transaction on the server: {e}");
+                return Err((ClientError::error("08006", msg, ErrorSource::Server), lost));
             }
         }
-        self.attached(g, &d)
+        Ok(())
     }
 
     /// A server was checked out at `now`: counted, and the server linked to this client for
@@ -563,9 +589,9 @@ impl Session {
     /// The server is ready for the request: the exchange starts, `Active`.
     fn attached(&mut self, mut g: PoolGuard, d: &Decision) -> State {
         if let Some(r) = &mut self.router {
-            let on_primary =
-                self.pool.cluster().primary() == crate::cluster::Primary::Host(g.pool().settings().host.index);
-            r.attached(d, on_primary);
+            let host = g.pool().settings().host.index;
+            let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(host);
+            r.attached(d, on_primary, host, &self.buf, self.relay.rules.max_body);
         }
         let status = if d.begin.is_some() { status::IN_TRANSACTION } else { status::IDLE };
         let (_, server, x) = g.parts();
@@ -584,19 +610,16 @@ impl Session {
     }
 
     /// Brings a server's tracked parameters to this client's values with `sql` (one round
-    /// trip).
-    async fn sync_params(&mut self, g: &mut PoolGuard, sql: String) -> Result<(), ClientError> {
+    /// trip). `Err`: the client's error, and whether the connection was lost.
+    async fn sync_params(&mut self, g: &mut PoolGuard, sql: String) -> Result<(), (ClientError, bool)> {
         let limit = g.pool().settings().connect_timeout;
         let synced = match tokio::time::timeout(limit, g.server().run_discard(&sql)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {limit:?}")),
+            Ok(r) => r.map_err(|e| (e.to_string(), connection_lost(&e))),
+            Err(_) => Err((format!("no answer within {limit:?}"), false)),
         };
-        if let Err(e) = synced {
-            return Err(ClientError::error(
-                "08006",
-                format!("could not set session parameters on server: {e}"),
-                ErrorSource::Server,
-            ));
+        if let Err((e, lost)) = synced {
+            let msg = format!("could not set session parameters on server: {e}");
+            return Err((ClientError::error("08006", msg, ErrorSource::Server), lost));
         }
         // What was just SET or RESET: unreported parameters never come back as ParameterStatus.
         self.params.record_synced(&mut g.server().params);
@@ -749,7 +772,8 @@ impl Session {
             Event::ServerClosed | Event::ServerIo(_) => {
                 tracing::warn!(event = ?ev, "server connection lost during a request");
                 match self.survive_server_loss(g).await {
-                    Ok(()) => State::Idle,
+                    Ok(Survived::Answered) => State::Idle,
+                    Ok(Survived::Resend) => self.request_ready().await,
                     Err(lost) => State::Closing(Some(ClientError::fatal("08006", lost, ErrorSource::Server))),
                 }
             }
@@ -790,12 +814,17 @@ impl Session {
 
     /// The server connection died during a request (e.g. its primary crashed). If the client
     /// was not inside a transaction (and not in session mode, whose session state died with
-    /// the server) and no message is half relayed in either direction, each request in flight
-    /// is answered with an error and `ReadyForQuery` (idle), and the session goes on: its
-    /// next request gets a server of the current primary. Otherwise returns the message to
-    /// disconnect the client with (its transaction or session is gone, or the streams cannot
-    /// be resynchronised).
-    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<(), String> {
+    /// the server) and no message is half relayed in either direction, the session goes on:
+    /// - a read the router kept ([`Router::take_resend`]) whose answer had not begun is put
+    ///   back in front of the client's buffer and routed again, avoiding the dead host
+    ///   (`Resend`): the client never sees the crash;
+    /// - otherwise each request in flight is answered with an error and `ReadyForQuery`
+    ///   (idle), and the next request is routed afresh.
+    ///
+    /// Otherwise returns the message to disconnect the client with (its transaction or
+    /// session is gone, or the streams cannot be resynchronised).
+    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<Survived, String> {
+        let host = g.pool().settings().host.index;
         let (_, server, x) = g.parts();
         x.take_read_only_error();
         let why = match x.server_fatal() {
@@ -803,6 +832,7 @@ impl Session {
             None => "server connection closed unexpectedly".to_string(),
         };
         let resumable = self.relay.release_on_idle && x.resumable();
+        let resendable = resumable && x.resendable();
         let owed = x.pending();
         // Answers already read and scanned but not yet written to the client are whole
         // messages: they go first. Scanned client bytes not yet sent belong to the failed
@@ -812,18 +842,42 @@ impl Session {
             x.salvage(&mut self.buf, &server.buf, &mut out);
         }
         drop(g);
+        // (A CancelRequest must not follow the client to a dead server's successor.)
+        self.reg.info.unlinked();
         let cluster = self.pool.cluster();
-        // Probe now: the primary may be gone.
+        // Probe now: the primary may be gone, or the replica.
         cluster.request_probe();
-        // A write may have committed before the connection died.
-        if let Some(r) = &mut self.router {
-            r.released(cluster);
+        let resend = match &mut self.router {
+            Some(r) => {
+                let resend = if resendable { r.take_resend() } else { None };
+                // A write may have committed before the connection died.
+                r.released(cluster);
+                resend
+            }
+            None => None,
+        };
+        if let Some(request) = resend {
+            // The read goes out again: what its dead server had answered (never relayed) is
+            // dropped, and the request replaces its unsent remainder in front of whatever the
+            // client sent after it.
+            tracing::info!(host = %self.pool.pools()[host].settings().host.addr, "{why}: read sent again to another host");
+            crate::stats::RouteStats::bump(&self.pool.route_stats().read_resends);
+            let mut buf = BytesMut::with_capacity(request.len() + self.buf.len());
+            buf.extend_from_slice(&request);
+            buf.extend_from_slice(&self.buf);
+            self.buf = buf;
+            return Ok(Survived::Resend);
         }
         if !resumable {
             return Err(format!("{why}; the transaction or session state on it is lost"));
         }
+        let next = if self.router.is_some() && cluster.primary() != crate::cluster::Primary::Host(host) {
+            "the next request is routed again (reads to a healthy replica or the primary, writes to the primary)"
+        } else {
+            "the next request goes to the current primary"
+        };
         let message = format!(
-            "{why} during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: the next request goes to the current primary"
+            "{why} during the request; its outcome is unknown (no transaction was open). pgsluice keeps this session: {next}"
         );
         for _ in 0..owed {
             write::error_response(&mut out, write::Severity::Error, "08006", &message, None);
@@ -831,7 +885,7 @@ impl Session {
         }
         // A failed write shows up as a closed client at the next read.
         let _ = send(&mut self.stream, &out).await;
-        Ok(())
+        Ok(Survived::Answered)
     }
 
     /// Returns a clean server to its pool, after `server_reset_query` where configured.
@@ -899,6 +953,15 @@ impl Session {
         })
         .await;
     }
+}
+
+/// Most servers tried for one request whose setup finds their connection dead.
+const SETUP_ATTEMPTS: u32 = 3;
+
+/// Whether `e` says the server connection is gone (rather than that the server refused
+/// what was asked): another connection may do.
+fn connection_lost(e: &crate::backend::Error) -> bool {
+    matches!(e, crate::backend::Error::Io(_) | crate::backend::Error::Lost(_))
 }
 
 /// Writes `out` to the client and flushes it (a TLS stream may otherwise keep the tail in

@@ -78,6 +78,11 @@ const ROUTE_RYW_WAITS: Spec = Spec::counter(
 );
 const ROUTE_RETRIES: Spec =
     Spec::counter("pgsluice_route_retries_total", "Reads retried on another host after a connection failure.", SET);
+const ROUTE_READ_RESENDS: Spec = Spec::counter(
+    "pgsluice_route_read_resends_total",
+    "Reads sent again to another host after their server died before answering.",
+    SET,
+);
 const TRANSACTION_DURATION: Spec = Spec::histogram(
     "pgsluice_transaction_duration_seconds",
     "Transaction durations on the server, from the first request to the ReadyForQuery that ends the \
@@ -120,6 +125,7 @@ pub(super) fn specs() -> impl Iterator<Item = &'static Spec> {
         &ROUTE_DECISIONS,
         &ROUTE_RYW_WAITS,
         &ROUTE_RETRIES,
+        &ROUTE_READ_RESENDS,
         &TRANSACTION_DURATION,
         &QUERY_DURATION,
         &WAIT_DURATION,
@@ -193,6 +199,7 @@ fn sets(shared: &Shared, out: &mut Families) {
     let mut decisions = Family::new(&ROUTE_DECISIONS);
     let mut ryw = Family::new(&ROUTE_RYW_WAITS);
     let mut retries = Family::new(&ROUTE_RETRIES);
+    let mut resends = Family::new(&ROUTE_READ_RESENDS);
     let mut xact = Family::new(&TRANSACTION_DURATION);
     let mut query = Family::new(&QUERY_DURATION);
     let mut wait = Family::new(&WAIT_DURATION);
@@ -208,12 +215,13 @@ fn sets(shared: &Shared, out: &mut Families) {
         }
         ryw.add(&[db, user], r.ryw_waits as f64);
         retries.add(&[db, user], r.retries as f64);
+        resends.add(&[db, user], r.read_resends as f64);
         let [x, q, w] = show::latency_of(set);
         xact.add_histogram(&[db, user], &x);
         query.add_histogram(&[db, user], &q);
         wait.add_histogram(&[db, user], &w);
     }
-    for f in [decisions, ryw, retries, xact, query, wait] {
+    for f in [decisions, ryw, retries, resends, xact, query, wait] {
         out.push(f);
     }
 }

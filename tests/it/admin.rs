@@ -453,6 +453,7 @@ fn expected_columns() -> Vec<(&'static str, Vec<&'static str>)> {
                 "fallbacks",
                 "ryw_waits",
                 "retries",
+                "read_resends",
                 "failovers",
             ],
         ),

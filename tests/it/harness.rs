@@ -522,3 +522,56 @@ pub fn execute() -> Vec<u8> {
 pub fn sync() -> Vec<u8> {
     frame(b'S', &[])
 }
+
+// === pgbench ===
+
+/// pgbench as `user` against 127.0.0.1:`port`.
+pub fn pgbench(user: &str, password: &str, port: u16) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/usr/lib/postgresql/15/bin/pgbench");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user]);
+    cmd.env("PGPASSWORD", password).env("PGSSLMODE", "disable").env("PGCONNECT_TIMEOUT", "10");
+    cmd.env_remove("PGSERVICE").env_remove("PGOPTIONS").env("LC_ALL", "C");
+    cmd
+}
+
+/// What a pgbench run printed.
+pub struct Bench {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Bench {
+    pub fn report(&self) -> String {
+        format!("--- pgbench stdout ---\n{}\n--- pgbench stderr ---\n{}", self.stdout, self.stderr)
+    }
+
+    /// The number after `name` in its summary (`N` of `N/M` or `N (x%)`).
+    pub fn field(&self, name: &str) -> u64 {
+        let line = self
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("pgbench printed no {name:?}\n{}", self.report()));
+        let number = line.trim().split(['/', ' ']).next().unwrap_or("");
+        number.parse().unwrap_or_else(|e| panic!("{name:?} {line:?}: {e}\n{}", self.report()))
+    }
+}
+
+/// Runs pgbench for at most `limit` (killed after it), capturing its output.
+pub async fn run_pgbench(cmd: &mut tokio::process::Command, limit: Duration) -> Bench {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start pgbench: {e}"));
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(out)) => Bench {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Ok(Err(e)) => panic!("waiting for pgbench: {e}"),
+        Err(_) => panic!("pgbench still running after {limit:?}"),
+    }
+}

@@ -14,6 +14,7 @@ mod operations;
 mod params;
 mod pooling;
 mod prepared;
+mod replica_faults;
 mod review;
 mod robustness;
 mod routing;

@@ -82,6 +82,7 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("pgsluice_route_decisions_total", &["database", "user", "decision"]),
     ("pgsluice_route_ryw_waits_total", POOL),
     ("pgsluice_route_retries_total", POOL),
+    ("pgsluice_route_read_resends_total", POOL),
     ("pgsluice_transaction_duration_seconds", POOL),
     ("pgsluice_query_duration_seconds", POOL),
     ("pgsluice_wait_duration_seconds", POOL),
@@ -451,6 +452,7 @@ async fn scrape_under_load_matches_the_admin_console() {
     }
     assert_eq!(after.get("pgsluice_route_ryw_waits_total", &set), row["ryw_waits"].parse::<f64>().unwrap());
     assert_eq!(after.get("pgsluice_route_retries_total", &set), row["retries"].parse::<f64>().unwrap());
+    assert_eq!(after.get("pgsluice_route_read_resends_total", &set), row["read_resends"].parse::<f64>().unwrap());
     assert_eq!(after.get("pgsluice_failovers_total", &dbl), row["failovers"].parse::<f64>().unwrap());
 
     // Clients: the four idle ones and the console's.

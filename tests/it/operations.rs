@@ -514,12 +514,12 @@ async fn online_restart(prefix: &str, reconnect: bool) {
     let mut a = s.start("a");
     a.wait_ready(&db).await;
 
-    let mut init = pgbench(&db, s.port);
+    let mut init = pgbench(&db.name, &db.password, s.port);
     init.args(["-i", "-s", "1", "-q"]).arg(&db.name);
     let out = run_pgbench(&mut init, Duration::from_secs(60)).await;
     assert!(out.ok, "pgbench -i through pgsluice failed\n{}\n{}", out.report(), a.tail());
 
-    let mut run = pgbench(&db, s.port);
+    let mut run = pgbench(&db.name, &db.password, s.port);
     run.args(["-c", "4", "-j", "2", "-T", "10", "-P", "1"]);
     if reconnect {
         run.arg("-C");
@@ -574,54 +574,6 @@ async fn online_restart(prefix: &str, reconnect: bool) {
     drop(c);
     b.signal("TERM");
     b.assert_exits_ok(Duration::from_secs(5), "B after SIGTERM").await;
-}
-
-/// pgbench as `db`'s role against 127.0.0.1:`port`.
-fn pgbench(db: &TestDb, port: u16) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("/usr/lib/postgresql/15/bin/pgbench");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &db.name]);
-    cmd.env("PGPASSWORD", &db.password).env("PGSSLMODE", "disable").env("PGCONNECT_TIMEOUT", "10");
-    cmd.env_remove("PGSERVICE").env_remove("PGOPTIONS").env("LC_ALL", "C");
-    cmd
-}
-
-/// What a pgbench run printed.
-struct Bench {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Bench {
-    fn report(&self) -> String {
-        format!("--- pgbench stdout ---\n{}\n--- pgbench stderr ---\n{}", self.stdout, self.stderr)
-    }
-
-    /// The number after `name` in its summary (`N` of `N/M` or `N (x%)`).
-    fn field(&self, name: &str) -> u64 {
-        let line = self
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("pgbench printed no {name:?}\n{}", self.report()));
-        let number = line.trim().split(['/', ' ']).next().unwrap_or("");
-        number.parse().unwrap_or_else(|e| panic!("{name:?} {line:?}: {e}\n{}", self.report()))
-    }
-}
-
-/// Runs pgbench for at most `limit` (killed after it), capturing its output.
-async fn run_pgbench(cmd: &mut tokio::process::Command, limit: Duration) -> Bench {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start pgbench: {e}"));
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(Ok(out)) => Bench {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        },
-        Ok(Err(e)) => panic!("waiting for pgbench: {e}"),
-        Err(_) => panic!("pgbench still running after {limit:?}"),
-    }
 }
 
 // === a minimal JSON reader (serde_json is not a dev-dependency) ===

@@ -23,11 +23,11 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::harness::*;
 
 /// Superuser password of every cluster started here (the probe login).
-const SU_PW: &str = "route-su-pw";
+pub(crate) const SU_PW: &str = "route-su-pw";
 /// Client-visible database, its PostgreSQL database and the role that owns it.
-const APP: &str = "app";
+pub(crate) const APP: &str = "app";
 /// Password of `app`.
-const APP_PW: &str = "app-pw";
+pub(crate) const APP_PW: &str = "app-pw";
 /// A second role, routed to the primary by a `[users.writer]` section where a test has one.
 const WRITER: &str = "writer";
 /// Password of `writer`.
@@ -42,23 +42,23 @@ const SETUP: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text); ALTER TABLE
     SET password_encryption = 'scram-sha-256'; \
     CREATE ROLE writer LOGIN PASSWORD 'writer-pw'; GRANT ALL ON t TO writer";
 /// Fast probes, so that lag and deaths are seen within a second.
-const FAST_PROBES: &str = "health_check_interval = \"200ms\"";
+pub(crate) const FAST_PROBES: &str = "health_check_interval = \"200ms\"";
 
 // === setup ===
 
 /// A primary (node 0), its replicas, and pgsluice serving `app` (plus aliases) over them.
-struct Topo {
-    nodes: Vec<Node>,
-    pooler: Pooler,
+pub(crate) struct Topo {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) pooler: Pooler,
 }
 
 /// Starts a primary with `replicas` replicas (in parallel).
-async fn start_nodes(replicas: usize) -> Vec<Node> {
+pub(crate) async fn start_nodes(replicas: usize) -> Vec<Node> {
     blocking(move || start_replication(SU_PW, APP, APP_PW, SETUP, replicas)).await
 }
 
 /// `psql` as the superuser in `app` on `node`, panicking with the server log on failure.
-async fn psql(node: &Node, sql: &str) -> String {
+pub(crate) async fn psql(node: &Node, sql: &str) -> String {
     node_psql_async(node, APP, sql).await
 }
 
@@ -66,14 +66,19 @@ async fn psql(node: &Node, sql: &str) -> String {
 /// a segment, where `pg_current_wal_insert_lsn()` (past the page header) is ahead of what the
 /// replicas report as replayed until the next record; tests other than the one about that
 /// case ([`reads_return_to_replicas_after_a_write_at_a_wal_page_start`]) start mid-page.
-async fn leave_wal_page_start(primary: &Node) {
+pub(crate) async fn leave_wal_page_start(primary: &Node) {
     psql(primary, "CREATE TABLE wal_nudge (); DROP TABLE wal_nudge").await;
 }
 
 /// pgsluice serving `app` over all `nodes` (probing as the superuser), with `general` lines
 /// and alias databases `(name, extra section lines)` over the same hosts and PostgreSQL
 /// database, and raw TOML `sections`; users `app` and `writer` in the auth_file.
-async fn start_pooler(nodes: &[Node], general: &[&str], aliases: &[(&str, &[&str])], sections: &[&str]) -> Pooler {
+pub(crate) async fn start_pooler(
+    nodes: &[Node],
+    general: &[&str],
+    aliases: &[(&str, &[&str])],
+    sections: &[&str],
+) -> Pooler {
     let hosts = nodes.iter().map(|n| host_entry(n)).collect::<Vec<_>>().join(", ");
     let mut b = pooler()
         .general("health_check_user = \"postgres\"")
@@ -96,7 +101,12 @@ async fn start_pooler(nodes: &[Node], general: &[&str], aliases: &[(&str, &[&str
 impl Topo {
     /// Starts everything and waits until every database sees node 0 as the primary and the
     /// others as healthy replicas.
-    async fn start(replicas: usize, general: &[&str], aliases: &[(&str, &[&str])], sections: &[&str]) -> Topo {
+    pub(crate) async fn start(
+        replicas: usize,
+        general: &[&str],
+        aliases: &[(&str, &[&str])],
+        sections: &[&str],
+    ) -> Topo {
         let nodes = start_nodes(replicas).await;
         leave_wal_page_start(&nodes[0]).await;
         let pooler = start_pooler(&nodes, general, aliases, sections).await;
@@ -108,33 +118,33 @@ impl Topo {
     }
 
     /// Port of node `i`.
-    fn port(&self, i: usize) -> u16 {
+    pub(crate) fn port(&self, i: usize) -> u16 {
         self.nodes[i].port()
     }
 
     /// Ports of the replicas (nodes 1..).
-    fn replica_ports(&self) -> Vec<u16> {
+    pub(crate) fn replica_ports(&self) -> Vec<u16> {
         self.nodes[1..].iter().map(|n| n.port()).collect()
     }
 
     /// The topology pgsluice keeps for `db`.
-    fn cluster(&self, db: &str) -> Arc<Cluster> {
+    pub(crate) fn cluster(&self, db: &str) -> Arc<Cluster> {
         self.pooler.handle.as_ref().expect("pgsluice running").shared.cluster(db).expect("cluster")
     }
 
     /// Routing counters of (`db`, `app`); zero before the pool set exists.
-    fn counts(&self, db: &str) -> RouteCounts {
+    pub(crate) fn counts(&self, db: &str) -> RouteCounts {
         counts(&self.pooler, db, APP)
     }
 
     /// A client of `db` as `app`.
-    async fn client(&self, db: &str) -> Client {
+    pub(crate) async fn client(&self, db: &str) -> Client {
         self.pooler.try_connect(APP, APP_PW, db).await.unwrap_or_else(|e| panic!("connect to {db} via pgsluice: {e}"))
     }
 
     /// Per-node counts of `ports` as `{n0: .., n1: .., n2: ..}` (n0 = the first primary),
     /// plus any port that is no node.
-    fn tally(&self, ports: &[u16]) -> Tally {
+    pub(crate) fn tally(&self, ports: &[u16]) -> Tally {
         let mut by_node = vec![0; self.nodes.len()];
         let mut other = 0;
         for p in ports {
@@ -147,7 +157,7 @@ impl Topo {
     }
 
     /// Topology of `db`, for assertion messages.
-    fn describe(&self, db: &str) -> String {
+    pub(crate) fn describe(&self, db: &str) -> String {
         let c = self.cluster(db);
         let hosts: Vec<String> = c
             .snapshot()
@@ -176,7 +186,7 @@ fn counts(p: &Pooler, db: &str, user: &str) -> RouteCounts {
 
 /// Requests per node.
 #[derive(Debug, PartialEq, Eq)]
-struct Tally {
+pub(crate) struct Tally {
     /// Index = node.
     by_node: Vec<usize>,
     /// Answered by no known node (never expected).
@@ -184,16 +194,16 @@ struct Tally {
 }
 
 impl Tally {
-    fn n(&self, i: usize) -> usize {
+    pub(crate) fn n(&self, i: usize) -> usize {
         self.by_node[i]
     }
 
-    fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.by_node.iter().sum::<usize>() + self.other
     }
 
     /// Answered by nodes 1.. (the replicas, before any failover).
-    fn replicas(&self) -> usize {
+    pub(crate) fn replicas(&self) -> usize {
         self.by_node[1..].iter().sum()
     }
 }
@@ -219,13 +229,13 @@ async fn port_of(c: &Client, sql: &str) -> Result<u16, tokio_postgres::Error> {
 }
 
 /// `SELECT inet_server_port()` over the simple protocol.
-async fn read_port(c: &Client) -> Result<u16, tokio_postgres::Error> {
+pub(crate) async fn read_port(c: &Client) -> Result<u16, tokio_postgres::Error> {
     port_of(c, "SELECT inet_server_port()").await
 }
 
 /// `SELECT inet_server_port()` over the extended protocol (tokio-postgres prepares a named
 /// statement, binds and executes it, then closes it).
-async fn read_port_ext(c: &Client) -> Result<u16, tokio_postgres::Error> {
+pub(crate) async fn read_port_ext(c: &Client) -> Result<u16, tokio_postgres::Error> {
     let row = c.query_one("SELECT inet_server_port()", &[]).await?;
     Ok(row.get::<_, i32>(0) as u16)
 }
@@ -265,20 +275,20 @@ async fn write_loop(connstr: String, base: i64, stop: Arc<AtomicBool>) -> (usize
 }
 
 /// A background writer started by [`Writer::start`].
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<(usize, Vec<String>)>,
 }
 
 impl Writer {
-    fn start(p: &Pooler, base: i64) -> Writer {
+    pub(crate) fn start(p: &Pooler, base: i64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(write_loop(p.connstr(APP, APP_PW, APP), base, stop.clone()));
         Writer { stop, task }
     }
 
     /// Stops it; panics if any write failed. Returns the number of writes.
-    async fn finish(self) -> usize {
+    pub(crate) async fn finish(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let (ok, errors) = self.task.await.expect("writer panicked");
         assert!(errors.is_empty(), "background writes failed ({ok} succeeded): {errors:?}");
