@@ -315,6 +315,9 @@ pub struct Cluster {
     primary: AtomicUsize,
     probe_user: Option<String>,
     probe_cred: Mutex<Credential>,
+    /// TLS and allowed login methods of the probes (the database's).
+    probe_tls: Arc<crate::config::ServerTls>,
+    probe_auth: crate::auth::require::ServerAuthMethods,
     settings: ClusterSettings,
     signals: Arc<Signals>,
     started: AtomicBool,
@@ -364,6 +367,8 @@ impl Cluster {
             primary: AtomicUsize::new(primary),
             probe_user: db.probe.as_ref().map(|p| p.user.clone()),
             probe_cred: Mutex::new(Credential { secret: db.probe.as_ref().and_then(|p| p.secret.clone()), keys: None }),
+            probe_tls: db.server_tls.clone(),
+            probe_auth: db.server_auth,
             settings,
             signals,
             started: AtomicBool::new(false),

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::Dur;
 pub use general::{
     AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PoolMode, PrimaryReads,
-    ReadYourWrites, RoleHint, Route, SessionState, TlsSection, TransactionRouting, UserSection, MIN_PROBE_GAP,
+    ReadYourWrites, RoleHint, Route, SecretValue, ServerTlsMode, SessionState, TlsSection, TransactionRouting,
+    UserSection, MIN_PROBE_GAP,
 };
 
 use crate::auth::{scram::Verifier, Secret};
@@ -148,6 +149,73 @@ pub struct Database {
     pub pool_mode: PoolMode,
     /// Limit over all pools of this database; 0 = none.
     pub max_db_connections: u32,
+    /// TLS toward its servers (and its probes).
+    pub server_tls: Arc<ServerTls>,
+    /// What its servers may ask for at login (`server_auth_methods`).
+    pub server_auth: crate::auth::require::ServerAuthMethods,
+    /// Where users missing from the auth_file are looked up (`auth_user`).
+    pub auth_lookup: Option<Arc<AuthLookup>>,
+}
+
+/// `auth_user` / `auth_query` / `auth_dbname` of a database, resolved.
+#[derive(Debug)]
+pub struct AuthLookup {
+    /// The user the query runs as.
+    pub user: String,
+    /// Its secret, from the auth_file (none: the server must not ask for one).
+    pub secret: Option<Secret>,
+    /// The query (`$1` = the user name).
+    pub query: String,
+    /// The database it runs in.
+    pub dbname: String,
+}
+
+/// TLS toward a database's servers, resolved at load.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// `server_tls_sslmode`.
+    pub mode: ServerTlsMode,
+    /// The connector's configuration (`None` with `disable`).
+    pub config: Option<Arc<rustls::ClientConfig>>,
+    /// The settings it was built from: a reload keeps pools whose settings did not change.
+    pub spec: String,
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        ServerTls { mode: ServerTlsMode::Disable, config: None, spec: String::new() }
+    }
+}
+
+/// Resolves the `server_tls_*` settings (a database's overrides over `[general]`).
+fn server_tls(
+    base: &Path,
+    mode: ServerTlsMode,
+    ca: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+    protocols: &str,
+) -> Result<ServerTls, String> {
+    use crate::net::tls::{client_config, protocol_versions, Verify};
+    let spec = format!("{mode:?} {ca:?} {cert:?} {key:?} {protocols}");
+    if mode == ServerTlsMode::Disable {
+        return Ok(ServerTls { mode, config: None, spec });
+    }
+    let verify = match mode {
+        ServerTlsMode::VerifyFull => Verify::ChainAndName,
+        ServerTlsMode::VerifyCa => Verify::Chain,
+        _ => Verify::Nothing,
+    };
+    let versions = protocol_versions(protocols).map_err(|e| format!("server_tls_protocols: {e}"))?;
+    let ca = ca.map(|p| resolve(base, p));
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((resolve(base, c), resolve(base, k))),
+        (None, None) => None,
+        _ => return Err("server_tls_cert_file and server_tls_key_file go together".into()),
+    };
+    let config =
+        client_config(verify, ca.as_deref(), client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), &versions)?;
+    Ok(ServerTls { mode, config: Some(config), spec })
 }
 
 /// The login of a database's health probes.
@@ -190,6 +258,8 @@ pub struct TlsSettings {
     pub server_config: Arc<rustls::ServerConfig>,
     /// Requirement for clients.
     pub mode: ClientTlsMode,
+    /// `tls-server-end-point` hash of the certificate (SCRAM-SHA-256-PLUS with clients).
+    pub end_point: Option<Vec<u8>>,
 }
 
 /// The validated runtime configuration. Shared as `Arc<Config>` and swapped whole on reload.
@@ -200,6 +270,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Client TLS, if configured and not disabled.
     pub tls: Option<TlsSettings>,
+    /// `auth_hba_file`, parsed.
+    pub hba: Option<Arc<crate::auth::hba::Hba>>,
     /// Databases by client-visible name.
     pub databases: HashMap<String, Arc<Database>>,
     /// auth_file users.
@@ -350,22 +422,98 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         {
             users.insert(name, Arc::new(UserAuth::new(secret)));
         }
-    } else if g.auth_type != AuthType::Trust {
+    } else if g.auth_type != AuthType::Any {
         return Err(format!("[general] auth_type {:?} needs an auth_file", g.auth_type));
     }
 
+    let hba = match (&g.auth_hba_file, g.auth_type) {
+        (Some(f), _) => {
+            let path = resolve(base, f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("[general] auth_hba_file {}: {e}", path.display()))?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let include = |name: &str| {
+                let p = resolve(&dir, name);
+                std::fs::read_to_string(&p).map_err(|e| format!("@{name}: {}: {e}", p.display()))
+            };
+            let hba = crate::auth::hba::Hba::parse(&text, &include)
+                .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
+            Some(Arc::new(hba))
+        }
+        (None, AuthType::Hba) => return Err("[general] auth_type \"hba\" needs auth_hba_file".into()),
+        (None, _) => None,
+    };
+
     let tls = match &file.tls {
-        Some(t) if t.client_tls_sslmode != ClientTlsMode::Disable => Some(TlsSettings {
-            server_config: crate::net::tls::server_config(&resolve(base, &t.cert_file), &resolve(base, &t.key_file))
-                .map_err(|e| format!("[tls] {e}"))?,
-            mode: t.client_tls_sslmode,
-        }),
+        Some(t) if t.client_tls_sslmode != ClientTlsMode::Disable => {
+            let (server_config, end_point) =
+                crate::net::tls::server_config(&resolve(base, &t.cert_file), &resolve(base, &t.key_file))
+                    .map_err(|e| format!("[tls] {e}"))?;
+            Some(TlsSettings { server_config, mode: t.client_tls_sslmode, end_point })
+        }
         _ => None,
     };
+
+    if let Some(p) = &g.health_check_password {
+        // (Checked even if no database uses it: a missing secret is a load error.)
+        p.resolve(base, "health_check_password").map_err(|e| format!("[general] {e}"))?;
+    }
+    let general_tls = Arc::new(
+        server_tls(
+            base,
+            g.server_tls_sslmode,
+            g.server_tls_ca_file.as_deref(),
+            g.server_tls_cert_file.as_deref(),
+            g.server_tls_key_file.as_deref(),
+            &g.server_tls_protocols,
+        )
+        .map_err(|e| format!("[general] {e}"))?,
+    );
+    let general_auth =
+        crate::auth::require::ServerAuthMethods::parse(&g.server_auth_methods).map_err(|e| format!("[general] {e}"))?;
 
     let mut databases = HashMap::new();
     for (name, d) in &file.databases {
         let ctx = |m: String| format!("[databases.{name}] {m}");
+        let overrides_tls = d.server_tls_sslmode.is_some()
+            || d.server_tls_ca_file.is_some()
+            || d.server_tls_cert_file.is_some()
+            || d.server_tls_key_file.is_some()
+            || d.server_tls_protocols.is_some();
+        let server_tls_of_db = if overrides_tls {
+            Arc::new(
+                server_tls(
+                    base,
+                    d.server_tls_sslmode.unwrap_or(g.server_tls_sslmode),
+                    d.server_tls_ca_file.as_deref().or(g.server_tls_ca_file.as_deref()),
+                    d.server_tls_cert_file.as_deref().or(g.server_tls_cert_file.as_deref()),
+                    d.server_tls_key_file.as_deref().or(g.server_tls_key_file.as_deref()),
+                    d.server_tls_protocols.as_deref().unwrap_or(&g.server_tls_protocols),
+                )
+                .map_err(ctx)?,
+            )
+        } else {
+            general_tls.clone()
+        };
+        let auth_lookup = d.auth_user.as_ref().or(g.auth_user.as_ref()).map(|u| {
+            Arc::new(AuthLookup {
+                user: u.clone(),
+                secret: users.get(u).map(|a| a.secret.clone()),
+                query: d.auth_query.clone().unwrap_or_else(|| g.auth_query.clone()),
+                dbname: d
+                    .auth_dbname
+                    .clone()
+                    .or_else(|| g.auth_dbname.clone())
+                    .unwrap_or_else(|| d.dbname.clone().unwrap_or_else(|| name.clone())),
+            })
+        });
+        if auth_lookup.as_ref().is_some_and(|l| !l.query.contains("$1")) {
+            return Err(ctx("auth_query must take the user name as $1".into()));
+        }
+        let server_auth = match &d.server_auth_methods {
+            Some(spec) => crate::auth::require::ServerAuthMethods::parse(spec).map_err(ctx)?,
+            None => general_auth,
+        };
         if d.hosts.is_empty() {
             return Err(ctx("hosts must list at least one host".into()));
         }
@@ -389,14 +537,17 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
             return Err(ctx(format!("min_pool_size ({min_pool_size}) is larger than pool_size ({pool_size})")));
         }
         let fixed_secret = match (&d.user, &d.password) {
-            (_, Some(p)) => Some(Secret::parse(p).map_err(|e| ctx(format!("password: {e}")))?),
+            (_, Some(p)) => {
+                let p = p.resolve(base, "password").map_err(ctx)?;
+                Some(Secret::parse(&p).map_err(|e| ctx(format!("password: {e}")))?)
+            }
             (Some(u), None) => users.get(u).map(|a: &Arc<UserAuth>| a.secret.clone()),
             (None, None) => None,
         };
         if d.password.is_some() && d.user.is_none() {
             return Err(ctx("password is set but user is not".into()));
         }
-        let probe = probe_login(g, d, &users, fixed_secret.as_ref()).map_err(ctx)?;
+        let probe = probe_login(base, g, d, &users, fixed_secret.as_ref()).map_err(ctx)?;
         if probe.is_none() && hosts.len() > 1 {
             return Err(ctx(format!(
                 "lists {} hosts, so pgsluice must probe them: set health_check_user (here or in [general]) or a fixed user",
@@ -421,11 +572,23 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
                 reserve_pool_size: d.reserve_pool_size.unwrap_or(g.reserve_pool_size),
                 pool_mode: d.pool_mode.unwrap_or(g.pool_mode),
                 max_db_connections: d.max_db_connections.unwrap_or(g.max_db_connections),
+                server_tls: server_tls_of_db,
+                server_auth,
+                auth_lookup,
             }),
         );
     }
 
-    Ok(Config { listen: SocketAddr::new(ip, g.listen_port), tls, databases, users, path: path.into(), tracked, file })
+    Ok(Config {
+        listen: SocketAddr::new(ip, g.listen_port),
+        tls,
+        hba,
+        databases,
+        users,
+        path: path.into(),
+        tracked,
+        file,
+    })
 }
 
 /// Who the probes of database `d` log in as: `health_check_user` of the database (with its
@@ -435,6 +598,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
 /// explicit probe user is not probed, so a wrong password there still fails logins at once
 /// with the server's error.
 fn probe_login(
+    base: &Path,
     g: &General,
     d: &DatabaseSection,
     users: &HashMap<String, Arc<UserAuth>>,
@@ -450,7 +614,10 @@ fn probe_login(
         return Ok(None);
     };
     let secret = match password {
-        Some(p) => Some(Secret::parse(p).map_err(|e| format!("health_check_password: {e}"))?),
+        Some(p) => {
+            let p = p.resolve(base, "health_check_password")?;
+            Some(Secret::parse(&p).map_err(|e| format!("health_check_password: {e}"))?)
+        }
         None if d.user.as_ref() == Some(user) => fixed_secret.cloned(),
         None => users.get(user).map(|a| a.secret.clone()),
     };

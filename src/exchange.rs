@@ -457,10 +457,22 @@ impl Exchange {
         self.st.tally.received += n as u64;
     }
 
+    /// Whether what the server sent is held back: it said it is dying (a FATAL, or the
+    /// WARNING of an immediate shutdown) before a byte of this attachment's answers reached
+    /// the client. What it flushed with it is an unfinished answer, which the session
+    /// delivers, or drops to send the request elsewhere, once the connection closes.
+    #[inline]
+    fn holding_back(&self) -> bool {
+        self.st.server_fatal.is_some() && !self.st.answered
+    }
+
     /// The next bytes to write to the client: the side buffer, else the server buffer's
-    /// scanned prefix.
+    /// scanned prefix (nothing while [`Exchange::holding_back`]).
     #[inline]
     pub fn client_bound<'b>(&'b self, sbuf: &'b [u8]) -> &'b [u8] {
+        if self.holding_back() {
+            return &[];
+        }
         if self.st.to_client.is_empty() {
             &sbuf[..self.s.fwd]
         } else {
@@ -492,7 +504,8 @@ impl Exchange {
     /// Whether the server may be read now (backpressure toward a slow client).
     #[inline]
     pub fn may_read_server(&self, sbuf: &BytesMut) -> bool {
-        sbuf.len() + self.st.to_client.len() < READ_AHEAD.max(self.s.need)
+        // (While holding back, read on to the close: a dying server sends little more.)
+        sbuf.len() + self.st.to_client.len() < READ_AHEAD.max(self.s.need) || self.holding_back()
     }
 
     /// The client closed its side: whether requests it sent are still held back behind a

@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod backend;
 #[cfg(test)]
 mod budgets;

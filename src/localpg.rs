@@ -97,12 +97,26 @@ pub struct ClusterOptions {
     /// `pgsluice_pg` when root (whose parents it must be able to traverse), kept on drop.
     /// `None` (the default): a fresh temporary directory, removed on drop.
     pub base_dir: Option<PathBuf>,
+    /// `pg_hba.conf` instead of the default (SCRAM on every line).
+    pub hba: Option<String>,
+    /// Files written into the data directory before the server starts, `(name, contents)`,
+    /// mode 0600 and owned by the server's user (certificates and keys for `ssl = on`).
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         let (port, extra_conf, base_dir, postgres) = (0, Vec::new(), None, String::from("postgres"));
-        ClusterOptions { port, superuser: postgres.clone(), superuser_password: postgres, extra_conf, base_dir }
+        let (hba, files) = (None, Vec::new());
+        ClusterOptions {
+            port,
+            superuser: postgres.clone(),
+            superuser_password: postgres,
+            extra_conf,
+            base_dir,
+            hba,
+            files,
+        }
     }
 }
 
@@ -132,6 +146,8 @@ impl LocalCluster {
     /// `pg_hba.conf` line. Then `pg_ctl -w -t 60 start -l logfile` and waits until it accepts connections.
     pub fn start_primary(mut opts: ClusterOptions) -> Result<LocalCluster, Error> {
         let extra_conf = std::mem::take(&mut opts.extra_conf);
+        let hba = opts.hba.take();
+        let files = std::mem::take(&mut opts.files);
         let c = Self::prepare(find_bin_dir()?, opts)?;
         let pwfile = c.dir.join("pwfile");
         let mut create = OpenOptions::new();
@@ -145,7 +161,13 @@ impl LocalCluster {
         c.append_conf(TUNING.split_whitespace().filter_map(|kv| kv.split_once('=')))?;
         c.append_conf(extra_conf)?;
         // No `create`: truncating the existing file keeps it owned by the server user.
-        write_file(&c.data_dir.join("pg_hba.conf"), OpenOptions::new().write(true).truncate(true), HBA)?;
+        let hba = hba.as_deref().unwrap_or(HBA);
+        write_file(&c.data_dir.join("pg_hba.conf"), OpenOptions::new().write(true).truncate(true), hba)?;
+        for (name, contents) in &files {
+            let path = c.data_dir.join(name);
+            write_file(&path, OpenOptions::new().write(true).create(true).truncate(true).mode(0o600), contents)?;
+            chown_to(&path, c.pg_user)?;
+        }
         c.start_postmaster()
     }
 

@@ -106,6 +106,10 @@ pub struct PoolSettings {
     pub application_name: String,
     /// `tcp_keepalive`.
     pub keepalive: bool,
+    /// TLS toward the server.
+    pub tls: Arc<crate::config::ServerTls>,
+    /// What the server may ask for at login.
+    pub auth: crate::auth::require::ServerAuthMethods,
     /// Process clock (server connection timestamps).
     pub clock: crate::stats::Clock,
     /// Source of server connection ids, shared by all pools.
@@ -334,6 +338,15 @@ impl Pool {
                 return Some(self.guard(p));
             }
             // Dead or expired: dropped here, outside the lock (its slot takes it).
+        }
+    }
+
+    /// Sets the secret the pool logs in with, if it has none (a user found by
+    /// `auth_query`).
+    pub fn learn_secret(&self, secret: &crate::auth::Secret) {
+        let mut c = self.0.credential.lock();
+        if c.secret.is_none() {
+            c.secret = Some(secret.clone());
         }
     }
 
@@ -569,6 +582,8 @@ impl Pool {
             database: &s.dbname,
             application_name: &s.application_name,
             keepalive: s.keepalive,
+            tls: &s.tls,
+            auth: s.auth,
         };
         let host = &s.host;
         let epoch = host.epoch();
@@ -873,6 +888,8 @@ impl PoolSettings {
             && self.user == other.user
             && self.application_name == other.application_name
             && self.keepalive == other.keepalive
+            && self.tls.spec == other.tls.spec
+            && self.auth == other.auth
     }
 
     /// The sizes part.
@@ -897,6 +914,12 @@ fn connect_error(e: &backend::Error) -> Error {
         // it cannot authorize.
         backend::Error::Auth(_) => {
             Error::Connect { code: "28000", server_code: Some("28000".into()), message: e.to_string().into() }
+        }
+        // TLS cannot be set up as configured (a certificate that does not verify, a server
+        // without TLS under `require`): the client sees a connection failure naming the
+        // problem, and like a credential the server refuses, it is not retried.
+        backend::Error::Tls(_) => {
+            Error::Connect { code: "08006", server_code: Some("28000".into()), message: e.to_string().into() }
         }
         other => Error::Connect { code: "08006", server_code: None, message: other.to_string().into() },
     }

@@ -132,6 +132,8 @@ fn parse_value(key: &str, value: &str, like: Option<&toml::Value>) -> Result<tom
 /// Whether the cluster of `a` can serve `b` (same hosts, hints, weights and probe login).
 fn same_topology(a: &Database, b: &Database) -> bool {
     a.hosts == b.hosts
+        && a.server_tls.spec == b.server_tls.spec
+        && a.server_auth == b.server_auth
         && a.role_hints == b.role_hints
         && a.weights == b.weights
         && a.dbname == b.dbname

@@ -45,6 +45,8 @@ pub struct Shared {
     pub logging_in: AtomicU64,
     /// Failed client authentications (`pgsluice_auth_failures_total`).
     pub auth_failures: AtomicU64,
+    /// Users looked up with `auth_query`, and the lookups' limit.
+    pub auth_query: crate::auth_query::AuthQuery,
     /// Per-database rates over the last `stats_period`, with the totals they were taken
     /// from (`SHOW STATS` `avg_*`).
     pub averages: Mutex<HashMap<String, crate::stats::Averages>>,
@@ -76,6 +78,7 @@ impl Shared {
             paused_all: AtomicBool::new(false),
             logging_in: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            auth_query: crate::auth_query::AuthQuery::default(),
             averages: Mutex::default(),
             stop_tx,
             stop_rx: Mutex::new(Some(stop_rx)),
@@ -257,6 +260,8 @@ impl PoolRegistry {
             user: user.to_string(),
             application_name: "pgsluice".into(),
             keepalive: g.tcp_keepalive,
+            tls: db.server_tls.clone(),
+            auth: db.server_auth,
             clock: self.clock,
             server_ids: self.server_ids.clone(),
         }

@@ -813,6 +813,20 @@ mod tests {
     }
 
     #[test]
+    fn show_config_never_shows_a_password() {
+        let dir = std::env::temp_dir().join(format!("pgsluice-show-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pgsluice.toml");
+        std::fs::write(&path, "[general]\nauth_type = \"any\"\nhealth_check_password = \"hunter2-secret\"\n").unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let values = config_values(&cfg);
+        let _ = std::fs::remove_dir_all(&dir);
+        let pw = values.iter().find(|(k, _)| k == "health_check_password").expect("listed");
+        assert_eq!(pw.1.as_deref(), Some("<redacted>"));
+        assert!(!format!("{values:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn client_and_server_pointers_differ() {
         assert_ne!(client_ptr(5), server_ptr(5));
         assert_eq!(client_ptr(31), "0x1f");

@@ -13,7 +13,9 @@
 
 use std::fmt;
 
+pub mod hba;
 pub mod md5;
+pub mod require;
 pub mod scram;
 pub mod userlist;
 
@@ -100,6 +102,10 @@ pub enum Error {
     /// The server-final-message signature did not match: the server does not know the verifier.
     #[error("invalid SCRAM server signature")]
     InvalidServerSignature,
+    /// The server's iteration count is above [`scram::MAX_SERVER_ITERATIONS`]: answering it
+    /// would burn CPU for a server that may be hostile.
+    #[error("server asked for {0} SCRAM iterations, more than the limit of 1000000")]
+    TooManyIterations(u32),
     /// The server answered the client-final-message with `e=...`.
     #[error("server rejected SCRAM authentication")]
     ServerRejected,

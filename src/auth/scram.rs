@@ -116,13 +116,17 @@ impl fmt::Debug for ClientKeys {
 pub struct ScramServer {
     verifier: Verifier,
     state: ServerState,
+    /// `tls-server-end-point` data of pgsluice's certificate on this connection (TLS only):
+    /// `SCRAM-SHA-256-PLUS` is then offered and accepted.
+    binding: Option<Vec<u8>>,
 }
 
 enum ServerState {
     Initial,
     SentFirst {
-        /// The gs2 header the client sent, which `c=` must echo.
-        gs2_header: &'static str,
+        /// What `c=` must decode to: the gs2 header the client sent, plus the channel-binding
+        /// data when it bound the exchange.
+        cbind: Vec<u8>,
         client_first_bare: String,
         server_first: String,
         /// Client nonce followed by server nonce.
@@ -149,7 +153,24 @@ impl ScramServer {
 
     /// Authenticate against a stored verifier; no PBKDF2 is run.
     pub fn from_verifier(v: Verifier) -> Self {
-        ScramServer { verifier: v, state: ServerState::Initial }
+        ScramServer { verifier: v, state: ServerState::Initial, binding: None }
+    }
+
+    /// Accepts `SCRAM-SHA-256-PLUS` bound to `end_point` (the hash of the certificate pgsluice
+    /// presented on this TLS connection), and refuses a client that says it could bind but
+    /// thinks the server cannot (`y`): the PLUS offer was stripped on the way.
+    pub fn with_channel_binding(mut self, end_point: Option<Vec<u8>>) -> Self {
+        self.binding = end_point;
+        self
+    }
+
+    /// The mechanisms to offer (AuthenticationSASL).
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.binding.is_some() {
+            &["SCRAM-SHA-256-PLUS", MECHANISM]
+        } else {
+            &[MECHANISM]
+        }
     }
 
     /// `mechanism` is the SASLInitialResponse mechanism name, `data` its payload. Returns the
@@ -168,18 +189,28 @@ impl ScramServer {
         if !matches!(mem::replace(&mut self.state, ServerState::Done), ServerState::Initial) {
             return Err(Error::OutOfOrder);
         }
-        match mechanism {
-            MECHANISM => {}
+        let plus = match mechanism {
+            MECHANISM => false,
+            "SCRAM-SHA-256-PLUS" if self.binding.is_some() => true,
             "SCRAM-SHA-256-PLUS" => return Err(Error::ChannelBindingNotSupported),
             _ => return Err(Error::UnsupportedMechanism),
-        }
+        };
         let msg = message_str(data)?;
         // gs2-header = gs2-cbind-flag "," [ authzid ] ","
-        let (cbind, rest) = msg.split_once(',').ok_or(Error::MalformedMessage("missing gs2 header"))?;
-        let gs2_header = match cbind {
-            "n" => "n,,",
-            "y" => "y,,",
-            _ if cbind.starts_with("p=") => return Err(Error::ChannelBindingNotSupported),
+        let (flag, rest) = msg.split_once(',').ok_or(Error::MalformedMessage("missing gs2 header"))?;
+        let cbind = match (flag, plus, &self.binding) {
+            ("n", false, _) => b"n,,".to_vec(),
+            // The client could bind and believes the server cannot: it was offered PLUS, so
+            // something in between removed it.
+            ("y", false, Some(_)) => return Err(Error::MalformedMessage("channel binding downgrade detected")),
+            ("y", false, None) => b"y,,".to_vec(),
+            ("p=tls-server-end-point", true, Some(data)) => [b"p=tls-server-end-point,,".as_slice(), data].concat(),
+            (f, _, None) if f.starts_with("p=") => return Err(Error::ChannelBindingNotSupported),
+            (f, false, Some(_)) if f.starts_with("p=") => {
+                return Err(Error::MalformedMessage("channel binding requested without SCRAM-SHA-256-PLUS"))
+            }
+            (f, _, _) if f.starts_with("p=") => return Err(Error::ChannelBindingNotSupported),
+            (_, true, _) => return Err(Error::MalformedMessage("SCRAM-SHA-256-PLUS without channel binding")),
             _ => return Err(Error::MalformedMessage("invalid channel-binding flag")),
         };
         let (authzid, bare) = rest.split_once(',').ok_or(Error::MalformedMessage("missing gs2 header"))?;
@@ -198,14 +229,14 @@ impl ScramServer {
         let server_first =
             format!("r={nonce},s={},i={}", STANDARD.encode(&self.verifier.salt), self.verifier.iterations);
         let out = server_first.clone().into_bytes();
-        self.state = ServerState::SentFirst { gs2_header, client_first_bare: bare.to_owned(), server_first, nonce };
+        self.state = ServerState::SentFirst { cbind, client_first_bare: bare.to_owned(), server_first, nonce };
         Ok(out)
     }
 
     /// `data` = client-final-message. On success returns the server-final-message bytes
     /// (`v=...`, payload of AuthenticationSASLFinal) and the recovered [`ClientKeys`].
     pub fn client_final(&mut self, data: &[u8]) -> Result<(Vec<u8>, ClientKeys), Error> {
-        let ServerState::SentFirst { gs2_header, client_first_bare, server_first, nonce } =
+        let ServerState::SentFirst { cbind: expected, client_first_bare, server_first, nonce } =
             mem::replace(&mut self.state, ServerState::Done)
         else {
             return Err(Error::OutOfOrder);
@@ -215,7 +246,7 @@ impl ScramServer {
         let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(Error::MalformedMessage("missing proof"))?;
         let mut attrs = without_proof.split(',');
         let cbind = attr(attrs.next(), "c=", "missing channel binding")?;
-        if STANDARD.decode(cbind).ok().as_deref() != Some(gs2_header.as_bytes()) {
+        if STANDARD.decode(cbind).ok().as_deref() != Some(expected.as_slice()) {
             return Err(Error::MalformedMessage("channel-binding data mismatch"));
         }
         if attr(attrs.next(), "r=", "missing nonce")? != nonce {
@@ -258,12 +289,39 @@ impl fmt::Debug for ClientCredential {
     }
 }
 
+/// Most PBKDF2 iterations pgsluice computes for a server (PostgreSQL's default is 4096).
+pub const MAX_SERVER_ITERATIONS: u32 = 1_000_000;
+
+/// The channel binding of a client exchange (RFC 5802 `gs2-cbind-flag`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// `n`: no TLS, nothing to bind.
+    #[default]
+    None,
+    /// `y`: pgsluice could bind, but the server did not offer `SCRAM-SHA-256-PLUS` (a server
+    /// that did offer it will see a downgrade and refuse).
+    Unused,
+    /// `p=tls-server-end-point`: bound to the server certificate's hash.
+    TlsServerEndPoint(Vec<u8>),
+}
+
+impl ChannelBinding {
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            ChannelBinding::None => "n,,",
+            ChannelBinding::Unused => "y,,",
+            ChannelBinding::TlsServerEndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+}
+
 /// Client side: pgsluice logging in to Postgres.
 pub struct ScramClient {
     cred: ClientCredential,
     client_first_bare: String,
     nonce: String,
     state: ClientState,
+    binding: ChannelBinding,
 }
 
 enum ClientState {
@@ -287,16 +345,36 @@ impl ScramClient {
             client_first_bare: format!("n={user},r={nonce}"),
             nonce: nonce.to_owned(),
             state: ClientState::Initial,
+            binding: ChannelBinding::None,
         }
     }
 
-    /// The client-first-message `n,,n=,r=<nonce>`, payload of SASLInitialResponse; the mechanism
-    /// is always `SCRAM-SHA-256`.
+    /// The same exchange with channel binding `binding`.
+    pub fn with_channel_binding(mut self, binding: ChannelBinding) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// The SASL mechanism to name in SASLInitialResponse.
+    pub fn mechanism(&self) -> &'static str {
+        match self.binding {
+            ChannelBinding::TlsServerEndPoint(_) => "SCRAM-SHA-256-PLUS",
+            _ => "SCRAM-SHA-256",
+        }
+    }
+
+    /// Whether answering the server-first-message runs PBKDF2 (a password, not passthrough
+    /// keys): the caller runs it off the async worker threads.
+    pub fn derives_keys(&self) -> bool {
+        matches!(self.cred, ClientCredential::Password(_))
+    }
+
+    /// The client-first-message `<gs2 header>n=,r=<nonce>`, payload of SASLInitialResponse.
     pub fn client_first(&mut self) -> Vec<u8> {
         if matches!(self.state, ClientState::Initial) {
             self.state = ClientState::SentFirst;
         }
-        format!("n,,{}", self.client_first_bare).into_bytes()
+        format!("{}{}", self.binding.gs2_header(), self.client_first_bare).into_bytes()
     }
 
     /// Answer the server-first-message with the client-final-message. With
@@ -321,13 +399,20 @@ impl ScramClient {
             decode_salt(attr(attrs.next(), "s=", "missing salt")?).ok_or(Error::MalformedMessage("invalid salt"))?;
         let iterations = parse_iterations(attr(attrs.next(), "i=", "missing iterations")?)
             .ok_or(Error::MalformedMessage("invalid iteration count"))?;
+        if iterations > MAX_SERVER_ITERATIONS {
+            return Err(Error::TooManyIterations(iterations));
+        }
         let (client_key, server_key) = match &self.cred {
             ClientCredential::Password(password) => derive_keys(password, &salt, iterations),
             ClientCredential::Keys(k) if k.salt == salt && k.iterations == iterations => (k.client_key, k.server_key),
             ClientCredential::Keys(_) => return Err(Error::MismatchedSaltOrIterations),
         };
-        // "biws" = base64("n,,"): no channel binding.
-        let without_proof = format!("c=biws,r={nonce}");
+        // c = base64(gs2 header + binding data): "biws" without channel binding.
+        let mut cbind = self.binding.gs2_header().as_bytes().to_vec();
+        if let ChannelBinding::TlsServerEndPoint(data) = &self.binding {
+            cbind.extend_from_slice(data);
+        }
+        let without_proof = format!("c={},r={nonce}", STANDARD.encode(&cbind));
         let auth = auth_message(&self.client_first_bare, msg, &without_proof);
         let proof = xor(client_key, hmac(&sha256(&client_key), &auth));
         self.state = ClientState::SentFinal { server_signature: hmac(&server_key, &auth) };

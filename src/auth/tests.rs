@@ -348,3 +348,62 @@ fn mutated_messages_never_panic() {
         let _ = client.server_final(&mutate(RFC_S2));
     }
 }
+
+#[test]
+fn client_binds_to_the_channel_and_refuses_absurd_iteration_counts() {
+    use super::scram::ChannelBinding;
+    let data = vec![7u8; 32];
+    let mut c = ScramClient::with_nonce(ClientCredential::Password("pencil".into()), "", RFC_CLIENT_NONCE)
+        .with_channel_binding(ChannelBinding::TlsServerEndPoint(data.clone()));
+    assert_eq!(c.mechanism(), "SCRAM-SHA-256-PLUS");
+    let first = String::from_utf8(c.client_first()).unwrap();
+    assert!(first.starts_with("p=tls-server-end-point,,n=,r="), "{first}");
+    let fin = String::from_utf8(c.server_first(RFC_S1.as_bytes()).unwrap()).unwrap();
+    let mut cbind = b"p=tls-server-end-point,,".to_vec();
+    cbind.extend_from_slice(&data);
+    assert!(fin.starts_with(&format!("c={},", STANDARD.encode(&cbind))), "{fin}");
+
+    // TLS, but the server offers no PLUS: "y" (a server that did offer it sees a downgrade).
+    let mut y = ScramClient::new(ClientCredential::Password("x".into())).with_channel_binding(ChannelBinding::Unused);
+    assert_eq!(y.mechanism(), "SCRAM-SHA-256");
+    assert!(y.client_first().starts_with(b"y,,"));
+
+    // A hostile server's iteration count is refused before any PBKDF2 round.
+    let mut c = ScramClient::with_nonce(ClientCredential::Password("x".into()), "", RFC_CLIENT_NONCE);
+    c.client_first();
+    let hostile = RFC_S1.replace("i=4096", "i=4294967295");
+    assert!(matches!(c.server_first(hostile.as_bytes()), Err(Error::TooManyIterations(4294967295))));
+}
+
+#[test]
+fn server_accepts_channel_binding_over_tls_and_detects_a_downgrade() {
+    use super::scram::ChannelBinding;
+    let verifier = Verifier::from_password("pencil", b"0123456789abcdef", 4096);
+    let end_point = vec![9u8; 32];
+    let run = |server_binding: Option<Vec<u8>>, client: ChannelBinding, client_data_ok: bool| {
+        let mut server = ScramServer::from_verifier(verifier.clone()).with_channel_binding(server_binding);
+        let client_binding = match (&client, client_data_ok) {
+            (ChannelBinding::TlsServerEndPoint(_), false) => ChannelBinding::TlsServerEndPoint(vec![1u8; 32]),
+            _ => client.clone(),
+        };
+        let mut c = ScramClient::new(ClientCredential::Password("pencil".into())).with_channel_binding(client_binding);
+        let first = c.client_first();
+        let s1 = server.client_first(c.mechanism(), &first)?;
+        let c2 = c.server_first(&s1)?;
+        server.client_final(&c2).map(drop)
+    };
+    // Bound to the right certificate hash: accepted; the offer lists PLUS first.
+    let bound = ChannelBinding::TlsServerEndPoint(end_point.clone());
+    assert!(run(Some(end_point.clone()), bound.clone(), true).is_ok());
+    let offer = ScramServer::from_verifier(verifier.clone()).with_channel_binding(Some(end_point.clone()));
+    assert_eq!(offer.mechanisms(), &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+    // Bound to another certificate (a man in the middle's): refused.
+    assert!(run(Some(end_point.clone()), bound.clone(), false).is_err());
+    // "y" while PLUS was offered: the offer was stripped on the way.
+    assert!(matches!(run(Some(end_point.clone()), ChannelBinding::Unused, true), Err(Error::MalformedMessage(_))));
+    // "n": a client that does not bind is still served (libpq channel_binding=disable).
+    assert!(run(Some(end_point.clone()), ChannelBinding::None, true).is_ok());
+    // No TLS: PLUS is neither offered nor accepted, "y" is fine.
+    assert!(matches!(run(None, bound, true), Err(Error::ChannelBindingNotSupported)));
+    assert!(run(None, ChannelBinding::Unused, true).is_ok());
+}

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::auth::scram::{ClientCredential, ClientKeys, ScramClient};
+use crate::auth::require::Method;
+use crate::auth::scram::{ChannelBinding, ClientCredential, ClientKeys, ScramClient};
 use crate::auth::{md5, Secret};
-use crate::config::BackendAddr;
+use crate::config::{BackendAddr, ServerTls, ServerTlsMode};
+use crate::net::tls::tls_server_end_point;
 use crate::net::{read_message, ReadError, Stream};
 use crate::params::ParamSet;
 use crate::prepared::{tag_deallocates_all, ServerState};
@@ -43,6 +45,10 @@ pub struct LoginParams<'a> {
     pub application_name: &'a str,
     /// Enable TCP keepalive on the socket.
     pub keepalive: bool,
+    /// TLS toward the server (`server_tls_sslmode`).
+    pub tls: &'a crate::config::ServerTls,
+    /// What the server may ask for (`server_auth_methods`).
+    pub auth: crate::auth::require::ServerAuthMethods,
 }
 
 /// Why a server connection could not be opened or used.
@@ -76,6 +82,9 @@ pub enum Error {
     /// The server asked for an authentication method we cannot satisfy.
     #[error("cannot log in to server: {0}")]
     Auth(String),
+    /// TLS could not be set up as `server_tls_sslmode` requires.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl From<ReadError> for Error {
@@ -134,6 +143,24 @@ impl ServerConn {
         login: &LoginParams<'_>,
         cred: &Credential,
     ) -> Result<ServerConn, Error> {
+        let mode = login.tls.mode;
+        let tls_first = !matches!(mode, ServerTlsMode::Disable | ServerTlsMode::Allow);
+        match Self::open(addr, login, cred, tls_first).await {
+            // `allow`: plain first, TLS when the server refuses the plain login (hostssl).
+            Err(Error::Server { code, .. }) if mode == ServerTlsMode::Allow && code == "28000" => {
+                Self::open(addr, login, cred, true).await
+            }
+            r => r,
+        }
+    }
+
+    /// One connection attempt: TCP, TLS if `tls` (as `login.tls` says), then the login.
+    async fn open(
+        addr: &BackendAddr,
+        login: &LoginParams<'_>,
+        cred: &Credential,
+        tls: bool,
+    ) -> Result<ServerConn, Error> {
         let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
             .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
@@ -142,7 +169,8 @@ impl ServerConn {
             socket2::SockRef::from(&tcp).set_keepalive(true)?;
         }
         let peer = tcp.peer_addr()?;
-        let mut stream = Stream::Plain(tcp);
+        let (mut stream, binding) =
+            if tls { negotiate_tls(tcp, addr, login.tls).await? } else { (Stream::Plain(tcp), None) };
         let mut out = BytesMut::with_capacity(256);
         write::startup_message(
             &mut out,
@@ -150,7 +178,7 @@ impl ServerConn {
         );
         stream.write_all(&out).await?;
         let mut buf = BytesMut::with_capacity(4096);
-        let mut scram: Option<ScramClient> = None;
+        let mut auth = AuthState { binding, ..AuthState::default() };
         let mut params = Vec::new();
         let mut key: Option<(i32, Arc<[u8]>)> = None;
         loop {
@@ -159,7 +187,24 @@ impl ServerConn {
             match tag {
                 btag::AUTHENTICATION => {
                     let req = bmsg::parse_auth_request(&body).map_err(|e| Error::Lost(e.to_string()))?;
-                    authenticate(req, login.user, cred, &mut scram, &mut out)?;
+                    match req {
+                        AuthRequest::SaslContinue(data)
+                            if auth.scram.as_ref().is_some_and(ScramClient::derives_keys) =>
+                        {
+                            // PBKDF2 (up to MAX_SERVER_ITERATIONS rounds) off the async workers.
+                            let (mut client, data) = (auth.scram.take(), data.to_vec());
+                            let (client, fin) = tokio::task::spawn_blocking(move || {
+                                let fin = client.as_mut().map(|c| c.server_first(&data));
+                                (client, fin)
+                            })
+                            .await
+                            .map_err(|e| Error::Lost(format!("SCRAM key derivation failed: {e}")))?;
+                            auth.scram = client;
+                            let fin = fin.ok_or_else(|| Error::Lost("unexpected SASLContinue".into()))?;
+                            write::sasl_response(&mut out, &fin.map_err(|e| Error::Auth(format!("SCRAM: {e}")))?);
+                        }
+                        req => authenticate(req, login, cred, stream.is_tls(), &mut auth, &mut out)?,
+                    }
                     if !out.is_empty() {
                         stream.write_all(&out).await?;
                     }
@@ -253,6 +298,62 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` through the extended protocol with text parameters `params` (never spliced
+    /// into the text) and returns up to `max_rows` rows as text (`None` for NULL); more rows
+    /// are an error. Used by `auth_query`.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, Error> {
+        use postgres_protocol::message::frontend;
+        let mut out = BytesMut::with_capacity(sql.len() + 64);
+        let encode = |e: std::io::Error| Error::Lost(format!("cannot encode the query: {e}"));
+        frontend::parse("", sql, std::iter::empty(), &mut out).map_err(encode)?;
+        let bound = frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            params.iter(),
+            |v, buf| {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            std::iter::empty(),
+            &mut out,
+        );
+        bound.map_err(|_| Error::Lost("cannot encode the query's parameters".into()))?;
+        frontend::execute("", 0, &mut out).map_err(encode)?;
+        frontend::sync(&mut out);
+        self.stream.write_all(&out).await?;
+        let mut failed = None;
+        let mut rows = Vec::new();
+        loop {
+            let (tag, body) = read_message(&mut self.stream, &mut self.buf, MAX_LOGIN_MESSAGE).await?;
+            match tag {
+                btag::ERROR_RESPONSE => failed = Some(server_error(&body)),
+                btag::DATA_ROW if rows.len() < max_rows => {
+                    rows.push(bmsg::parse_data_row(&body).ok_or_else(|| Error::Lost("malformed DataRow".into()))?);
+                }
+                btag::DATA_ROW => {
+                    failed.get_or_insert(Error::Server {
+                        code: "21000".into(),
+                        message: format!("the query returned more than {max_rows} row(s)"),
+                    });
+                }
+                btag::READY_FOR_QUERY => {
+                    return match failed {
+                        Some(e) => Err(e),
+                        None if body.first() == Some(&status::IDLE) => Ok(rows),
+                        None => Err(Error::Lost("server in a transaction after an internal query".into())),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records a ParameterStatus value.
     pub fn set_param(&mut self, name: &str, value: &str) {
         crate::params::set_param(&mut self.params, name, value);
@@ -275,32 +376,94 @@ fn server_error(body: &[u8]) -> Error {
     Error::Server { code: f.code.to_string(), message: f.message.to_string() }
 }
 
-/// Answers one authentication request into `out` (empty when no answer is due).
+/// SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks the server for TLS and performs the handshake; returns the stream and the SCRAM
+/// channel-binding data of its certificate. A server that declines gets plain TCP under
+/// `prefer` and an error otherwise. Exactly one byte is read before the handshake (a server
+/// cannot slip unencrypted bytes in front of it).
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    addr: &BackendAddr,
+    tls: &ServerTls,
+) -> Result<(Stream, Option<Vec<u8>>), Error> {
+    tcp.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let config = tls.config.clone().ok_or_else(|| Error::Tls(format!("no TLS configuration for {addr}")))?;
+            let name = rustls_pki_types::ServerName::try_from(addr.host.clone())
+                .map_err(|_| Error::Tls(format!("{:?} is not a valid TLS server name", addr.host)))?;
+            let s = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Tls(format!("TLS handshake with server {addr} failed: {e}")))?;
+            let binding =
+                s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls_server_end_point(c));
+            Ok((Stream::ServerTls(Box::new(s)), binding))
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok((Stream::Plain(tcp), None)),
+        b'N' => Err(Error::Tls(format!(
+            "server {addr} does not accept TLS, which server_tls_sslmode = \"{}\" requires",
+            tls.mode.as_str()
+        ))),
+        other => Err(Error::Lost(format!("server {addr} answered SSLRequest with {other:#04x}"))),
+    }
+}
+
+/// What the login has negotiated so far.
+#[derive(Default)]
+struct AuthState {
+    /// The SCRAM exchange under way.
+    scram: Option<ScramClient>,
+    /// `tls-server-end-point` data of the server's certificate (TLS only).
+    binding: Option<Vec<u8>>,
+    /// The server asked for some authentication (`AuthenticationOk` alone means none).
+    asked: bool,
+}
+
+/// Answers one authentication request into `out` (empty when no answer is due), within
+/// what `server_auth_methods` allows (`tls`: the connection is encrypted).
 fn authenticate(
     req: AuthRequest<'_>,
-    user: &str,
+    login: &LoginParams<'_>,
     cred: &Credential,
-    scram: &mut Option<ScramClient>,
+    tls: bool,
+    st: &mut AuthState,
     out: &mut BytesMut,
 ) -> Result<(), Error> {
+    let allow = |m: Method| login.auth.check(m, tls).map_err(Error::Auth);
+    let user = login.user;
+    if !matches!(req, AuthRequest::Ok) {
+        st.asked = true;
+    }
     match req {
+        AuthRequest::Ok if !st.asked => allow(Method::None)?,
         AuthRequest::Ok => {}
-        AuthRequest::Cleartext => match &cred.secret {
-            Some(Secret::Plain(p)) => write::password_message(out, p.as_bytes()),
-            _ => {
-                return Err(Error::Auth(
-                    "server asked for a cleartext password, but no plaintext password is configured".into(),
-                ))
+        AuthRequest::Cleartext => {
+            allow(Method::Password)?;
+            match &cred.secret {
+                Some(Secret::Plain(p)) => write::password_message(out, p.as_bytes()),
+                _ => {
+                    return Err(Error::Auth(
+                        "server asked for a cleartext password, but no plaintext password is configured".into(),
+                    ))
+                }
             }
-        },
+        }
         AuthRequest::Md5 { salt } => {
+            allow(Method::Md5)?;
             let resp = cred.secret.as_ref().and_then(|s| md5::response(s, user, salt)).ok_or_else(|| {
                 Error::Auth("server asked for md5, but only a SCRAM verifier is configured for this user".into())
             })?;
             write::password_message(out, resp.as_bytes());
         }
         AuthRequest::Sasl { mechanisms } => {
-            if !bmsg::sasl_has_mechanism(mechanisms, "SCRAM-SHA-256") {
+            allow(Method::Scram)?;
+            let plus = bmsg::sasl_has_mechanism(mechanisms, "SCRAM-SHA-256-PLUS");
+            if !plus && !bmsg::sasl_has_mechanism(mechanisms, "SCRAM-SHA-256") {
                 return Err(Error::Auth("server offers no SASL mechanism we support".into()));
             }
             let credential = match (&cred.secret, &cred.keys) {
@@ -313,18 +476,26 @@ fn authenticate(
                     ))
                 }
             };
-            let mut client = ScramClient::new(credential);
+            // Over TLS, bind the exchange to the connection (the proof is computed from the
+            // ClientKey, which passthrough keys carry too).
+            let binding = match (&st.binding, plus) {
+                (Some(data), true) => ChannelBinding::TlsServerEndPoint(data.clone()),
+                (Some(_), false) => ChannelBinding::Unused,
+                (None, _) if tls => ChannelBinding::Unused,
+                (None, _) => ChannelBinding::None,
+            };
+            let mut client = ScramClient::new(credential).with_channel_binding(binding);
             let first = client.client_first();
-            write::sasl_initial_response(out, "SCRAM-SHA-256", &first);
-            *scram = Some(client);
+            write::sasl_initial_response(out, client.mechanism(), &first);
+            st.scram = Some(client);
         }
         AuthRequest::SaslContinue(data) => {
-            let client = scram.as_mut().ok_or_else(|| Error::Lost("unexpected SASLContinue".into()))?;
+            let client = st.scram.as_mut().ok_or_else(|| Error::Lost("unexpected SASLContinue".into()))?;
             let fin = client.server_first(data).map_err(|e| Error::Auth(format!("SCRAM: {e}")))?;
             write::sasl_response(out, &fin);
         }
         AuthRequest::SaslFinal(data) => {
-            let client = scram.as_mut().ok_or_else(|| Error::Lost("unexpected SASLFinal".into()))?;
+            let client = st.scram.as_mut().ok_or_else(|| Error::Lost("unexpected SASLFinal".into()))?;
             client.server_final(data).map_err(|e| Error::Auth(format!("SCRAM: {e}")))?;
         }
         AuthRequest::Unsupported(code) => return Err(Error::Auth(format!("unsupported authentication method {code}"))),

@@ -114,6 +114,8 @@ async fn probe_once(
             database: &cluster.dbname,
             application_name: "pgsluice health check",
             keepalive: s.keepalive,
+            tls: &cluster.probe_tls,
+            auth: cluster.probe_auth,
         };
         match ServerConn::connect(&host.addr, &login, &cred, s.timeout).await {
             Ok(c) => {
@@ -129,7 +131,8 @@ async fn probe_once(
                     host.breaker.success();
                     *refused = match &e {
                         backend::Error::Server { code, .. } if super::refusal_code(code) => Some(code.as_str().into()),
-                        backend::Error::Auth(_) => Some("28000".into()),
+                        // (TLS that cannot be set up as configured is as final.)
+                        backend::Error::Auth(_) | backend::Error::Tls(_) => Some("28000".into()),
                         _ => None,
                     };
                 }
@@ -155,7 +158,7 @@ async fn probe_once(
 pub fn host_unreachable(e: &backend::Error) -> bool {
     match e {
         backend::Error::Server { code, .. } => code == "57P03",
-        backend::Error::Auth(_) => false,
+        backend::Error::Auth(_) | backend::Error::Tls(_) => false,
         _ => true,
     }
 }

@@ -43,9 +43,15 @@ pub enum AuthType {
     /// Cleartext password (use only over TLS).
     #[serde(rename = "plain")]
     Plain,
-    /// No password; the user name need not be in the auth_file.
+    /// No password, but the user must be in the auth_file (PgBouncer's meaning).
     #[serde(rename = "trust")]
     Trust,
+    /// No password and any user name; never grants admin console access.
+    #[serde(rename = "any")]
+    Any,
+    /// The rules of `auth_hba_file` decide, per connection.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 /// TLS requirement for client connections (PgBouncer's `client_tls_sslmode`).
@@ -61,6 +67,44 @@ pub enum ClientTlsMode {
     Prefer,
     /// Refuse clients that do not use TLS.
     Require,
+}
+
+/// TLS toward PostgreSQL servers (PgBouncer's `server_tls_sslmode`, libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP only.
+    Disable,
+    /// Plain TCP; TLS only if the server refuses the plain login (`28000`).
+    Allow,
+    /// TLS if the server accepts it (certificate not checked), else plain TCP. The default.
+    #[default]
+    Prefer,
+    /// TLS or nothing (certificate not checked).
+    Require,
+    /// TLS, with a certificate signed by `server_tls_ca_file`.
+    VerifyCa,
+    /// TLS, with a certificate signed by `server_tls_ca_file` and valid for the host name.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Allow => "allow",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate chain is checked.
+    pub fn verifies(self) -> bool {
+        matches!(self, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull)
+    }
 }
 
 /// The `[general]` section.
@@ -124,6 +168,22 @@ pub struct General {
     /// PgBouncer-format userlist (`"user" "password-or-verifier"`), relative to the config
     /// file. Default none.
     pub auth_file: Option<String>,
+    /// pg_hba.conf-format rules for `auth_type = "hba"` (relative to the config file).
+    pub auth_hba_file: Option<String>,
+    /// User that runs `auth_query` for clients not in the auth_file (its password comes from
+    /// the auth_file). Databases may override it. Default none (no lookup).
+    pub auth_user: Option<String>,
+    /// Query that returns `(name, password hash)` of a user, `$1` being the user name; run
+    /// through the extended protocol. Default: PgBouncer's, schema-qualified and honouring
+    /// `VALID UNTIL` ([`DEFAULT_AUTH_QUERY`]).
+    pub auth_query: String,
+    /// Database `auth_query` runs in. Default: the client's database's own.
+    pub auth_dbname: Option<String>,
+    /// (pgsluice) How long a user found by `auth_query` is trusted before it is looked up
+    /// again (a changed password or expiry takes effect then). Default 60s.
+    pub auth_cache_ttl: Dur,
+    /// (pgsluice) How long a name `auth_query` did not find stays unknown. Default 10s.
+    pub auth_negative_cache_ttl: Dur,
     /// Startup parameters accepted and ignored (others not tracked are refused), also inside
     /// `options`; listing `options` itself ignores every untracked item of `options`.
     /// Default `["extra_float_digits"]`.
@@ -171,8 +231,29 @@ pub struct General {
     pub health_check_user: Option<String>,
     /// (pgsluice) Password of `health_check_user` (plaintext or md5 hash); default: the
     /// auth_file entry, or the keys of the user's first SCRAM client login.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
-    pub health_check_password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_password: Option<SecretValue>,
+    /// TLS toward servers: `disable`, `allow`, `prefer` (the default), `require`,
+    /// `verify-ca`, `verify-full`, as libpq's `sslmode`. Databases may override it (and the
+    /// four settings below). Health probes use the same TLS.
+    pub server_tls_sslmode: ServerTlsMode,
+    /// PEM file of the CA(s) that sign server certificates (`verify-ca`, `verify-full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca_file: Option<String>,
+    /// PEM client certificate presented to servers (with `server_tls_key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_cert_file: Option<String>,
+    /// PEM private key of `server_tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_key_file: Option<String>,
+    /// TLS versions toward servers: `secure` (the default: TLS 1.2 and 1.3), `all`,
+    /// `tlsv1.2`, `tlsv1.3` (a comma list). pgsluice's TLS library has no TLS 1.0 or 1.1.
+    pub server_tls_protocols: String,
+    /// (libpq's `require_auth`) What a server may ask for when pgsluice logs in: a comma list
+    /// of `password`, `md5`, `scram-sha-256`, `none`, or the same each prefixed with `!` to
+    /// forbid. Empty (the default): anything but a cleartext password over a connection
+    /// without TLS.
+    pub server_auth_methods: String,
     /// (pgsluice) A replica whose replay is more than this behind the primary (in time) takes
     /// no reads until it catches up. Default 1s.
     pub max_replica_lag: Dur,
@@ -330,6 +411,13 @@ pub enum ReadYourWrites {
     Lsn,
 }
 
+/// PgBouncer's `auth_query` made safe: every name schema-qualified and every operator
+/// spelled `OPERATOR(pg_catalog.…)`, so a hostile `search_path` cannot substitute its own,
+/// and a role past its `VALID UNTIL` is not found (PgBouncer's CVE-2025-2291).
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_catalog.pg_shadow \
+WHERE usename OPERATOR(pg_catalog.=) $1 \
+AND (valuntil IS NULL OR valuntil OPERATOR(pg_catalog.>) pg_catalog.now())";
+
 /// Shortest time between two probes of one host, however often they are wanted.
 pub const MIN_PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -401,6 +489,12 @@ impl Default for General {
             server_reset_query_always: false,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
+            auth_hba_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            auth_cache_ttl: Dur::secs(60),
+            auth_negative_cache_ttl: Dur::secs(10),
             ignore_startup_parameters: vec!["extra_float_digits".into()],
             track_extra_parameters: Vec::new(),
             application_name_add_host: false,
@@ -416,6 +510,12 @@ impl Default for General {
             health_check_success_threshold: 2,
             health_check_user: None,
             health_check_password: None,
+            server_tls_sslmode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
+            server_tls_protocols: "secure".into(),
+            server_auth_methods: String::new(),
             max_replica_lag: Dur::secs(1),
             max_replica_lag_bytes: 0,
             failover_wait_timeout: Dur::secs(10),
@@ -472,8 +572,8 @@ pub struct DatabaseSection {
     pub health_check_user: Option<String>,
     /// Password of the probe user of this database (its own `health_check_user`, or the
     /// general one).
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
-    pub health_check_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_password: Option<SecretValue>,
     /// Backend database name; default: the section name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
@@ -481,8 +581,8 @@ pub struct DatabaseSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Password (or verifier, or md5 hash) for the fixed `user`; else looked up in auth_file.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
-    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretValue>,
     /// Overrides `default_pool_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_size: Option<u32>,
@@ -507,6 +607,33 @@ pub struct DatabaseSection {
     /// Overrides `[general] session_state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_state: Option<SessionState>,
+    /// Overrides `[general] auth_user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    /// Overrides `[general] auth_query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_query: Option<String>,
+    /// Overrides `[general] auth_dbname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_dbname: Option<String>,
+    /// Overrides `[general] server_tls_sslmode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_sslmode: Option<ServerTlsMode>,
+    /// Overrides `[general] server_tls_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca_file: Option<String>,
+    /// Overrides `[general] server_tls_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_cert_file: Option<String>,
+    /// Overrides `[general] server_tls_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_key_file: Option<String>,
+    /// Overrides `[general] server_tls_protocols`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_protocols: Option<String>,
+    /// Overrides `[general] server_auth_methods`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_auth_methods: Option<String>,
 }
 
 /// One entry of `hosts`.
@@ -581,9 +708,74 @@ pub struct UserSection {
     pub session_state: Option<SessionState>,
 }
 
-fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
+/// A password setting: the value itself, or where to read it at load, so that the config
+/// file can hold no secret: `"…"`, `{ env = "NAME" }` (an environment variable) or
+/// `{ file = "/run/secrets/x" }` (the file's contents without a trailing newline; relative
+/// to the config file). A literal is never serialized (`SHOW CONFIG`, `check-config`) nor
+/// printed by `Debug`; the other two show where the secret comes from.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SecretValue {
+    /// The secret in the file.
+    Literal(String),
+    /// An environment variable.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// A file.
+    File {
+        /// Path (relative to the config file).
+        file: String,
+    },
+}
+
+impl SecretValue {
+    /// The secret; `Err` names `setting` and the source, never the secret.
+    pub fn resolve(&self, base: &std::path::Path, setting: &str) -> Result<String, String> {
+        match self {
+            SecretValue::Literal(s) => Ok(s.clone()),
+            SecretValue::Env { env } => std::env::var(env)
+                .map_err(|_| format!("{setting}: environment variable {env} is not set (or not valid UTF-8)")),
+            SecretValue::File { file } => {
+                let path = super::resolve(base, file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{setting}: cannot read {}: {}", path.display(), e.kind()))?;
+                let secret = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+                if secret.is_empty() {
+                    return Err(format!("{setting}: {} is empty", path.display()));
+                }
+                Ok(secret.to_string())
+            }
+        }
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            SecretValue::Literal(_) => s.serialize_str("<redacted>"),
+            SecretValue::Env { env } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("env", env)?;
+                m.end()
+            }
+            SecretValue::File { file } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("file", file)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretValue::Literal(_) => f.write_str("<redacted>"),
+            SecretValue::Env { env } => write!(f, "{{ env = {env:?} }}"),
+            SecretValue::File { file } => write!(f, "{{ file = {file:?} }}"),
+        }
     }
 }

@@ -4,7 +4,7 @@ fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(text, Path::new("/nonexistent/pgsluice.toml"))
 }
 
-const TRUST: &str = "[general]\nauth_type = \"trust\"\n";
+const TRUST: &str = "[general]\nauth_type = \"any\"\n";
 
 #[test]
 fn defaults_follow_pgbouncer() {
@@ -164,4 +164,60 @@ fn replica_probes_follow_the_lag_bound_and_impossible_bounds_are_warned() {
     // A byte bound checked only every few seconds.
     let w = g("max_replica_lag = \"1h\"\nhealth_check_interval = \"5s\"\nmax_replica_lag_bytes = 1000\n").warnings();
     assert!(w.len() == 1 && w[0].contains("max_replica_lag_bytes"), "{w:?}");
+}
+
+#[test]
+fn trust_needs_an_auth_file_and_any_does_not() {
+    let e = load("[general]\nauth_type = \"trust\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("needs an auth_file"), "{e}");
+    assert!(load("[general]\nauth_type = \"any\"\n").is_ok());
+}
+
+#[test]
+fn server_tls_settings_are_checked_at_load() {
+    let e = |t: &str| load(&format!("{TRUST}{t}")).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e("server_tls_sslmode = \"verify-full\"\n").contains("need server_tls_ca_file"));
+    assert!(e("server_tls_protocols = \"tlsv1.1\"\n").contains("not supported"));
+    assert!(e("server_tls_ca_file = \"/nonexistent/ca.pem\"\n").contains("/nonexistent/ca.pem"));
+    assert!(e("server_tls_cert_file = \"c.pem\"\n").contains("go together"));
+    assert!(e("server_auth_methods = \"md5,!none\"\n").contains("cannot be mixed"));
+    assert!(e("server_tls_sslmode = \"sometimes\"\n").contains("unknown variant"));
+    let db = "[databases.app]\nhosts = [\"h\"]\nserver_tls_sslmode = \"verify-ca\"\n";
+    assert!(e(db).contains("[databases.app]") && e(db).contains("server_tls_ca_file"));
+    // The default is PgBouncer's: prefer, and disable needs no files.
+    let c = load(&format!("{TRUST}[databases.app]\nhosts = [\"h\"]\n")).unwrap();
+    assert_eq!(c.databases["app"].server_tls.mode, ServerTlsMode::Prefer);
+    let c = load(&format!("{TRUST}server_tls_sslmode = \"disable\"\n[databases.app]\nhosts = [\"h\"]\n")).unwrap();
+    assert!(c.databases["app"].server_tls.config.is_none());
+}
+
+#[test]
+fn passwords_come_from_the_environment_or_files_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("probe.secret"), "file-secret-1\n").unwrap();
+    // (The crate has no unsafe code, so no set_var: PATH stands in for a secret variable.)
+    let path_value = std::env::var("PATH").expect("PATH is set");
+    let text = format!(
+        "{TRUST}health_check_user = \"probe\"\nhealth_check_password = {{ file = \"probe.secret\" }}\n\
+         [databases.app]\nhosts = [\"h1\", \"h2\"]\nuser = \"app\"\npassword = {{ env = \"PATH\" }}\n\
+         [databases.lit]\nhosts = [\"h\"]\nuser = \"lit\"\npassword = \"literal-secret-3\"\n"
+    );
+    let path = dir.path().join("pgsluice.toml");
+    std::fs::write(&path, &text).unwrap();
+    let c = Config::load(&path).unwrap();
+    let app = &c.databases["app"];
+    assert_eq!(app.fixed_secret, Some(Secret::Plain(path_value.clone())));
+    assert_eq!(app.probe.as_ref().unwrap().secret, Some(Secret::Plain("file-secret-1".into())));
+    // Neither check-config's output nor Debug shows a secret; the sources are shown.
+    let shown = format!("{}\n{:?}", c.to_toml(), c.file);
+    for secret in ["file-secret-1", path_value.as_str(), "literal-secret-3"] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(shown.contains("env = \"PATH\"") && shown.contains("probe.secret"));
+    // A missing source is a load error naming the setting, not the secret.
+    let e = |t: &str| load(&format!("{TRUST}{t}")).err().map(|e| e.to_string()).unwrap_or_default();
+    let missing = e("health_check_password = { env = \"PGSLUICE_TEST_UNSET_VARIABLE\" }\n");
+    assert!(missing.contains("health_check_password") && missing.contains("PGSLUICE_TEST_UNSET_VARIABLE"), "{missing}");
+    let missing = e("[databases.app]\nhosts = [\"h\"]\nuser = \"u\"\npassword = { file = \"/nonexistent/secret\" }\n");
+    assert!(missing.contains("[databases.app] password") && missing.contains("/nonexistent/secret"), "{missing}");
 }

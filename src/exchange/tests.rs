@@ -855,3 +855,35 @@ fn a_shutdown_warning_is_held_back_like_a_fatal_error() {
     assert_eq!(sim.x.server_fatal(), Some("57P01: terminating connection due to immediate shutdown command"));
     assert!(sim.x.resendable(), "nothing reached the client");
 }
+
+#[test]
+fn an_answer_flushed_with_a_dying_servers_warning_is_held_back() {
+    // SIGQUIT: the backend flushes what it had buffered, then the WARNING, then closes.
+    let notice =
+        msg(b'N', b"SWARNING\0VWARNING\0C57P01\0Mterminating connection due to immediate shutdown command\0\0");
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'T', b"\0\0"), msg(b'D', b"\0\0"), notice])).unwrap();
+    assert!(sim.received().is_empty(), "nothing of the unfinished answer is relayed");
+    assert!(sim.x.resumable() && sim.x.resendable(), "the read can go elsewhere");
+    let mut cbuf = BytesMut::new();
+    let mut out = BytesMut::new();
+    sim.x.salvage(&mut cbuf, &sim.sbuf, &mut out);
+    assert_eq!(&out[..], &cat(&[msg(b'T', b"\0\0"), msg(b'D', b"\0\0")])[..], "or is delivered whole");
+}
+
+#[test]
+fn a_dying_servers_answer_is_relayed_once_part_of_it_reached_the_client() {
+    let notice =
+        msg(b'N', b"SWARNING\0VWARNING\0C57P01\0Mterminating connection due to immediate shutdown command\0\0");
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&msg(b'T', b"\0\0")).unwrap();
+    assert_eq!(sim.received(), msg(b'T', b"\0\0"));
+    // Not resendable any more: holding the rest back would only stall the client.
+    sim.server(&cat(&[msg(b'D', b"\0\0"), notice])).unwrap();
+    assert_eq!(sim.received(), msg(b'D', b"\0\0"));
+    assert!(!sim.x.resendable());
+}

@@ -1009,7 +1009,7 @@ mod tests {
     /// is complete.
     async fn session(general: &str) -> (Arc<Shared>, crate::shutdown::ShutdownController, Session, TcpStream) {
         let text =
-            format!("[general]\nauth_type = \"trust\"\n{general}\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n");
+            format!("[general]\nauth_type = \"any\"\n{general}\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n");
         let cfg = crate::config::Config::from_str(&text, std::path::Path::new("/nonexistent.toml")).unwrap();
         let shared = Shared::new(cfg);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1134,7 +1134,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_session_fits_its_budget() {
-        let text = "[general]\nauth_type = \"trust\"\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n";
+        let text = "[general]\nauth_type = \"any\"\n[databases.app]\nhosts = [\"127.0.0.1:5432\"]\n";
         let cfg = crate::config::Config::from_str(text, std::path::Path::new("/nonexistent.toml")).unwrap();
         let shared = Shared::new(cfg);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

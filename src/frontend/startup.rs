@@ -132,6 +132,9 @@ async fn login(
     peer: SocketAddr,
 ) -> LoginResult<Option<Startup>> {
     // 1. Negotiate encryption until a StartupMessage arrives.
+    if let Some(tls) = &cfg.tls {
+        direct_tls(tls, slot, buf, peer).await?;
+    }
     let (major, minor, params) = loop {
         let s = slot.as_mut().ok_or(None)?;
         let pkt = read_startup_packet(s, buf).await?;
@@ -232,15 +235,21 @@ async fn login(
     }
 
     // 3. Authenticate.
-    let keys = match authenticate(shared, cfg, stream, buf, &mut out, &user).await {
-        Ok(k) => k,
-        Err(e) => {
-            if e.as_ref().is_some_and(|e| e.code.starts_with("28")) {
-                shared.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            return Err(e);
-        }
+    // A user missing from the auth_file may be found with the database's auth_query.
+    let looked_up = match cfg.users.get(&user) {
+        Some(_) => None,
+        None => look_up(shared, cfg, &database, &user).await?,
     };
+    let keys =
+        match authenticate(shared, cfg, stream, buf, &mut out, (&user, &database, peer), looked_up.as_deref()).await {
+            Ok(k) => k,
+            Err(e) => {
+                if e.as_ref().is_some_and(|e| e.code.starts_with("28")) {
+                    shared.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
 
     if database == g.admin_database {
         return admin_login(cfg, slot, buf, out, id, user, &client_params).await.map(Some);
@@ -269,6 +278,10 @@ async fn login(
         )));
     };
     let pool = shared.pools.get_or_create(cfg, &cluster, &db, &user);
+    if let Some(found) = &looked_up {
+        // What auth_query found logs the pool in too (an md5 hash; SCRAM learns the keys).
+        pool.learn_secret(&found.secret);
+    }
     if let Some(k) = keys {
         cluster.learn_probe_keys(&user, &k);
         if db.fixed_user.is_none() {
@@ -310,6 +323,64 @@ async fn login(
     }))))
 }
 
+/// `auth_query`: the user as the database `database` finds it (`None`: unknown there, or
+/// the database has no `auth_user`, or does not exist: the login then fails as for any
+/// unknown user). A failed lookup is an error for the client (`08006`), never "unknown".
+async fn look_up(
+    shared: &Shared,
+    cfg: &Config,
+    database: &str,
+    user: &str,
+) -> LoginResult<Option<Arc<crate::config::UserAuth>>> {
+    let Some(db) = cfg.databases.get(database).filter(|d| d.auth_lookup.is_some()) else { return Ok(None) };
+    let Some(cluster) = shared.cluster(&db.name) else { return Ok(None) };
+    let g = cfg.general();
+    let ttl = crate::auth_query::Ttl {
+        found: g.auth_cache_ttl.0,
+        unknown: g.auth_negative_cache_ttl.0,
+        timeout: g.server_connect_timeout.0,
+    };
+    shared.auth_query.lookup(&cluster, db, user, ttl).await.map_err(|e| {
+        tracing::warn!(db = %db.name, error = %e, "auth_query lookup failed");
+        Some(ClientError::fatal("08006", format!("could not look up the user: {e}"), ErrorSource::Server))
+    })
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a connection that starts with a TLS
+/// ClientHello (record type 22) instead of an SSLRequest is TLS from the first byte. As in
+/// PostgreSQL, the client must have negotiated ALPN `postgresql` (else an attacker could
+/// relay another protocol's TLS session to the pooler). Anything else is left for the
+/// startup packet reader.
+async fn direct_tls(
+    tls: &crate::config::TlsSettings,
+    slot: &mut Option<Stream>,
+    buf: &BytesMut,
+    peer: SocketAddr,
+) -> LoginResult<()> {
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let Some(Stream::Plain(tcp)) = slot.as_ref() else { return Ok(()) };
+    let mut first = [0u8; 1];
+    if !buf.is_empty() || !matches!(tcp.peek(&mut first).await, Ok(1)) || first[0] != TLS_HANDSHAKE_RECORD {
+        return Ok(());
+    }
+    let Some(Stream::Plain(tcp)) = slot.take() else { return Err(None) };
+    let t = match tokio_rustls::TlsAcceptor::from(tls.server_config.clone()).accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "direct TLS handshake failed");
+            return Err(None);
+        }
+    };
+    let alpn_ok = t.get_ref().1.alpn_protocol() == Some(b"postgresql");
+    *slot = Some(Stream::Tls(Box::new(t)));
+    if !alpn_ok {
+        return Err(Some(ClientError::protocol(
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        )));
+    }
+    Ok(())
+}
+
 /// Finishes the login of an authenticated admin console user: users in neither
 /// `admin_users` nor `stats_users` are refused (as PgBouncer does, at login).
 async fn admin_login(
@@ -321,6 +392,14 @@ async fn admin_login(
     user: String,
     params: &ClientParams,
 ) -> LoginResult<Startup> {
+    if cfg.general().auth_type == crate::config::AuthType::Any {
+        // Anyone can claim any name: nobody gets the console.
+        return Err(Some(ClientError::fatal(
+            "28000",
+            "not allowed: the admin console is closed under auth_type = \"any\"",
+            ErrorSource::Client,
+        )));
+    }
     let Some(role) = crate::admin::role_of(cfg, &user) else {
         return Err(Some(ClientError::fatal(
             "28000",
@@ -379,6 +458,30 @@ fn apply_options(cfg: &Config, options: &str, client_params: &mut ClientParams) 
     Ok(())
 }
 
+/// `auth_type = "hba"`: the method of the first `auth_hba_file` rule that matches this
+/// connection, as an `auth_type`; no rule, or `reject`, refuses it with PostgreSQL's words.
+fn hba_method(cfg: &Config, tls: bool, peer: SocketAddr, database: &str, user: &str) -> LoginResult<AuthType> {
+    use crate::auth::hba::{Conn, Method};
+    let encryption = if tls { "SSL encryption" } else { "no encryption" };
+    let ip = peer.ip();
+    let method = cfg.hba.as_ref().and_then(|h| h.method(Conn::Host { addr: ip, tls }, database, user));
+    let refuse = |what: &str| {
+        Some(ClientError::fatal(
+            "28000",
+            format!("{what} for host \"{ip}\", user \"{user}\", database \"{database}\", {encryption}"),
+            ErrorSource::Client,
+        ))
+    };
+    match method {
+        None => Err(refuse("no pg_hba.conf entry")),
+        Some(Method::Reject) => Err(refuse("pg_hba.conf rejects connection")),
+        Some(Method::Trust) => Ok(AuthType::Trust),
+        Some(Method::Md5) => Ok(AuthType::Md5),
+        Some(Method::Password) => Ok(AuthType::Plain),
+        Some(Method::ScramSha256) => Ok(AuthType::ScramSha256),
+    }
+}
+
 fn auth_failed(user: &str) -> Option<ClientError> {
     Some(ClientError::fatal(
         "28P01",
@@ -415,15 +518,24 @@ async fn authenticate(
     s: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    user: &str,
+    (user, database, peer): (&str, &str, SocketAddr),
+    looked_up: Option<&crate::config::UserAuth>,
 ) -> LoginResult<Option<ClientKeys>> {
-    let entry = cfg.users.get(user);
-    let auth_type = cfg.general().auth_type;
+    let entry = cfg.users.get(user).map(|e| &**e).or(looked_up);
+    let auth_type = match cfg.general().auth_type {
+        AuthType::Hba => hba_method(cfg, s.is_tls(), peer, database, user)?,
+        t => t,
+    };
     let use_scram = match auth_type {
-        AuthType::Trust => return Ok(None),
+        // Only the users the auth_file names (an unknown name fails as a wrong password would).
+        AuthType::Trust if entry.is_some() => return Ok(None),
+        AuthType::Trust => return Err(auth_failed(user)),
+        AuthType::Any => return Ok(None),
         AuthType::ScramSha256 => true,
         AuthType::Md5 => matches!(entry.map(|e| &e.secret), Some(Secret::Scram(_))),
         AuthType::Plain => false,
+        // (Resolved above.)
+        AuthType::Hba => return Err(auth_failed(user)),
     };
     if use_scram {
         // Unknown users and md5-only secrets get a mock verifier: the exchange looks the same
@@ -431,8 +543,10 @@ async fn authenticate(
         let real = entry.and_then(|e| e.scram_verifier()).cloned();
         let known = real.is_some();
         let verifier = real.unwrap_or_else(|| shared.mock_verifier(user));
-        let mut server = ScramServer::from_verifier(verifier);
-        write::auth_sasl(out, &["SCRAM-SHA-256"]);
+        // Over TLS, SCRAM-SHA-256-PLUS is offered too (bound to pgsluice's certificate).
+        let binding = if s.is_tls() { cfg.tls.as_ref().and_then(|t| t.end_point.clone()) } else { None };
+        let mut server = ScramServer::from_verifier(verifier).with_channel_binding(binding);
+        write::auth_sasl(out, server.mechanisms());
         flush(s, out).await?;
         let body = read_password_message(s, buf).await?;
         let (mech, data) = fmsg::parse_sasl_initial_response(&body)

@@ -17,7 +17,7 @@ use crate::stats::ClientInfo;
 fn shared() -> Arc<Shared> {
     let text = r#"
 [general]
-auth_type = "trust"
+auth_type = "any"
 max_client_conn = 321
 admin_users = ["admin"]
 

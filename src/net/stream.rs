@@ -15,6 +15,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS terminated by pgsluice (client side).
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS initiated by pgsluice (toward a server).
+    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -23,12 +25,13 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+            Stream::ServerTls(s) => s.get_ref().0,
         }
     }
 
     /// Whether the stream is TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        !matches!(self, Stream::Plain(_))
     }
 
     /// Non-blocking check that an idle peer has neither closed the connection nor sent
@@ -48,6 +51,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -58,6 +62,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -65,6 +70,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -72,6 +78,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -120,10 +120,8 @@ impl PoolSet {
                         return Err(Error::Connect {
                             code: "08006",
                             server_code: (code.as_ref() == "3D000").then_some(code),
-                            message: format!(
-                                "no primary can be found: the server refused the health check's login ({message})"
-                            )
-                            .into(),
+                            message: format!("no primary can be found: the health check cannot log in ({message})")
+                                .into(),
                         });
                     }
                     // (In steps: a refusal reported by the probes meanwhile ends the wait.)
@@ -180,6 +178,13 @@ impl PoolSet {
             }
         }
         Error::NoPrimary { db: self.0.cluster.name().into(), waited: started.elapsed(), detail: detail.into() }
+    }
+
+    /// Sets the secret every pool of the set logs in with, where none is configured.
+    pub fn learn_secret(&self, secret: &crate::auth::Secret) {
+        for p in self.0.pools.iter() {
+            p.learn_secret(secret);
+        }
     }
 
     /// Remembers SCRAM keys recovered from a client login, for passthrough (every host).

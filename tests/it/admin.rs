@@ -595,10 +595,12 @@ fn oids(letters: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn show_column_types_match_pgbouncer_1_24() {
-    // Raw protocol (tokio-postgres does not expose column types): trust authentication.
+    // Raw protocol (tokio-postgres does not expose column types): trust authentication (of
+    // a user the auth_file names).
     let db = fresh_db("admtypes");
     let p = pooler()
         .general("auth_type = \"trust\"")
+        .user(&db.name, &db.password)
         .general(&format!("admin_users = [\"{}\"]", db.name))
         .database_with_login(&db, &["pool_size = 2"])
         .start()

@@ -86,3 +86,93 @@ async fn server_refusing_login_reports_its_error() {
     let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("must fail");
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e}");
 }
+
+#[tokio::test]
+async fn trust_admits_only_auth_file_users_and_any_never_opens_the_console() {
+    let db = fresh_db("trust");
+    // trust: no password, but the name must be in the auth_file (PgBouncer's meaning).
+    let p = pooler()
+        .general("auth_type = \"trust\"")
+        .general(&format!("admin_users = [\"{}\", \"intruder\"]", db.name))
+        .user(&db.name, &db.password)
+        .database_with_login(&db, &[])
+        .start()
+        .await;
+    let c = p.try_connect(&db.name, "not-checked", &db.name).await.expect("a known user logs in without a password");
+    assert_eq!(simple_one(&c, "select 1").await, "1");
+    p.try_connect(&db.name, "x", "pgbouncer").await.expect("a known admin reaches the console");
+    let e = p.try_connect("intruder", "x", &db.name).await.must_fail("unknown name under trust");
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{}", message(&e));
+    let e = p.try_connect("intruder", "x", "pgbouncer").await.must_fail("unknown admin name under trust");
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{}", message(&e));
+
+    // any: any name, but never the console, even for a name in admin_users.
+    let p = pooler()
+        .general("auth_type = \"any\"")
+        .general(&format!("admin_users = [\"{}\"]", db.name))
+        .database_with_login(&db, &[])
+        .start()
+        .await;
+    let c = p.try_connect("whoever", "x", &db.name).await.expect("any name under any");
+    assert_eq!(simple_one(&c, "select current_user").await, db.name, "the database's fixed user");
+    let e = p.try_connect(&db.name, "x", "pgbouncer").await.must_fail("console under any");
+    println!("AUTH any, console: {:?} {}", sqlstate(&e), message(&e));
+    assert_eq!(sqlstate(&e).as_deref(), Some("28000"));
+    assert!(message(&e).contains("auth_type = \"any\""));
+}
+
+#[tokio::test]
+async fn hba_rules_decide_per_connection_and_reload_with_the_config() {
+    let db = fresh_db("hba");
+    let rules = |db_method: &str| {
+        format!(
+            "# pgsluice test rules\n\
+             hostnossl all     blocked  127.0.0.1/32 reject\n\
+             host      {0}     {0}      127.0.0.1/32 {db_method}\n\
+             host      pgbouncer {0}    127.0.0.1 255.255.255.255 trust   # the console too\n",
+            db.name
+        )
+    };
+    let p = pooler()
+        .general("auth_type = \"hba\"")
+        .general("auth_hba_file = \"hba.conf\"")
+        .general(&format!("admin_users = [\"{}\"]", db.name))
+        .user(&db.name, &db.password)
+        .user("blocked", "blocked-pw")
+        .user("stranger", "stranger-pw")
+        .file("hba.conf", &rules("scram-sha-256"))
+        .database(&db, &[])
+        .start()
+        .await;
+    assert_eq!(select_one(&p, &db).await, 42, "scram-sha-256 by its rule");
+    let e = p.try_connect(&db.name, "wrong", &db.name).await.must_fail("wrong password");
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+    let e = p.try_connect("stranger", "stranger-pw", &db.name).await.must_fail("no rule");
+    println!("HBA no rule: {}", message(&e));
+    assert_eq!(sqlstate(&e).as_deref(), Some("28000"));
+    assert_eq!(
+        message(&e),
+        format!(
+            "no pg_hba.conf entry for host \"127.0.0.1\", user \"stranger\", database \"{}\", no encryption",
+            db.name
+        )
+    );
+    let e = p.try_connect("blocked", "blocked-pw", &db.name).await.must_fail("reject");
+    assert!(message(&e).starts_with("pg_hba.conf rejects connection for host \"127.0.0.1\""), "{}", message(&e));
+    // The console follows the same rules (trust for the admin, without a password check).
+    p.try_connect(&db.name, "anything", "pgbouncer").await.expect("console by its rule");
+
+    // A reload picks up the changed file.
+    let shared = p.handle.as_ref().unwrap().shared.clone();
+    let path = shared.config.load().path.with_file_name("hba.conf");
+    std::fs::write(&path, rules("reject")).unwrap();
+    pgsluice::reload::reload(&shared).expect("reload");
+    let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("rejected after reload");
+    assert!(message(&e).contains("rejects"), "{}", message(&e));
+    // An invalid file is refused with its line number, and the old rules stay.
+    std::fs::write(&path, "host all all 127.0.0.1/32 trust\nhost all all 10.0.0.0/99 trust\n").unwrap();
+    let err = pgsluice::reload::reload(&shared).expect_err("invalid file");
+    println!("HBA invalid file on reload: {err}");
+    assert!(err.contains("line 2") && err.contains("CIDR"), "{err}");
+    p.try_connect(&db.name, &db.password, &db.name).await.must_fail("still the rules before the bad reload");
+}

@@ -6,7 +6,11 @@
 //! transaction mode.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use tokio_postgres::{Client, NoTls};
 
@@ -229,6 +233,101 @@ async fn tls_login_with_psql() {
     let (ok, out, err) = psql_via(&p, &db, "sslmode=disable", &["-c", "select 'plain'"]).await;
     assert!(ok, "plaintext psql failed with client_tls_sslmode=prefer:\n{out}\n{err}");
     assert_eq!(out.trim(), "plain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_get_channel_binding_and_direct_tls() {
+    let db = fresh_db("tlscb");
+    let (cert, key) = self_signed();
+    let p = pooler()
+        .database(&db, &["pool_size = 2"])
+        .user(&db.name, &db.verifier())
+        .file("server.crt", &cert)
+        .file("server.key", &key)
+        .section(&tls_section(None))
+        .start()
+        .await;
+
+    // libpq's channel_binding=require: SCRAM-SHA-256-PLUS bound to pgsluice's certificate.
+    let (ok, out, err) = psql_via(&p, &db, "sslmode=require channel_binding=require", &["-c", "select 'bound'"]).await;
+    assert!(ok, "psql with channel_binding=require failed:\n{out}\n{err}");
+    assert_eq!(out.trim(), "bound");
+    // Without TLS there is nothing to bind to: libpq refuses, as against PostgreSQL.
+    let (ok, _, err) = psql_via(&p, &db, "sslmode=disable channel_binding=require", &["-c", "select 1"]).await;
+    assert!(!ok && err.contains("channel binding"), "{err}");
+
+    // PostgreSQL 17's direct TLS: a ClientHello with ALPN "postgresql" first, no SSLRequest.
+    let direct = |alpn: Option<&'static [u8]>| {
+        let (addr, user) = (p.addr, db.name.clone());
+        async move {
+            let mut cfg =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+                    .with_no_client_auth();
+            cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("handshake");
+            let startup = startup_packet(PROTOCOL_3_0, &[("user", &user), ("database", &user)]);
+            tls.write_all(&startup).await.unwrap();
+            let mut head = [0u8; 5];
+            tls.read_exact(&mut head).await.expect("an answer");
+            let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4;
+            let mut body = vec![0u8; len];
+            tls.read_exact(&mut body).await.unwrap();
+            (head[0], String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (tag, body) = direct(Some(b"postgresql")).await;
+    println!("DIRECT TLS with ALPN: {} {body:?}", tag as char);
+    assert_eq!(tag, b'R', "an authentication request: {body}");
+    assert!(body.contains("SCRAM-SHA-256-PLUS"), "channel binding offered over TLS: {body:?}");
+    let (tag, body) = direct(None).await;
+    println!("DIRECT TLS without ALPN: {} {body:?}", tag as char);
+    assert_eq!(tag, b'E');
+    assert!(body.contains("ALPN"), "{body}");
+}
+
+/// A certificate verifier that accepts anything (the direct-TLS test client).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

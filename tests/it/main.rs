@@ -6,6 +6,7 @@ mod harness;
 
 mod admin;
 mod auth;
+mod auth_query;
 mod drivers;
 mod lifecycle;
 mod login_errors;
@@ -18,5 +19,6 @@ mod replica_faults;
 mod review;
 mod robustness;
 mod routing;
+mod server_tls;
 mod session_state;
 mod topology;

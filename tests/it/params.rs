@@ -271,7 +271,7 @@ async fn startup_parameters_win_over_options_and_show_in_the_login_reply() {
     let db = fresh_db("params_raw");
     create_schemas(&db);
     let p = pooler()
-        .general("auth_type = \"trust\"")
+        .general("auth_type = \"any\"")
         .general("track_extra_parameters = [\"search_path\"]")
         .database_with_login(&db, &["pool_size = 1"])
         .start()

@@ -4,7 +4,7 @@
 //! regression net for the classifier).
 //!
 //! Most tests run a primary (node 0) with one streaming replica (node 1) and pgsluice in
-//! front of them with `auth_type = "trust"`, so that raw-protocol clients can log in.
+//! front of them with `auth_type = "any"`, so that raw-protocol clients can log in.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl Topo {
         psql(&nodes[0], "CREATE TABLE wal_nudge (); DROP TABLE wal_nudge").await;
         let hosts = nodes.iter().map(|n| host_entry(n)).collect::<Vec<_>>().join(", ");
         let mut b = pooler()
-            .general("auth_type = \"trust\"")
+            .general("auth_type = \"any\"")
             .general("health_check_user = \"postgres\"")
             .general(&format!("health_check_password = \"{SU_PW}\""))
             .user(APP, APP_PW)
@@ -447,7 +447,7 @@ fn review_classifier_assumes_standard_conforming_strings() {
 async fn review_server_loss_drops_answers_not_yet_relayed() {
     const ROWS: usize = 45_000;
     let db = fresh_db("rev_loss");
-    let p = pooler().general("auth_type = \"trust\"").database_with_login(&db, &[]).start().await;
+    let p = pooler().general("auth_type = \"any\"").database_with_login(&db, &[]).start().await;
     let mut r = Raw::login_with(p.addr, &db.name, &db.name, Some(4096)).await;
     r.send(
         &[

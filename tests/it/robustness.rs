@@ -94,10 +94,10 @@ fn data_values(msgs: &[Msg]) -> Vec<Option<String>> {
     msgs.iter().filter(|m| m.tag == b'D').map(Msg::first_column).collect()
 }
 
-/// A pooler with `auth_type = "trust"` serving `db` through a fixed server user, so raw
+/// A pooler with `auth_type = "any"` serving `db` through a fixed server user, so raw
 /// sockets can log in without a SCRAM client.
 fn trust_pooler(db: &TestDb) -> PoolerBuilder {
-    pooler().general("auth_type = \"trust\"").database_with_login(db, &[])
+    pooler().general("auth_type = \"any\"").database_with_login(db, &[])
 }
 
 /// Logs in on a raw socket (trust auth) and reads through the first ReadyForQuery.
@@ -842,7 +842,7 @@ async fn extended_protocol_copy_in_releases_the_server() {
     let db = fresh_db("extcopy");
     su_sql(&db.name, &format!("create table t (v int); alter table t owner to {}", db.name));
     let p = pooler()
-        .general("auth_type = \"trust\"")
+        .general("auth_type = \"any\"")
         .general("query_wait_timeout = \"3s\"")
         .database_with_login(&db, &["pool_size = 1"])
         .start()
@@ -889,7 +889,7 @@ async fn request_pipelined_with_the_startup_packet_is_answered() {
 async fn rejected_request_keeps_the_partial_next_message() {
     let db = fresh_db("rejectpartial");
     let p = pooler()
-        .general("auth_type = \"trust\"")
+        .general("auth_type = \"any\"")
         .general("query_wait_timeout = \"1s\"")
         .database_with_login(&db, &["pool_size = 1"])
         .start()

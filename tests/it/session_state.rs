@@ -689,7 +689,7 @@ async fn raw_answers(s: &mut TcpStream, n: usize) -> Vec<String> {
 async fn reject_keeps_pipelined_requests_in_step() {
     let db = fresh_db("ss_rawreject");
     let p = pooler()
-        .general("auth_type = \"trust\"")
+        .general("auth_type = \"any\"")
         .database_with_login(&db, &["pool_size = 1", "session_state = \"reject\""])
         .start()
         .await;
