@@ -103,7 +103,7 @@ pub async fn serve(
         user.as_str().into(),
         user.as_str().into(),
         peer,
-        stream.tcp().local_addr().ok(),
+        stream.local_addr(),
         stream.is_tls(),
         &application_name,
         shared.clock.now_us(),

@@ -260,6 +260,8 @@ pub struct TlsSettings {
     pub mode: ClientTlsMode,
     /// `tls-server-end-point` hash of the certificate (SCRAM-SHA-256-PLUS with clients).
     pub end_point: Option<Vec<u8>>,
+    /// Client certificates are checked (`client_tls_ca_file`).
+    pub client_certs: bool,
 }
 
 /// The validated runtime configuration. Shared as `Arc<Config>` and swapped whole on reload.
@@ -446,13 +448,26 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
 
     let tls = match &file.tls {
         Some(t) if t.client_tls_sslmode != ClientTlsMode::Disable => {
+            let ca = t.client_tls_ca_file.as_ref().map(|f| resolve(base, f));
+            use crate::net::tls::ClientCerts;
+            let client_certs = match (&ca, t.client_tls_sslmode.requires_certificate()) {
+                (Some(ca), true) => ClientCerts::Required(ca),
+                (Some(ca), false) => ClientCerts::Optional(ca),
+                (None, true) => {
+                    return Err("[tls] client_tls_sslmode verify-ca/verify-full needs client_tls_ca_file".into())
+                }
+                (None, false) => ClientCerts::No,
+            };
             let (server_config, end_point) =
-                crate::net::tls::server_config(&resolve(base, &t.cert_file), &resolve(base, &t.key_file))
+                crate::net::tls::server_config(&resolve(base, &t.cert_file), &resolve(base, &t.key_file), client_certs)
                     .map_err(|e| format!("[tls] {e}"))?;
-            Some(TlsSettings { server_config, mode: t.client_tls_sslmode, end_point })
+            Some(TlsSettings { server_config, mode: t.client_tls_sslmode, end_point, client_certs: ca.is_some() })
         }
         _ => None,
     };
+    if g.auth_type == AuthType::Cert && !tls.as_ref().is_some_and(|t| t.client_certs) {
+        return Err("[general] auth_type \"cert\" needs [tls] with client_tls_ca_file".into());
+    }
 
     if let Some(p) = &g.health_check_password {
         // (Checked even if no database uses it: a missing secret is a load error.)

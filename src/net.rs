@@ -3,7 +3,7 @@
 pub mod stream;
 pub mod tls;
 
-pub use stream::Stream;
+pub use stream::{Stream, UNIX_PEER};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};

@@ -609,7 +609,7 @@ impl Pool {
         match res {
             Ok(mut conn) => {
                 let id = s.server_ids.fetch_add(1, Ordering::Relaxed);
-                let local = conn.stream.tcp().local_addr().ok();
+                let local = conn.stream.local_addr();
                 let mut meta = ServerMeta::new(id, conn.cancel.pid as u32, conn.cancel.addr, local, s.clock.now_us());
                 meta.tls = conn.stream.is_tls();
                 meta.epoch = epoch;

@@ -20,6 +20,8 @@ pub enum Method {
     Password,
     /// SCRAM-SHA-256.
     ScramSha256,
+    /// A TLS client certificate whose common name is the user name.
+    Cert,
 }
 
 /// The connection a rule is matched against.
@@ -298,10 +300,9 @@ fn parse_rule(words: &[String], include: &dyn Fn(&str) -> Result<String, String>
         Some("md5") => Method::Md5,
         Some("password") => Method::Password,
         Some("scram-sha-256") => Method::ScramSha256,
-        Some(m @ ("cert" | "peer")) => {
-            return Err(format!("method {m:?} is not supported yet (client certificates and Unix sockets)"))
-        }
-        Some(m) => return Err(format!("unknown method {m:?} (trust, reject, md5, password, scram-sha-256)")),
+        Some("cert") => Method::Cert,
+        Some("peer") => return Err("method \"peer\" is not supported yet (pgsluice has no Unix socket)".into()),
+        Some(m) => return Err(format!("unknown method {m:?} (trust, reject, md5, password, scram-sha-256, cert)")),
         None => return Err("missing authentication method".into()),
     };
     if let Some(opt) = rest.get(1) {
@@ -365,7 +366,7 @@ mod tests {
             ("host all all 1.2.3.4 255.0.255.0 trust", "invalid IP mask"),
             ("host all all 1.2.3.4/32", "missing authentication method"),
             ("host all all 1.2.3.4/32 ident", "unknown method"),
-            ("host all all 1.2.3.4/32 cert", "not supported yet"),
+            ("local all all peer", "not supported yet"),
             ("host all +staff all trust", "group membership"),
             ("host all all samenet trust", "not supported"),
             ("host all all all md5 clientcert=verify-full", "options"),

@@ -43,6 +43,9 @@ pub enum AuthType {
     /// Cleartext password (use only over TLS).
     #[serde(rename = "plain")]
     Plain,
+    /// A TLS client certificate whose common name is the user name.
+    #[serde(rename = "cert")]
+    Cert,
     /// No password, but the user must be in the auth_file (PgBouncer's meaning).
     #[serde(rename = "trust")]
     Trust,
@@ -56,7 +59,7 @@ pub enum AuthType {
 
 /// TLS requirement for client connections (PgBouncer's `client_tls_sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ClientTlsMode {
     /// Refuse TLS (answer `N` to SSLRequest).
     Disable,
@@ -67,6 +70,22 @@ pub enum ClientTlsMode {
     Prefer,
     /// Refuse clients that do not use TLS.
     Require,
+    /// Require TLS and a client certificate signed by `client_tls_ca_file`.
+    VerifyCa,
+    /// The same (for clients PgBouncer gives both the same meaning).
+    VerifyFull,
+}
+
+impl ClientTlsMode {
+    /// Whether TLS is required.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, ClientTlsMode::Require | ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull)
+    }
+
+    /// Whether a client certificate is required.
+    pub fn requires_certificate(self) -> bool {
+        matches!(self, ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull)
+    }
 }
 
 /// TLS toward PostgreSQL servers (PgBouncer's `server_tls_sslmode`, libpq's `sslmode`).
@@ -556,6 +575,10 @@ pub struct TlsSection {
     /// Default `prefer`.
     #[serde(default)]
     pub client_tls_sslmode: ClientTlsMode,
+    /// PEM CA certificate(s) that sign client certificates: with it, clients may present
+    /// one (`auth_type = "cert"`, HBA `cert`); `verify-ca`/`verify-full` require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls_ca_file: Option<String>,
 }
 
 /// A `[databases.NAME]` section: a client-visible database and the backend it maps to.

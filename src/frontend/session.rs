@@ -235,7 +235,7 @@ impl Session {
             l.user.as_str().into(),
             l.db.fixed_user.as_deref().unwrap_or(&l.user).into(),
             peer,
-            l.stream.tcp().local_addr().ok(),
+            l.stream.local_addr(),
             l.stream.is_tls(),
             l.params.get("application_name").unwrap_or(""),
             shared.clock.now_us(),

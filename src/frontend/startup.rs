@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
 use crate::auth::{md5, Secret};
 use crate::cancel::CancelHandle;
-use crate::config::{AuthType, ClientTlsMode, Config, Database, PoolMode};
+use crate::config::{AuthType, Config, Database, PoolMode};
 use crate::error::{ClientError, ErrorSource};
 use crate::net::{self, read_message, ReadError, Stream};
 use crate::pool::PoolSet;
@@ -189,7 +189,7 @@ async fn login(
             "unsupported frontend protocol {major}.{minor}: server supports {PROTOCOL_MAJOR}.0 to {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
         ))));
     }
-    if cfg.tls.as_ref().is_some_and(|t| t.mode == ClientTlsMode::Require) && !stream.is_tls() {
+    if cfg.tls.as_ref().is_some_and(|t| t.mode.requires_tls()) && !stream.is_tls() {
         return Err(Some(ClientError::fatal("28000", "SSL required", ErrorSource::Client)));
     }
 
@@ -479,6 +479,30 @@ fn hba_method(cfg: &Config, tls: bool, peer: SocketAddr, database: &str, user: &
         Some(Method::Md5) => Ok(AuthType::Md5),
         Some(Method::Password) => Ok(AuthType::Plain),
         Some(Method::ScramSha256) => Ok(AuthType::ScramSha256),
+        Some(Method::Cert) => Ok(AuthType::Cert),
+    }
+}
+
+/// `auth_type = "cert"`: the client's certificate (verified during the TLS handshake against
+/// `client_tls_ca_file`) must name the user as its common name.
+fn certificate_login(s: &Stream, user: &str) -> LoginResult<Option<ClientKeys>> {
+    let Some(cert) = s.client_certificate() else {
+        return Err(Some(ClientError::fatal(
+            "28000",
+            "connection requires a valid client certificate",
+            ErrorSource::Client,
+        )));
+    };
+    match crate::net::tls::common_name(cert) {
+        Some(cn) if cn == user => Ok(None),
+        cn => {
+            tracing::info!(user, certificate_cn = ?cn, "certificate authentication failed: the user name is not the certificate's common name");
+            Err(Some(ClientError::fatal(
+                "28000",
+                format!("certificate authentication failed for user \"{user}\""),
+                ErrorSource::Client,
+            )))
+        }
     }
 }
 
@@ -531,6 +555,7 @@ async fn authenticate(
         AuthType::Trust if entry.is_some() => return Ok(None),
         AuthType::Trust => return Err(auth_failed(user)),
         AuthType::Any => return Ok(None),
+        AuthType::Cert => return certificate_login(s, user),
         AuthType::ScramSha256 => true,
         AuthType::Md5 => matches!(entry.map(|e| &e.secret), Some(Secret::Scram(_))),
         AuthType::Plain => false,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
 /// A client or server connection.
@@ -17,31 +17,68 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// TLS initiated by pgsluice (toward a server).
     ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A Unix-domain socket (a client on the same host, or a co-located server).
+    Unix(UnixStream),
 }
 
+/// The address a Unix-socket peer is known by where a `SocketAddr` is expected (the console
+/// shows it as `unix`).
+pub const UNIX_PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 impl Stream {
-    /// The underlying TCP socket.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The underlying TCP socket (`None` for a Unix socket).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-            Stream::ServerTls(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::ServerTls(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
         }
     }
 
-    /// Whether the stream is TLS.
-    pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+    /// The local address of a TCP connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().and_then(|t| t.local_addr().ok())
+    }
+
+    /// Whether the stream is a Unix-domain socket.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
     }
 
     /// Non-blocking check that an idle peer has neither closed the connection nor sent
     /// anything unexpected: one `recv(MSG_PEEK)`. `false` means "do not reuse".
     pub fn idle_and_open(&self) -> bool {
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Pending = would block = nothing to read and not closed: the healthy idle state.
-        matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        match self.tcp() {
+            Some(tcp) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                // Pending = would block = nothing to read and not closed: the healthy idle state.
+                matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+            }
+            None => {
+                let Stream::Unix(u) = self else { return false };
+                let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                // The socket is non-blocking (tokio's): WouldBlock is the healthy idle state.
+                matches!(socket2::SockRef::from(u).peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The certificate a TLS client presented (verified against `client_tls_ca_file` during
+    /// the handshake), DER.
+    pub fn client_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream is TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_) | Stream::Unix(_))
     }
 }
 
@@ -52,6 +89,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -63,6 +101,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -71,6 +110,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -79,6 +119,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -9,11 +9,23 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Client certificates the acceptor asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts<'a> {
+    /// None.
+    No,
+    /// Optional, checked against this CA file when presented.
+    Optional(&'a Path),
+    /// Required and checked against this CA file.
+    Required(&'a Path),
+}
+
 /// Builds the acceptor configuration from PEM files, and the `tls-server-end-point` hash of
 /// the certificate (SCRAM channel binding with clients). Errors name the file and the problem.
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
+    client_certs: ClientCerts<'_>,
 ) -> Result<(Arc<rustls::ServerConfig>, Option<Vec<u8>>), String> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -24,16 +36,76 @@ pub fn server_config(
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("key_file {}: {e}", key_file.display()))?;
     let end_point = tls_server_end_point(&certs[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_certs {
+        ClientCerts::No => builder.with_no_client_auth(),
+        ClientCerts::Optional(ca) | ClientCerts::Required(ca) => {
+            let roots = Arc::new(root_store(ca, "client_tls_ca_file")?);
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let v = if matches!(client_certs, ClientCerts::Optional(_)) { v.allow_unauthenticated() } else { v };
+            builder.with_client_cert_verifier(v.build().map_err(|e| format!("client_tls_ca_file: {e}"))?)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate/key mismatch or unsupported key: {e}"))?;
     // PostgreSQL 17 clients with `sslnegotiation=direct` require ALPN "postgresql"; clients
     // that offer no ALPN (SSLRequest first) are still accepted.
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok((Arc::new(cfg), end_point))
+}
+
+/// The CA certificates of a PEM file (`setting` names it in errors).
+fn root_store(path: &Path, setting: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{setting} {}: no usable CA certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The subject common name (CN) of a DER certificate: what `auth_type = "cert"` compares
+/// with the user name. `None` if it has none or does not parse.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    // serialNumber, signature, issuer, validity, subject, ... }, ... }
+    let (_, body, _) = der(cert).filter(|(t, _, _)| *t == 0x30)?;
+    let (_, mut tbs, _) = der(body).filter(|(t, _, _)| *t == 0x30)?;
+    let mut fields = Vec::with_capacity(7);
+    while !tbs.is_empty() && fields.len() < 7 {
+        let (tag, content, rest) = der(tbs)?;
+        fields.push((tag, content));
+        tbs = rest;
+    }
+    // Skip the explicit version when present.
+    let fields = if fields.first().is_some_and(|(t, _)| *t == 0xa0) { &fields[1..] } else { &fields[..] };
+    let (tag, mut subject) = *fields.get(4)?;
+    if tag != 0x30 {
+        return None;
+    }
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    while !subject.is_empty() {
+        let (_, set, rest) = der(subject)?;
+        subject = rest;
+        let (_, attr, _) = der(set)?;
+        let (_, oid, value) = der(attr)?;
+        if oid == CN {
+            let (tag, text, _) = der(value)?;
+            return match tag {
+                // UTF8String, PrintableString, IA5String, TeletexString (Latin-1 in practice).
+                0x0c | 0x13 | 0x16 => std::str::from_utf8(text).ok().map(str::to_string),
+                0x14 => Some(text.iter().map(|&b| char::from(b)).collect()),
+                _ => None,
+            };
+        }
+    }
+    None
 }
 
 // === TLS toward servers ===
@@ -83,17 +155,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match ca_file {
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("server_tls_ca_file {}: {e}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!("server_tls_ca_file {}: no usable CA certificate", path.display()));
-            }
-            Some(Arc::new(roots))
-        }
+        Some(path) => Some(Arc::new(root_store(path, "server_tls_ca_file")?)),
         None if verify != Verify::Nothing => {
             return Err(
                 "verify-ca and verify-full need server_tls_ca_file (the CA that signs the servers' certificates)"
@@ -254,6 +316,21 @@ fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_names_are_read_from_the_subject() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["host".into()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Acme");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
+        let mut params = rcgen::CertificateParams::new(vec!["host".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "no CN");
+        assert_eq!(common_name(params.self_signed(&key).unwrap().der()), None);
+        assert_eq!(common_name(b"\x30\x00"), None);
+    }
 
     #[test]
     fn protocol_lists() {

@@ -291,6 +291,61 @@ async fn tls_clients_get_channel_binding_and_direct_tls() {
     assert!(body.contains("ALPN"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_authenticate_by_common_name() {
+    let db = fresh_db("tlscert");
+    let (cert, key) = self_signed();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client = |cn: &str, signer: Option<(&rcgen::Certificate, &rcgen::KeyPair)>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = match signer {
+            Some((ca, ca_key)) => params.signed_by(&key, ca, ca_key).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert.pem(), key.serialize_pem())
+    };
+    let p = pooler()
+        .general("auth_type = \"cert\"")
+        .database_with_login(&db, &["pool_size = 2"])
+        .file("server.crt", &cert)
+        .file("server.key", &key)
+        .file("ca.pem", &ca.pem())
+        .section(&format!("{}client_tls_ca_file = \"ca.pem\"\n", tls_section(Some("verify-ca"))))
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let write_pair = |name: &str, (cert, key): (String, String)| {
+        use std::os::unix::fs::PermissionsExt;
+        let (c, k) = (dir.path().join(format!("{name}.crt")), dir.path().join(format!("{name}.key")));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!("sslmode=require sslcert={} sslkey={}", c.display(), k.display())
+    };
+    let good = write_pair("good", client(&db.name, Some((&ca, &ca_key))));
+    let other = write_pair("other", client("somebody_else", Some((&ca, &ca_key))));
+    let stranger = write_pair("stranger", client(&db.name, None));
+
+    let (ok, out, err) = psql_via(&p, &db, &good, &["-c", "select current_user"]).await;
+    assert!(ok, "login with the right certificate failed:\n{out}\n{err}");
+    assert_eq!(out.trim(), db.name);
+    let (ok, _, err) = psql_via(&p, &db, &other, &["-c", "select 1"]).await;
+    println!("CERT other CN: {}", err.trim());
+    assert!(!ok && err.contains(&format!("certificate authentication failed for user \"{}\"", db.name)), "{err}");
+    // No certificate, or one from another CA: the TLS handshake itself fails.
+    for (what, conn) in [("none", "sslmode=require".to_string()), ("self-signed", stranger)] {
+        let (ok, _, err) = psql_via(&p, &db, &conn, &["-c", "select 1"]).await;
+        println!("CERT {what}: {}", err.trim());
+        assert!(!ok && (err.contains("certificate required") || err.contains("unknown ca")), "{what}: {err}");
+    }
+}
+
 /// A certificate verifier that accepts anything (the direct-TLS test client).
 #[derive(Debug)]
 struct AcceptAny;
