@@ -18,7 +18,7 @@ pub enum Stream {
     /// TLS initiated by pgsluice (toward a server).
     ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// A Unix-domain socket (a client on the same host, or a co-located server).
-    Unix(UnixStream),
+    Unix(Box<UnixStream>),
 }
 
 /// The address a Unix-socket peer is known by where a `SocketAddr` is expected (the console
