@@ -21,9 +21,18 @@ pub async fn send_cancel(t: CancelTarget) -> bool {
     let mut buf = BytesMut::with_capacity(16 + t.secret.len());
     write::cancel_request(&mut buf, t.pid, &t.secret);
     let send = async {
-        let mut s = TcpStream::connect(t.addr).await?;
-        s.write_all(&buf).await?;
-        s.shutdown().await
+        match &t.addr {
+            crate::stats::CancelAddr::Unix(path) => {
+                let mut s = tokio::net::UnixStream::connect(&**path).await?;
+                s.write_all(&buf).await?;
+                s.shutdown().await
+            }
+            crate::stats::CancelAddr::Tcp(addr) => {
+                let mut s = TcpStream::connect(addr).await?;
+                s.write_all(&buf).await?;
+                s.shutdown().await
+            }
+        }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
         Ok(Ok(())) => true,

@@ -34,6 +34,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "listen_port",
     "worker_threads",
     "so_reuseport",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "unix_socket_group",
     "admin_database",
     "log_format",
     "max_client_conn",
@@ -93,6 +96,16 @@ impl std::fmt::Display for BackendAddr {
 }
 
 impl BackendAddr {
+    /// Whether the host is a Unix socket directory (an absolute path), as in libpq.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// `<dir>/.s.PGSQL.<port>` of a socket directory.
+    pub fn unix_socket_path(&self) -> String {
+        format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port)
+    }
+
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (default port 5432).
     pub fn parse(s: &str) -> Result<BackendAddr, String> {
         let s = s.trim();
@@ -359,6 +372,13 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// `unix_socket_mode` as permission bits.
+pub fn unix_socket_mode(g: &General) -> Result<u32, String> {
+    u32::from_str_radix(g.unix_socket_mode.trim(), 8).ok().filter(|&m| m <= 0o777).ok_or_else(|| {
+        format!("[general] unix_socket_mode {:?} is not an octal mode like \"0777\"", g.unix_socket_mode)
+    })
+}
+
 fn positive(d: Dur, name: &str) -> Result<Duration, String> {
     d.nonzero().ok_or_else(|| format!("[general] {name} must be greater than 0"))
 }
@@ -377,6 +397,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         return Err("[general] default_pool_size must be at least 1".into());
     }
     positive(g.server_connect_timeout, "server_connect_timeout")?;
+    unix_socket_mode(g)?;
     positive(g.stats_period, "stats_period")?;
     if g.admin_database.is_empty() {
         return Err("[general] admin_database must not be empty".into());

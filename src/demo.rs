@@ -3,6 +3,8 @@
 //! verifier (so SCRAM passthrough is what logs pgsluice in to Postgres), a `pg_monitor` role
 //! for the health probes, and pgsluice serving the three hosts as one database until Ctrl-C.
 //! It prints the commands that promote a replica and stop the primary, to watch a failover.
+//! With `--tls` the servers accept only TLS for the demo roles (`hostssl`, a CA made at start
+//! with the `openssl` command) and pgsluice connects with `server_tls_sslmode = verify-full`.
 //! Works as root (Postgres runs as an unprivileged OS user) and as a normal user.
 
 use std::path::Path;
@@ -27,9 +29,18 @@ const PG_OS_USER: &str = "pgsluice_pg";
 
 /// The demo's config file text: pgsluice on `port`, database `app` over the hosts on
 /// `pg_ports` (primary first), probed as [`DEMO_MONITOR`] with `monitor_password`.
-pub fn demo_config(port: u16, pg_ports: &[u16], monitor_password: &str) -> String {
-    let hosts: Vec<String> = pg_ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    format!(
+pub fn demo_config(port: u16, pg_ports: &[u16], monitor_password: &str, tls: bool) -> String {
+    let host = if tls { "localhost" } else { "127.0.0.1" };
+    let hosts: Vec<String> = pg_ports.iter().map(|p| format!("\"{host}:{p}\"")).collect();
+    let tls_lines = if tls {
+        "# The servers accept the demo roles over TLS only (hostssl); their certificate is for\n\
+         # localhost, signed by the demo's CA.\n\
+         server_tls_sslmode = \"verify-full\"\n\
+         server_tls_ca_file = \"ca.pem\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
         r#"# Written by `pgsluice demo`.
 [general]
 listen_addr = "127.0.0.1"
@@ -53,8 +64,60 @@ health_check_user = "{DEMO_MONITOR}"
 health_check_password = "{monitor_password}"
 "#,
         hosts = hosts.join(", ")
-    )
+    );
+    text.replace("# failover_wait_timeout = \"10s\"\n", &format!("# failover_wait_timeout = \"10s\"\n{tls_lines}"))
 }
+
+/// A CA and a server certificate for `localhost` it signs, made with the `openssl` command
+/// in `dir`: (CA PEM, certificate PEM, key PEM).
+fn demo_certificates(dir: &Path) -> Result<(String, String, String), DemoError> {
+    let openssl = |args: &[&str]| -> Result<(), DemoError> {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(DemoError::Io(std::io::Error::other(format!("openssl {}: {err}", args.join(" ")))));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "7", "-subj", "/CN=pgsluice demo CA"],
+        ]
+        .concat(),
+    )?;
+    openssl(&[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat())?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n")?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "7",
+        "-extfile",
+        "san.ext",
+    ])?;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    Ok((read("ca.pem")?, read("server.crt")?, read("server.key")?))
+}
+
+/// The servers' pg_hba.conf with `--tls`: the superuser (the demo's own tooling, replication)
+/// may use plain TCP, every other role only TLS.
+const TLS_HBA: &str = "local all all scram-sha-256\n\
+hostnossl all postgres 127.0.0.1/32 scram-sha-256\n\
+hostnossl replication postgres 127.0.0.1/32 scram-sha-256\n\
+hostssl all all 127.0.0.1/32 scram-sha-256\n\
+hostssl all all ::1/128 scram-sha-256\n";
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +158,18 @@ impl Drop for Clusters {
 
 /// Starts the primary, creates `app` (role, database, table) and the monitor role, then
 /// takes the replicas' base backups (which therefore contain both roles).
-fn start_clusters(monitor_password: &str) -> Result<Clusters, DemoError> {
+fn start_clusters(monitor_password: &str, tls: Option<&(String, String, String)>) -> Result<Clusters, DemoError> {
     let su_password = format!("su-{:016x}", rand::random::<u64>());
-    let opts = ClusterOptions { superuser_password: su_password, ..ClusterOptions::default() };
+    let mut opts = ClusterOptions { superuser_password: su_password, ..ClusterOptions::default() };
+    if let Some((_, cert, key)) = tls {
+        opts.extra_conf = vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "server.crt".into()),
+            ("ssl_key_file".into(), "server.key".into()),
+        ];
+        opts.hba = Some(TLS_HBA.into());
+        opts.files = vec![("server.crt".into(), cert.clone()), ("server.key".into(), key.clone())];
+    }
     let primary = LocalCluster::start_primary(opts)?;
     primary.create_user_and_db(DEMO_USER, DEMO_PASSWORD)?;
     primary.psql(DEMO_USER, "CREATE TABLE IF NOT EXISTS greetings(id serial primary key, msg text); INSERT INTO greetings(msg) VALUES ('hello from pgsluice'); ALTER TABLE greetings OWNER TO app;")?;
@@ -118,13 +190,24 @@ fn start_clusters(monitor_password: &str) -> Result<Clusters, DemoError> {
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(port: u16) -> Result<(), DemoError> {
+pub async fn run(port: u16, tls: bool) -> Result<(), DemoError> {
     println!(
-        "pgsluice demo: starting a local PostgreSQL primary and {DEMO_REPLICAS} streaming replicas (this takes a few seconds)..."
+        "pgsluice demo: starting a local PostgreSQL primary and {DEMO_REPLICAS} streaming replicas{} (this takes a few seconds)...",
+        if tls { " that accept only TLS" } else { "" }
     );
     let monitor_password = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
     let pw = monitor_password.clone();
-    let clusters = tokio::task::spawn_blocking(move || start_clusters(&pw)).await??;
+    let certs_dir = std::env::temp_dir().join(format!("pgsluice-demo-certs-{}", std::process::id()));
+    let certs = if tls {
+        std::fs::create_dir_all(&certs_dir)?;
+        let dir = certs_dir.clone();
+        Some(tokio::task::spawn_blocking(move || demo_certificates(&dir)).await??)
+    } else {
+        None
+    };
+    let c = certs.clone();
+    let clusters = tokio::task::spawn_blocking(move || start_clusters(&pw, c.as_ref())).await??;
+    let _ = std::fs::remove_dir_all(&certs_dir);
     let primary = &clusters.0[0];
     let verifier = primary.scram_verifier(DEMO_USER)?;
     let bin_dir = primary.psql("postgres", "SELECT setting FROM pg_config WHERE name = 'BINDIR'")?;
@@ -134,7 +217,10 @@ pub async fn run(port: u16) -> Result<(), DemoError> {
     std::fs::write(dir.join("userlist.txt"), format!("\"{DEMO_USER}\" \"{verifier}\"\n"))?;
     let cfg_path = dir.join("pgsluice.toml");
     let pg_ports: Vec<u16> = clusters.0.iter().map(LocalCluster::port).collect();
-    std::fs::write(&cfg_path, demo_config(port, &pg_ports, &monitor_password))?;
+    if let Some((ca, _, _)) = &certs {
+        std::fs::write(dir.join("ca.pem"), ca)?;
+    }
+    std::fs::write(&cfg_path, demo_config(port, &pg_ports, &monitor_password, certs.is_some()))?;
     let cfg = Config::load(&cfg_path)?;
     let handle =
         ServerHandle::start(Shared::new(cfg), None).await.map_err(|source| DemoError::Listen { port, source })?;
@@ -235,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("userlist.txt"), "\"app\" \"app-secret\"\n").expect("userlist");
         let path = dir.path().join("pgsluice.toml");
-        std::fs::write(&path, demo_config(7432, &[5001, 5002, 5003], "0123abcd")).expect("config");
+        std::fs::write(&path, demo_config(7432, &[5001, 5002, 5003], "0123abcd", false)).expect("config");
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let db = &cfg.databases[DEMO_USER];
         assert_eq!(db.hosts.iter().map(|h| h.port).collect::<Vec<_>>(), [5001, 5002, 5003]);

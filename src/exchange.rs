@@ -271,6 +271,9 @@ pub(crate) struct State {
     pub barrier_left: usize,
     /// The request at the front of the queue started a COPY FROM STDIN (CopyInResponse seen).
     pub copy_in: bool,
+    /// The client is sending COPY data: it sent CopyData since its last Execute or Query and
+    /// no CopyDone/CopyFail after it.
+    pub copy_data: bool,
     /// The current batch (since the last Sync) changed statement bookkeeping.
     pub batch_dirty: bool,
     /// The current batch has sent something the server may answer with an error.
@@ -363,6 +366,7 @@ impl Exchange {
         st.barrier = false;
         st.barrier_left = 0;
         st.copy_in = false;
+        st.copy_data = false;
         st.batch_dirty = false;
         st.batch_started = false;
         st.read_only_error = false;

@@ -36,6 +36,9 @@ enum Command {
         /// Port for pgsluice.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Servers that accept only TLS (a CA made at start); pgsluice verifies them.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -86,10 +89,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::Demo { port }) => {
+        Some(Command::Demo { port, tls }) => {
             init_tracing(LogFormat::Text);
             let rt = runtime(0)?;
-            Ok(rt.block_on(pgsluice::demo::run(port))?)
+            Ok(rt.block_on(pgsluice::demo::run(port, tls))?)
         }
         None => {
             let cfg = Config::load(&cli.config)?;

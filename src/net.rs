@@ -98,3 +98,73 @@ pub fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<tok
     s.listen(1024)?;
     tokio::net::TcpListener::from_std(s.into())
 }
+
+/// A bound Unix-domain listening socket and the file it created.
+pub struct UnixListening {
+    /// The listener.
+    pub listener: tokio::net::UnixListener,
+    /// `<dir>/.s.PGSQL.<port>`.
+    pub path: std::path::PathBuf,
+    /// Device and inode of the file, so that only this process's file is removed at exit
+    /// (an online restart's new process may have replaced it).
+    id: (u64, u64),
+}
+
+impl UnixListening {
+    /// Removes the socket file if it is still the one this process created.
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds `<dir>/.s.PGSQL.<port>` (PostgreSQL's name, so `psql -h <dir> -p <port>` finds it)
+/// with permissions `mode` and group `gid`. A file left by a process that is gone is
+/// replaced; one a running process answers on is taken over only with `take_over` (an
+/// online restart with `so_reuseport`), else it is an error.
+pub fn bind_unix(dir: &str, port: u16, mode: u32, gid: Option<u32>, take_over: bool) -> std::io::Result<UnixListening> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let path = std::path::Path::new(dir).join(format!(".s.PGSQL.{port}"));
+    if std::fs::symlink_metadata(&path).is_ok() {
+        let live = std::os::unix::net::UnixStream::connect(&path).is_ok();
+        if live && !take_over {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&path, None, Some(gid))?;
+    }
+    let m = std::fs::metadata(&path)?;
+    Ok(UnixListening { listener, path, id: (m.dev(), m.ino()) })
+}
+
+/// The id of group `name` (from `/etc/group`), or of a numeric id.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// The name of user id `uid` (from `/etc/passwd`): the peer of a Unix-socket client.
+pub fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}

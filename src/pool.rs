@@ -610,7 +610,13 @@ impl Pool {
             Ok(mut conn) => {
                 let id = s.server_ids.fetch_add(1, Ordering::Relaxed);
                 let local = conn.stream.local_addr();
-                let mut meta = ServerMeta::new(id, conn.cancel.pid as u32, conn.cancel.addr, local, s.clock.now_us());
+                let mut meta = ServerMeta::new(
+                    id,
+                    conn.cancel.pid as u32,
+                    conn.cancel.addr.socket_addr(),
+                    local,
+                    s.clock.now_us(),
+                );
                 meta.tls = conn.stream.is_tls();
                 meta.epoch = epoch;
                 meta.cancel = Some(conn.cancel.clone());

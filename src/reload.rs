@@ -153,6 +153,11 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Report {
         ("listen_addr/listen_port", old.listen != new.listen),
         ("worker_threads", og.worker_threads != ng.worker_threads),
         ("so_reuseport", og.so_reuseport != ng.so_reuseport),
+        (
+            "unix_socket_dir/mode/group",
+            (&og.unix_socket_dir, &og.unix_socket_mode, &og.unix_socket_group)
+                != (&ng.unix_socket_dir, &ng.unix_socket_mode, &ng.unix_socket_group),
+        ),
         ("admin_database", og.admin_database != ng.admin_database),
         ("log_format", og.log_format != ng.log_format),
         ("[metrics] listen_addr", old.file.metrics != new.file.metrics),

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::net::{Stream, UnixListening, UNIX_PEER};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -24,9 +26,11 @@ use crate::shutdown::{DrainToken, Shutdown, ShutdownController, StopMode};
 /// Most connections being turned away at once; beyond that they are just closed.
 const MAX_REJECTING: usize = 256;
 
-/// Accepts clients on `listener` until `shutdown` fires or `stop_accepting` turns true.
+/// Accepts clients on `listener` (and on the Unix socket `unix`, if any) until `shutdown`
+/// fires or `stop_accepting` turns true.
 pub async fn run(
     listener: TcpListener,
+    unix: Option<UnixListening>,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
     mut stop_accepting: watch::Receiver<bool>,
@@ -39,31 +43,38 @@ pub async fn run(
     tokio::spawn(stats_period(shared.clone(), shutdown.clone()));
     shared.start_probes();
     let session_shutdown = shutdown.clone();
-    let dispatch = |tcp: TcpStream, peer: SocketAddr| {
-        if shared.config.load().general().tcp_keepalive {
-            let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
+    let dispatch = |stream: Stream, peer: SocketAddr| {
+        if let Some(tcp) = stream.tcp().filter(|_| shared.config.load().general().tcp_keepalive) {
+            let _ = socket2::SockRef::from(tcp).set_keepalive(true);
         }
         match clients.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (shared, shutdown, drain) = (shared.clone(), session_shutdown.clone(), drain.clone());
                 // The login runs in this task; a logged-in session gets a task of its own
                 // (holding the permit until it ends).
-                tokio::spawn(session::run(shared, tcp, peer, shutdown, drain, permit));
+                tokio::spawn(session::run(shared, stream, peer, shutdown, drain, permit));
             }
             Err(_) => {
                 if let Ok(p) = rejecting.clone().try_acquire_owned() {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        reject(&shared, tcp, peer).await;
+                        reject(&shared, stream, peer).await;
                         drop(p);
                     });
                 }
             }
         }
     };
+    let accept_unix = || async {
+        match &unix {
+            Some(u) => u.listener.accept().await.map(|(s, _)| s),
+            None => std::future::pending().await,
+        }
+    };
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = listener.accept() => r.map(|(tcp, peer)| (Stream::Plain(tcp), peer)),
+            r = accept_unix() => r.map(|u| (Stream::Unix(Box::new(u)), UNIX_PEER)),
             _ = shutdown.wait() => break,
             _ = async { drop(stop_accepting.wait_for(|&v| v).await) } => {
                 // Online restart: connections the kernel already queued on this socket would
@@ -73,7 +84,7 @@ pub async fn run(
                 while let Poll::Ready(Ok((tcp, peer))) =
                     std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
                 {
-                    dispatch(tcp, peer);
+                    dispatch(Stream::Plain(tcp), peer);
                     n += 1;
                 }
                 if n > 0 {
@@ -83,7 +94,7 @@ pub async fn run(
             }
         };
         match accepted {
-            Ok((tcp, peer)) => dispatch(tcp, peer),
+            Ok((stream, peer)) => dispatch(stream, peer),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::error!(error = %e, "accept failed");
@@ -91,13 +102,16 @@ pub async fn run(
             }
         }
     }
+    if let Some(u) = &unix {
+        u.remove();
+    }
     tracing::info!("listener stopped");
 }
 
 /// Answers a connection over `max_client_conn` with `53300` once it has sent its startup
 /// packet (answering an SSLRequest with `N` first), so the client sees a clear error. A
 /// CancelRequest is still honoured (as in PgBouncer, it is not a client).
-async fn reject(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
+async fn reject(shared: &Shared, mut tcp: Stream, peer: SocketAddr) {
     let mut err = BytesMut::new();
     ClientError::fatal("53300", "no more connections allowed (max_client_conn)", ErrorSource::Internal)
         .encode(&mut err);
@@ -194,11 +208,30 @@ impl ServerHandle {
     /// Binds `shared`'s configured address (or `addr` if given) and starts accepting.
     pub async fn start(shared: Arc<Shared>, addr: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
         let addr = addr.unwrap_or_else(|| shared.config.load().listen);
-        let listener = crate::net::bind(addr, shared.config.load().general().so_reuseport)?;
+        let cfg = shared.config.load_full();
+        let g = cfg.general();
+        let listener = crate::net::bind(addr, g.so_reuseport)?;
         let addr = listener.local_addr()?;
+        let unix = if g.unix_socket_dir.is_empty() {
+            None
+        } else {
+            let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+            let mode = crate::config::unix_socket_mode(g).map_err(invalid)?;
+            let gid = match &g.unix_socket_group {
+                Some(name) => Some(
+                    crate::net::group_id(name)
+                        .ok_or_else(|| invalid(format!("unix_socket_group {name:?}: no such group")))?,
+                ),
+                None => None,
+            };
+            let u = crate::net::bind_unix(&g.unix_socket_dir, addr.port(), mode, gid, g.so_reuseport)?;
+            tracing::info!(path = %u.path.display(), "listening on a Unix socket");
+            Some(u)
+        };
         let controller = ShutdownController::new();
         let (stop_accepting, accept_rx) = watch::channel(false);
-        let task = tokio::spawn(run(listener, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
+        let task =
+            tokio::spawn(run(listener, unix, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
         Ok(ServerHandle { addr, shared, controller, stop_accepting, task })
     }
 

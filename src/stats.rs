@@ -621,12 +621,40 @@ impl ClientRegistry {
 /// Cancel target of a server connection: where and with which key to send a CancelRequest.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    /// Server address.
-    pub addr: SocketAddr,
+    /// Where the server listens.
+    pub addr: CancelAddr,
     /// Server process id.
     pub pid: i32,
     /// Server secret key.
     pub secret: Arc<[u8]>,
+}
+
+/// Where a CancelRequest for a server goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelAddr {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// The server's Unix socket (`<dir>/.s.PGSQL.<port>`).
+    Unix(Arc<String>),
+}
+
+impl CancelAddr {
+    /// As a socket address ([`crate::net::UNIX_PEER`] for a Unix socket).
+    pub fn socket_addr(&self) -> SocketAddr {
+        match self {
+            CancelAddr::Tcp(a) => *a,
+            CancelAddr::Unix(_) => crate::net::UNIX_PEER,
+        }
+    }
+}
+
+impl std::fmt::Display for CancelAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelAddr::Tcp(a) => write!(f, "{a}"),
+            CancelAddr::Unix(p) => f.write_str(p),
+        }
+    }
 }
 
 /// The identity of one open server connection, for `SHOW SERVERS`.

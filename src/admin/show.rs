@@ -444,7 +444,7 @@ fn clients(shared: &Shared) -> Table {
                 ClientState::Active => "active",
             }
             .into(),
-            c.addr.ip().to_string().into(),
+            addr_text(c.addr).into(),
             c.addr.port().into(),
             c.local.map(|a| a.ip().to_string()).into(),
             c.local.map(|a| a.port()).into(),
@@ -482,7 +482,7 @@ fn servers(shared: &Shared) -> Table {
                     db.as_str().into(),
                     "none".into(),
                     s.state.into(),
-                    m.addr.ip().to_string().into(),
+                    addr_text(m.addr).into(),
                     m.addr.port().into(),
                     m.local.map(|a| a.ip().to_string()).into(),
                     m.local.map(|a| a.port()).into(),
@@ -542,6 +542,15 @@ pub fn config_values(cfg: &Config) -> Vec<(String, Option<String>)> {
     out.insert("conffile".into(), Some(cfg.path.display().to_string()));
     out.insert("metrics_listen_addr".into(), Some(cfg.file.metrics.listen_addr.clone()));
     out.into_iter().collect()
+}
+
+/// A peer's address as SHOW CLIENTS / SERVERS print it: `unix` for a Unix socket.
+fn addr_text(addr: std::net::SocketAddr) -> String {
+    if addr == crate::net::UNIX_PEER {
+        "unix".into()
+    } else {
+        addr.ip().to_string()
+    }
 }
 
 fn render_value(v: &toml::Value) -> String {

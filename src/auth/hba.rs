@@ -22,6 +22,8 @@ pub enum Method {
     ScramSha256,
     /// A TLS client certificate whose common name is the user name.
     Cert,
+    /// The operating-system user of a Unix-socket client (`local` lines only).
+    Peer,
 }
 
 /// The connection a rule is matched against.
@@ -301,8 +303,11 @@ fn parse_rule(words: &[String], include: &dyn Fn(&str) -> Result<String, String>
         Some("password") => Method::Password,
         Some("scram-sha-256") => Method::ScramSha256,
         Some("cert") => Method::Cert,
-        Some("peer") => return Err("method \"peer\" is not supported yet (pgsluice has no Unix socket)".into()),
-        Some(m) => return Err(format!("unknown method {m:?} (trust, reject, md5, password, scram-sha-256, cert)")),
+        Some("peer") if kind == Kind::Local => Method::Peer,
+        Some("peer") => return Err("method \"peer\" is only for local (Unix socket) connections".into()),
+        Some(m) => {
+            return Err(format!("unknown method {m:?} (trust, reject, md5, password, scram-sha-256, cert, peer)"))
+        }
         None => return Err("missing authentication method".into()),
     };
     if let Some(opt) = rest.get(1) {
@@ -366,7 +371,7 @@ mod tests {
             ("host all all 1.2.3.4 255.0.255.0 trust", "invalid IP mask"),
             ("host all all 1.2.3.4/32", "missing authentication method"),
             ("host all all 1.2.3.4/32 ident", "unknown method"),
-            ("local all all peer", "not supported yet"),
+            ("host all all all peer", "only for local"),
             ("host all +staff all trust", "group membership"),
             ("host all all samenet trust", "not supported"),
             ("host all all all md5 clientcert=verify-full", "options"),

@@ -96,7 +96,7 @@ impl From<ReadError> for Error {
     }
 }
 
-pub use crate::stats::CancelTarget;
+pub use crate::stats::{CancelAddr, CancelTarget};
 
 /// A logged-in server connection.
 pub struct ServerConn {
@@ -161,16 +161,26 @@ impl ServerConn {
         cred: &Credential,
         tls: bool,
     ) -> Result<ServerConn, Error> {
-        let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
-            .await
-            .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
-        tcp.set_nodelay(true)?;
-        if login.keepalive {
-            socket2::SockRef::from(&tcp).set_keepalive(true)?;
-        }
-        let peer = tcp.peer_addr()?;
-        let (mut stream, binding) =
-            if tls { negotiate_tls(tcp, addr, login.tls).await? } else { (Stream::Plain(tcp), None) };
+        let (mut stream, binding, peer) = if addr.is_unix_socket() {
+            // A co-located server: no TLS over the socket, as libpq.
+            let path = addr.unix_socket_path();
+            let u = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(|source| Error::Connect { addr: path.clone(), source })?;
+            (Stream::Unix(Box::new(u)), None, CancelAddr::Unix(Arc::new(path)))
+        } else {
+            let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
+            tcp.set_nodelay(true)?;
+            if login.keepalive {
+                socket2::SockRef::from(&tcp).set_keepalive(true)?;
+            }
+            let peer = tcp.peer_addr()?;
+            let (stream, binding) =
+                if tls { negotiate_tls(tcp, addr, login.tls).await? } else { (Stream::Plain(tcp), None) };
+            (stream, binding, CancelAddr::Tcp(peer))
+        };
         let mut out = BytesMut::with_capacity(256);
         write::startup_message(
             &mut out,

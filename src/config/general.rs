@@ -46,6 +46,10 @@ pub enum AuthType {
     /// A TLS client certificate whose common name is the user name.
     #[serde(rename = "cert")]
     Cert,
+    /// The operating-system user of a Unix-socket client (HBA `peer` only; not a value of
+    /// the setting).
+    #[serde(skip)]
+    Peer,
     /// No password, but the user must be in the auth_file (PgBouncer's meaning).
     #[serde(rename = "trust")]
     Trust,
@@ -347,6 +351,13 @@ pub struct General {
     /// Set `SO_REUSEPORT` on the listening socket, so a second pgsluice can listen on the same
     /// port during an online restart (see docs/operations.md). Default false. Restart to change.
     pub so_reuseport: bool,
+    /// Directory for a Unix-domain listening socket `.s.PGSQL.<listen_port>`, besides TCP;
+    /// empty (the default): none. Restart to change.
+    pub unix_socket_dir: String,
+    /// Permissions of the socket file, octal. Default `"0777"` (as PgBouncer).
+    pub unix_socket_mode: String,
+    /// Group owning the socket file; default: the process's.
+    pub unix_socket_group: Option<String>,
 }
 
 /// The `session_state` policy.
@@ -559,6 +570,9 @@ impl Default for General {
             log_stats: true,
             stats_period: Dur::secs(60),
             so_reuseport: false,
+            unix_socket_dir: String::new(),
+            unix_socket_mode: "0777".into(),
+            unix_socket_group: None,
             session_state: SessionState::Pin,
         }
     }

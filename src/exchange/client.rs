@@ -82,6 +82,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
                 ctx.x.txn.pending += 1;
                 ctx.x.txn.requests += 1;
+                ctx.x.copy_data = false;
                 if ctx.track && whole && frame_len <= MAX_DEALLOCATE_QUERY && deallocate(c, ctx, frame_len) {
                     boundary(ctx);
                     continue;
@@ -105,6 +106,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::EXECUTE => {
                 ctx.x.txn.unsynced = true;
+                ctx.x.copy_data = false;
                 ctx.x.batch_started = true;
                 ctx.x.queue.push_back(Expect::forward(Kind::Execute));
             }
@@ -151,6 +153,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 // STDIN get no answer if it did (PostgreSQL ignores Sync in copy-in mode);
                 // settled when that request ends (see `server::settle_copy_syncs`). A stray
                 // CopyDone outside COPY changes nothing.
+                ctx.x.copy_data = false;
                 let q = &mut ctx.x.queue;
                 let mut i = q.len();
                 while i > 0 && q[i - 1].kind == Kind::Sync && q[i - 1].action == Action::Forward {
@@ -162,7 +165,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                     }
                 }
             }
-            ftag::COPY_DATA => {}
+            ftag::COPY_DATA => ctx.x.copy_data = true,
             ftag::TERMINATE => {
                 // Never forwarded: in transaction mode the server is not the client's to end.
                 c.buf.truncate(c.pos.fwd);

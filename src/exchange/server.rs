@@ -336,9 +336,19 @@ pub(super) fn advance(s: &mut Half<'_>, ctx: &mut Ctx<'_>) {
 
 /// After the Execute/Query that a client's CopyDone/CopyFail followed has ended: the Syncs
 /// sent in between got no answer if that request started a COPY FROM STDIN, else they are
-/// ordinary Syncs.
+/// ordinary Syncs. A COPY the server failed while the client was still sending its data
+/// (no CopyDone/CopyFail scanned yet, so nothing is marked [`Action::CopySync`]): the Syncs
+/// the client sent since the Execute/Query were read in copy-in mode and got no answer
+/// either (tokio-postgres sends Bind + Execute + Sync before the data); those it sends from
+/// now on, its CopyDone's included, are answered.
 fn settle_copy_syncs(ctx: &mut Ctx<'_>) {
     let copied = std::mem::take(&mut ctx.x.copy_in);
+    if copied && ctx.x.copy_data {
+        while ctx.x.queue.front().is_some_and(|e| e.kind == Kind::Sync && e.action == Action::Forward) {
+            ctx.pop_front();
+            ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
+        }
+    }
     while ctx.x.queue.front().is_some_and(|e| e.action == Action::CopySync) {
         if copied {
             ctx.pop_front();

@@ -887,3 +887,53 @@ fn a_dying_servers_answer_is_relayed_once_part_of_it_reached_the_client() {
     assert_eq!(sim.received(), msg(b'D', b"\0\0"));
     assert!(!sim.x.resendable());
 }
+
+/// tokio-postgres' binary COPY: Bind + Execute + Sync, then the data, CopyDone + Sync. The
+/// server fails the COPY half way (23505) and its ErrorResponse reaches pgsluice before the
+/// client's CopyDone (the client is still sending data): the Sync pipelined before the data
+/// was ignored by PostgreSQL (copy-in mode), so only one ReadyForQuery is owed. If it is
+/// counted, the next request's answers are matched against a Sync the server never answers:
+/// a ParseComplete pgsluice makes up for a statement the server has is sent late, after the
+/// server's own answers (tokio-postgres: UnexpectedMessage), and the server is never clean.
+#[test]
+fn copy_in_failing_before_the_clients_copy_done_owes_one_ready_for_query() {
+    let mut sim = Sim::default();
+    sim.prepare("s0", "select count(*) from t");
+    sim.prepare("s1", "copy t from stdin (format binary)");
+    sim.client(&cat(&[bind("", "s1"), execute(), sync()])).unwrap();
+    sim.client(&msg(b'd', b"PGCOPY\n\xff\r\n\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'2', b""), msg(b'G', b"\x01\0\x02\0\x01\0\x01")])).unwrap();
+    assert_eq!(tags(&sim.received()), "2G");
+    // The COPY fails while the client is still sending data.
+    let dup = msg(b'E', b"SERROR\0C23505\0Mduplicate key value violates unique constraint\0\0");
+    sim.server(&dup).unwrap();
+    assert_eq!(tags(&sim.received()), "E");
+    // The client goes on, then ends the COPY; the server discards up to that Sync.
+    sim.client(&cat(&[msg(b'd', b"rows"), msg(b'c', b""), sync()])).unwrap();
+    sim.sent();
+    sim.server(&msg(b'Z', b"I")).unwrap();
+    assert_eq!(tags(&sim.received()), "Z");
+    assert_eq!(sim.x.pending(), 0, "one ReadyForQuery was owed");
+    assert!(sim.releasable(), "the server is idle");
+    // The client's next request: Parse of a statement the server has (answered by pgsluice).
+    sim.client(&cat(&[parse("s2", "select count(*) from t"), msg(b'D', b"Ss2\0"), sync()])).unwrap();
+    assert_eq!(tags(&sim.sent()), "DS");
+    sim.server(&cat(&[msg(b't', b"\0\0"), msg(b'T', b"\0\0"), msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "1tTZ", "answers in the order of the requests");
+    assert!(sim.releasable());
+}
+
+/// The same COPY failing after pgsluice scanned the client's CopyDone (the usual order).
+#[test]
+fn copy_in_failing_after_the_clients_copy_done_owes_one_ready_for_query() {
+    let mut sim = Sim::default();
+    sim.prepare("s1", "copy t from stdin (format binary)");
+    sim.client(&cat(&[bind("", "s1"), execute(), sync(), msg(b'd', b"rows"), msg(b'c', b""), sync()])).unwrap();
+    sim.sent();
+    let dup = msg(b'E', b"SERROR\0C23505\0Mduplicate key value violates unique constraint\0\0");
+    sim.server(&cat(&[msg(b'2', b""), msg(b'G', b"\x01\0\x02\0\x01\0\x01"), dup, msg(b'Z', b"I")])).unwrap();
+    assert_eq!(tags(&sim.received()), "2GEZ");
+    assert_eq!(sim.x.pending(), 0);
+    assert!(sim.releasable());
+}

@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::Instrument;
@@ -60,16 +59,18 @@ use crate::stats::{ClientInfo, Registration};
 /// client is gone.
 pub async fn run(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     shutdown: Shutdown,
     drain: DrainToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let _ = tcp.set_nodelay(true);
+    if let Some(tcp) = stream.tcp() {
+        let _ = tcp.set_nodelay(true);
+    }
     // Boxed so the (large, short-lived) login future does not inflate every idle session.
     shared.logging_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let s = Box::pin(startup::startup(&shared, tcp, peer)).await;
+    let s = Box::pin(startup::startup(&shared, stream, peer)).await;
     shared.logging_in.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     match s {
         Startup::LoggedIn(l) => drop(tokio::spawn(serve(shared, l, peer, shutdown, drain, permit))),
@@ -990,6 +991,7 @@ fn shutting_down() -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     /// Future sizes in the test (debug) build; a change that grows one fails here with the
     /// old and new size. Budget history (issue 14): before the state machine one 5,416-byte
@@ -1143,7 +1145,14 @@ mod tests {
         let ctl = crate::shutdown::ShutdownController::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(2));
         let permit = || permits.clone().try_acquire_owned().unwrap();
-        let task = std::mem::size_of_val(&run(shared.clone(), tcp, peer, ctl.subscribe(), ctl.token(), permit()));
+        let task = std::mem::size_of_val(&run(
+            shared.clone(),
+            Stream::Plain(tcp),
+            peer,
+            ctl.subscribe(),
+            ctl.token(),
+            permit(),
+        ));
         let cfg = shared.config.load_full();
         let db = cfg.databases["app"].clone();
         let pool = shared.pools.get_or_create(&cfg, &shared.cluster("app").unwrap(), &db, "u");

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
 use crate::auth::{md5, Secret};
@@ -70,9 +69,9 @@ pub enum Startup {
 }
 
 /// Runs startup on a new connection. Errors are reported to the client here.
-pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Startup {
+pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> Startup {
     let cfg = shared.config.load_full();
-    let mut stream = Some(Stream::Plain(tcp));
+    let mut stream = Some(stream);
     let mut buf = BytesMut::new();
     let run = login(shared, &cfg, &mut stream, &mut buf, peer);
     let res = match cfg.general().client_login_timeout.nonzero() {
@@ -147,7 +146,7 @@ async fn login(
                     // Bytes pipelined before the TLS handshake could be injected by a MITM.
                     return Err(Some(ClientError::protocol("received unencrypted data after SSL request")));
                 }
-                match &cfg.tls {
+                match cfg.tls.as_ref().filter(|_| !s.is_unix()) {
                     Some(tls) => {
                         s.write_all(b"S").await.map_err(|_| None)?;
                         let Some(Stream::Plain(tcp)) = slot.take() else { return Err(None) };
@@ -189,7 +188,8 @@ async fn login(
             "unsupported frontend protocol {major}.{minor}: server supports {PROTOCOL_MAJOR}.0 to {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
         ))));
     }
-    if cfg.tls.as_ref().is_some_and(|t| t.mode.requires_tls()) && !stream.is_tls() {
+    // (TLS is not spoken over Unix sockets, which never leave the host.)
+    if cfg.tls.as_ref().is_some_and(|t| t.mode.requires_tls()) && !stream.is_tls() && !stream.is_unix() {
         return Err(Some(ClientError::fatal("28000", "SSL required", ErrorSource::Client)));
     }
 
@@ -460,17 +460,21 @@ fn apply_options(cfg: &Config, options: &str, client_params: &mut ClientParams) 
 
 /// `auth_type = "hba"`: the method of the first `auth_hba_file` rule that matches this
 /// connection, as an `auth_type`; no rule, or `reject`, refuses it with PostgreSQL's words.
-fn hba_method(cfg: &Config, tls: bool, peer: SocketAddr, database: &str, user: &str) -> LoginResult<AuthType> {
+fn hba_method(cfg: &Config, s: &Stream, peer: SocketAddr, database: &str, user: &str) -> LoginResult<AuthType> {
     use crate::auth::hba::{Conn, Method};
-    let encryption = if tls { "SSL encryption" } else { "no encryption" };
+    let tls = s.is_tls();
     let ip = peer.ip();
-    let method = cfg.hba.as_ref().and_then(|h| h.method(Conn::Host { addr: ip, tls }, database, user));
+    let conn = if s.is_unix() { Conn::Local } else { Conn::Host { addr: ip, tls } };
+    let method = cfg.hba.as_ref().and_then(|h| h.method(conn, database, user));
     let refuse = |what: &str| {
-        Some(ClientError::fatal(
-            "28000",
-            format!("{what} for host \"{ip}\", user \"{user}\", database \"{database}\", {encryption}"),
-            ErrorSource::Client,
-        ))
+        let text = match conn {
+            Conn::Local => format!("{what} for host \"[local]\", user \"{user}\", database \"{database}\""),
+            Conn::Host { .. } => {
+                let encryption = if tls { "SSL encryption" } else { "no encryption" };
+                format!("{what} for host \"{ip}\", user \"{user}\", database \"{database}\", {encryption}")
+            }
+        };
+        Some(ClientError::fatal("28000", text, ErrorSource::Client))
     };
     match method {
         None => Err(refuse("no pg_hba.conf entry")),
@@ -480,7 +484,26 @@ fn hba_method(cfg: &Config, tls: bool, peer: SocketAddr, database: &str, user: &
         Some(Method::Password) => Ok(AuthType::Plain),
         Some(Method::ScramSha256) => Ok(AuthType::ScramSha256),
         Some(Method::Cert) => Ok(AuthType::Cert),
+        Some(Method::Peer) => Ok(AuthType::Peer),
     }
+}
+
+/// HBA `peer`: the operating-system user at the other end of the Unix socket must be the
+/// user the client logs in as.
+fn peer_login(s: &Stream, user: &str) -> LoginResult<Option<ClientKeys>> {
+    let os_user = match s {
+        Stream::Unix(u) => u.peer_cred().ok().and_then(|c| crate::net::user_name(c.uid())),
+        _ => None,
+    };
+    if os_user.as_deref() == Some(user) {
+        return Ok(None);
+    }
+    tracing::info!(user, os_user = ?os_user, "peer authentication failed");
+    Err(Some(ClientError::fatal(
+        "28000",
+        format!("Peer authentication failed for user \"{user}\""),
+        ErrorSource::Client,
+    )))
 }
 
 /// `auth_type = "cert"`: the client's certificate (verified during the TLS handshake against
@@ -547,7 +570,7 @@ async fn authenticate(
 ) -> LoginResult<Option<ClientKeys>> {
     let entry = cfg.users.get(user).map(|e| &**e).or(looked_up);
     let auth_type = match cfg.general().auth_type {
-        AuthType::Hba => hba_method(cfg, s.is_tls(), peer, database, user)?,
+        AuthType::Hba => hba_method(cfg, s, peer, database, user)?,
         t => t,
     };
     let use_scram = match auth_type {
@@ -556,6 +579,7 @@ async fn authenticate(
         AuthType::Trust => return Err(auth_failed(user)),
         AuthType::Any => return Ok(None),
         AuthType::Cert => return certificate_login(s, user),
+        AuthType::Peer => return peer_login(s, user),
         AuthType::ScramSha256 => true,
         AuthType::Md5 => matches!(entry.map(|e| &e.secret), Some(Secret::Scram(_))),
         AuthType::Plain => false,

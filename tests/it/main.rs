@@ -22,3 +22,4 @@ mod routing;
 mod server_tls;
 mod session_state;
 mod topology;
+mod unix_sockets;
