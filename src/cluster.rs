@@ -565,7 +565,9 @@ impl Cluster {
 /// with this login, and waiting will not change that. Not e.g. `53300 too_many_connections`
 /// or `57P03 cannot_connect_now`, which pass.
 pub fn refusal_code(code: &str) -> bool {
-    code.starts_with("28") || code == "3D000" || code == "42501"
+    // (08006 is never sent by a server at login: pgsluice uses it for TLS that cannot be set
+    // up as configured, which is as final.)
+    code.starts_with("28") || code == "3D000" || code == "42501" || code == "08006"
 }
 
 #[cfg(test)]

@@ -281,8 +281,10 @@ pub struct TlsSettings {
 pub struct Config {
     /// What the file said, with defaults filled in.
     pub file: ConfigFile,
-    /// Resolved listen address.
+    /// Resolved listen address (the first of `listen_all`).
     pub listen: SocketAddr,
+    /// Every address `listen_addr` names (a comma list: IP addresses, host names, `*`).
+    pub listen_all: Vec<SocketAddr>,
     /// Client TLS, if configured and not disabled.
     pub tls: Option<TlsSettings>,
     /// `auth_hba_file`, parsed.
@@ -372,6 +374,37 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// The addresses of `listen_addr`: a comma list of IP addresses (IPv6 optionally in
+/// brackets), host names (all their addresses) and `*` (every IPv4 and IPv6 address; empty
+/// means the same), as in PgBouncer.
+pub fn listen_addrs(spec: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let spec = if spec.trim().is_empty() { "*" } else { spec };
+    for item in spec.split(',').map(str::trim) {
+        let found: Vec<SocketAddr> = match item {
+            "*" => {
+                vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port), SocketAddr::new(IpAddr::from([0u16; 8]), port)]
+            }
+            "" => return Err(format!("[general] listen_addr {spec:?}: empty item")),
+            a => match a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(a, port))
+                    .map_err(|e| format!("[general] listen_addr {a:?}: cannot resolve: {e}"))?
+                    .collect(),
+            },
+        };
+        for a in found {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("[general] listen_addr {spec:?} names no address"));
+    }
+    Ok(out)
+}
+
 /// `unix_socket_mode` as permission bits.
 pub fn unix_socket_mode(g: &General) -> Result<u32, String> {
     u32::from_str_radix(g.unix_socket_mode.trim(), 8).ok().filter(|&m| m <= 0o777).ok_or_else(|| {
@@ -385,11 +418,8 @@ fn positive(d: Dur, name: &str) -> Result<Duration, String> {
 
 fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String> {
     let g = &file.general;
-    let ip: IpAddr = match g.listen_addr.trim() {
-        "*" | "" => IpAddr::from([0, 0, 0, 0]),
-        "localhost" => IpAddr::from([127, 0, 0, 1]),
-        a => a.parse().map_err(|_| format!("[general] listen_addr {a:?} is not an IP address (or \"*\")"))?,
-    };
+    let listen_all = listen_addrs(&g.listen_addr, g.listen_port)?;
+
     if g.max_client_conn == 0 {
         return Err("[general] max_client_conn must be at least 1".into());
     }
@@ -615,16 +645,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         );
     }
 
-    Ok(Config {
-        listen: SocketAddr::new(ip, g.listen_port),
-        tls,
-        hba,
-        databases,
-        users,
-        path: path.into(),
-        tracked,
-        file,
-    })
+    Ok(Config { listen: listen_all[0], listen_all, tls, hba, databases, users, path: path.into(), tracked, file })
 }
 
 /// Who the probes of database `d` log in as: `health_check_user` of the database (with its

@@ -93,6 +93,10 @@ pub fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<tok
     }
     #[cfg(not(unix))]
     let _ = reuse_port;
+    if addr.is_ipv6() {
+        // `*` binds 0.0.0.0 and :: on the same port: the IPv6 socket must not take IPv4 too.
+        s.set_only_v6(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;

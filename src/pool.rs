@@ -925,7 +925,7 @@ fn connect_error(e: &backend::Error) -> Error {
         // without TLS under `require`): the client sees a connection failure naming the
         // problem, and like a credential the server refuses, it is not retried.
         backend::Error::Tls(_) => {
-            Error::Connect { code: "08006", server_code: Some("28000".into()), message: e.to_string().into() }
+            Error::Connect { code: "08006", server_code: Some("08006".into()), message: e.to_string().into() }
         }
         other => Error::Connect { code: "08006", server_code: None, message: other.to_string().into() },
     }

@@ -150,7 +150,7 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Report {
     let mut report = Report::default();
     let (og, ng) = (old.general(), new.general());
     let restart = [
-        ("listen_addr/listen_port", old.listen != new.listen),
+        ("listen_addr/listen_port", old.listen_all != new.listen_all),
         ("worker_threads", og.worker_threads != ng.worker_threads),
         ("so_reuseport", og.so_reuseport != ng.so_reuseport),
         (

@@ -26,10 +26,10 @@ use crate::shutdown::{DrainToken, Shutdown, ShutdownController, StopMode};
 /// Most connections being turned away at once; beyond that they are just closed.
 const MAX_REJECTING: usize = 256;
 
-/// Accepts clients on `listener` (and on the Unix socket `unix`, if any) until `shutdown`
+/// Accepts clients on `listeners` (and on the Unix socket `unix`, if any) until `shutdown`
 /// fires or `stop_accepting` turns true.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     unix: Option<UnixListening>,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
@@ -65,6 +65,17 @@ pub async fn run(
             }
         }
     };
+    // The first listener with a connection waiting (each registers its waker when pending).
+    let accept_tcp = || {
+        std::future::poll_fn(|cx| {
+            for l in &listeners {
+                if let Poll::Ready(r) = l.poll_accept(cx) {
+                    return Poll::Ready(r);
+                }
+            }
+            Poll::Pending
+        })
+    };
     let accept_unix = || async {
         match &unix {
             Some(u) => u.listener.accept().await.map(|(s, _)| s),
@@ -73,7 +84,7 @@ pub async fn run(
     };
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r.map(|(tcp, peer)| (Stream::Plain(tcp), peer)),
+            r = accept_tcp() => r.map(|(tcp, peer)| (Stream::Plain(tcp), peer)),
             r = accept_unix() => r.map(|u| (Stream::Unix(Box::new(u)), UNIX_PEER)),
             _ = shutdown.wait() => break,
             _ = async { drop(stop_accepting.wait_for(|&v| v).await) } => {
@@ -81,11 +92,13 @@ pub async fn run(
                 // be reset when it closes; serve them first (new ones go to the other
                 // SO_REUSEPORT listener).
                 let mut n = 0;
-                while let Poll::Ready(Ok((tcp, peer))) =
-                    std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
-                {
-                    dispatch(Stream::Plain(tcp), peer);
-                    n += 1;
+                for listener in &listeners {
+                    while let Poll::Ready(Ok((tcp, peer))) =
+                        std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+                    {
+                        dispatch(Stream::Plain(tcp), peer);
+                        n += 1;
+                    }
                 }
                 if n > 0 {
                     tracing::info!(connections = n, "served the connections queued before the listener closed");
@@ -207,11 +220,24 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Binds `shared`'s configured address (or `addr` if given) and starts accepting.
     pub async fn start(shared: Arc<Shared>, addr: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
-        let addr = addr.unwrap_or_else(|| shared.config.load().listen);
         let cfg = shared.config.load_full();
         let g = cfg.general();
-        let listener = crate::net::bind(addr, g.so_reuseport)?;
-        let addr = listener.local_addr()?;
+        let wanted = match addr {
+            Some(a) => vec![a],
+            None => cfg.listen_all.clone(),
+        };
+        let mut listeners = Vec::with_capacity(wanted.len());
+        for a in &wanted {
+            match crate::net::bind(*a, g.so_reuseport) {
+                Ok(l) => listeners.push(l),
+                // `*` on a host without IPv6: IPv4 alone.
+                Err(e) if a.ip().is_unspecified() && a.is_ipv6() && wanted.len() > 1 => {
+                    tracing::warn!(addr = %a, error = %e, "cannot listen on IPv6; IPv4 only");
+                }
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{a}: {e}"))),
+            }
+        }
+        let addr = listeners[0].local_addr()?;
         let unix = if g.unix_socket_dir.is_empty() {
             None
         } else {
@@ -231,7 +257,7 @@ impl ServerHandle {
         let controller = ShutdownController::new();
         let (stop_accepting, accept_rx) = watch::channel(false);
         let task =
-            tokio::spawn(run(listener, unix, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
+            tokio::spawn(run(listeners, unix, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
         Ok(ServerHandle { addr, shared, controller, stop_accepting, task })
     }
 

@@ -131,8 +131,9 @@ async fn probe_once(
                     host.breaker.success();
                     *refused = match &e {
                         backend::Error::Server { code, .. } if super::refusal_code(code) => Some(code.as_str().into()),
+                        backend::Error::Auth(_) => Some("28000".into()),
                         // (TLS that cannot be set up as configured is as final.)
-                        backend::Error::Auth(_) | backend::Error::Tls(_) => Some("28000".into()),
+                        backend::Error::Tls(_) => Some("08006".into()),
                         _ => None,
                     };
                 }

@@ -221,3 +221,18 @@ fn passwords_come_from_the_environment_or_files_and_never_show() {
     let missing = e("[databases.app]\nhosts = [\"h\"]\nuser = \"u\"\npassword = { file = \"/nonexistent/secret\" }\n");
     assert!(missing.contains("[databases.app] password") && missing.contains("/nonexistent/secret"), "{missing}");
 }
+
+#[test]
+fn listen_addr_takes_lists_ipv6_names_and_star() {
+    let a = |s: &str| listen_addrs(s, 6432).map(|v| v.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(a("*").unwrap(), ["0.0.0.0:6432", "[::]:6432"]);
+    assert_eq!(a("").unwrap(), ["0.0.0.0:6432", "[::]:6432"], "empty: as *");
+    assert_eq!(a("127.0.0.1, ::1").unwrap(), ["127.0.0.1:6432", "[::1]:6432"]);
+    assert_eq!(a("[::1],127.0.0.1,::1").unwrap(), ["[::1]:6432", "127.0.0.1:6432"], "duplicates dropped");
+    assert!(a("localhost").unwrap().contains(&"127.0.0.1:6432".to_string()));
+    assert!(a("no-such-host.invalid").unwrap_err().contains("cannot resolve"));
+    assert!(a("127.0.0.1,").unwrap_err().contains("empty item"));
+    let c = load(&format!("{TRUST}listen_addr = \"127.0.0.1,::1\"\nlisten_port = 7000\n")).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(c.listen_all.len(), 2);
+}

@@ -156,3 +156,72 @@ async fn server_auth_methods_refuses_what_it_does_not_list() {
     println!("SERVER TLS server_auth_methods = md5 against a SCRAM server: {:?} {text}", sqlstate(&e));
     assert!(text.contains("scram-sha-256") && text.contains("server_auth_methods"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_against_a_server_without_tls_is_a_clear_error() {
+    // The shared test server has no TLS: it answers the SSLRequest with N.
+    let db = fresh_db("notls");
+    let p = pooler().database(&db, &["server_tls_sslmode = \"require\""]).user(&db.name, &db.password).start().await;
+    let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("require without TLS");
+    println!("SERVER TLS require, server without TLS: {:?} {}", sqlstate(&e), message(&e));
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"));
+    assert!(message(&e).contains("does not accept TLS"), "{}", message(&e));
+    // prefer (the default) goes on in plain TCP.
+    let p = pooler().database(&db, &[]).user(&db.name, &db.password).start().await;
+    p.try_connect(&db.name, &db.password, &db.name).await.expect("prefer falls back to plain TCP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_server_certificate_is_named() {
+    // A stand-in server: it accepts the SSLRequest and presents a certificate, valid for
+    // localhost and signed by the test CA, that expired in 2001.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "expiry CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let server_cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_cfg));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut req = [0u8; 8];
+                if tcp.read_exact(&mut req).await.is_ok() && tcp.write_all(b"S").await.is_ok() {
+                    let _ = acceptor.accept(tcp).await;
+                }
+            });
+        }
+    });
+    let db = fresh_db("expired");
+    let p = pooler()
+        .file("ca.pem", &ca.pem())
+        .user(&db.name, &db.password)
+        .section(&format!(
+            "[databases.{}]\nhosts = [\"localhost:{port}\"]\nserver_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"ca.pem\"\n",
+            db.name
+        ))
+        .start()
+        .await;
+    let e = p.try_connect(&db.name, &db.password, &db.name).await.must_fail("expired certificate");
+    println!("SERVER TLS expired certificate: {:?} {}", sqlstate(&e), message(&e));
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"));
+    assert!(message(&e).contains("invalid peer certificate: certificate expired"), "{}", message(&e));
+}

@@ -85,3 +85,30 @@ async fn clients_and_servers_over_unix_sockets() {
     assert!(p.shutdown(Duration::from_secs(5)).await);
     assert!(!socket.exists(), "socket file left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_addr_lists_serve_every_address() {
+    let db = fresh_db("listen");
+    let port = pgsluice::localpg::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("userlist.txt"), format!("\"{}\" \"{}\"\n", db.name, db.password)).unwrap();
+    let path = dir.path().join("pgsluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[general]\nlisten_addr = \"127.0.0.1, ::1\"\nlisten_port = {port}\nauth_file = \"userlist.txt\"\n\
+             [databases.{0}]\nhosts = [\"127.0.0.1:{1}\"]\n",
+            db.name,
+            pg().port()
+        ),
+    )
+    .unwrap();
+    let cfg = pgsluice::config::Config::load(&path).unwrap();
+    let handle = pgsluice::server::ServerHandle::start(pgsluice::shared::Shared::new(cfg), None).await.expect("listen");
+    for host in ["127.0.0.1", "::1"] {
+        let connstr = format!("host={host} port={port} user={0} password={1} dbname={0}", db.name, db.password);
+        let c = connect_str(&connstr).await.unwrap_or_else(|e| panic!("connect over {host}: {e}"));
+        assert_eq!(simple_one(&c, "select 6 * 7").await, "42", "over {host}");
+    }
+    assert!(handle.shutdown(Duration::from_secs(5)).await);
+}
