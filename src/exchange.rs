@@ -198,6 +198,8 @@ pub struct Rules {
     pub max_body: usize,
     /// Session-state rules (transaction/statement mode with `session_state` pin or reject).
     pub session: Option<SessionRules>,
+    /// Most named prepared statements the client may hold (`max_client_prepared_statements`).
+    pub max_statements: u32,
 }
 
 /// What an exchange reads and updates outside itself while it scans.
@@ -229,6 +231,7 @@ pub(crate) struct Ctx<'a> {
     pub stmts: &'a mut ClientStatements,
     pub track: bool,
     pub max_body: usize,
+    pub max_statements: u32,
     pub statement_mode: bool,
     pub known: Option<&'a KnownStatements>,
     pub session: Option<SessionRules>,
@@ -389,6 +392,7 @@ impl Exchange {
             stmts: env.stmts,
             track: rules.track,
             max_body: rules.max_body,
+            max_statements: rules.max_statements,
             statement_mode: rules.statement_mode,
             known: env.known,
             session: rules.session,
@@ -429,6 +433,7 @@ impl Exchange {
             stmts: env.stmts,
             track: rules.track,
             max_body: rules.max_body,
+            max_statements: rules.max_statements,
             statement_mode: rules.statement_mode,
             known: env.known,
             session: rules.session,

@@ -237,6 +237,10 @@ pub struct General {
     /// (least recently used ones are closed beyond it); 0 turns the rewriting of named
     /// prepared statements off. Default 200.
     pub max_prepared_statements: u32,
+    /// (pgsluice) Named prepared statements one client may hold (pgsluice keeps them, so a
+    /// client could otherwise grow its memory without bound); a Parse beyond gets `53400`.
+    /// Default 5000.
+    pub max_client_prepared_statements: u32,
     /// (pgsluice) How often each host of a database is probed (`pg_is_in_recovery()`, WAL
     /// positions, timeline). While a database has no primary, probes run 5× as often.
     /// Default 1s.
@@ -534,6 +538,7 @@ impl Default for General {
             worker_threads: 0,
             max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,
             max_prepared_statements: 200,
+            max_client_prepared_statements: 5000,
             health_check_interval: Dur::secs(1),
             health_check_timeout: Dur::secs(2),
             health_check_fail_threshold: 3,

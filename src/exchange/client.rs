@@ -273,10 +273,22 @@ fn pin_text(ctx: &mut Ctx<'_>, rules: super::SessionRules, text: &str) {
     }
 }
 
-/// Replaces a refused `Query`/`Parse` by [`REJECT_SQL`] and queues its error.
+/// Replaces a refused `Query`/`Parse` by [`REJECT_SQL`] and queues its error (`code`, or
+/// `0A000`).
 fn refuse(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool, message: String) {
+    refuse_with(c, ctx, frame_len, parse, None, message)
+}
+
+fn refuse_with(
+    c: &mut Half<'_>,
+    ctx: &mut Ctx<'_>,
+    frame_len: usize,
+    parse: bool,
+    code: Option<&'static str>,
+    message: String,
+) {
     c.drop_frame(&mut ctx.x.to_server, frame_len);
-    let undo = Some(Box::new(Undo { reject: Some(message.into()), ..Undo::default() }));
+    let undo = Some(Box::new(Undo { reject: Some(message.into()), reject_code: code, ..Undo::default() }));
     if parse {
         let mut rest = Vec::with_capacity(REJECT_SQL.len() + 3);
         rest.extend_from_slice(REJECT_SQL.as_bytes());
@@ -353,6 +365,19 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 ctx.x.batch_started = true;
                 let undo = Undo { name: Some(name), ..Undo::default() };
                 ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Duplicate, undo: Some(undo.into()) });
+                return Ok(Rewrite::Done);
+            }
+            if ctx.stmts.len() >= ctx.max_statements as usize {
+                // pgsluice keeps every client statement: a bound on them is a bound on the
+                // client's memory. The Parse fails as PostgreSQL fails a request over a limit.
+                let message = format!(
+                    "too many prepared statements: this connection already has {} (max_client_prepared_statements)",
+                    ctx.stmts.len()
+                );
+                if frame_len > avail {
+                    return Ok(Rewrite::Wait);
+                }
+                refuse_with(c, ctx, frame_len, true, Some("53400"), message);
                 return Ok(Rewrite::Done);
             }
             let stmt = Stmt::new(rest);

@@ -118,6 +118,8 @@ pub struct Undo {
     pub name: Option<Box<[u8]>>,
     /// The error message of [`Action::Reject`] (not an undo).
     pub reject: Option<Box<str>>,
+    /// Its SQLSTATE, if not `0A000` (not an undo).
+    pub reject_code: Option<&'static str>,
     /// A client Describe of this statement: its row description is recorded (not an undo).
     pub describe: Option<Arc<Stmt>>,
 }

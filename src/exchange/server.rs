@@ -224,7 +224,9 @@ pub(super) fn scan_server(
                 write::error_response(&mut ctx.x.to_client, write::Severity::Error, "42P05", &message, None);
             }
             Action::Reject if error => {
-                let msg = ctx.x.queue.front().and_then(|h| h.undo.as_ref()).and_then(|u| u.reject.as_deref());
+                let undo = ctx.x.queue.front().and_then(|h| h.undo.as_ref());
+                let code = undo.and_then(|u| u.reject_code).unwrap_or("0A000");
+                let msg = undo.and_then(|u| u.reject.as_deref());
                 s.drop_frame(&mut ctx.x.to_client, frame_len);
                 let msg = msg.unwrap_or("pgsluice: statement refused (session_state = \"reject\")");
                 if msg == super::retry::STALE_STATEMENT {
@@ -237,7 +239,7 @@ pub(super) fn scan_server(
                         &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
                     );
                 } else {
-                    write::error_response(&mut ctx.x.to_client, write::Severity::Error, "0A000", msg, None);
+                    write::error_response(&mut ctx.x.to_client, write::Severity::Error, code, msg, None);
                 }
             }
             _ => s.pass(frame_len),
@@ -383,7 +385,7 @@ fn replay_pipelined(ctx: &mut Ctx<'_>) {
 /// Rolls back the statement bookkeeping of a request the server failed or skipped.
 fn undo(ctx: &mut Ctx<'_>, e: Expect) {
     let Some(u) = e.undo else { return };
-    let Undo { defined, removed, prepared, closed, name: _, reject: _, describe: _ } = *u;
+    let Undo { defined, removed, prepared, closed, name: _, reject: _, reject_code: _, describe: _ } = *u;
     if let Some((name, stmt)) = defined {
         ctx.stmts.remove_if(&name, &stmt);
     }

@@ -33,7 +33,7 @@ pub struct Sim {
 
 impl Default for Sim {
     fn default() -> Self {
-        Sim::new(Rules { track: true, statement_mode: false, max_body: 1 << 20, session: None })
+        Sim::new(Rules { track: true, statement_mode: false, max_body: 1 << 20, session: None, max_statements: 5000 })
     }
 }
 
@@ -137,7 +137,13 @@ impl Sim {
 /// panic, and a clean exchange must owe nothing.
 pub fn fuzz_logic(data: &[u8]) {
     let Some((&mode, mut rest)) = data.split_first() else { return };
-    let rules = Rules { track: mode & 1 != 0, statement_mode: mode & 2 != 0, max_body: 1 << 16, session: None };
+    let rules = Rules {
+        track: mode & 1 != 0,
+        statement_mode: mode & 2 != 0,
+        max_body: 1 << 16,
+        session: None,
+        max_statements: 64,
+    };
     let mut sim = Sim::new(rules);
     while let Some((&head, tail)) = rest.split_first() {
         let n = ((head & 0x7f) as usize + 1).min(tail.len());

@@ -937,3 +937,28 @@ fn copy_in_failing_after_the_clients_copy_done_owes_one_ready_for_query() {
     assert_eq!(sim.x.pending(), 0);
     assert!(sim.releasable());
 }
+
+#[test]
+fn named_statements_per_client_are_bounded() {
+    let rules = Rules { track: true, statement_mode: false, max_body: 1 << 20, session: None, max_statements: 2 };
+    let mut sim = Sim::new(rules);
+    sim.prepare("s1", "select 1");
+    sim.prepare("s2", "select 2");
+    assert_eq!(sim.stmts.len(), 2);
+    sim.client(&cat(&[parse("s3", "select 3"), sync()])).unwrap();
+    let sent = sim.sent();
+    assert!(String::from_utf8_lossy(&sent).contains("pgsluice_refused_statement"), "the Parse is not sent as is");
+    sim.server(&cat(&[msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0"), msg(b'Z', b"I")])).unwrap();
+    let got = sim.received();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(tags(&got), "EZ", "the refusal, then ReadyForQuery");
+    assert!(text.contains("C53400") && text.contains("too many prepared statements"), "{text}");
+    assert_eq!(sim.stmts.len(), 2, "s3 was not kept");
+    // The existing ones still work, and closing one makes room.
+    sim.client(&cat(&[msg(b'C', b"Ss1\0"), sync()])).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'3', b""), msg(b'Z', b"I")])).unwrap();
+    sim.received();
+    sim.prepare("s3", "select 3");
+    assert_eq!(sim.stmts.len(), 2);
+}

@@ -257,6 +257,7 @@ impl Session {
             statement_mode: l.mode == PoolMode::Statement,
             max_body: g.max_packet_size as usize,
             session: session_rules,
+            max_statements: g.max_client_prepared_statements,
         };
         let relay = Relay::new(
             release_on_idle,

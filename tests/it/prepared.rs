@@ -2059,3 +2059,28 @@ async fn a_statement_prepared_after_a_schema_change_never_sees_a_stale_copy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_per_client_are_capped_with_53400() {
+    let db = fresh_db("prep_cap");
+    let p = pooler()
+        .general("max_client_prepared_statements = 3")
+        .database(&db, &[])
+        .user(&db.name, &db.password)
+        .start()
+        .await;
+    let c = p.connect(&db).await;
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(c.prepare(&format!("select {i}")).await.unwrap_or_else(|e| panic!("statement {i}: {e}")));
+    }
+    let e = c.prepare("select 3").await.expect_err("the fourth statement");
+    println!("PREPARED cap: {:?} {}", sqlstate(&e), message(&e));
+    assert_eq!(sqlstate(&e).as_deref(), Some("53400"));
+    assert!(message(&e).contains("max_client_prepared_statements"));
+    // The session goes on: the statements it has still run (a Close making room is in the
+    // exchange's unit test).
+    let row = c.query_one(&kept[2], &[]).await.expect("an existing statement");
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert_eq!(simple_one(&c, "select 'still here'").await, "still here");
+}
