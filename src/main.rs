@@ -53,12 +53,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// stderr for text logs, one line per event: a line break inside an event (a user name or
+/// startup parameter chosen by a client, quoted in a message) is written as `\n` / `\r`,
+/// so nobody can forge a log line.
+struct OneLinePerEvent;
+
+impl std::io::Write for OneLinePerEvent {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter hands over one whole event, ending with its own line break.
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(b) => (b, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+            std::io::stderr().write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        std::io::stderr().write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => fmt.with_target(false).with_ansi(std::io::stderr().is_terminal()).init(),
+        // (JSON escapes line breaks itself.)
+        LogFormat::Text => {
+            fmt.with_writer(|| OneLinePerEvent).with_target(false).with_ansi(std::io::stderr().is_terminal()).init()
+        }
         // One object per line; the fields of the client span (its id, db, user) on every line
         // logged inside it.
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),

@@ -784,3 +784,41 @@ fn json_reader_accepts_json_and_rejects_the_rest() {
         assert!(parse_json(bad).is_err(), "accepted {bad:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_user_name_cannot_forge_a_log_line() {
+    let db = fresh_db("logforge");
+    let s = Setup::new();
+    let text = pooler()
+        .general("listen_addr = \"127.0.0.1\"")
+        .general(&format!("listen_port = {}", s.port))
+        .general("auth_type = \"any\"")
+        .general("log_connections = true")
+        .database_with_login(&db, &[])
+        .config_text();
+    std::fs::write(s.path().join("userlist.txt"), "").unwrap();
+    s.write_raw(&text);
+    let mut p = s.start("forge");
+    assert!(p.wait_log("pgsluice listening", START_TIMEOUT).await, "did not start\n{}", p.tail());
+    let evil = "mallory\nERROR forged: database dropped\r\nINFO also forged";
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(&startup_packet(
+        PROTOCOL_3_0,
+        &[("user", evil), ("database", &db.name), ("application_name", "x\ny")],
+    ))
+    .await
+    .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'R', "logged in");
+    assert!(p.wait_log("client logged in", Duration::from_secs(5)).await, "{}", p.tail());
+    let log = p.log_text();
+    let line = log.lines().find(|l| l.contains("client logged in")).unwrap().to_string();
+    println!("LOG FORGING: {line}");
+    assert!(line.contains(r"mallory\nERROR forged: database dropped\r\nINFO also forged"), "{line}");
+    assert!(!log.lines().any(|l| l.starts_with("ERROR forged") || l.starts_with("INFO also")), "{log}");
+    drop(raw);
+    p.signal("TERM");
+    p.assert_exits_ok(Duration::from_secs(10), "after SIGTERM").await;
+}
