@@ -18,17 +18,32 @@ use crate::stats::{CancelTarget, ClientInfo};
 
 /// Sends a CancelRequest to a server. Returns whether it was delivered.
 pub async fn send_cancel(t: CancelTarget) -> bool {
+    send_cancel_if(t, || true).await
+}
+
+/// Sends a CancelRequest to a server if `still()` holds once the connection to it is made
+/// (the cancel is for what the server runs for one client: if the server went back to its
+/// pool, and maybe to another client, while pgsluice was connecting, nothing is sent).
+/// Returns whether it was delivered.
+pub async fn send_cancel_if(t: CancelTarget, still: impl Fn() -> bool) -> bool {
     let mut buf = BytesMut::with_capacity(16 + t.secret.len());
     write::cancel_request(&mut buf, t.pid, &t.secret);
+    let gone = || std::io::Error::other("the server moved on before the cancel could be sent");
     let send = async {
         match &t.addr {
             crate::stats::CancelAddr::Unix(path) => {
                 let mut s = tokio::net::UnixStream::connect(&**path).await?;
+                if !still() {
+                    return Err(gone());
+                }
                 s.write_all(&buf).await?;
                 s.shutdown().await
             }
             crate::stats::CancelAddr::Tcp(addr) => {
                 let mut s = TcpStream::connect(addr).await?;
+                if !still() {
+                    return Err(gone());
+                }
                 s.write_all(&buf).await?;
                 s.shutdown().await
             }
@@ -105,5 +120,36 @@ impl CancelRegistry {
     /// Whether no client is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A stand-in server: how many bytes each connection sent before closing.
+    async fn listener() -> (tokio::net::TcpListener, CancelTarget) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = crate::stats::CancelAddr::Tcp(l.local_addr().unwrap());
+        (l, CancelTarget { addr, pid: 42, secret: Arc::from(&b"key1"[..]) })
+    }
+
+    async fn received(l: &tokio::net::TcpListener) -> Vec<u8> {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        got
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_not_sent_to_a_server_that_moved_on_during_the_connect() {
+        let (l, t) = listener().await;
+        let (sent, got) = tokio::join!(send_cancel_if(t.clone(), || false), received(&l));
+        assert!(!sent);
+        assert!(got.is_empty(), "nothing reaches a server that is no longer the client's: {got:?}");
+        let (sent, got) = tokio::join!(send_cancel_if(t, || true), received(&l));
+        assert!(sent);
+        assert_eq!(got.len(), 16, "the CancelRequest: {got:?}");
     }
 }

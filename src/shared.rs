@@ -153,15 +153,16 @@ impl Shared {
         let Some(info) = self.cancel.find(pid, secret) else { return false };
         let (server, _) = info.link();
         // (The server must still be this client's: it may have moved on since the link was read.)
-        let target = (server != 0)
-            .then(|| self.pools.server(server))
-            .flatten()
-            .filter(|m| m.linked_client() == info.id)
-            .and_then(|m| m.cancel.clone());
-        match target {
-            Some(t) => crate::cancel::send_cancel(t).await,
-            None => false,
-        }
+        let Some(meta) =
+            (server != 0).then(|| self.pools.server(server)).flatten().filter(|m| m.linked_client() == info.id)
+        else {
+            return false;
+        };
+        let Some(target) = meta.cancel.clone() else { return false };
+        // The same assignment (client and moment) once connected: the server was not
+        // released, and perhaps given to another client, while pgsluice connected to it.
+        let (client, assigned) = (info.id, meta.request_us());
+        crate::cancel::send_cancel_if(target, || meta.linked_client() == client && meta.request_us() == assigned).await
     }
 
     /// A process-unique id for a new client session (logs, admin console).
