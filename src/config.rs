@@ -35,6 +35,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "worker_threads",
     "so_reuseport",
     "unix_socket_dir",
+    "max_login_clients_per_host",
+    "max_login_clients",
     "unix_socket_mode",
     "unix_socket_group",
     "admin_database",

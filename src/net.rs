@@ -1,5 +1,6 @@
 //! Transport: the `Stream` enum over plain TCP and TLS, and the rustls acceptor setup.
 
+pub mod logins;
 pub mod stream;
 pub mod tls;
 

@@ -54,6 +54,19 @@ pub async fn run(
                 // (holding the permit until it ends).
                 tokio::spawn(session::run(shared, stream, peer, shutdown, drain, permit));
             }
+            // Full, but a connection has been logging in for a while (sockets that send
+            // nothing): it makes room for this one.
+            Err(_) if shared.logins.evict_oldest() => {
+                let (shared, shutdown, drain, clients) =
+                    (shared.clone(), session_shutdown.clone(), drain.clone(), clients.clone());
+                tokio::spawn(async move {
+                    let wait = tokio::time::timeout(Duration::from_secs(2), clients.acquire_owned()).await;
+                    match wait {
+                        Ok(Ok(permit)) => session::run(shared, stream, peer, shutdown, drain, permit).await,
+                        _ => reject(&shared, stream, peer).await,
+                    }
+                });
+            }
             Err(_) => {
                 if let Ok(p) = rejecting.clone().try_acquire_owned() {
                     let shared = shared.clone();

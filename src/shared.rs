@@ -45,6 +45,8 @@ pub struct Shared {
     pub logging_in: AtomicU64,
     /// Failed client authentications (`pgsluice_auth_failures_total`).
     pub auth_failures: AtomicU64,
+    /// Connections logging in (slow-loris limits).
+    pub logins: crate::net::logins::Logins,
     /// Users looked up with `auth_query`, and the lookups' limit.
     pub auth_query: crate::auth_query::AuthQuery,
     /// Per-database rates over the last `stats_period`, with the totals they were taken
@@ -79,6 +81,10 @@ impl Shared {
             logging_in: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             auth_query: crate::auth_query::AuthQuery::default(),
+            logins: crate::net::logins::Logins::new(
+                config.general().max_login_clients_per_host as usize,
+                config.general().max_login_clients as usize,
+            ),
             averages: Mutex::default(),
             stop_tx,
             stop_rx: Mutex::new(Some(stop_rx)),

@@ -181,6 +181,15 @@ pub struct General {
     pub client_idle_timeout: Dur,
     /// Time a client has to finish TLS + startup + authentication; 0 = no limit. Default 60s.
     pub client_login_timeout: Dur,
+    /// (pgsluice) Time from accepting a connection to its first byte. Default 5s.
+    pub client_first_byte_timeout: Dur,
+    /// (pgsluice) Connections from one address that have not sent their first byte; a new
+    /// one beyond it closes the oldest of them, once it has waited a second (slow-loris).
+    /// Default 1000. Restart to change.
+    pub max_login_clients_per_host: u32,
+    /// (pgsluice) The same overall; beyond, the oldest is closed. Default 10000.
+    /// Restart to change.
+    pub max_login_clients: u32,
     /// Run on a server connection released by a session-mode client (or always, see
     /// below). Default `DISCARD ALL`; empty disables.
     pub server_reset_query: String,
@@ -519,6 +528,9 @@ impl Default for General {
             idle_transaction_timeout: Dur::secs(0),
             client_idle_timeout: Dur::secs(0),
             client_login_timeout: Dur::secs(60),
+            client_first_byte_timeout: Dur::secs(5),
+            max_login_clients_per_host: 1000,
+            max_login_clients: 10000,
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             auth_type: AuthType::ScramSha256,

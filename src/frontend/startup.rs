@@ -71,6 +71,20 @@ pub enum Startup {
 /// Runs startup on a new connection. Errors are reported to the client here.
 pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> Startup {
     let cfg = shared.config.load_full();
+    // Until its first byte: a place among the connections logging in, which a newer one may
+    // take (slow-loris: sockets that send nothing cannot lock real clients out).
+    // (client_login_timeout covers the whole login, this wait included.)
+    let g = cfg.general();
+    let first_byte = match (g.client_first_byte_timeout.nonzero(), g.client_login_timeout.nonzero()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(e) = first_byte_wait(shared, &stream, peer, first_byte).await {
+        if g.log_pooler_errors {
+            tracing::info!(%peer, reason = e, "connection closed before its login began");
+        }
+        return Startup::Done;
+    }
     let mut stream = Some(stream);
     let mut buf = BytesMut::new();
     let run = login(shared, &cfg, &mut stream, &mut buf, peer);
@@ -100,6 +114,54 @@ pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> 
             }
             Startup::Done
         }
+    }
+}
+
+/// Waits for the connection's first byte, at most `limit`, as one of the connections that
+/// have not sent one yet ([`crate::net::logins`]); `Some(reason)` if it must close first
+/// (silent too long, or evicted for a newer connection).
+async fn first_byte_wait(
+    shared: &Shared,
+    stream: &Stream,
+    peer: SocketAddr,
+    limit: Option<std::time::Duration>,
+) -> Option<&'static str> {
+    // Most clients have sent their startup packet by the time they are accepted: no wait,
+    // no timer, no registration.
+    if let Some(tcp) = stream.tcp() {
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if matches!(tcp.poll_peek(&mut cx, &mut buf), std::task::Poll::Ready(Ok(n)) if n > 0) {
+            return None;
+        }
+    }
+    let entry = shared.logins.enter(peer.ip());
+    let readable = async {
+        match stream {
+            Stream::Unix(u) => {
+                let _ = u.readable().await;
+            }
+            s => {
+                if let Some(tcp) = s.tcp() {
+                    let mut byte = [0u8; 1];
+                    let _ = tcp.peek(&mut byte).await;
+                }
+            }
+        }
+    };
+    let timed = async {
+        match limit {
+            Some(t) => tokio::time::timeout(t, readable).await.is_err(),
+            None => {
+                readable.await;
+                false
+            }
+        }
+    };
+    tokio::select! {
+        late = timed => late.then_some("no byte within client_first_byte_timeout"),
+        _ = entry.pending.evicted() => Some("evicted for a newer connection (max_login_clients_per_host)"),
     }
 }
 

@@ -908,3 +908,53 @@ async fn rejected_request_keeps_the_partial_next_message() {
     let second = read_until_ready(&mut s).await;
     assert_eq!(data_values(&second), vec![Some("2".to_string())], "{second:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_out_a_real_client() {
+    let db = fresh_db("loris");
+    let p = pooler()
+        .general("max_client_conn = 50")
+        .general("max_login_clients_per_host = 20")
+        // (Long: what frees the places here is the eviction, not this deadline.)
+        .general("client_first_byte_timeout = \"60s\"")
+        .database(&db, &[])
+        .user(&db.name, &db.password)
+        .start()
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(p.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let c = p.try_connect(&db.name, &db.password, &db.name).await.expect("a real client gets in");
+    let took = started.elapsed();
+    assert_eq!(simple_one(&c, "select 'in'").await, "in");
+    // Silent sockets older than a second were closed to make room for it (the others keep
+    // their places until client_first_byte_timeout).
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut b = [0u8; 64];
+        if matches!(tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await, Ok(Ok(_) | Err(_))) {
+            closed += 1;
+        }
+    }
+    println!(
+        "SLOW-LORIS: real login after 100 silent sockets took {} ms; {closed} of 100 silent sockets closed",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(closed >= 1, "{closed} closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_sends_nothing_is_closed_after_client_first_byte_timeout() {
+    let db = fresh_db("firstbyte");
+    let p = pooler().general("client_first_byte_timeout = \"500ms\"").database(&db, &[]).start().await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let started = Instant::now();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed without an answer: {n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400) && started.elapsed() < Duration::from_secs(3));
+}
