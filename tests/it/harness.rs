@@ -575,3 +575,25 @@ pub async fn run_pgbench(cmd: &mut tokio::process::Command, limit: Duration) -> 
         Err(_) => panic!("pgbench still running after {limit:?}"),
     }
 }
+
+/// Runs `/usr/bin/psql` on `conninfo` with `args` (no psqlrc, unaligned, tuples only, stop on
+/// error) and `password`; returns (success, stdout, stderr).
+pub async fn run_psql(conninfo: &str, password: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("/usr/bin/psql")
+        .arg(conninfo)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("HOME", "/nonexistent")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .env_remove("PGSERVICE")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("psql hung").expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -179,23 +179,7 @@ fn tls_section(mode: Option<&str>) -> String {
 async fn psql_via(p: &Pooler, db: &TestDb, conn_extra: &str, args: &[&str]) -> (bool, String, String) {
     let conninfo =
         format!("host=127.0.0.1 port={} user={} dbname={} connect_timeout=10 {conn_extra}", p.port(), db.name, db.name);
-    let out = tokio::process::Command::new("/usr/bin/psql")
-        .arg(conninfo)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(args)
-        .env("PGPASSWORD", &db.password)
-        .env("HOME", "/nonexistent")
-        .env_remove("PGSSLMODE")
-        .env_remove("PGSSLROOTCERT")
-        .env_remove("PGSERVICE")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("psql hung").expect("run psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_psql(&conninfo, &db.password, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

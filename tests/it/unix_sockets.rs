@@ -9,22 +9,8 @@ use crate::harness::*;
 
 /// psql over the Unix socket in `dir` as `user`.
 async fn psql_unix(dir: &std::path::Path, port: u16, user: &str, db: &str, sql: &str) -> (bool, String, String) {
-    let out = tokio::process::Command::new("/usr/bin/psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(dir)
-        .args(["-p", &port.to_string(), "-U", user, "-d", db, "-c", sql])
-        .env("PGPASSWORD", "not-used")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGSERVICE")
-        .env_remove("PGSSLMODE")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("psql hung").expect("run psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let conninfo = format!("host={} port={port} user={user} dbname={db} connect_timeout=10", dir.display());
+    run_psql(&conninfo, "not-used", &["-c", sql]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
