@@ -37,6 +37,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "unix_socket_dir",
     "max_login_clients_per_host",
     "max_login_clients",
+    "auth_failure_delay",
+    "auth_failure_max_delay",
     "unix_socket_mode",
     "unix_socket_group",
     "admin_database",
@@ -295,6 +297,8 @@ pub struct Config {
     pub databases: HashMap<String, Arc<Database>>,
     /// auth_file users.
     pub users: HashMap<String, Arc<UserAuth>>,
+    /// What the login of a user not in `users` imitates (from `users`' secrets).
+    pub mock_secret: crate::auth::MockSecret,
     /// Where the file was read from.
     pub path: PathBuf,
     /// Parameters tracked per client: the built-in six plus `track_extra_parameters`.
@@ -647,7 +651,19 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         );
     }
 
-    Ok(Config { listen: listen_all[0], listen_all, tls, hba, databases, users, path: path.into(), tracked, file })
+    let mock_secret = crate::auth::MockSecret::typical(users.values().map(|u| &u.secret));
+    Ok(Config {
+        listen: listen_all[0],
+        listen_all,
+        tls,
+        hba,
+        databases,
+        users,
+        mock_secret,
+        path: path.into(),
+        tracked,
+        file,
+    })
 }
 
 /// Who the probes of database `d` log in as: `health_check_user` of the database (with its

@@ -46,7 +46,7 @@ use crate::prepared::{ClientStatements, KnownStatements, ServerState};
 use crate::protocol::{self, status};
 use crate::stats::{PoolStats, Tally};
 
-pub use idle::{answer_without_server, inspect_idle, resendable_request, Buffered, MAX_RESEND};
+pub use idle::{answer_without_server, inspect_idle, resendable_request, Buffered, IdleScan, MAX_RESEND};
 pub use queue::{Action, Expect, Kind, Undo};
 pub use sim::{fuzz_logic, Sim};
 
@@ -58,6 +58,14 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// buffer) costs a small allocation, not a [`READ_CHUNK`] one, and a buffer that keeps
 /// filling up grows to [`READ_CHUNK`].
 pub const READ_MIN: usize = 1024;
+
+/// The largest frame the scanners read whole: a named Parse as large as a client's
+/// statements may be in all (`max_client_prepared_bytes`); the other messages read whole are
+/// at most [`READ_AHEAD`]. A longer one that would have to be read whole is refused
+/// (`protocol::Error::TooLargeToInspect`) at its header.
+pub fn max_read_whole(limits: crate::prepared::Limits) -> usize {
+    (limits.bytes as usize).max(READ_AHEAD) + protocol::HEADER_LEN
+}
 
 /// Makes room for one read into `buf`: at least [`READ_MIN`] bytes, and as much again as the
 /// buffer holds, up to [`READ_CHUNK`] (a stream of large messages reads 16 KiB at a time; a
@@ -194,12 +202,14 @@ pub struct Rules {
     pub track: bool,
     /// Statement mode: a transaction block is an error.
     pub statement_mode: bool,
-    /// Largest client message body accepted.
-    pub max_body: usize,
+    /// Largest client message body accepted (`max_packet_size`; a `u32` keeps the rules of
+    /// every session small).
+    pub max_body: u32,
     /// Session-state rules (transaction/statement mode with `session_state` pin or reject).
     pub session: Option<SessionRules>,
-    /// Most named prepared statements the client may hold (`max_client_prepared_statements`).
-    pub max_statements: u32,
+    /// Bounds on the client's named prepared statements (`max_client_prepared_statements`,
+    /// `max_client_prepared_bytes`).
+    pub statements: crate::prepared::Limits,
 }
 
 /// What an exchange reads and updates outside itself while it scans.
@@ -231,7 +241,7 @@ pub(crate) struct Ctx<'a> {
     pub stmts: &'a mut ClientStatements,
     pub track: bool,
     pub max_body: usize,
-    pub max_statements: u32,
+    pub statement_limits: crate::prepared::Limits,
     pub statement_mode: bool,
     pub known: Option<&'a KnownStatements>,
     pub session: Option<SessionRules>,
@@ -391,8 +401,8 @@ impl Exchange {
             conn: env.conn,
             stmts: env.stmts,
             track: rules.track,
-            max_body: rules.max_body,
-            max_statements: rules.max_statements,
+            max_body: rules.max_body as usize,
+            statement_limits: rules.statements,
             statement_mode: rules.statement_mode,
             known: env.known,
             session: rules.session,
@@ -432,8 +442,8 @@ impl Exchange {
             conn: env.conn,
             stmts: env.stmts,
             track: rules.track,
-            max_body: rules.max_body,
-            max_statements: rules.max_statements,
+            max_body: rules.max_body as usize,
+            statement_limits: rules.statements,
             statement_mode: rules.statement_mode,
             known: env.known,
             session: rules.session,

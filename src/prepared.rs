@@ -100,29 +100,65 @@ impl Stmt {
 
 /// A client's named prepared statements (protocol-level `Parse`), by the client's name.
 /// Allocated at the first one: a client that never names a statement pays one word.
+///
+/// Invariant: `bytes` is the sum of the names and texts held ([`Stmt::size`]), so a bound on
+/// it ([`Limits`]) bounds the client's memory, whatever the statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    map: Option<Box<StatementMap>>,
+    map: Option<Box<Statements>>,
 }
 
-/// Client statement name → statement.
-type StatementMap = HashMap<Box<[u8]>, Arc<Stmt>>;
+#[derive(Debug, Default)]
+struct Statements {
+    /// Client statement name → statement.
+    map: HashMap<Box<[u8]>, Arc<Stmt>>,
+    /// Names and texts held, in bytes.
+    bytes: usize,
+}
+
+/// Bounds on one client's named statements (`max_client_prepared_statements`,
+/// `max_client_prepared_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Statements.
+    pub count: u32,
+    /// Bytes of names and texts.
+    pub bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { count: 5000, bytes: 8 << 20 }
+    }
+}
+
+/// The memory a statement named `name` with Parse body `rest` holds, as counted.
+fn size_of_stmt(name: &[u8], rest: &[u8]) -> usize {
+    name.len() + rest.len()
+}
 
 impl ClientStatements {
     /// The statement the client named `name`.
     #[inline]
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Stmt>> {
-        self.map.as_ref()?.get(name)
+        self.map.as_ref()?.map.get(name)
     }
 
     /// Defines `name` (replacing any previous definition).
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Stmt>) {
-        self.map.get_or_insert_default().insert(name.into(), stmt);
+        let m = self.map.get_or_insert_default();
+        m.bytes += size_of_stmt(name, &stmt.rest);
+        if let Some(old) = m.map.insert(name.into(), stmt) {
+            m.bytes -= size_of_stmt(name, &old.rest);
+        }
     }
 
     /// Forgets `name`, returning its statement.
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Stmt>> {
-        self.map.as_mut()?.remove(name)
+        let m = self.map.as_mut()?;
+        let old = m.map.remove(name)?;
+        m.bytes -= size_of_stmt(name, &old.rest);
+        Some(old)
     }
 
     /// Forgets `name` only if it still names `stmt` (undo of an optimistic insert).
@@ -139,12 +175,39 @@ impl ClientStatements {
 
     /// Number of statements.
     pub fn len(&self) -> usize {
-        self.map.as_ref().map_or(0, |m| m.len())
+        self.map.as_ref().map_or(0, |m| m.map.len())
     }
 
     /// Whether the client has no named statement.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of names and texts held.
+    pub fn bytes(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.bytes)
+    }
+
+    /// Why `more` new statements of `size` bytes in all (names and Parse bodies after the
+    /// name) would break `limits`, as PostgreSQL's error message for a limit reads; `None`
+    /// if they fit.
+    pub fn refusal(&self, more: usize, size: usize, limits: Limits) -> Option<String> {
+        if self.len() + more > limits.count as usize {
+            return Some(format!(
+                "too many prepared statements: this connection already has {} (max_client_prepared_statements = {})",
+                self.len(),
+                limits.count
+            ));
+        }
+        if self.bytes() + size > limits.bytes as usize {
+            return Some(format!(
+                "prepared statements too large: this connection's take {} bytes, {} more would pass max_client_prepared_bytes = {}",
+                self.bytes(),
+                size,
+                limits.bytes
+            ));
+        }
+        None
     }
 }
 

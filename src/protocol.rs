@@ -113,6 +113,16 @@ pub enum Error {
         /// Declared length.
         len: u32,
     },
+    /// A message pgsluice must read whole (to rewrite it) declares more than it reads whole.
+    #[error("message of type {tag:#04x} is too large for pgsluice to read whole ({len} bytes, limit {limit})")]
+    TooLargeToInspect {
+        /// Message tag.
+        tag: u8,
+        /// Declared length.
+        len: u32,
+        /// The most pgsluice reads whole for it.
+        limit: u32,
+    },
     /// A message type that is not valid here.
     #[error("unexpected message type {0:#04x}")]
     UnexpectedTag(u8),

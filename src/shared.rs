@@ -45,6 +45,8 @@ pub struct Shared {
     pub logging_in: AtomicU64,
     /// Failed client authentications (`pgsluice_auth_failures_total`).
     pub auth_failures: AtomicU64,
+    /// Failed logins per (source address, user), and the waits they impose.
+    pub throttle: crate::auth::throttle::Throttle,
     /// Connections logging in (slow-loris limits).
     pub logins: crate::net::logins::Logins,
     /// Users looked up with `auth_query`, and the lookups' limit.
@@ -81,6 +83,7 @@ impl Shared {
             logging_in: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             auth_query: crate::auth_query::AuthQuery::default(),
+            throttle: crate::auth::throttle::Throttle::new(g.auth_failure_delay.0, g.auth_failure_max_delay.0),
             logins: crate::net::logins::Logins::new(
                 config.general().max_login_clients_per_host as usize,
                 config.general().max_login_clients as usize,
@@ -134,8 +137,10 @@ impl Shared {
     }
 
     /// The SCRAM verifier presented for a user that does not exist (see `startup`).
-    pub fn mock_verifier(&self, user: &str) -> crate::auth::scram::Verifier {
-        crate::auth::scram::mock_verifier(&self.mock_key, user)
+    /// Its salt is the same at every login and across RELOAD (the key lives as long as the
+    /// process); its iteration count is the one most configured users have.
+    pub fn mock_verifier(&self, user: &str, iterations: u32) -> crate::auth::scram::Verifier {
+        crate::auth::scram::mock_verifier(&self.mock_key, user, iterations)
     }
 
     /// Totals per database: every configured database (zeros before any traffic) and any

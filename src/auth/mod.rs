@@ -17,6 +17,7 @@ pub mod hba;
 pub mod md5;
 pub mod require;
 pub mod scram;
+pub mod throttle;
 pub mod userlist;
 
 /// A user's secret as stored in the auth_file (PgBouncer userlist.txt format) or in config.
@@ -59,6 +60,68 @@ impl Secret {
         let is_md5 =
             s.len() == 35 && s.starts_with("md5") && s.bytes().skip(3).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         Ok(if is_md5 { Secret::Md5(s.to_owned()) } else { Secret::Plain(s.to_owned()) })
+    }
+}
+
+/// What a login of an unknown user imitates, so that its answers and its timing match those
+/// of the users that exist: the SCRAM iteration count most of them have (in the mock
+/// verifier's server-first message), and the kind of secret most of them have (the work a
+/// cleartext password check does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockSecret {
+    /// PBKDF2 iterations of the mock SCRAM verifier.
+    pub iterations: u32,
+    /// The most common kind of stored secret.
+    pub kind: SecretKind,
+}
+
+/// A stored secret's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    /// Cleartext.
+    Plain,
+    /// MD5 hash.
+    Md5,
+    /// SCRAM verifier.
+    Scram,
+}
+
+impl MockSecret {
+    /// The most common iteration count and kind among `secrets` (ties: the larger count, and
+    /// SCRAM before MD5 before cleartext). With no secrets: PostgreSQL's defaults (4096, SCRAM).
+    pub fn typical<'a>(secrets: impl Iterator<Item = &'a Secret>) -> MockSecret {
+        use std::collections::HashMap;
+        let mut iterations: HashMap<u32, usize> = HashMap::new();
+        let mut kinds: HashMap<SecretKind, usize> = HashMap::new();
+        for s in secrets {
+            let (kind, it) = match s {
+                Secret::Plain(_) => (SecretKind::Plain, Some(scram::DEFAULT_ITERATIONS)),
+                Secret::Md5(_) => (SecretKind::Md5, None),
+                Secret::Scram(v) => (SecretKind::Scram, Some(v.iterations)),
+            };
+            *kinds.entry(kind).or_default() += 1;
+            if let Some(it) = it {
+                *iterations.entry(it).or_default() += 1;
+            }
+        }
+        let rank = |k: &SecretKind| match k {
+            SecretKind::Scram => 2,
+            SecretKind::Md5 => 1,
+            SecretKind::Plain => 0,
+        };
+        MockSecret {
+            iterations: iterations
+                .into_iter()
+                .max_by_key(|&(it, n)| (n, it))
+                .map_or(scram::DEFAULT_ITERATIONS, |p| p.0),
+            kind: kinds.into_iter().max_by_key(|(k, n)| (*n, rank(k))).map_or(SecretKind::Scram, |p| p.0),
+        }
+    }
+}
+
+impl Default for MockSecret {
+    fn default() -> Self {
+        MockSecret::typical(std::iter::empty())
     }
 }
 

@@ -29,7 +29,7 @@ const MECHANISM: &str = "SCRAM-SHA-256";
 /// Largest SASL payload we parse; real ones are well under 200 bytes.
 const MAX_MESSAGE_LEN: usize = 1024;
 /// PBKDF2 iterations for verifiers derived from cleartext passwords (PostgreSQL's default).
-const DEFAULT_ITERATIONS: u32 = 4096;
+pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 /// A `pg_authid`-style SCRAM-SHA-256 verifier: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 #[derive(Clone)]
@@ -508,12 +508,13 @@ fn xor(mut a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
     a
 }
 
-/// Mock SCRAM salt for unknown users: stable per user name, keyed by a per-process secret so
-/// it cannot be told apart from a real one.
-pub fn mock_verifier(key: &[u8; 32], user: &str) -> Verifier {
+/// Mock SCRAM verifier for unknown users: a salt stable per user name, keyed by a per-process
+/// secret so it cannot be told apart from a real one, and the iteration count real users
+/// have (see [`super::MockSecret`]).
+pub fn mock_verifier(key: &[u8; 32], user: &str, iterations: u32) -> Verifier {
     let mut h = Sha256::new();
     h.update(key);
     h.update(user.as_bytes());
     let d = h.finalize();
-    Verifier { iterations: 4096, salt: d[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
+    Verifier { iterations, salt: d[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
 }

@@ -407,3 +407,32 @@ fn server_accepts_channel_binding_over_tls_and_detects_a_downgrade() {
     assert!(matches!(run(None, bound, true), Err(Error::ChannelBindingNotSupported)));
     assert!(run(None, ChannelBinding::Unused, true).is_ok());
 }
+
+#[test]
+fn mock_secret_follows_the_most_common_stored_secret() {
+    let scram =
+        |it| Secret::Scram(Verifier { iterations: it, salt: vec![1; 16], stored_key: [0; 32], server_key: [0; 32] });
+    let md5 = || Secret::Md5(format!("md5{}", "0".repeat(32)));
+    let plain = || Secret::Plain("pw".into());
+    // No users: PostgreSQL's defaults.
+    assert_eq!(MockSecret::default(), MockSecret { iterations: 4096, kind: SecretKind::Scram });
+    let all = [scram(10_000), scram(10_000), scram(4096), md5()];
+    assert_eq!(MockSecret::typical(all.iter()), MockSecret { iterations: 10_000, kind: SecretKind::Scram });
+    // Cleartext secrets are checked with 4096-iteration verifiers; md5 ones have none.
+    let all = [plain(), plain(), scram(20_000), md5(), md5(), md5()];
+    assert_eq!(MockSecret::typical(all.iter()), MockSecret { iterations: 4096, kind: SecretKind::Md5 });
+    // Ties: the larger count, and SCRAM first.
+    let all = [scram(4096), scram(8192), md5()];
+    assert_eq!(MockSecret::typical(all.iter()), MockSecret { iterations: 8192, kind: SecretKind::Scram });
+}
+
+#[test]
+fn mock_verifier_salt_is_stable_per_user_and_key() {
+    let key = [7u8; 32];
+    let a = scram::mock_verifier(&key, "mallory", 4096);
+    assert_eq!(a.salt, scram::mock_verifier(&key, "mallory", 10_000).salt);
+    assert_eq!(scram::mock_verifier(&key, "mallory", 10_000).iterations, 10_000);
+    assert_ne!(a.salt, scram::mock_verifier(&key, "mallet", 4096).salt);
+    assert_ne!(a.salt, scram::mock_verifier(&[8u8; 32], "mallory", 4096).salt);
+    assert_eq!(a.salt.len(), 16, "the length pgsluice's and PostgreSQL's own verifiers use");
+}

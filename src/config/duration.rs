@@ -18,6 +18,11 @@ impl Dur {
         Dur(Duration::from_secs(s))
     }
 
+    /// From milliseconds.
+    pub const fn millis(ms: u64) -> Dur {
+        Dur(Duration::from_millis(ms))
+    }
+
     /// `None` when zero ("disabled"), else the duration.
     pub fn nonzero(self) -> Option<Duration> {
         (!self.0.is_zero()).then_some(self.0)

@@ -190,6 +190,13 @@ pub struct General {
     /// (pgsluice) The same overall; beyond, the oldest is closed. Default 10000.
     /// Restart to change.
     pub max_login_clients: u32,
+    /// (pgsluice) After 3 failed logins of one user from one address, that pair's next
+    /// attempt waits this long, twice as long after each further failure (up to
+    /// `auth_failure_max_delay`); 0 = off. Default 100ms. Restart to change.
+    pub auth_failure_delay: Dur,
+    /// (pgsluice) The longest such wait; an attempt whose turn is further away is refused
+    /// (28000) without checking its password. Default 5s. Restart to change.
+    pub auth_failure_max_delay: Dur,
     /// Run on a server connection released by a session-mode client (or always, see
     /// below). Default `DISCARD ALL`; empty disables.
     pub server_reset_query: String,
@@ -250,6 +257,10 @@ pub struct General {
     /// client could otherwise grow its memory without bound); a Parse beyond gets `53400`.
     /// Default 5000.
     pub max_client_prepared_statements: u32,
+    /// (pgsluice) Bytes of statement names and texts one client may hold; a named Parse
+    /// beyond gets `53400`, and one larger than this on its own closes the client (`54000`)
+    /// before it is read whole. Default 8 MiB (pgjdbc's own statement cache holds 5 MiB).
+    pub max_client_prepared_bytes: u32,
     /// (pgsluice) How often each host of a database is probed (`pg_is_in_recovery()`, WAL
     /// positions, timeline). While a database has no primary, probes run 5× as often.
     /// Default 1s.
@@ -531,6 +542,8 @@ impl Default for General {
             client_first_byte_timeout: Dur::secs(5),
             max_login_clients_per_host: 1000,
             max_login_clients: 10000,
+            auth_failure_delay: Dur::millis(100),
+            auth_failure_max_delay: Dur::secs(5),
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             auth_type: AuthType::ScramSha256,
@@ -551,6 +564,7 @@ impl Default for General {
             max_packet_size: crate::protocol::MAX_MESSAGE_LEN as u32,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
+            max_client_prepared_bytes: 8 << 20,
             health_check_interval: Dur::secs(1),
             health_check_timeout: Dur::secs(2),
             health_check_fail_threshold: 3,

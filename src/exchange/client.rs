@@ -55,10 +55,25 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         };
         let frame_len = hdr.frame_len();
         let whole = rest.len() >= frame_len;
-        // Rewriting needs some messages whole; wait for them.
-        if !whole && needs_whole(hdr.tag, frame_len, ctx.track, ctx.session.is_some()) {
-            c.pos.need = c.pos.fwd + frame_len;
-            break;
+        if !whole {
+            // Only a named Parse is kept (an unnamed one streams): which is it?
+            let first = rest.get(HEADER_LEN).copied();
+            if hdr.tag == ftag::PARSE && ctx.track && first.is_none() {
+                c.pos.need = c.pos.fwd + HEADER_LEN + 1;
+                break;
+            }
+            // Rewriting needs some messages whole; wait for them, up to a bound: nothing
+            // larger than a client's statements may hold is read whole.
+            let named = !(hdr.tag == ftag::PARSE && first == Some(0));
+            if needs_whole(hdr.tag, frame_len, ctx.track && named, ctx.session.is_some()) {
+                let limit = super::max_read_whole(ctx.statement_limits);
+                if frame_len > limit {
+                    let (len, limit) = ((frame_len - 1) as u32, (limit - 1) as u32);
+                    return Err(protocol::Error::TooLargeToInspect { tag: hdr.tag, len, limit });
+                }
+                c.pos.need = c.pos.fwd + frame_len;
+                break;
+            }
         }
         // Behind a barrier, stop at the first message whose handling reads the statement
         // bookkeeping; COPY data, Sync, Execute and the like go on (the server may be
@@ -367,13 +382,9 @@ fn rewrite(c: &mut Half<'_>, ctx: &mut Ctx<'_>, hdr: Header) -> Result<Rewrite, 
                 ctx.x.queue.push_back(Expect { kind: Kind::Parse, action: Action::Duplicate, undo: Some(undo.into()) });
                 return Ok(Rewrite::Done);
             }
-            if ctx.stmts.len() >= ctx.max_statements as usize {
+            if let Some(message) = ctx.stmts.refusal(1, name.len() + rest.len(), ctx.statement_limits) {
                 // pgsluice keeps every client statement: a bound on them is a bound on the
                 // client's memory. The Parse fails as PostgreSQL fails a request over a limit.
-                let message = format!(
-                    "too many prepared statements: this connection already has {} (max_client_prepared_statements)",
-                    ctx.stmts.len()
-                );
                 if frame_len > avail {
                     return Ok(Rewrite::Wait);
                 }

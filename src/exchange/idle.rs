@@ -5,7 +5,9 @@
 use bytes::Buf;
 
 use super::READ_AHEAD;
-use crate::prepared::{ClientStatements, Key, KnownStatements, Stmt};
+use std::collections::HashSet;
+
+use crate::prepared::{ClientStatements, Key, KnownStatements, Limits, Stmt};
 use crate::protocol::{self, cstr, ftag, write, Header, HEADER_LEN};
 
 /// What the bytes a client sent while holding no server amount to (see [`inspect_idle`]).
@@ -54,9 +56,44 @@ pub fn resendable_request(buf: &[u8], max_body: usize) -> Option<usize> {
 /// Walks the frames a client buffered while idle (headers only) to decide whether a server
 /// is needed yet. Invalid framing or tags are an error.
 pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::Error> {
+    IdleScan::default().inspect(buf, max_body, usize::MAX)
+}
+
+/// [`inspect_idle`] resumed where it last stopped, for a buffer that only grows between
+/// calls: a client sending its request a byte at a time costs a walk of each frame once, not
+/// of the whole buffer at every read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdleScan {
+    /// Start of the first frame not walked whole (the frames before complete no request).
+    off: u32,
+    /// Extended-protocol messages were seen since the last request.
+    extended: bool,
+}
+
+impl IdleScan {
+    /// What `buf` amounts to (see [`inspect_idle`]). A named Parse whose frame is longer
+    /// than `max_whole` (see [`super::max_read_whole`]) is an error as soon as its header and
+    /// name's first byte are in: it could never be read whole.
+    pub fn inspect(&mut self, buf: &[u8], max_body: usize, max_whole: usize) -> Result<Buffered, protocol::Error> {
+        let (b, off, extended) = walk(buf, max_body, max_whole, self.off as usize, self.extended)?;
+        // (Past a complete request the caller stops asking; below READ_AHEAD the offset fits.)
+        if !b.ready {
+            *self = IdleScan { off: off as u32, extended };
+        }
+        Ok(b)
+    }
+}
+
+/// The walk of [`IdleScan::inspect`] from frame offset `off`; also returns where the first
+/// incomplete frame starts and the extended flag there.
+fn walk(
+    buf: &[u8],
+    max_body: usize,
+    max_whole: usize,
+    mut off: usize,
+    mut extended: bool,
+) -> Result<(Buffered, usize, bool), protocol::Error> {
     let mut b = Buffered::default();
-    let mut off = 0;
-    let mut extended = false;
     while let Some(hdr) = Header::parse(&buf[off..], max_body)? {
         match hdr.tag {
             ftag::QUERY
@@ -78,6 +115,11 @@ pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::E
             other => return Err(protocol::Error::UnexpectedTag(other)),
         }
         if buf.len() - off < hdr.frame_len() {
+            let named = buf.get(off + HEADER_LEN).is_some_and(|&b| b != 0);
+            if hdr.tag == ftag::PARSE && named && hdr.frame_len() > max_whole {
+                let (len, limit) = ((hdr.frame_len() - 1) as u32, (max_whole - 1) as u32);
+                return Err(protocol::Error::TooLargeToInspect { tag: hdr.tag, len, limit });
+            }
             break;
         }
         off += hdr.frame_len();
@@ -93,7 +135,7 @@ pub fn inspect_idle(buf: &[u8], max_body: usize) -> Result<Buffered, protocol::E
         }
     }
     b.ready = b.end > 0 || buf.len() >= READ_AHEAD;
-    Ok(b)
+    Ok((b, off, extended))
 }
 
 /// Answers, without a server, a buffered request made only of named `Parse`s of statements
@@ -107,12 +149,16 @@ pub fn answer_without_server(
     stmts: &mut ClientStatements,
     known: &KnownStatements,
     max_body: usize,
+    limits: Limits,
 ) -> Option<bytes::BytesMut> {
     // First pass: is everything up to the last Sync answerable? (A name defined twice is a
-    // 42P05 the server must produce; a name closed and defined again is left to it too.)
+    // 42P05 the server must produce; a name closed and defined again is left to it too; and
+    // statements past the client's limits get their error on the way to a server.)
     let mut off = 0;
     let mut end = 0;
     let mut parsed: Vec<(&[u8], Key)> = Vec::new();
+    let mut names: HashSet<&[u8]> = HashSet::new();
+    let mut size = 0;
     while let Ok(Some((tag, body, _))) = protocol::split_frame(&buf[off..], max_body) {
         match tag {
             ftag::PARSE => {
@@ -121,7 +167,12 @@ pub fn answer_without_server(
                 if name.is_empty() || stmts.get(name).is_some() || !known.contains(&key) {
                     return None;
                 }
-                if parsed.iter().any(|(n, _)| *n == name) {
+                // (A set, not a walk of `parsed`: a batch of many Parses stays linear.)
+                if !names.insert(name) {
+                    return None;
+                }
+                size += body.len() - 1;
+                if stmts.refusal(parsed.len() + 1, size, limits).is_some() {
                     return None;
                 }
                 parsed.push((name, key));

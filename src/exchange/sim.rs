@@ -33,7 +33,13 @@ pub struct Sim {
 
 impl Default for Sim {
     fn default() -> Self {
-        Sim::new(Rules { track: true, statement_mode: false, max_body: 1 << 20, session: None, max_statements: 5000 })
+        Sim::new(Rules {
+            track: true,
+            statement_mode: false,
+            max_body: 1 << 20,
+            session: None,
+            statements: Default::default(),
+        })
     }
 }
 
@@ -142,7 +148,7 @@ pub fn fuzz_logic(data: &[u8]) {
         statement_mode: mode & 2 != 0,
         max_body: 1 << 16,
         session: None,
-        max_statements: 64,
+        statements: crate::prepared::Limits { count: 64, bytes: 1 << 20 },
     };
     let mut sim = Sim::new(rules);
     while let Some((&head, tail)) = rest.split_first() {

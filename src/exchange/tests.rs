@@ -1,6 +1,6 @@
 use super::sim::Sim;
 use super::*;
-use crate::prepared::KnownStatements;
+use crate::prepared::{KnownStatements, Limits};
 use crate::protocol::split_frame;
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -465,24 +465,27 @@ fn prepare_and_close_of_known_statements_need_no_server() {
     let p = parse("P_0", "select 1");
     let req = cat(&[p.clone(), sync()]);
     let mut buf = BytesMut::from(&req[..]);
-    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none(), "unknown statement");
+    assert!(
+        answer_without_server(&mut buf, &mut stmts, &known, 1 << 20, Limits::default()).is_none(),
+        "unknown statement"
+    );
     assert_eq!(buf.len(), req.len());
     known.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
-    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).expect("answered");
+    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20, Limits::default()).expect("answered");
     assert_eq!(tags(&out), "1Z");
     assert!(buf.is_empty() && stmts.get(b"P_0").is_some());
     // A duplicate needs the server (for its error).
     let mut buf = BytesMut::from(&req[..]);
-    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none());
+    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20, Limits::default()).is_none());
     // Close + Sync; a Bind after it is left for the server.
     let mut buf = BytesMut::from(&cat(&[msg(b'C', b"SP_0\0"), sync(), bind("", "x")])[..]);
-    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).expect("answered");
+    let out = answer_without_server(&mut buf, &mut stmts, &known, 1 << 20, Limits::default()).expect("answered");
     assert_eq!(tags(&out), "3Z");
     assert!(stmts.is_empty());
     assert_eq!(tags(&buf), "B");
     // Anything else in the request needs a server.
     let mut buf = BytesMut::from(&cat(&[p, bind("", "P_0"), sync()])[..]);
-    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20).is_none());
+    assert!(answer_without_server(&mut buf, &mut stmts, &known, 1 << 20, Limits::default()).is_none());
 }
 
 #[test]
@@ -748,7 +751,7 @@ fn fuzz_client_parsers_are_total() {
         let _ = inspect_idle(&bytes, 1 << 20);
         let mut buf = BytesMut::from(&bytes[..]);
         let mut st = ClientStatements::default();
-        let _ = answer_without_server(&mut buf, &mut st, &known, 1 << 20);
+        let _ = answer_without_server(&mut buf, &mut st, &known, 1 << 20, Limits::default());
     }
 }
 
@@ -940,7 +943,13 @@ fn copy_in_failing_after_the_clients_copy_done_owes_one_ready_for_query() {
 
 #[test]
 fn named_statements_per_client_are_bounded() {
-    let rules = Rules { track: true, statement_mode: false, max_body: 1 << 20, session: None, max_statements: 2 };
+    let rules = Rules {
+        track: true,
+        statement_mode: false,
+        max_body: 1 << 20,
+        session: None,
+        statements: Limits { count: 2, ..Limits::default() },
+    };
     let mut sim = Sim::new(rules);
     sim.prepare("s1", "select 1");
     sim.prepare("s2", "select 2");
@@ -961,4 +970,88 @@ fn named_statements_per_client_are_bounded() {
     sim.received();
     sim.prepare("s3", "select 3");
     assert_eq!(sim.stmts.len(), 2);
+}
+
+#[test]
+fn statement_bytes_per_client_are_bounded_and_huge_named_parses_are_not_read_whole() {
+    let limits = Limits { count: 100, bytes: 100 };
+    let rules = Rules { track: true, max_body: 1 << 20, statements: limits, ..Rules::default() };
+    let mut sim = Sim::new(rules);
+    sim.prepare("s1", &format!("select '{}'", "x".repeat(60)));
+    assert!(sim.stmts.bytes() > 60);
+    // Another 60-byte statement would pass the 100 bytes: refused, the session goes on.
+    sim.client(&cat(&[parse("s2", &format!("select '{}'", "y".repeat(60))), sync()])).unwrap();
+    assert!(String::from_utf8_lossy(&sim.sent()).contains("pgsluice_refused_statement"));
+    sim.server(&cat(&[msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0"), msg(b'Z', b"I")])).unwrap();
+    let text = String::from_utf8_lossy(&sim.received()).into_owned();
+    assert!(text.contains("C53400") && text.contains("max_client_prepared_bytes"), "{text}");
+    assert_eq!(sim.stmts.len(), 1);
+    // A named Parse declaring more than a client may hold (here more than READ_AHEAD) is
+    // refused at its header, before its body is buffered.
+    let mut huge = parse("s3", &"z".repeat(READ_AHEAD + 100));
+    huge.truncate(64);
+    assert!(matches!(sim.client(&huge), Err(protocol::Error::TooLargeToInspect { tag: b'P', .. })));
+    // The same while the client holds no server.
+    let max_whole = crate::exchange::max_read_whole(limits);
+    let refused = IdleScan::default().inspect(&huge, 1 << 30, max_whole);
+    assert!(matches!(refused, Err(protocol::Error::TooLargeToInspect { tag: b'P', .. })), "{refused:?}");
+    assert!(IdleScan::default().inspect(&huge[..5], 1 << 30, max_whole).is_ok(), "named or not is not known yet");
+    let unnamed = parse("", &"z".repeat(READ_AHEAD + 100));
+    assert!(IdleScan::default().inspect(&unnamed[..64], 1 << 30, max_whole).is_ok(), "an unnamed one streams");
+}
+
+#[test]
+fn an_unnamed_parse_streams_through_without_being_held_whole() {
+    let mut sim = Sim::new(Rules { track: true, max_body: 1 << 30, statements: Limits::default(), ..Rules::default() });
+    let text = "select 1 -- ".to_string() + &"z".repeat(4 * READ_AHEAD);
+    let whole = parse("", &text);
+    // Its first bytes alone: the header and the start of the body go on at once.
+    sim.client(&whole[..1000]).unwrap();
+    assert_eq!(sim.sent().len(), 1000, "streamed, not waiting for the whole message");
+    sim.client(&whole[1000..]).unwrap();
+    assert_eq!(sim.sent().len(), whole.len() - 1000);
+    // A header alone: which Parse it is is not known yet, so nothing is decided.
+    let named = parse("big", &text);
+    sim.client(&named[..5]).unwrap();
+    assert_eq!(sim.sent().len(), 0);
+}
+
+#[test]
+fn resumed_idle_inspection_matches_a_full_walk() {
+    // Byte by byte, a resumed walk agrees with a walk of the whole buffer at every length.
+    let req = cat(&[parse("", "select 1"), bind("", ""), msg(b'D', b"P\0"), execute(), msg(b'H', b""), sync()]);
+    let mut scan = IdleScan::default();
+    for n in 0..=req.len() {
+        let full = inspect_idle(&req[..n], 1 << 20).unwrap();
+        let resumed = scan.inspect(&req[..n], 1 << 20, usize::MAX).unwrap();
+        assert_eq!(resumed, full, "at {n} bytes");
+        if full.ready {
+            scan = IdleScan::default();
+        }
+    }
+}
+
+#[test]
+fn many_parses_of_known_statements_are_answered_within_the_limits() {
+    let known = KnownStatements::default();
+    known.insert(crate::prepared::Key::of(b"select 1\0\0\0"));
+    let batch = |from: usize, n: usize| {
+        let mut parts: Vec<Vec<u8>> = (from..from + n).map(|i| parse(&format!("s{i}"), "select 1")).collect();
+        parts.push(sync());
+        BytesMut::from(&cat(&parts)[..])
+    };
+    // 5,000 Parses in one request: one pass over them (a set of names, not a rescan).
+    let mut stmts = ClientStatements::default();
+    let limits = Limits { count: 6000, ..Limits::default() };
+    let out = answer_without_server(&mut batch(0, 5000), &mut stmts, &known, 1 << 20, limits).expect("answered");
+    assert_eq!(out.len(), 5000 * 5 + 6);
+    assert_eq!(stmts.len(), 5000);
+    // Past the count: the server path refuses them, with its error.
+    assert!(answer_without_server(&mut batch(5000, 1001), &mut stmts, &known, 1 << 20, limits).is_none());
+    assert!(answer_without_server(&mut batch(5000, 1000), &mut stmts, &known, 1 << 20, limits).is_some());
+    // Past the bytes: the same.
+    let mut stmts = ClientStatements::default();
+    let small = Limits { count: 6000, bytes: 100 };
+    assert!(answer_without_server(&mut batch(0, 10), &mut stmts, &known, 1 << 20, small).is_none());
+    assert!(answer_without_server(&mut batch(0, 5), &mut stmts, &known, 1 << 20, small).is_some());
 }

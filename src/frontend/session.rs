@@ -47,7 +47,7 @@ use crate::net::Stream;
 use crate::params::ClientParams;
 use crate::pool::{PoolGuard, PoolSet};
 use crate::prepared::ClientStatements;
-use crate::protocol::{status, write};
+use crate::protocol::{self, status, write};
 use crate::router::{Decision, Policy, Router, Want};
 use crate::shared::{DbControl, Shared};
 use crate::shutdown::{DrainToken, Shutdown};
@@ -255,9 +255,12 @@ impl Session {
         let rules = Rules {
             track: g.max_prepared_statements > 0 && release_on_idle,
             statement_mode: l.mode == PoolMode::Statement,
-            max_body: g.max_packet_size as usize,
+            max_body: g.max_packet_size,
             session: session_rules,
-            max_statements: g.max_client_prepared_statements,
+            statements: crate::prepared::Limits {
+                count: g.max_client_prepared_statements,
+                bytes: g.max_client_prepared_bytes,
+            },
         };
         let relay = Relay::new(
             release_on_idle,
@@ -335,18 +338,25 @@ impl Session {
         info.unlinked();
         info.set_prepared_statements(self.stmts.len());
         self.rearm_idle_timer();
-        match std::future::poll_fn(|cx| self.poll_idle(cx)).await {
+        let mut scan = exchange::IdleScan::default();
+        match std::future::poll_fn(|cx| self.poll_idle(cx, &mut scan)).await {
             Idle::Ready => {}
             Idle::Closed => return State::Closing(None),
             Idle::Shutdown => return State::Closing(Some(shutting_down())),
             Idle::Failed(e) => return State::Closing(Some(e)),
         }
-        let max = self.relay.rules.max_body;
+        let max = self.relay.rules.max_body as usize;
         // (Not inside a deferred BEGIN: its answer would say "idle".)
         let deferred = self.router.as_ref().is_some_and(|r| r.in_deferred_begin());
         if self.relay.rules.track && !deferred {
             if let Some(out) = self.pool.current_primary().and_then(|p| {
-                exchange::answer_without_server(&mut self.buf, &mut self.stmts, p.known_statements(), max)
+                exchange::answer_without_server(
+                    &mut self.buf,
+                    &mut self.stmts,
+                    p.known_statements(),
+                    max,
+                    self.relay.rules.statements,
+                )
             }) {
                 Box::pin(self.reply(out)).await;
                 return State::Idle;
@@ -384,7 +394,7 @@ impl Session {
 
     /// Polls the idle wait: a complete request buffered, the client gone, a stop, or
     /// `client_idle_timeout`.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Idle> {
+    fn poll_idle(&mut self, cx: &mut Context<'_>, scan: &mut exchange::IdleScan) -> Poll<Idle> {
         self.reg.info.register_waker(cx.waker());
         loop {
             // (Before looking at the buffer: a killed client's buffered request gets no server.)
@@ -392,15 +402,15 @@ impl Session {
                 return Poll::Ready(Idle::Failed(killed()));
             }
             // A request pipelined before Terminate still runs (the relay closes after it).
-            match exchange::inspect_idle(&self.buf, self.relay.rules.max_body) {
+            let max_whole = match self.relay.rules.track {
+                true => exchange::max_read_whole(self.relay.rules.statements),
+                false => usize::MAX,
+            };
+            match scan.inspect(&self.buf, self.relay.rules.max_body as usize, max_whole) {
                 Ok(b) if b.terminate => return Poll::Ready(Idle::Closed),
                 Ok(b) if b.ready => return Poll::Ready(Idle::Ready),
                 Ok(_) => {}
-                Err(e) => {
-                    return Poll::Ready(Idle::Failed(ClientError::protocol(format!(
-                        "invalid message from client: {e}"
-                    ))))
-                }
+                Err(e) => return Poll::Ready(Idle::Failed(client_protocol_error(e))),
             }
             if self.shutdown.is_set() && self.buf.is_empty() {
                 return Poll::Ready(Idle::Shutdown);
@@ -504,7 +514,7 @@ impl Session {
     /// ([`Session::waiting`]), with what was done so far.
     fn attach_now(&mut self) -> Result<State, Pending> {
         let d = match &mut self.router {
-            Some(r) => r.decide(&self.buf, &self.stmts, &self.params, self.relay.rules.max_body),
+            Some(r) => r.decide(&self.buf, &self.stmts, &self.params, self.relay.rules.max_body as usize),
             None => Decision::PRIMARY,
         };
         let wait_start = tokio::time::Instant::now();
@@ -593,7 +603,7 @@ impl Session {
         if let Some(r) = &mut self.router {
             let host = g.pool().settings().host.index;
             let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(host);
-            r.attached(d, on_primary, host, &self.buf, self.relay.rules.max_body);
+            r.attached(d, on_primary, host, &self.buf, self.relay.rules.max_body as usize);
         }
         let status = if d.begin.is_some() { status::IN_TRANSACTION } else { status::IDLE };
         let (_, server, x) = g.parts();
@@ -635,7 +645,7 @@ impl Session {
         if e.severity == write::Severity::Fatal {
             return State::Closing(Some(e));
         }
-        let buffered = exchange::inspect_idle(&self.buf, self.relay.rules.max_body).unwrap_or_default();
+        let buffered = exchange::inspect_idle(&self.buf, self.relay.rules.max_body as usize).unwrap_or_default();
         if buffered.end == 0 {
             // The client is in the middle of a large message we cannot resynchronise with.
             return State::Closing(Some(e));
@@ -769,7 +779,7 @@ impl Session {
             }
             Event::ClientProtocol(e) => {
                 g.discard();
-                State::Closing(Some(ClientError::protocol(format!("invalid message from client: {e}"))))
+                State::Closing(Some(client_protocol_error(e)))
             }
             Event::ServerClosed | Event::ServerIo(_) => {
                 tracing::warn!(event = ?ev, "server connection lost during a request");
@@ -989,6 +999,18 @@ fn shutting_down() -> ClientError {
     )
 }
 
+/// The error a client gets for a message that breaks the protocol or pgsluice's limits.
+fn client_protocol_error(e: protocol::Error) -> ClientError {
+    match e {
+        protocol::Error::TooLargeToInspect { .. } => ClientError::fatal(
+            "54000",
+            format!("{e}: a named Parse is bounded by max_client_prepared_bytes"),
+            ErrorSource::Client,
+        ),
+        e => ClientError::protocol(format!("invalid message from client: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1123,15 +1145,16 @@ mod tests {
         // A request split over two reads: the buffer is allocated when bytes arrive...
         client.write_all(b"Q\0\0\0\x0dsel").await.unwrap();
         let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut scan = crate::exchange::IdleScan::default();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(s.poll_idle(&mut cx).is_pending());
+        assert!(s.poll_idle(&mut cx, &mut scan).is_pending());
         assert!(s.buf.capacity() > 0 && s.buf.capacity() <= crate::exchange::READ_MIN * 2);
         client.write_all(b"ect 1\0").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(matches!(s.poll_idle(&mut cx), Poll::Ready(Idle::Ready)));
+        assert!(matches!(s.poll_idle(&mut cx, &mut scan), Poll::Ready(Idle::Ready)));
         // ... and none is held once the request is gone and the client is idle again.
         s.buf.clear();
-        assert!(s.poll_idle(&mut cx).is_pending());
+        assert!(s.poll_idle(&mut cx, &mut crate::exchange::IdleScan::default()).is_pending());
         assert_eq!(s.buf.capacity(), 0);
     }
 

@@ -19,7 +19,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
-use crate::auth::{md5, Secret};
+use crate::auth::throttle::Admit;
+use crate::auth::{md5, Secret, SecretKind};
 use crate::cancel::CancelHandle;
 use crate::config::{AuthType, Config, Database, PoolMode};
 use crate::error::{ClientError, ErrorSource};
@@ -302,12 +303,31 @@ async fn login(
         Some(_) => None,
         None => look_up(shared, cfg, &database, &user).await?,
     };
+    // A pair (address, user) with recent failed logins waits its turn first.
+    match shared.throttle.admit(peer.ip(), &user, std::time::Instant::now()) {
+        Admit::Now => {}
+        Admit::After(wait) => tokio::time::sleep(wait).await,
+        Admit::Refuse(wait) => {
+            return Err(Some(ClientError::fatal(
+                "28000",
+                format!(
+                    "too many failed logins for user \"{user}\" from this address: try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+                ErrorSource::Client,
+            )))
+        }
+    }
     let keys =
         match authenticate(shared, cfg, stream, buf, &mut out, (&user, &database, peer), looked_up.as_deref()).await {
-            Ok(k) => k,
+            Ok(k) => {
+                shared.throttle.succeeded(peer.ip(), &user);
+                k
+            }
             Err(e) => {
                 if e.as_ref().is_some_and(|e| e.code.starts_with("28")) {
                     shared.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    shared.throttle.failed(peer.ip(), &user, std::time::Instant::now());
                 }
                 return Err(e);
             }
@@ -653,7 +673,7 @@ async fn authenticate(
         // and fails at the end with the same error.
         let real = entry.and_then(|e| e.scram_verifier()).cloned();
         let known = real.is_some();
-        let verifier = real.unwrap_or_else(|| shared.mock_verifier(user));
+        let verifier = real.unwrap_or_else(|| shared.mock_verifier(user, cfg.mock_secret.iterations));
         // Over TLS, SCRAM-SHA-256-PLUS is offered too (bound to pgsluice's certificate).
         let binding = if s.is_tls() { cfg.tls.as_ref().and_then(|t| t.end_point.clone()) } else { None };
         let mut server = ScramServer::from_verifier(verifier).with_channel_binding(binding);
@@ -683,7 +703,12 @@ async fn authenticate(
             fmsg::parse_password(&body).map_err(|_| Some(ClientError::protocol("malformed password message")))?;
         return match secret {
             Some(sec) if md5::verify(sec, user, salt, resp) => Ok(None),
-            _ => Err(auth_failed(user)),
+            Some(_) => Err(auth_failed(user)),
+            None => {
+                // (The same hashing as for a user that exists.)
+                let _ = md5::verify(&Secret::Md5(format!("md5{:032x}", rand::random::<u128>())), user, salt, resp);
+                Err(auth_failed(user))
+            }
         };
     }
     // Plain.
@@ -693,12 +718,26 @@ async fn authenticate(
     let pw = fmsg::parse_password(&body).map_err(|_| Some(ClientError::protocol("malformed password message")))?;
     let ok = match secret {
         Some(sec) => plain_matches(sec, user, pw),
-        None => false,
+        None => {
+            // An unknown user costs what a known one does (no timing tells them apart).
+            let _ = plain_matches(&mock_secret(shared, cfg, user), user, pw);
+            false
+        }
     };
     if ok {
         Ok(None)
     } else {
         Err(auth_failed(user))
+    }
+}
+
+/// A secret of the kind most users have, that no password matches.
+fn mock_secret(shared: &Shared, cfg: &Config, user: &str) -> Secret {
+    let unmatched = || format!("{:032x}", rand::random::<u128>());
+    match cfg.mock_secret.kind {
+        SecretKind::Scram => Secret::Scram(shared.mock_verifier(user, cfg.mock_secret.iterations)),
+        SecretKind::Md5 => Secret::Md5(format!("md5{}", unmatched())),
+        SecretKind::Plain => Secret::Plain(unmatched()),
     }
 }
 

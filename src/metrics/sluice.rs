@@ -106,6 +106,16 @@ const PINNED_CLIENTS: Spec = Spec::gauge(
 );
 const AUTH_FAILURES: Spec =
     Spec::counter("pgsluice_auth_failures_total", "Client logins refused for bad credentials (SQLSTATE 28xxx).", &[]);
+const LOGIN_THROTTLED: Spec = Spec::counter(
+    "pgsluice_login_throttled_total",
+    "Logins of a (source address, user) pair with recent failed logins: delayed (waited their turn) or refused (turn too far away).",
+    &["outcome"],
+);
+const LOGIN_THROTTLE_PAIRS: Spec = Spec::gauge(
+    "pgsluice_login_throttle_pairs",
+    "(source address, user) pairs with recent failed logins being tracked.",
+    &[],
+);
 const LOGGING_IN: Spec =
     Spec::gauge("pgsluice_clients_logging_in", "Client connections accepted and not yet logged in.", &[]);
 
@@ -131,6 +141,8 @@ pub(super) fn specs() -> impl Iterator<Item = &'static Spec> {
         &WAIT_DURATION,
         &PINNED_CLIENTS,
         &AUTH_FAILURES,
+        &LOGIN_THROTTLED,
+        &LOGIN_THROTTLE_PAIRS,
         &LOGGING_IN,
     ]
     .into_iter()
@@ -146,6 +158,11 @@ pub(super) fn collect(shared: &Shared, pools: &[PoolRow], out: &mut Families) {
     }
     out.push(pinned);
     out.single(&AUTH_FAILURES, shared.auth_failures.load(Ordering::Relaxed) as f64);
+    let mut throttled = Family::new(&LOGIN_THROTTLED);
+    throttled.add(&["delayed"], shared.throttle.delayed.load(Ordering::Relaxed) as f64);
+    throttled.add(&["refused"], shared.throttle.refused.load(Ordering::Relaxed) as f64);
+    out.push(throttled);
+    out.single(&LOGIN_THROTTLE_PAIRS, shared.throttle.len() as f64);
     out.single(&LOGGING_IN, shared.logging_in.load(Ordering::Relaxed) as f64);
 }
 

@@ -1,6 +1,13 @@
 //! Client authentication and server login: SCRAM (plaintext and stored-verifier auth_file,
 //! which exercises SCRAM passthrough to PostgreSQL), md5, plain, wrong password, unknown
-//! user, unknown database.
+//! user, unknown database; what tells an unknown user from a real one (nothing), and the
+//! throttling of failed logins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -175,4 +182,161 @@ async fn hba_rules_decide_per_connection_and_reload_with_the_config() {
     println!("HBA invalid file on reload: {err}");
     assert!(err.contains("line 2") && err.contains("CIDR"), "{err}");
     p.try_connect(&db.name, &db.password, &db.name).await.must_fail("still the rules before the bad reload");
+}
+
+// === user enumeration and failed-login throttling (issue 16) ===
+
+/// Starts a raw login as `user` and reads the SCRAM server-first message (`r=..,s=..,i=..`):
+/// returns (salt as base64, iteration count). The connection is then dropped.
+async fn scram_server_first(p: &Pooler, user: &str, db: &str) -> (String, u32) {
+    use tokio::io::AsyncWriteExt;
+    let limit = Duration::from_secs(10);
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup_packet(196608, &[("user", user), ("database", db)])).await.unwrap();
+    let m = read_msg_within(&mut s, limit).await.expect("AuthenticationSASL");
+    assert_eq!((m.tag, m.i32_at(0)), (b'R', 10), "{m:?}");
+    let data = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    body.extend_from_slice(data);
+    s.write_all(&frame(b'p', &body)).await.unwrap();
+    let m = read_msg_within(&mut s, limit).await.expect("AuthenticationSASLContinue");
+    assert_eq!((m.tag, m.i32_at(0)), (b'R', 11), "{m:?}");
+    let first = String::from_utf8(m.body[4..].to_vec()).unwrap();
+    let field =
+        |k: &str| first.split(',').find_map(|f| f.strip_prefix(k)).unwrap_or_else(|| panic!("{first}")).to_string();
+    (field("s="), field("i=").parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_unknown_user_gets_the_same_scram_challenge_as_real_users_and_keeps_it_across_reload() {
+    use pgsluice::auth::scram::Verifier;
+    let db = fresh_db("mockscram");
+    // Real users whose verifiers use 10000 iterations, not PostgreSQL's default 4096.
+    let v = |pw: &str, salt: &[u8]| Verifier::from_password(pw, salt, 10_000).to_string_form();
+    let p = pooler()
+        .database(&db, &[])
+        .user(&db.name, &db.password)
+        .user("alice", &v("a", b"0123456789abcdef"))
+        .user("bob", &v("b", b"fedcba9876543210"))
+        .start()
+        .await;
+    let (real_salt, real_iterations) = scram_server_first(&p, "alice", &db.name).await;
+    let (mock_salt, mock_iterations) = scram_server_first(&p, "mallory", &db.name).await;
+    assert_eq!(real_iterations, 10_000);
+    assert_eq!(mock_iterations, real_iterations, "an unknown user's iteration count must match the real users'");
+    assert_eq!(mock_salt.len(), real_salt.len(), "salts of the same length");
+    // A real user's salt never changes: neither may an unknown user's, not even across RELOAD.
+    assert_eq!(scram_server_first(&p, "mallory", &db.name).await.0, mock_salt);
+    assert_ne!(scram_server_first(&p, "mallet", &db.name).await.0, mock_salt, "salts differ per user");
+    pgsluice::reload::reload(&p.handle.as_ref().unwrap().shared).expect("reload");
+    assert_eq!(scram_server_first(&p, "mallory", &db.name).await, (mock_salt, mock_iterations));
+    assert_eq!(scram_server_first(&p, "alice", &db.name).await.0, real_salt);
+}
+
+#[tokio::test]
+async fn plain_auth_of_an_unknown_user_costs_what_a_real_scram_user_costs() {
+    use pgsluice::auth::scram::Verifier;
+    let db = fresh_db("mockplain");
+    // A costly verifier makes the PBKDF2 that checking a cleartext password against it
+    // needs stand out from network noise.
+    let verifier = Verifier::from_password("right", b"0123456789abcdef", 300_000).to_string_form();
+    let p = pooler().general("auth_type = \"plain\"").database(&db, &[]).user("alice", &verifier).start().await;
+    let timed = |user: &'static str| {
+        let connstr = p.connstr(user, "wrong", &db.name);
+        async move {
+            let t = Instant::now();
+            let e = connect_str(&connstr).await.must_fail("wrong password");
+            assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+            t.elapsed()
+        }
+    };
+    // (Warm up, then the best of three of each: the least disturbed by other work.)
+    timed("alice").await;
+    let mut known = Duration::MAX;
+    let mut unknown = Duration::MAX;
+    for _ in 0..3 {
+        known = known.min(timed("alice").await);
+        unknown = unknown.min(timed("nobody").await);
+    }
+    assert!(
+        unknown * 2 >= known,
+        "an unknown user is told apart by timing: {unknown:?} against {known:?} for a user that exists"
+    );
+}
+
+/// One cleartext login attempt from `local` (an address on the loopback network): the
+/// ErrorResponse's SQLSTATE, or "ok".
+async fn plain_attempt(p: &Pooler, local: &str, user: &str, password: &str, db: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let limit = Duration::from_secs(20);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(p.addr).await.unwrap();
+    s.write_all(&startup_packet(196608, &[("user", user), ("database", db)])).await.unwrap();
+    let m = read_msg_within(&mut s, limit).await.expect("an answer");
+    if m.tag == b'E' {
+        return m.code();
+    }
+    assert_eq!((m.tag, m.i32_at(0)), (b'R', 3), "{m:?}");
+    let mut body = password.as_bytes().to_vec();
+    body.push(0);
+    s.write_all(&frame(b'p', &body)).await.unwrap();
+    let m = read_msg_within(&mut s, limit).await.expect("an answer");
+    match m.tag {
+        b'E' => m.code(),
+        b'R' if m.i32_at(0) == 0 => "ok".into(),
+        _ => panic!("{m:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_wrong_passwords_from_one_address_slow_down_and_nobody_else_does() {
+    let db = fresh_db("throttle");
+    let p = Arc::new(
+        pooler()
+            .general("auth_type = \"plain\"")
+            .general("auth_failure_delay = \"50ms\"")
+            .general("auth_failure_max_delay = \"500ms\"")
+            // (Every client logs in to PostgreSQL as the test's role.)
+            .database_with_login(&db, &[])
+            .user(&db.name, &db.password)
+            .user("victim", "secret")
+            .start()
+            .await,
+    );
+    // 1,000 guesses from 127.0.0.1, 50 connections at a time.
+    let started = Instant::now();
+    let mut codes: HashMap<String, usize> = HashMap::new();
+    for _ in 0..20 {
+        let batch: Vec<_> = (0..50)
+            .map(|i| {
+                let (p, name) = (p.clone(), db.name.clone());
+                tokio::spawn(async move { plain_attempt(&p, "127.0.0.1", "victim", &format!("guess{i}"), &name).await })
+            })
+            .collect();
+        for t in batch {
+            *codes.entry(t.await.unwrap()).or_default() += 1;
+        }
+    }
+    let took = started.elapsed();
+    let checked = codes.get("28P01").copied().unwrap_or(0);
+    let refused = codes.get("28000").copied().unwrap_or(0);
+    assert_eq!(checked + refused, 1000, "every guess is answered: {codes:?}");
+    // Three free failures, then one turn per 50..500 ms: the guesses that reached a password
+    // check are a few dozen at most, however many connections were used.
+    assert!(checked <= 3 + took.as_millis() as usize / 50 + 20, "{checked} passwords checked in {took:?}: {codes:?}");
+    assert!(refused >= 900, "{codes:?}");
+
+    // The same user from another address, and another user from the same address: at once.
+    for (local, user, pw) in [("127.0.0.2", "victim", "secret"), ("127.0.0.1", db.name.as_str(), db.password.as_str())]
+    {
+        let t = Instant::now();
+        assert_eq!(plain_attempt(&p, local, user, pw, &db.name).await, "ok", "{user} from {local}");
+        assert!(t.elapsed() < Duration::from_millis(500), "{user} from {local} waited {:?}", t.elapsed());
+    }
+    let shared = &p.handle.as_ref().unwrap().shared;
+    assert!(shared.throttle.refused.load(std::sync::atomic::Ordering::Relaxed) >= 900);
+    let text = pgsluice::metrics::render(shared);
+    assert!(text.contains("pgsluice_login_throttled_total{outcome=\"refused\"}"), "metric exported");
 }

@@ -2084,3 +2084,45 @@ async fn named_statements_per_client_are_capped_with_53400() {
     assert_eq!(row.get::<_, i32>(0), 2);
     assert_eq!(simple_one(&c, "select 'still here'").await, "still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_bytes_per_client_are_capped_and_a_huge_named_parse_is_refused_unread() {
+    let db = fresh_db("prep_bytes");
+    let p = pooler()
+        .general("max_client_prepared_bytes = 100000")
+        .database(&db, &[])
+        .user(&db.name, &db.password)
+        .start()
+        .await;
+    // Statements up to the limit, then one that would pass it: 53400, and the session goes on.
+    let c = p.connect(&db).await;
+    let text = |i: usize| format!("select {i}, '{}'", "x".repeat(30_000));
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(c.prepare(&text(i)).await.unwrap_or_else(|e| panic!("statement {i}: {e}")));
+    }
+    let e = c.prepare(&text(3)).await.expect_err("the fourth 30 kB statement");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53400"), "{e}");
+    assert!(message(&e).contains("max_client_prepared_bytes"), "{}", message(&e));
+    assert_eq!(simple_one(&c, "select 'still here'").await, "still here");
+    // An unnamed statement of any size (within max_packet_size) streams through.
+    let mut raw = RawConn::connect(p.port(), &db).await;
+    let big = format!("select length('{}')", "y".repeat(1_000_000));
+    raw.send(&[parse("", &big, &[]), bind("", "", &[]), execute("", 0), sync()].concat()).await;
+    let msgs = raw.until_ready(1).await;
+    let tags: String = msgs.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12DCZ", "{msgs:?}");
+    assert!(String::from_utf8_lossy(&msgs[2].body).contains("1000000"));
+
+    // A named Parse declaring 500 MB: FATAL 54000 at its header, with nothing more sent.
+    let mut header = vec![b'P'];
+    header.extend_from_slice(&(500u32 << 20).to_be_bytes());
+    header.extend_from_slice(b"huge\0select ");
+    raw.send(&header).await;
+    let m = raw.recv().await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    assert_eq!(m.tag, b'E', "{text}");
+    assert!(text.contains("C54000") && text.contains("max_client_prepared_bytes"), "{text}");
+    // Everyone else is served.
+    assert_eq!(simple_one(&p.connect(&db).await, "select 'others fine'").await, "others fine");
+}
