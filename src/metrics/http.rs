@@ -5,8 +5,11 @@
 //! keeps a stopped pooler alive (a request after that is a 503, and the accept loop ends
 //! at its next connection); a scrape is rendered synchronously between two awaits, so no
 //! lock is held across one; a connection that does not send its request head within
-//! [`HEADER_TIMEOUT`] is closed.
+//! [`HEADER_TIMEOUT`] is closed, and none lives longer than [`CONNECTION_LIFETIME`] (a
+//! client that reads its answer slowly included); at most [`MAX_CONNECTIONS`] are open: a
+//! new one beyond closes the oldest, so idle sockets cannot lock a scraper out.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -27,6 +30,12 @@ use crate::shared::Shared;
 /// How long a connection may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest life of one connection (keep-alive scrapers reconnect).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Connections open at once; a new one beyond closes the oldest.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -40,7 +49,35 @@ pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<Soc
     Ok(bound)
 }
 
+/// The open connections, oldest first: id and the task serving it.
+#[derive(Default)]
+struct Open {
+    conns: parking_lot::Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>,
+}
+
+impl Open {
+    /// Makes room for one more connection: closes the oldest while `max` are open.
+    fn make_room(&self, max: usize) {
+        let mut q = self.conns.lock();
+        while q.len() >= max {
+            if let Some((_, oldest)) = q.pop_front() {
+                tracing::debug!("metrics endpoint: closing the oldest connection to make room");
+                oldest.abort();
+            }
+        }
+    }
+
+    fn closed(&self, id: u64) {
+        let mut q = self.conns.lock();
+        if let Some(i) = q.iter().position(|(c, _)| *c == id) {
+            q.remove(i);
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Weak<Shared>) {
+    let open = Arc::new(Open::default());
+    let mut next_id = 0u64;
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -53,7 +90,12 @@ async fn accept_loop(listener: TcpListener, shared: Weak<Shared>) {
         // This connection still gets its answer (a 503), then the listener closes.
         let stopped = shared.strong_count() == 0;
         let shared = shared.clone();
-        tokio::spawn(async move {
+        open.make_room(MAX_CONNECTIONS);
+        next_id += 1;
+        let (id, open_now) = (next_id, open.clone());
+        // (Held while the task is being spawned: it cannot remove itself before it is added.)
+        let mut q = open.conns.lock();
+        let task = tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let res = respond(&shared, &req);
                 async move { Ok::<_, Infallible>(res) }
@@ -62,10 +104,15 @@ async fn accept_loop(listener: TcpListener, shared: Weak<Shared>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics endpoint: connection ended with an error"),
+                Err(_) => tracing::debug!("metrics endpoint: connection closed after its lifetime"),
+                Ok(Ok(())) => {}
             }
+            open_now.closed(id);
         });
+        q.push_back((id, task.abort_handle()));
+        drop(q);
         if stopped {
             tracing::debug!("metrics endpoint: the pooler has stopped, closing the listener");
             return;

@@ -290,6 +290,38 @@ async fn serves_metrics_and_404() {
     assert!(get("/metrics", "GET").await.starts_with("HTTP/1.1 503"));
 }
 
+#[tokio::test]
+async fn idle_sockets_cannot_lock_a_scraper_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let shared = shared();
+    let addr = serve(shared.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // 100 connections that send nothing, more than the endpoint keeps open.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A scrape is answered at once...
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let out = tokio::time::timeout(Duration::from_secs(5), scrape).await.expect("a scrape within 5 s");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // ... because the oldest idle ones were closed to make room.
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 100 - 64, "{closed} of 100 idle connections closed");
+}
+
 #[test]
 fn family_names_list_every_rendered_family_once() {
     let shared = shared();

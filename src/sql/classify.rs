@@ -27,7 +27,8 @@
 //!   A panic inside the parser is caught and also means primary.
 //! * **Exact cache keys.** Parser-path results are cached by the exact statement text (never
 //!   by a hash alone: a collision would misroute), in a sharded concurrent cache bounded to
-//!   `cache_size` entries, so there is no global lock on the hot path. The key is one
+//!   `cache_size` entries and `cache_size` KiB of text ([`ENTRY_WEIGHT`]), so there is no
+//!   global lock on the hot path and no client can make it hold more. The key is one
 //!   statement without the comments before it and its `;`, so a hint does not split entries.
 //! * **Multi-statement text** is read-only only if every statement is; the fast path stops
 //!   at the first write without parsing anything. `begin` comes from the first statement
@@ -108,6 +109,8 @@ pub struct ClassifierSettings {
     /// Longest text handed to the SQL parser; longer → primary (read_only false) without parsing.
     pub max_parse_length: usize,
     /// Parser-path results kept (bounded LRU-like concurrent cache, exact query text as key — no hash-only keys: a collision would misroute).
+    /// Memory is bounded too: an entry weighs its text's length, at least [`ENTRY_WEIGHT`]
+    /// bytes, and the cache holds at most `cache_size` × [`ENTRY_WEIGHT`] bytes.
     pub cache_size: usize,
 }
 
@@ -119,6 +122,21 @@ pub struct ClassifierSettings {
 /// a 2 MiB worker stack overflows only beyond ~18 000 levels (debug and release builds).
 pub const MAX_PARSE_TOKENS: usize = 8192;
 
+/// The least weight of a cache entry, in bytes, and the average the cache allows: with
+/// statements up to `max_parse_length` (16 KiB by default) long, the default 4096 entries
+/// would otherwise hold 64 MiB; weighted, they hold at most 4 MiB.
+pub const ENTRY_WEIGHT: u64 = 1024;
+
+/// An entry's weight: its text plus the table's share, at least [`ENTRY_WEIGHT`].
+#[derive(Debug, Clone, Copy)]
+struct TextWeight;
+
+impl quick_cache::Weighter<Box<str>, bool> for TextWeight {
+    fn weight(&self, key: &Box<str>, _: &bool) -> u64 {
+        (key.len() as u64 + 64).max(ENTRY_WEIGHT)
+    }
+}
+
 /// `sqlparser`'s recursion limit: deeper nesting is a parse error, so → primary.
 const PARSE_RECURSION_LIMIT: usize = 50;
 
@@ -128,7 +146,7 @@ pub struct Classifier {
     functions: HashSet<Box<str>>,
     max_parse_length: usize,
     /// Parser-path results by exact statement text; `None` when `cache_size` is 0.
-    cache: Option<Cache<Box<str>, bool>>,
+    cache: Option<Cache<Box<str>, bool, TextWeight>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -146,7 +164,9 @@ impl Classifier {
         Classifier {
             functions,
             max_parse_length: settings.max_parse_length,
-            cache: (settings.cache_size > 0).then(|| Cache::new(settings.cache_size)),
+            cache: (settings.cache_size > 0).then(|| {
+                Cache::with_weighter(settings.cache_size, settings.cache_size as u64 * ENTRY_WEIGHT, TextWeight)
+            }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -179,6 +199,12 @@ impl Classifier {
     #[cfg(test)]
     fn cache_len(&self) -> usize {
         self.cache.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Bytes the parser-path cache holds, as weighed.
+    #[cfg(test)]
+    fn cache_weight(&self) -> u64 {
+        self.cache.as_ref().map_or(0, Cache::weight)
     }
 
     /// Second pass over a text the fast path found read-only so far: parses each statement

@@ -642,3 +642,24 @@ fn shared_across_threads() {
     assert_eq!(hits + misses, 4 * 2 * 2_000);
     assert!(misses < 1_000, "{misses} misses");
 }
+
+#[test]
+fn the_cache_is_bounded_by_bytes_not_only_entries() {
+    // 16 entries of 4 KiB would be 64 KiB; weighted, the cache keeps 16 KiB: three of them.
+    let c = Classifier::new(ClassifierSettings {
+        read_only_functions: vec![],
+        max_parse_length: 64 * 1024,
+        cache_size: 16,
+    });
+    for i in 0..200 {
+        let sql = format!("WITH t AS (SELECT {i}) SELECT '{}' FROM t", "x".repeat(4 * 1024));
+        assert!(c.classify(&sql).read_only);
+    }
+    assert!(c.cache_len() <= 4, "{} entries of 4 KiB kept", c.cache_len());
+    assert!(c.cache_weight() <= 16 * ENTRY_WEIGHT, "{} bytes cached", c.cache_weight());
+    // Small statements still fill the entries.
+    for i in 0..200 {
+        c.classify(&format!("WITH t AS (SELECT {i}) SELECT * FROM t"));
+    }
+    assert!(c.cache_len() >= 8, "{} entries", c.cache_len());
+}
