@@ -67,6 +67,17 @@ pub fn max_read_whole(limits: crate::prepared::Limits) -> usize {
     (limits.bytes as usize).max(READ_AHEAD) + protocol::HEADER_LEN
 }
 
+/// How many bytes a direction may hold (read buffer and side buffer) before reading pauses:
+/// [`READ_AHEAD`], or enough for the frame awaited whole after what is scanned before it, of
+/// which at most [`READ_AHEAD`] counts. (Counting all of it let a peer that does not read
+/// raise the limit with each new message awaited whole, without bound: the scanned bytes
+/// grow only by reading, so this keeps a direction under 2 × `READ_AHEAD` + the largest
+/// frame read whole + one read.)
+#[inline]
+fn read_limit(pos: &ScanPos) -> usize {
+    READ_AHEAD.max(pos.fwd.min(READ_AHEAD) + pos.need)
+}
+
 /// Makes room for one read into `buf`: at least [`READ_MIN`] bytes, and as much again as the
 /// buffer holds, up to [`READ_CHUNK`] (a stream of large messages reads 16 KiB at a time; a
 /// client sending one small query at a time never allocates more than its query needs).
@@ -86,8 +97,8 @@ pub struct ScanPos {
     pub fwd: usize,
     /// Body bytes of an opaque message that have not arrived yet; forwarded as they come.
     pub skip: usize,
-    /// The scanner waits for a whole frame ending this many bytes into the buffer (reading
-    /// may go past `READ_AHEAD` to get it); 0 when not waiting.
+    /// The scanner waits for the frame at `fwd`, this many bytes long, to arrive whole
+    /// (reading may go past `READ_AHEAD` to get it, see [`read_limit`]); 0 when not waiting.
     pub need: usize,
 }
 
@@ -517,14 +528,14 @@ impl Exchange {
     /// whole is arriving).
     #[inline]
     pub fn may_read_client(&self, cbuf: &BytesMut) -> bool {
-        !self.st.txn.terminated && cbuf.len() + self.st.to_server.len() < READ_AHEAD.max(self.c.need)
+        !self.st.txn.terminated && cbuf.len() + self.st.to_server.len() < read_limit(&self.c)
     }
 
     /// Whether the server may be read now (backpressure toward a slow client).
     #[inline]
     pub fn may_read_server(&self, sbuf: &BytesMut) -> bool {
         // (While holding back, read on to the close: a dying server sends little more.)
-        sbuf.len() + self.st.to_client.len() < READ_AHEAD.max(self.s.need) || self.holding_back()
+        sbuf.len() + self.st.to_client.len() < read_limit(&self.s) || self.holding_back()
     }
 
     /// The client closed its side: whether requests it sent are still held back behind a

@@ -59,7 +59,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             // Only a named Parse is kept (an unnamed one streams): which is it?
             let first = rest.get(HEADER_LEN).copied();
             if hdr.tag == ftag::PARSE && ctx.track && first.is_none() {
-                c.pos.need = c.pos.fwd + HEADER_LEN + 1;
+                c.pos.need = HEADER_LEN + 1;
                 break;
             }
             // Rewriting needs some messages whole; wait for them, up to a bound: nothing
@@ -71,7 +71,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                     let (len, limit) = ((frame_len - 1) as u32, (limit - 1) as u32);
                     return Err(protocol::Error::TooLargeToInspect { tag: hdr.tag, len, limit });
                 }
-                c.pos.need = c.pos.fwd + frame_len;
+                c.pos.need = frame_len;
                 break;
             }
         }
@@ -137,7 +137,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                             continue;
                         }
                         Rewrite::Wait => {
-                            c.pos.need = c.pos.fwd + super::READ_AHEAD;
+                            c.pos.need = super::READ_AHEAD;
                             break;
                         }
                         Rewrite::Untouched => {}

@@ -51,7 +51,7 @@ pub(super) fn scan_server(
         // Asynchronous messages belong to no request.
         if tag == btag::NOTICE_RESPONSE && hdr.body_len <= MAX_INSPECTED {
             if rest.len() < frame_len {
-                s.pos.need = s.pos.fwd + frame_len;
+                s.pos.need = frame_len;
                 return Ok(());
             }
             let f = bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]);
@@ -91,7 +91,7 @@ pub(super) fn scan_server(
                 return Err(protocol::Error::TooLarge { tag, len: hdr.body_len as u32 + 4 });
             }
             if rest.len() < frame_len {
-                s.pos.need = s.pos.fwd + frame_len;
+                s.pos.need = frame_len;
                 return Ok(());
             }
         }

@@ -1055,3 +1055,61 @@ fn many_parses_of_known_statements_are_answered_within_the_limits() {
     assert!(answer_without_server(&mut batch(0, 10), &mut stmts, &known, 1 << 20, small).is_none());
     assert!(answer_without_server(&mut batch(0, 5), &mut stmts, &known, 1 << 20, small).is_some());
 }
+
+/// Feeds `bytes` to one side in 16 KiB reads while the exchange allows reading that side,
+/// never writing anything out (the other peer does not read); returns how many were taken.
+fn feed_while_allowed(sim: &mut Sim, bytes: &[u8], client: bool) -> usize {
+    let mut taken = 0;
+    while taken < bytes.len() {
+        let allowed = if client { sim.x.may_read_client(&sim.cbuf) } else { sim.x.may_read_server(&sim.sbuf) };
+        if !allowed {
+            break;
+        }
+        let n = (bytes.len() - taken).min(READ_CHUNK);
+        let chunk = &bytes[taken..taken + n];
+        if client {
+            sim.client(chunk).unwrap();
+        } else {
+            sim.server(chunk).unwrap();
+        }
+        taken += n;
+    }
+    taken
+}
+
+#[test]
+fn read_ahead_stays_bounded_when_the_peer_does_not_read() {
+    // 16 Queries of 60 KiB, each read whole (session-state rules look into them), to a
+    // server that takes nothing: before, each one raised the limit by its own length.
+    let rules = Rules {
+        track: true,
+        max_body: 1 << 20,
+        session: Some(SessionRules { policy: crate::config::SessionState::Pin }),
+        ..Rules::default()
+    };
+    let mut sim = Sim::new(rules);
+    let q = msg(b'Q', format!("select '{}'\0", "x".repeat(60 * 1024)).as_bytes());
+    let all: Vec<u8> = (0..16).flat_map(|_| q.clone()).collect();
+    let mut taken = feed_while_allowed(&mut sim, &all, true);
+    assert!(taken < all.len(), "reading paused");
+    let bound = 2 * READ_AHEAD + q.len() + READ_CHUNK;
+    assert!(sim.cbuf.len() <= bound, "client read buffer {} bytes, bound {bound}", sim.cbuf.len());
+    // Once the server takes what was scanned, the rest arrives.
+    let mut sent = 0;
+    for _ in 0..64 {
+        sent += sim.sent().len();
+        taken += feed_while_allowed(&mut sim, &all[taken..], true);
+    }
+    sent += sim.sent().len();
+    assert_eq!(sent, all.len(), "every byte reached the server");
+
+    // Notices to a client that reads nothing.
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    let notice = msg(b'N', format!("SNOTICE\0C00000\0M{}\0\0", "n".repeat(60 * 1024)).as_bytes());
+    let all: Vec<u8> = (0..16).flat_map(|_| notice.clone()).collect();
+    feed_while_allowed(&mut sim, &all, false);
+    let bound = 2 * READ_AHEAD + notice.len() + READ_CHUNK;
+    assert!(sim.sbuf.len() <= bound, "server read buffer {} bytes, bound {bound}", sim.sbuf.len());
+}
