@@ -661,12 +661,25 @@ impl Exchange {
         t.requests == 1 && t.pending == 1 && !self.st.answered
     }
 
+    /// After the server connection died: whether part of a message went (or is going) to the
+    /// client without its end. No ErrorResponse may follow it: the client would read it as
+    /// the rest of the message.
+    pub fn torn_to_client(&self) -> bool {
+        self.s.skip > 0 && !self.holding_back()
+    }
+
+    /// After the server connection died: appends to `out` what was received for the client
+    /// and not yet written (whole messages, and the start of a torn one).
+    pub fn unsent_to_client(&self, sbuf: &BytesMut, out: &mut BytesMut) {
+        out.extend_from_slice(&self.st.to_client);
+        out.extend_from_slice(&sbuf[..self.s.fwd.min(sbuf.len())]);
+    }
+
     /// After the server connection died (and [`Exchange::resumable`]): appends to `out` the
     /// answers already received and scanned but not yet written to the client (whole
     /// messages), and drops the client bytes scanned for the failed requests.
     pub fn salvage(&mut self, cbuf: &mut BytesMut, sbuf: &BytesMut, out: &mut BytesMut) {
-        out.extend_from_slice(&self.st.to_client);
-        out.extend_from_slice(&sbuf[..self.s.fwd.min(sbuf.len())]);
+        self.unsent_to_client(sbuf, out);
         cbuf.advance(self.c.fwd.min(cbuf.len()));
         self.c = ScanPos::default();
         self.s = ScanPos::default();

@@ -140,8 +140,9 @@ pub(super) fn scan_server(
             continue;
         }
         let Some(head) = head else {
-            if tag == btag::READY_FOR_QUERY {
-                // A ReadyForQuery nobody asked for: the streams are out of step.
+            if tag != btag::ERROR_RESPONSE {
+                // An answer nobody asked for (the asynchronous ones were passed above): the
+                // streams are out of step, and the connection cannot be trusted.
                 return Err(protocol::Error::UnexpectedTag(tag));
             }
             // E.g. a FATAL error before the server closes the connection.
@@ -170,7 +171,9 @@ pub(super) fn scan_server(
             }
         }
         if tag == btag::READY_FOR_QUERY {
-            let &[st] = &rest[HEADER_LEN..frame_len] else { return Err(protocol::Error::Malformed("ReadyForQuery")) };
+            let &[st @ (status::IDLE | status::IN_TRANSACTION | status::FAILED)] = &rest[HEADER_LEN..frame_len] else {
+                return Err(protocol::Error::Malformed("ReadyForQuery"));
+            };
             if !kind.ends_with_ready() {
                 return Err(protocol::Error::UnexpectedTag(tag));
             }

@@ -1113,3 +1113,36 @@ fn read_ahead_stays_bounded_when_the_peer_does_not_read() {
     let bound = 2 * READ_AHEAD + notice.len() + READ_CHUNK;
     assert!(sim.sbuf.len() <= bound, "server read buffer {} bytes, bound {bound}", sim.sbuf.len());
 }
+
+#[test]
+fn a_server_out_of_step_is_a_protocol_error() {
+    // A ReadyForQuery whose status is not I, T or E.
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    assert!(sim.server(&cat(&[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"?")])).is_err());
+    // An answer while no request is pending (asynchronous messages and errors are fine).
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&cat(&[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")])).unwrap();
+    sim.server(&msg(b'N', b"SNOTICE\0C00000\0Mhello\0\0")).unwrap();
+    sim.server(&msg(b'S', b"TimeZone\0UTC\0")).unwrap();
+    assert!(matches!(sim.server(&msg(b'D', b"\0\x01\0\0\0\x01x")), Err(protocol::Error::UnexpectedTag(b'D'))));
+}
+
+#[test]
+fn a_message_torn_by_the_server_is_known() {
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    let row = msg(b'D', b"\0\x01\0\0\0\x1e012345678901234567890123456789");
+    sim.server(&cat(&[msg(b'T', b"\0\x01x\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"), row[..10].to_vec()]))
+        .unwrap();
+    assert!(sim.x.torn_to_client(), "10 bytes of a 36-byte DataRow");
+    let mut out = BytesMut::new();
+    sim.x.unsent_to_client(&sim.sbuf, &mut out);
+    assert!(out.ends_with(&row[..10]));
+    sim.server(&row[10..]).unwrap();
+    assert!(!sim.x.torn_to_client());
+}

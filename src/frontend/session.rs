@@ -151,6 +151,15 @@ enum Survived {
     Resend,
 }
 
+/// How a session that lost its server ends.
+enum Lost {
+    /// With this FATAL 08006.
+    Fatal(String),
+    /// Without a word: the client has the start of a message whose end never came, and
+    /// nothing may follow it but the end of the connection (as when PostgreSQL dies).
+    Torn,
+}
+
 /// What ended an idle wait.
 enum Idle {
     /// A complete request (or enough to start streaming) is buffered.
@@ -786,7 +795,10 @@ impl Session {
                 match self.survive_server_loss(g).await {
                     Ok(Survived::Answered) => State::Idle,
                     Ok(Survived::Resend) => self.request_ready().await,
-                    Err(lost) => State::Closing(Some(ClientError::fatal("08006", lost, ErrorSource::Server))),
+                    Err(Lost::Fatal(lost)) => {
+                        State::Closing(Some(ClientError::fatal("08006", lost, ErrorSource::Server)))
+                    }
+                    Err(Lost::Torn) => State::Closing(None),
                 }
             }
             Event::ServerProtocol(_) => {
@@ -800,6 +812,16 @@ impl Session {
             }
             Event::QueryTimeout => {
                 tokio::spawn(crate::cancel::send_cancel(g.server().cancel.clone()));
+                let (_, server, x) = g.parts();
+                if x.torn_to_client() {
+                    // No ErrorResponse may follow the start of a message: what the server
+                    // sent, then the end of the connection.
+                    let mut out = BytesMut::new();
+                    x.unsent_to_client(&server.buf, &mut out);
+                    g.discard();
+                    let _ = send(&mut self.stream, &out).await;
+                    return State::Closing(None);
+                }
                 g.discard();
                 fatal("57014", "query_timeout", ErrorSource::Internal)
             }
@@ -835,9 +857,22 @@ impl Session {
     ///
     /// Otherwise returns the message to disconnect the client with (its transaction or
     /// session is gone, or the streams cannot be resynchronised).
-    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<Survived, String> {
+    async fn survive_server_loss(&mut self, mut g: PoolGuard) -> Result<Survived, Lost> {
         let host = g.pool().settings().host.index;
         let (_, server, x) = g.parts();
+        if x.torn_to_client() {
+            // The client gets what the server sent, up to where it stopped, then the end.
+            let mut out = BytesMut::new();
+            x.unsent_to_client(&server.buf, &mut out);
+            drop(g);
+            self.reg.info.unlinked();
+            self.pool.cluster().request_probe();
+            if let Some(r) = &mut self.router {
+                r.released(self.pool.cluster());
+            }
+            let _ = send(&mut self.stream, &out).await;
+            return Err(Lost::Torn);
+        }
         x.take_read_only_error();
         let why = match x.server_fatal() {
             Some(f) => format!("server closed the connection ({f})"),
@@ -881,7 +916,7 @@ impl Session {
             return Ok(Survived::Resend);
         }
         if !resumable {
-            return Err(format!("{why}; the transaction or session state on it is lost"));
+            return Err(Lost::Fatal(format!("{why}; the transaction or session state on it is lost")));
         }
         let next = if self.router.is_some() && cluster.primary() != crate::cluster::Primary::Host(host) {
             "the next request is routed again (reads to a healthy replica or the primary, writes to the primary)"

@@ -88,6 +88,8 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("pgsluice_wait_duration_seconds", POOL),
     ("pgsluice_pinned_clients", POOL),
     ("pgsluice_auth_failures_total", &[]),
+    ("pgsluice_login_throttled_total", &["outcome"]),
+    ("pgsluice_login_throttle_pairs", &[]),
     ("pgsluice_clients_logging_in", &[]),
 ];
 
