@@ -216,9 +216,12 @@ pub fn eligible(hosts: &[Tracker], history: &History, rules: &Rules, primary: Pr
             return false;
         }
     }
-    match lag(hosts, history, i, now) {
+    // With no primary (down, or split brain) its position is unknown: lag is not held against
+    // a replica (docs/failover.md#lag), whatever the last primary's samples say.
+    let has_primary = matches!(primary, Primary::Host(_));
+    match lag(hosts, history, i, now).filter(|_| has_primary) {
         Some(l) => l.time <= rules.max_lag && (rules.max_lag_bytes == 0 || l.bytes <= rules.max_lag_bytes),
-        None => history.latest().is_none() && h.last.as_ref().is_some_and(|p| p.replay_lsn.is_some()),
+        None => (history.latest().is_none() || !has_primary) && h.last.as_ref().is_some_and(|p| p.replay_lsn.is_some()),
     }
 }
 
@@ -426,5 +429,21 @@ mod tests {
         assert!(!eligible(&h, &hist, &RULES, p, 1, now), "older timeline");
         h[1].observe(down(), &RULES);
         assert!(!eligible(&h, &hist, &RULES, p, 1, t0 + Duration::from_millis(1500)), "unreachable");
+    }
+
+    #[test]
+    fn lag_is_not_held_against_replicas_while_there_is_no_primary() {
+        let t0 = Instant::now();
+        let mut hist = History::default();
+        hist.record(t0, 100);
+        hist.record(t0 + Duration::from_secs(1), 200);
+        let mut h = hosts(2);
+        h[0].observe(primary(1), &RULES);
+        h[1].observe(replica(150), &RULES);
+        let now = t0 + Duration::from_secs(5);
+        assert!(!eligible(&h, &hist, &RULES, Primary::Host(0), 1, now), "4.5 s behind the primary");
+        // The primary was lost (declared down): its position is unknown, the replica takes reads.
+        assert!(eligible(&h, &hist, &RULES, Primary::None, 1, now));
+        assert!(eligible(&h, &hist, &RULES, Primary::SplitBrain, 1, now));
     }
 }

@@ -76,9 +76,15 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
             }
             Pick::NoReplica => return Err(pool::Error::NoReplica(cluster.name().into())),
             Pick::Fallback => {
+                // A change of topology while this read waits for the primary (the primary
+                // declared down, a failover) may make a replica eligible: pick again then.
+                let seen = cluster.primary();
+                let g = tokio::select! {
+                    g = primary(set) => g,
+                    _ = cluster.wait_change(seen, Instant::now() + Duration::from_secs(86_400)) => continue,
+                };
                 RouteStats::bump(&stats.fallbacks);
                 RouteStats::bump(&stats.reads_primary);
-                let g = primary(set).await;
                 router.resolve_ryw(cluster);
                 return g;
             }
