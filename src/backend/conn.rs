@@ -21,10 +21,18 @@ use crate::net::{read_message, ReadError, Stream};
 use crate::params::ParamSet;
 use crate::prepared::{tag_deallocates_all, ServerState};
 use crate::protocol::backend::{self as bmsg, AuthRequest};
-use crate::protocol::{btag, status, write};
+use crate::protocol::{self, btag, status, write};
 
 /// Largest message accepted from a server during login and internal queries.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// Most bytes a server may send during one login (a real one sends well under 2 KiB):
+/// beyond, it is refused instead of growing the recorded parameters for as long as
+/// `server_connect_timeout` lets it.
+const MAX_LOGIN_BYTES: usize = 4 << 20;
+
+/// Longest server error message passed on to a client (PostgreSQL's own are one line).
+const MAX_ERROR_MESSAGE: usize = 512;
 
 /// What pgsluice knows to log in as a user.
 #[derive(Clone, Default)]
@@ -191,8 +199,21 @@ impl ServerConn {
         let mut auth = AuthState { binding, ..AuthState::default() };
         let mut params = Vec::new();
         let mut key: Option<(i32, Arc<[u8]>)> = None;
+        let mut received = 0usize;
         loop {
             let (tag, body) = read_message(&mut stream, &mut buf, MAX_LOGIN_MESSAGE).await?;
+            received += protocol::HEADER_LEN + body.len();
+            if received > MAX_LOGIN_BYTES {
+                return Err(Error::Lost(format!("server sent more than {} MiB during login", MAX_LOGIN_BYTES >> 20)));
+            }
+            // After AuthenticationOk only ParameterStatus, BackendKeyData and ReadyForQuery
+            // (and notices, errors) come; none of them before it (a server skipping
+            // authentication must still say so, for `server_auth_methods` to judge).
+            if matches!(tag, btag::PARAMETER_STATUS | btag::BACKEND_KEY_DATA | btag::READY_FOR_QUERY)
+                && !auth.authenticated
+            {
+                return Err(Error::Lost(format!("server sent {} before AuthenticationOk", login_message_name(tag))));
+            }
             out.clear();
             match tag {
                 btag::AUTHENTICATION => {
@@ -229,8 +250,16 @@ impl ServerConn {
                 }
                 btag::ERROR_RESPONSE => return Err(server_error(&body)),
                 btag::READY_FOR_QUERY => break,
-                // NoticeResponse and NegotiateProtocolVersion need no answer.
-                _ => {}
+                btag::NOTICE_RESPONSE => {}
+                // pgsluice asks for protocol 3.0 with no `_pq_` options: there is nothing a
+                // server could legitimately negotiate down (libpq fails the login too).
+                btag::NEGOTIATE_PROTOCOL_VERSION => return Err(negotiate_error(&body)),
+                other => {
+                    return Err(Error::Lost(format!(
+                        "server sent an unexpected message ({}) during login",
+                        login_message_name(other)
+                    )))
+                }
             }
         }
         let (pid, secret) = key.ok_or_else(|| Error::Lost("server sent no BackendKeyData".into()))?;
@@ -381,9 +410,67 @@ impl ServerConn {
     }
 }
 
+/// The server's ErrorResponse as an error for the client. What a client is shown must be
+/// valid: a SQLSTATE that is not five digits or capital letters becomes `08P01`
+/// (protocol_violation), and the message is one line of bounded length.
 fn server_error(body: &[u8]) -> Error {
     let f = bmsg::parse_error_fields(body);
-    Error::Server { code: f.code.to_string(), message: f.message.to_string() }
+    let valid = f.code.len() == 5 && f.code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    let message = sanitize_message(f.message);
+    if !valid {
+        let message = if message.is_empty() { "(no message)".to_string() } else { message };
+        return Error::Server {
+            code: "08P01".into(),
+            message: format!("server sent an ErrorResponse without a valid SQLSTATE: {message}"),
+        };
+    }
+    let message = if message.is_empty() { format!("server error {} (no message)", f.code) } else { message };
+    Error::Server { code: f.code.to_string(), message }
+}
+
+/// `m` with control characters replaced by spaces, cut to [`MAX_ERROR_MESSAGE`] bytes.
+fn sanitize_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len().min(MAX_ERROR_MESSAGE + 4));
+    for c in m.chars() {
+        if out.len() + c.len_utf8() > MAX_ERROR_MESSAGE {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// A NegotiateProtocolVersion (`Int32` newest minor version, `Int32` count, option names)
+/// as a login error naming what the server said.
+fn negotiate_error(body: &[u8]) -> Error {
+    let int = |at: usize| body.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let minor = int(0).map_or_else(|| "?".to_string(), |m| m.to_string());
+    let options: Vec<String> = body
+        .get(8..)
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|o| !o.is_empty())
+        .take(8)
+        .map(|o| sanitize_message(&String::from_utf8_lossy(&o[..o.len().min(64)])))
+        .collect();
+    Error::Lost(format!(
+        "server sent NegotiateProtocolVersion (newest minor version 3.{minor}, unrecognized options [{}]) although pgsluice asked for protocol 3.0 without options",
+        options.join(", ")
+    ))
+}
+
+/// A server message type for an error message.
+fn login_message_name(tag: u8) -> String {
+    match tag {
+        btag::PARAMETER_STATUS => "ParameterStatus".into(),
+        btag::BACKEND_KEY_DATA => "BackendKeyData".into(),
+        btag::READY_FOR_QUERY => "ReadyForQuery".into(),
+        btag::DATA_ROW => "DataRow".into(),
+        btag::COMMAND_COMPLETE => "CommandComplete".into(),
+        t if t.is_ascii_graphic() => format!("type '{}'", t as char),
+        t => format!("type byte {t:#04x}"),
+    }
 }
 
 /// SSLRequest: length 8, code 80877103.
@@ -432,6 +519,12 @@ struct AuthState {
     binding: Option<Vec<u8>>,
     /// The server asked for some authentication (`AuthenticationOk` alone means none).
     asked: bool,
+    /// The SCRAM exchange ended with the server's signature verified.
+    scram_verified: bool,
+    /// AuthenticationOk was received.
+    authenticated: bool,
+    /// A method (cleartext, md5, SASL) was asked for: PostgreSQL asks once per login.
+    method_asked: bool,
 }
 
 /// Answers one authentication request into `out` (empty when no answer is due), within
@@ -449,9 +542,31 @@ fn authenticate(
     if !matches!(req, AuthRequest::Ok) {
         st.asked = true;
     }
+    if st.authenticated {
+        return Err(Error::Lost("server sent an authentication request after AuthenticationOk".into()));
+    }
+    if matches!(req, AuthRequest::Cleartext | AuthRequest::Md5 { .. } | AuthRequest::Sasl { .. }) {
+        // A second request would make pgsluice start over, e.g. run PBKDF2 again for each
+        // SCRAM exchange the server begins (libpq: "duplicate SASL authentication request").
+        if st.method_asked {
+            return Err(Error::Lost("server sent a second authentication request during one login".into()));
+        }
+        st.method_asked = true;
+    }
     match req {
-        AuthRequest::Ok if !st.asked => allow(Method::None)?,
-        AuthRequest::Ok => {}
+        AuthRequest::Ok if !st.asked => {
+            allow(Method::None)?;
+            st.authenticated = true;
+        }
+        // A SCRAM server proves it knows the password in SASLFinal, before AuthenticationOk;
+        // one that skips the proof may be an impostor (libpq refuses it too).
+        AuthRequest::Ok if st.scram.is_some() && !st.scram_verified => {
+            return Err(Error::Auth(
+                "server sent AuthenticationOk before completing the SCRAM exchange (it did not prove that it knows the password)"
+                    .into(),
+            ))
+        }
+        AuthRequest::Ok => st.authenticated = true,
         AuthRequest::Cleartext => {
             allow(Method::Password)?;
             match &cred.secret {
@@ -507,8 +622,55 @@ fn authenticate(
         AuthRequest::SaslFinal(data) => {
             let client = st.scram.as_mut().ok_or_else(|| Error::Lost("unexpected SASLFinal".into()))?;
             client.server_final(data).map_err(|e| Error::Auth(format!("SCRAM: {e}")))?;
+            st.scram_verified = true;
         }
         AuthRequest::Unsupported(code) => return Err(Error::Auth(format!("unsupported authentication method {code}"))),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (t, v) in fields {
+            b.push(*t);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn server_errors_reach_clients_with_a_valid_sqlstate_and_a_bounded_message() {
+        let e =
+            server_error(&error_body(&[(b'S', "FATAL"), (b'C', "28P01"), (b'M', "password authentication failed")]));
+        assert!(
+            matches!(&e, Error::Server { code, message } if code == "28P01" && message == "password authentication failed")
+        );
+        for bad in ["", "2800", "28P011", "28p01", "28\u{1}01"] {
+            let e = server_error(&error_body(&[(b'C', bad), (b'M', "m")]));
+            assert!(matches!(&e, Error::Server { code, .. } if code == "08P01"), "{bad:?}: {e}");
+        }
+        let e = server_error(&error_body(&[(b'C', "XX000")]));
+        assert!(matches!(&e, Error::Server { message, .. } if message.contains("no message")), "{e}");
+        // Cut at a character boundary, control characters gone.
+        let long = format!("a\nb{}", "é".repeat(1000));
+        let m = sanitize_message(&long);
+        assert!(m.len() <= MAX_ERROR_MESSAGE + '…'.len_utf8() && m.ends_with('…') && m.starts_with("a b"), "{m}");
+    }
+
+    #[test]
+    fn negotiate_protocol_version_is_described() {
+        let mut body = 2i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(b"_pq_.x\0");
+        let e = negotiate_error(&body).to_string();
+        assert!(e.contains("3.2") && e.contains("_pq_.x"), "{e}");
+        // Truncated: still an error, no panic.
+        assert!(negotiate_error(&[0, 0]).to_string().contains("3.?"));
+    }
 }

@@ -30,6 +30,14 @@ pub(super) fn scan_server(
     sink: &mut ParamSink<'_>,
 ) -> Result<(), protocol::Error> {
     s.pos.need = 0;
+    if ctx.x.server_fatal.is_some() && !ctx.x.answered {
+        // A server that said it is going away has nothing more to say, and the client gets
+        // none of it while the session decides (`holding_back`): what follows is dropped as
+        // it arrives, so a hostile server cannot fill memory before it closes.
+        s.buf.truncate(s.pos.fwd);
+        s.pos.skip = 0;
+        return Ok(());
+    }
     loop {
         if ctx.x.txn.opened_transaction {
             // Statement mode: a held-back ReadyForQuery ends the session; read no further.

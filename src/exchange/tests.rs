@@ -1146,3 +1146,17 @@ fn a_message_torn_by_the_server_is_known() {
     sim.server(&row[10..]).unwrap();
     assert!(!sim.x.torn_to_client());
 }
+
+#[test]
+fn what_a_dying_server_sends_after_its_fatal_is_dropped() {
+    let mut sim = Sim::default();
+    sim.client(&msg(b'Q', b"select 1\0")).unwrap();
+    sim.sent();
+    sim.server(&msg(b'E', b"SFATAL\0C57P01\0Mterminating connection due to administrator command\0\0")).unwrap();
+    assert!(sim.x.server_fatal().is_some());
+    // However much more it sends, none of it is kept.
+    for _ in 0..100 {
+        sim.server(&msg(b'D', &[b'x'; 4096])).unwrap();
+    }
+    assert!(sim.sbuf.len() <= 4096 + 5, "{} bytes kept", sim.sbuf.len());
+}

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod auth_query;
 mod drivers;
+mod hostile_server;
 mod lifecycle;
 mod login_errors;
 mod metrics;
