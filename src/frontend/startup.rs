@@ -87,6 +87,28 @@ pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> 
         }
         return Startup::Done;
     }
+    // Past its first byte, a place among the logins from its address until the login ends.
+    let _slot = match stream.is_unix() {
+        true => None,
+        false => match shared.logins.authenticating(peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                let e = ClientError::fatal(
+                    "53300",
+                    "too many connections logging in from this address (max_login_clients_per_host)",
+                    ErrorSource::Client,
+                );
+                if g.log_pooler_errors {
+                    tracing::warn!(%peer, code = %e.code, error = %e.message, "login refused");
+                }
+                let mut out = BytesMut::new();
+                e.into_fatal().encode(&mut out);
+                let mut stream = stream;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+                return Startup::Done;
+            }
+        },
+    };
     let mut stream = Some(stream);
     let mut buf = BytesMut::new();
     let run = login(shared, &cfg, &mut stream, &mut buf, peer);

@@ -10,8 +10,13 @@
 //! displaces nobody); and when `max_client_conn` is full, the server makes room the same way
 //! ([`Logins::evict_oldest`]). So sockets that send nothing hold their places for at most
 //! `MIN_AGE` against newer arrivals. Entries leave when the login ends, however it ends.
+//!
+//! After its first byte, a connection still counts against its address until its login
+//! ends ([`Logins::authenticating`]): one over `per_host` is refused at once (no eviction
+//! there: a client that spoke may be a real one), so a host that starts logins and stalls in
+//! them holds at most `per_host` places, whatever `client_login_timeout` is.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -43,6 +48,26 @@ pub struct Logins {
     total: usize,
     /// Oldest first: source address, arrival, entry.
     pending: Mutex<VecDeque<(IpAddr, Instant, Arc<Pending>)>>,
+    /// Connections past their first byte and not logged in yet, per source address.
+    authenticating: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place among those logging in from its address; given back when dropped.
+pub struct AuthSlot<'a> {
+    logins: &'a Logins,
+    ip: IpAddr,
+}
+
+impl Drop for AuthSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.logins.authenticating.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Removes its connection from [`Logins`] when dropped (the login ended).
@@ -65,7 +90,24 @@ impl Logins {
     /// At most `per_host` connections logging in per source address and `total` overall
     /// (each at least 1).
     pub fn new(per_host: usize, total: usize) -> Logins {
-        Logins { per_host: per_host.max(1), total: total.max(1), pending: Mutex::new(VecDeque::new()) }
+        Logins {
+            per_host: per_host.max(1),
+            total: total.max(1),
+            pending: Mutex::new(VecDeque::new()),
+            authenticating: Mutex::default(),
+        }
+    }
+
+    /// A connection from `ip` that has sent its first byte goes on logging in, unless
+    /// `per_host` from that address already are (`None`: refuse it).
+    pub fn authenticating(&self, ip: IpAddr) -> Option<AuthSlot<'_>> {
+        let mut m = self.authenticating.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.per_host {
+            return None;
+        }
+        *n += 1;
+        Some(AuthSlot { logins: self, ip })
     }
 
     /// A connection from `ip` starts logging in; older ones over a limit are told to close.
@@ -149,5 +191,20 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_millis(100), third.pending.evicted()).await.expect("oldest");
         drop((third, other, fourth, first, second));
         assert!(logins.is_empty(), "entries leave when their login ends");
+    }
+
+    #[test]
+    fn logins_past_the_first_byte_are_capped_per_address() {
+        let logins = Logins::new(2, 10);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = logins.authenticating(a).expect("first");
+        let two = logins.authenticating(a).expect("second");
+        assert!(logins.authenticating(a).is_none(), "a third from the same address is refused");
+        let other = logins.authenticating(b).expect("another address has its own allowance");
+        drop(one);
+        let three = logins.authenticating(a).expect("a place was given back");
+        drop((two, three, other));
+        assert!(logins.authenticating.lock().is_empty(), "nothing left behind");
     }
 }

@@ -958,3 +958,48 @@ async fn a_socket_that_sends_nothing_is_closed_after_client_first_byte_timeout()
     assert!(matches!(n, Ok(0) | Err(_)), "closed without an answer: {n:?}");
     assert!(started.elapsed() >= Duration::from_millis(400) && started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_stalled_after_their_first_byte_are_capped_per_address() {
+    let db = fresh_db("stalled");
+    let p = pooler()
+        .general("max_login_clients_per_host = 5")
+        .database(&db, &[])
+        .user(&db.name, &db.password)
+        .start()
+        .await;
+    // Five logins from 127.0.0.1 that stop answering once asked for a password.
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(&startup_for(&db, &[])).await.unwrap();
+        let m = expect_msg(&mut s).await;
+        assert_eq!((m.tag, m.i32_at(0)), (b'R', 10), "{m:?}");
+        stalled.push(s);
+    }
+    // A sixth from that address is refused at once, with a reason...
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup_for(&db, &[])).await.unwrap();
+    let started = Instant::now();
+    let m = expect_fatal(&mut s, "53300").await;
+    assert!(m.contains("max_login_clients_per_host"), "{m}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // ... while another address logs in.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = sock.connect(p.addr).await.unwrap();
+    let (c, conn) = tokio_postgres::Config::new()
+        .user(&db.name)
+        .password(&db.password)
+        .dbname(&db.name)
+        .connect_raw(tcp, NoTls)
+        .await
+        .expect("another address gets in");
+    tokio::spawn(conn);
+    assert_eq!(simple_one(&c, "select 'in'").await, "in");
+    // Once a stalled login goes, its address has a place again.
+    drop(stalled.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = p.try_connect(&db.name, &db.password, &db.name).await.expect("a place was given back");
+    assert_eq!(simple_one(&c, "select 'in'").await, "in");
+}
