@@ -34,8 +34,9 @@ pub(super) fn scan_server(
         // A server that said it is going away has nothing more to say, and the client gets
         // none of it while the session decides (`holding_back`): what follows is dropped as
         // it arrives, so a hostile server cannot fill memory before it closes.
+        // (A message streamed past the FATAL stays unfinished: `skip` is left as it is, so
+        // the exchange never counts as resumable with half a message scanned.)
         s.buf.truncate(s.pos.fwd);
-        s.pos.skip = 0;
         return Ok(());
     }
     loop {
