@@ -18,7 +18,7 @@
 use std::{fmt, mem};
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
