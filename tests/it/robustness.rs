@@ -217,13 +217,15 @@ async fn protocol_3_2_with_pq_option_gets_negotiate_protocol_version() {
     let r = expect_msg(&mut s).await;
     assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "expected AuthenticationSASL after negotiation: {r:?}");
     assert!(String::from_utf8_lossy(&r.body).contains("SCRAM-SHA-256"), "{r:?}");
-    // A newer minor alone (no options) is negotiated too.
-    let mut s = raw(&p).await;
-    s.write_all(&startup_packet(PROTOCOL_3_0 | 2, &params[..2])).await.unwrap();
-    let v = expect_msg(&mut s).await;
-    assert_eq!((v.tag, v.i32_at(0), v.i32_at(4)), (b'v', PROTOCOL_3_0 as i32, 0), "{v:?}");
-    let r = expect_msg(&mut s).await;
-    assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "{r:?}");
+    // A newer minor alone (no options) is negotiated too, up to libpq 19's test version 3.9999.
+    for minor in [2, 9999] {
+        let mut s = raw(&p).await;
+        s.write_all(&startup_packet(PROTOCOL_3_0 | minor, &params[..2])).await.unwrap();
+        let v = expect_msg(&mut s).await;
+        assert_eq!((v.tag, v.i32_at(0), v.i32_at(4)), (b'v', PROTOCOL_3_0 as i32, 0), "3.{minor}: {v:?}");
+        let r = expect_msg(&mut s).await;
+        assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "3.{minor}: {r:?}");
+    }
 }
 
 #[tokio::test]
