@@ -122,6 +122,12 @@ impl Throttle {
         let key = self.key(addr, user);
         let mut t = self.entries.lock();
         let Some(e) = t.map.get_mut(&key) else { return Admit::Now };
+        if now.saturating_duration_since(e.last_failure) >= FORGET_AFTER {
+            // Quiet long enough: forgotten (the table is purged only when full).
+            t.map.remove(&key);
+            self.len.store(t.map.len(), Ordering::Relaxed);
+            return Admit::Now;
+        }
         if e.failures <= FREE_FAILURES {
             return Admit::Now;
         }
@@ -273,6 +279,9 @@ mod tests {
             t.failed(ip("10.0.0.1"), "u", now);
         }
         let later = now + FORGET_AFTER + 1000 * MS;
+        assert_eq!(t.admit(ip("10.0.0.1"), "u", later), Admit::Now);
+        assert!(t.is_empty(), "a quiet pair is dropped when it is next seen");
+        // Its next attempts are not queued behind a turn the old failures would reserve.
         assert_eq!(t.admit(ip("10.0.0.1"), "u", later), Admit::Now);
         t.failed(ip("10.0.0.1"), "u", later);
         assert_eq!(t.admit(ip("10.0.0.1"), "u", later), Admit::Now, "the count started again");

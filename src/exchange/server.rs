@@ -112,6 +112,11 @@ pub(super) fn scan_server(
                 // The server is about to close; the session decides what the client hears.
                 ctx.x.server_fatal = Some(format!("{}: {}", f.code, f.message));
                 s.drop_frame(&mut ctx.x.to_client, frame_len);
+                if !ctx.x.answered {
+                    // (Nothing after it counts: see the top of this function.)
+                    s.buf.truncate(s.pos.fwd);
+                    return Ok(());
+                }
                 continue;
             }
             match f.code {

@@ -79,9 +79,16 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
                 // A change of topology while this read waits for the primary (the primary
                 // declared down, a failover) may make a replica eligible: pick again then.
                 let seen = cluster.primary();
+                let changed = async {
+                    // (A stopped cluster — retired by a reload — answers at once without a
+                    // change: wait for the primary then, or this would spin.)
+                    if cluster.wait_change(seen, Instant::now() + Duration::from_secs(86_400)).await == seen {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 let g = tokio::select! {
                     g = primary(set) => g,
-                    _ = cluster.wait_change(seen, Instant::now() + Duration::from_secs(86_400)) => continue,
+                    _ = changed => continue,
                 };
                 RouteStats::bump(&stats.fallbacks);
                 RouteStats::bump(&stats.reads_primary);
