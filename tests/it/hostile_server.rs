@@ -409,6 +409,18 @@ async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> (
     }
 }
 
+/// A login through `p` that must fail: the client gets `code` with a human message naming
+/// `words`, within `within`; the fake sees its connection closed; the next client is served
+/// by a new, well-behaved connection.
+async fn refused_at_login(p: &Pooler, fake: &Fake, code: &str, words: &[&str], within: Duration) {
+    let (got, msg, took) = login_fails(p, within + Duration::from_secs(1)).await;
+    assert_eq!(got, code, "{msg}");
+    assert_human(&msg, words);
+    assert!(took < within, "took {took:?}");
+    fake.closed(0).await;
+    next_client_is_served(p, fake, 1).await;
+}
+
 /// A client login that must fail within `limit`: its SQLSTATE and message.
 async fn login_fails(p: &Pooler, limit: Duration) -> (String, String, Duration) {
     let (r, took) = within(limit, "login through pgsluice", p.try_connect(CLIENT, "x", DB)).await;
@@ -599,12 +611,7 @@ async fn error_response_in_the_middle_of_sasl_reaches_the_client() {
     }))
     .await;
     let p = pooler_for(&fake, &[], &[]).await;
-    let (code, msg, took) = login_fails(&p, Duration::from_secs(2)).await;
-    assert_eq!(code, "28P01", "the server's SQLSTATE: {msg}");
-    assert_human(&msg, &["password authentication failed"]);
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    fake.closed(0).await;
-    next_client_is_served(&p, &fake, 1).await;
+    refused_at_login(&p, &fake, "28P01", &["password authentication failed"], Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -665,12 +672,7 @@ async fn authentication_ok_before_the_server_proved_itself_is_refused() {
     }))
     .await;
     let p = pooler_for(&fake, &[], &[]).await;
-    let (code, msg, took) = login_fails(&p, Duration::from_secs(2)).await;
-    assert_eq!(code, "28000", "{msg}");
-    assert_human(&msg, &["SCRAM"]);
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-    fake.closed(0).await;
-    next_client_is_served(&p, &fake, 1).await;
+    refused_at_login(&p, &fake, "28000", &["SCRAM"], Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -689,12 +691,7 @@ async fn negotiate_protocol_version_from_the_server_is_refused() {
     }))
     .await;
     let p = pooler_for(&fake, &[], &[]).await;
-    let (code, msg, took) = login_fails(&p, Duration::from_secs(2)).await;
-    assert_eq!(code, "08006", "{msg}");
-    assert_human(&msg, &["NegotiateProtocolVersion", "_pq_.hostile"]);
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    fake.closed(0).await;
-    next_client_is_served(&p, &fake, 1).await;
+    refused_at_login(&p, &fake, "08006", &["NegotiateProtocolVersion", "_pq_.hostile"], Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -781,12 +778,7 @@ async fn a_flood_of_parameter_status_at_login_is_cut_off() {
     }))
     .await;
     let p = pooler_for(&fake, &[], &[]).await;
-    let (code, msg, took) = login_fails(&p, Duration::from_secs(3)).await;
-    assert_eq!(code, "08006", "{msg}");
-    assert_human(&msg, &["during login"]);
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-    fake.closed(0).await;
-    next_client_is_served(&p, &fake, 1).await;
+    refused_at_login(&p, &fake, "08006", &["during login"], Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
