@@ -98,13 +98,8 @@ pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> 
                     "too many connections logging in from this address (max_login_clients_per_host)",
                     ErrorSource::Client,
                 );
-                if g.log_pooler_errors {
-                    tracing::warn!(%peer, code = %e.code, error = %e.message, "login refused");
-                }
-                let mut out = BytesMut::new();
-                e.into_fatal().encode(&mut out);
                 let mut stream = stream;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+                refuse(&cfg, &mut stream, peer, e).await;
                 return Startup::Done;
             }
         },
@@ -125,20 +120,26 @@ pub async fn startup(shared: &Arc<Shared>, stream: Stream, peer: SocketAddr) -> 
         Ok(None) => Startup::Done,
         Err(err) => {
             if let (Some(e), Some(s)) = (err, stream.as_mut()) {
-                if cfg.general().log_pooler_errors {
-                    tracing::warn!(%peer, code = %e.code, error = %e.message, "login failed");
-                }
-                let mut out = BytesMut::new();
-                e.into_fatal().encode(&mut out);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                    let _ = s.write_all(&out).await;
-                    let _ = s.shutdown().await;
-                })
-                .await;
+                refuse(&cfg, s, peer, e).await;
             }
             Startup::Done
         }
     }
+}
+
+/// Ends a login with `e` as a FATAL (logged when `log_pooler_errors`), giving the client a
+/// second to take it.
+async fn refuse(cfg: &Config, s: &mut Stream, peer: SocketAddr, e: ClientError) {
+    if cfg.general().log_pooler_errors {
+        tracing::warn!(%peer, code = %e.code, error = %e.message, "login failed");
+    }
+    let mut out = BytesMut::new();
+    e.into_fatal().encode(&mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = s.write_all(&out).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
 }
 
 /// Waits for the connection's first byte, at most `limit`, as one of the connections that
