@@ -17,6 +17,7 @@
 //! its one host is taken as the primary, as a plain PgBouncer would.
 
 mod breaker;
+mod clock;
 mod election;
 mod lag;
 mod probe;
@@ -34,6 +35,7 @@ use crate::backend::Credential;
 use crate::config::{BackendAddr, Database, General, RoleHint};
 
 pub use breaker::{Breaker, BreakerSettings, BreakerState};
+pub use clock::WriteClock;
 pub use election::{Primary, Probe, Rules};
 pub use lag::{format_lsn, parse_lsn, Lag};
 pub use probe::host_unreachable;
@@ -203,6 +205,8 @@ pub struct HostSnapshot {
     pub breaker: BreakerState,
     /// Connection attempts the breaker refused so far.
     pub breaker_refused: u64,
+    /// Probe queries sent to it so far.
+    pub probes: u64,
     /// Summary word.
     pub health: Health,
     /// Whether probes run for this database.
@@ -247,6 +251,8 @@ pub struct Host {
     epoch: AtomicU64,
     status: ArcSwap<HostStatus>,
     signals: Arc<Signals>,
+    /// Probe queries sent (the probe task counts them).
+    probes: AtomicU64,
 }
 
 impl Host {
@@ -330,6 +336,30 @@ pub struct Cluster {
     /// before that moment is at or before that position.
     primary_lsn: AtomicU64,
     primary_lsn_at: AtomicU64,
+    /// Read-your-writes across connections: the database's last write, and each user's
+    /// (held by the routers of that user's clients; an entry whose clients are all gone is
+    /// dropped when the map is next added to).
+    db_clock: Arc<WriteClock>,
+    user_clocks: Mutex<std::collections::HashMap<Box<str>, std::sync::Weak<WriteClock>>>,
+}
+
+/// The clocks a client's writes move and its reads may consult: its database's and its
+/// user's ([`Cluster::write_clocks`]).
+#[derive(Debug, Clone)]
+pub struct WriteClocks {
+    /// Every client of the database.
+    pub database: Arc<WriteClock>,
+    /// The clients of one user of the database.
+    pub user: Arc<WriteClock>,
+    /// The cluster's clock origin ([`Cluster::now_ms`]).
+    created: Instant,
+}
+
+impl WriteClocks {
+    /// [`Cluster::now_ms`] of the clocks' cluster.
+    pub fn now_ms(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64 + 1
+    }
 }
 
 impl Cluster {
@@ -356,6 +386,7 @@ impl Cluster {
                     epoch: AtomicU64::new(0),
                     status: ArcSwap::from_pointee(HostStatus::initial(probed)),
                     signals: signals.clone(),
+                    probes: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -377,6 +408,10 @@ impl Cluster {
             last_throttled_probe: AtomicU64::new(0),
             primary_lsn: AtomicU64::new(0),
             primary_lsn_at: AtomicU64::new(0),
+            // Clients may have written just before this topology was made (a reload that
+            // rebuilt it): its first reads need a probe made after now.
+            db_clock: Arc::new(WriteClock::written_at(1)),
+            user_clocks: Mutex::default(),
         })
     }
 
@@ -449,6 +484,33 @@ impl Cluster {
     pub fn primary_lsn_after(&self, since_ms: u64) -> Option<u64> {
         let at = self.primary_lsn_at.load(Ordering::Acquire);
         (at > since_ms).then(|| self.primary_lsn.load(Ordering::Acquire))
+    }
+
+    /// The write clocks of `user`'s clients of this database.
+    pub fn write_clocks(&self, user: &str) -> WriteClocks {
+        let mut map = self.user_clocks.lock();
+        let user = match map.get(user).and_then(std::sync::Weak::upgrade) {
+            Some(c) => c,
+            None => {
+                if map.len() >= 64 && map.len().is_power_of_two() {
+                    map.retain(|_, c| c.strong_count() > 0);
+                }
+                // Its clients may all have left a moment ago, just after a write: a read
+                // needs a probe made after now.
+                let c = Arc::new(WriteClock::written_at(self.now_ms()));
+                map.insert(user.into(), Arc::downgrade(&c));
+                c
+            }
+        };
+        WriteClocks { database: self.db_clock.clone(), user, created: self.created }
+    }
+
+    /// Writes in flight now: of the whole database, or of `user`'s clients of it.
+    pub fn writes_in_flight(&self, user: Option<&str>) -> u32 {
+        match user {
+            None => self.db_clock.in_flight(),
+            Some(u) => self.user_clocks.lock().get(u).and_then(std::sync::Weak::upgrade).map_or(0, |c| c.in_flight()),
+        }
     }
 
     /// Coordinator: records the primary's position from a probe that started at `started`.
@@ -552,6 +614,7 @@ impl Cluster {
                     status: (*status).clone(),
                     breaker,
                     breaker_refused: h.breaker.refused(),
+                    probes: h.probes.load(Ordering::Relaxed),
                     health,
                     probed: self.is_probed(),
                 }

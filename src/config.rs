@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::Dur;
 pub use general::{
     AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PoolMode, PrimaryReads,
-    ReadYourWrites, RoleHint, Route, SecretValue, ServerTlsMode, SessionState, TlsSection, TransactionRouting,
-    UserSection, MIN_PROBE_GAP,
+    ReadYourWrites, ReadYourWritesScope, RoleHint, Route, SecretValue, ServerTlsMode, SessionState, TlsSection,
+    TransactionRouting, UserSection, MIN_PROBE_GAP,
 };
 
 use crate::auth::{scram::Verifier, Secret};
@@ -148,6 +148,8 @@ pub struct Database {
     pub route: Route,
     /// Whether reads may use the primary.
     pub primary_reads: PrimaryReads,
+    /// Whose writes its clients' reads must see, unless the user overrides it.
+    pub ryw_scope: ReadYourWritesScope,
     /// How the health probes log in; `None`: the database is not probed (single host only).
     pub probe: Option<ProbeLogin>,
     /// Backend database name.
@@ -347,6 +349,25 @@ impl Config {
     /// Effective route for `db` and `user` (user overrides database overrides general).
     pub fn route(&self, db: &Database, user: &str) -> Route {
         self.file.users.get(user).and_then(|u| u.route).unwrap_or(db.route)
+    }
+
+    /// Effective `read_your_writes_scope` for `db` and `user` (user overrides database
+    /// overrides general).
+    pub fn ryw_scope(&self, db: &Database, user: &str) -> ReadYourWritesScope {
+        self.file.users.get(user).and_then(|u| u.read_your_writes_scope).unwrap_or(db.ryw_scope)
+    }
+
+    /// Whether some client of `db` may need to see other clients' writes (a scope other
+    /// than `client` for the database or for some user), so every client's writes there
+    /// must be noted.
+    pub fn ryw_shared(&self, db: &Database) -> bool {
+        self.file.general.read_your_writes == ReadYourWrites::Lsn
+            && (db.ryw_scope != ReadYourWritesScope::Client
+                || self
+                    .file
+                    .users
+                    .values()
+                    .any(|u| u.read_your_writes_scope.is_some_and(|s| s != ReadYourWritesScope::Client)))
     }
 
     /// Effective `session_state` policy for `db` and `user` (user overrides database
@@ -635,6 +656,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
                 weights,
                 route: d.route.unwrap_or(g.route),
                 primary_reads: d.primary_reads.unwrap_or(g.primary_reads),
+                ryw_scope: d.read_your_writes_scope.unwrap_or(g.read_your_writes_scope),
                 probe,
                 dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
                 fixed_user: d.user.clone(),

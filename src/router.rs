@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::cluster::{Cluster, Primary};
-use crate::config::{PrimaryReads, ReadYourWrites, Route, TransactionRouting};
+use crate::cluster::{Cluster, Primary, WriteClocks};
+use crate::config::{PrimaryReads, ReadYourWrites, ReadYourWritesScope, Route, TransactionRouting};
 use crate::exchange::resendable_request;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
@@ -39,6 +39,8 @@ pub struct Policy {
     pub read_your_writes: ReadYourWrites,
     /// `read_your_writes_wait`.
     pub ryw_wait: Duration,
+    /// `read_your_writes_scope`.
+    pub ryw_scope: ReadYourWritesScope,
 }
 
 impl Policy {
@@ -158,8 +160,12 @@ pub enum Pick {
     /// Only replicas behind the client's last write are eligible: ask for a probe and look
     /// again shortly (until `read_your_writes_wait` runs out).
     WaitForReplay,
-    /// No replica will do: the primary (`primary_reads` allows it).
-    Fallback,
+    /// No replica will do: the primary (`primary_reads` allows it). `behind`: some
+    /// replica would, but none is known to have replayed the writes the read must see.
+    Fallback {
+        /// Read-your-writes sent it to the primary.
+        behind: bool,
+    },
     /// No replica will do, and reads may not go to the primary.
     NoReplica,
 }
@@ -188,11 +194,24 @@ pub struct Router {
     resend_host: usize,
     /// Hosts the next request must avoid: it is a read sent again.
     exclude: u64,
+    /// The database's and the user's write clocks, when other clients' reads may need to
+    /// see this client's writes (`read_your_writes_scope` other than `client` somewhere in
+    /// the database).
+    clocks: Option<WriteClocks>,
+    /// A write is in flight on the clocks (begun at `attached`, ended at release).
+    clock_write: bool,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        // (A client gone mid-write: the write may have committed.)
+        self.end_clock_write();
+    }
 }
 
 impl Router {
-    /// A client's router under `policy`.
-    pub fn new(policy: Policy, classifier: Arc<Classifier>) -> Router {
+    /// A client's router under `policy`; its writes move `clocks` (see [`Router::clocks`]).
+    pub fn new(policy: Policy, classifier: Arc<Classifier>, clocks: Option<WriteClocks>) -> Router {
         Router {
             policy,
             classifier,
@@ -203,6 +222,24 @@ impl Router {
             resend: bytes::BytesMut::new(),
             resend_host: 0,
             exclude: 0,
+            clocks,
+            clock_write: false,
+        }
+    }
+
+    /// The write clocks this client's writes move.
+    pub fn clocks(&self) -> Option<&WriteClocks> {
+        self.clocks.as_ref()
+    }
+
+    /// Ends the write in flight on the clocks, now.
+    fn end_clock_write(&mut self) {
+        if std::mem::take(&mut self.clock_write) {
+            if let Some(c) = &self.clocks {
+                let now = c.now_ms();
+                c.database.end(now);
+                c.user.end(now);
+            }
         }
     }
 
@@ -248,14 +285,29 @@ impl Router {
         }
     }
 
-    /// What a read must see: the client's last write, unless read-your-writes is off or the
-    /// client chose a replica itself.
-    pub fn ryw(&mut self, d: &Decision, cluster: &Cluster) -> Ryw {
-        if self.policy.read_your_writes == ReadYourWrites::Lsn && !d.hinted_replica {
-            self.resolve_ryw(cluster);
-            Ryw { lsn: self.ryw_lsn, since: self.ryw_since }
-        } else {
-            Ryw::default()
+    /// What a read that arrived at `arrived` (a [`Cluster::now_ms`]) must see: the client's
+    /// last write and, by `read_your_writes_scope`, its scope's, unless read-your-writes is
+    /// off or the client chose a replica itself. (Writes released after `arrived` count as
+    /// made at `arrived`: the target does not move while the read waits.)
+    pub fn ryw(&mut self, d: &Decision, cluster: &Cluster, arrived: u64) -> Ryw {
+        if self.policy.read_your_writes != ReadYourWrites::Lsn || d.hinted_replica {
+            return Ryw::default();
+        }
+        self.resolve_ryw(cluster);
+        let own = Ryw { lsn: self.ryw_lsn, since: self.ryw_since };
+        let clock = match (&self.clocks, self.policy.ryw_scope) {
+            (None, _) | (_, ReadYourWritesScope::Client) => return own,
+            (Some(c), ReadYourWritesScope::User) => &c.user,
+            (Some(c), ReadYourWritesScope::Database) => &c.database,
+        };
+        let shared = clock.requirement(arrived).min(arrived);
+        if shared == 0 {
+            return own;
+        }
+        // The scope's last write: a position once a later probe measured the primary.
+        match clock.resolve(shared, |since| cluster.primary_lsn_after(since)) {
+            Some(lsn) => Ryw { lsn: own.lsn.max(lsn), since: own.since },
+            None => Ryw { lsn: own.lsn, since: own.since.max(shared) },
         }
     }
 
@@ -265,11 +317,9 @@ impl Router {
     pub fn pick(&self, cluster: &Cluster, load: impl Fn(usize) -> u32, ryw: Ryw, exclude: u64, waiting: bool) -> Pick {
         let p = &self.policy;
         let with_primary = p.primary_reads == PrimaryReads::Always && p.route != Route::Replica;
-        // A write not yet covered by a primary measurement: no replica can prove it has it.
-        let min_lsn = match ryw.since {
-            0 => ryw.lsn,
-            since => cluster.primary_lsn_after(since).unwrap_or(u64::MAX),
-        };
+        // A write not yet covered by a primary measurement: no replica can prove it has it
+        // (the caller resolves it again with [`Router::ryw`] before it looks again).
+        let min_lsn = if ryw.since != 0 { u64::MAX } else { ryw.lsn };
         if let Some(i) = pick_read(cluster, &load, min_lsn, with_primary, exclude) {
             return Pick::Host(i);
         }
@@ -285,7 +335,8 @@ impl Router {
         if p.route == Route::Replica || p.primary_reads == PrimaryReads::Never {
             Pick::NoReplica
         } else {
-            Pick::Fallback
+            let behind = min_lsn > 0 && pick_read(cluster, &load, 0, false, exclude).is_some();
+            Pick::Fallback { behind }
         }
     }
 
@@ -296,9 +347,15 @@ impl Router {
     /// transaction, not itself sent again already, that [`resendable_request`] accepts.
     pub fn attached(&mut self, d: &Decision, on_primary: bool, host: usize, buf: &[u8], max_body: usize) {
         self.note_write = self.policy.read_your_writes == ReadYourWrites::Lsn
-            && d.classified
             && on_primary
             && ((d.want == Want::Primary && d.may_write) || d.begin.is_some());
+        if self.note_write && !self.clock_write {
+            if let Some(c) = &self.clocks {
+                c.database.begin();
+                c.user.begin();
+                self.clock_write = true;
+            }
+        }
         self.resend.clear();
         if d.want == Want::Read && !d.may_write && d.begin.is_none() && d.exclude == 0 {
             if let Some(end) = resendable_request(buf, max_body) {
@@ -325,6 +382,7 @@ impl Router {
         if std::mem::take(&mut self.note_write) {
             self.ryw_since = cluster.now_ms();
         }
+        self.end_clock_write();
         self.forget_resend();
     }
 
@@ -338,9 +396,11 @@ impl Router {
         }
     }
 
-    /// The client left: nothing of its writes matters any more.
+    /// The client left: nothing of its writes matters any more to itself; to the other
+    /// clients of its scope, a write in flight may have committed.
     pub fn forget_write(&mut self) {
         self.note_write = false;
+        self.end_clock_write();
         self.forget_resend();
     }
 
@@ -501,6 +561,7 @@ mod tests {
             transaction_routing: TransactionRouting::Primary,
             read_your_writes: ReadYourWrites::Lsn,
             ryw_wait: Duration::ZERO,
+            ryw_scope: ReadYourWritesScope::Client,
         }
     }
 
@@ -551,9 +612,10 @@ mod resend_tests {
             transaction_routing: TransactionRouting::Primary,
             read_your_writes: ReadYourWrites::Off,
             ryw_wait: Duration::ZERO,
+            ryw_scope: ReadYourWritesScope::Client,
         };
         let settings = ClassifierSettings { read_only_functions: Vec::new(), max_parse_length: 4096, cache_size: 0 };
-        Router::new(policy, Arc::new(Classifier::new(settings)))
+        Router::new(policy, Arc::new(Classifier::new(settings)), None)
     }
 
     fn query(sql: &str) -> Vec<u8> {

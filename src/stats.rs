@@ -772,6 +772,9 @@ pub struct RouteStats {
     pub fallbacks: std::sync::atomic::AtomicU64,
     /// Reads that waited for a replica to replay the client's last write.
     pub ryw_waits: std::sync::atomic::AtomicU64,
+    /// Fallbacks because no eligible replica was known to have replayed the writes the read
+    /// must see (read-your-writes; a subset of `fallbacks`).
+    pub ryw_fallbacks: std::sync::atomic::AtomicU64,
     /// Reads retried on another host after a connection failure.
     pub retries: std::sync::atomic::AtomicU64,
     /// Reads sent again to another host after their server died before answering.
@@ -791,6 +794,8 @@ pub struct RouteCounts {
     pub fallbacks: u64,
     /// See [`RouteStats`].
     pub ryw_waits: u64,
+    /// See [`RouteStats`].
+    pub ryw_fallbacks: u64,
     /// See [`RouteStats`].
     pub retries: u64,
     /// See [`RouteStats`].
@@ -813,6 +818,7 @@ impl RouteStats {
             writes: r(&self.writes),
             fallbacks: r(&self.fallbacks),
             ryw_waits: r(&self.ryw_waits),
+            ryw_fallbacks: r(&self.ryw_fallbacks),
             retries: r(&self.retries),
             read_resends: r(&self.read_resends),
         }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use super::parse::Show;
 use super::table::{Table, Val, INT4, INT8, NUMERIC, TEXT};
-use crate::config::{Config, PoolMode};
+use crate::config::{Config, PoolMode, ReadYourWritesScope};
 use crate::pool::PoolSnapshot;
 use crate::shared::Shared;
 use crate::stats::{Averages, ClientState, HistogramSnapshot, Totals};
@@ -679,7 +679,7 @@ fn help() -> Table {
 }
 
 /// `SHOW HOSTS` / `SHOW REPLICAS` columns.
-pub const HOST_COLUMNS: [(&str, u32); 14] = [
+pub const HOST_COLUMNS: [(&str, u32); 15] = [
     ("database", TEXT),
     ("host", TEXT),
     ("role", TEXT),
@@ -690,6 +690,7 @@ pub const HOST_COLUMNS: [(&str, u32); 14] = [
     ("lsn", TEXT),
     ("breaker", TEXT),
     ("breaker_refused", INT8),
+    ("probes", INT8),
     ("weight", INT4),
     ("sv_active", INT4),
     ("last_probe", TEXT),
@@ -724,6 +725,7 @@ fn hosts(shared: &Shared) -> Table {
                 st.lsn.map(crate::cluster::format_lsn).into(),
                 h.breaker.as_str().into(),
                 h.breaker_refused.into(),
+                h.probes.into(),
                 weight.into(),
                 active.into(),
                 st.last_probe.map(format_time).into(),
@@ -743,14 +745,23 @@ fn routes(shared: &Shared) -> Table {
         ("writes", NUMERIC),
         ("fallbacks", NUMERIC),
         ("ryw_waits", NUMERIC),
+        ("ryw_scope", TEXT),
+        ("ryw_fallbacks", NUMERIC),
+        ("ryw_writes_in_flight", NUMERIC),
         ("retries", NUMERIC),
         ("read_resends", NUMERIC),
         ("failovers", NUMERIC),
     ]);
     let mut sets = shared.pools.sets();
     sets.sort_by(|a, b| a.0.cmp(&b.0));
+    let cfg = shared.config.load();
     for ((db, user), set) in sets {
         let r = set.route_stats().counts();
+        let scope = cfg.databases.get(&db).map(|d| cfg.ryw_scope(d, &user));
+        let in_flight = match scope {
+            Some(ReadYourWritesScope::User) => set.cluster().writes_in_flight(Some(&user)),
+            _ => set.cluster().writes_in_flight(None),
+        };
         t.push(vec![
             db.into(),
             user.into(),
@@ -759,6 +770,9 @@ fn routes(shared: &Shared) -> Table {
             r.writes.into(),
             r.fallbacks.into(),
             r.ryw_waits.into(),
+            scope.map(|s| s.as_str().to_string()).into(),
+            r.ryw_fallbacks.into(),
+            in_flight.into(),
             r.retries.into(),
             r.read_resends.into(),
             set.cluster().failovers().into(),

@@ -34,8 +34,15 @@ CASE WHEN r THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END \
 FROM pg_is_in_recovery() AS r";
 
-/// Shortest time between two probes of a host, however often they are requested.
+/// Shortest time between two scheduled probes of a host (the fast schedule while there is
+/// no usable primary).
 const MIN_GAP: Duration = crate::config::MIN_PROBE_GAP;
+
+/// Shortest time between two probes of a host made on request (a read waiting for a
+/// replica to replay a write, a read sent to the primary for that reason, a failed
+/// connection): at most 100 requested probes per second and host, so a read's wait is
+/// bounded by the replication lag plus about this, not by `health_check_interval`.
+pub const REQUEST_GAP: Duration = Duration::from_millis(10);
 
 /// Host, result, when the probe's query was about to be sent, and the SQLSTATE if the
 /// server refused the probe's login for good (`pool::refusal_code`'s classes).
@@ -66,12 +73,12 @@ pub(super) async fn run(cluster: Arc<Cluster>, i: usize, tx: UnboundedSender<Rep
         reprobe.as_mut().enable();
         if signals.reprobe_requests.load(Ordering::Acquire) != requests {
             // Asked while this probe ran: its answer may predate the reason.
-            tokio::time::sleep_until(started + MIN_GAP).await;
+            tokio::time::sleep_until(started + REQUEST_GAP).await;
             continue;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            _ = reprobe => tokio::time::sleep_until(started + MIN_GAP).await,
+            _ = reprobe => tokio::time::sleep_until(started + REQUEST_GAP).await,
             _ = signals.stop.notified() => break,
         }
     }
@@ -142,6 +149,7 @@ async fn probe_once(
         }
     }
     let c = conn.as_mut().ok_or("no probe connection")?;
+    host.probes.fetch_add(1, Ordering::Relaxed);
     let res = match tokio::time::timeout(s.timeout, c.query_row(PROBE_SQL)).await {
         Ok(Ok(row)) => parse_probe(&row),
         Ok(Err(e)) => Err(e.to_string()),

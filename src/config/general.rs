@@ -338,6 +338,10 @@ pub struct General {
     /// (pgsluice) How long a read waits for a replica to catch up with the client's last
     /// write before it goes to the primary. Default 0s.
     pub read_your_writes_wait: Dur,
+    /// (pgsluice) Whose writes a read must see: `client` (its own), `user` (any client of
+    /// the same user and database), `database` (any client of the database). Databases and
+    /// users may override it. Default `database`.
+    pub read_your_writes_scope: ReadYourWritesScope,
     /// (pgsluice) Functions that may run on a replica, besides the built-in allowlist
     /// (lower case; `schema.name` allowed). Default `[]`.
     pub read_only_functions: Vec<String>,
@@ -465,6 +469,30 @@ pub enum ReadYourWrites {
     Lsn,
 }
 
+/// Whose writes a read must see (with `read_your_writes = "lsn"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWritesScope {
+    /// The client's own, on the same connection.
+    Client,
+    /// Those of every client of the same user and database.
+    User,
+    /// Those of every client of the database.
+    #[default]
+    Database,
+}
+
+impl ReadYourWritesScope {
+    /// `client`, `user` or `database`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadYourWritesScope::Client => "client",
+            ReadYourWritesScope::User => "user",
+            ReadYourWritesScope::Database => "database",
+        }
+    }
+}
+
 /// PgBouncer's `auth_query` made safe: every name schema-qualified and every operator
 /// spelled `OPERATOR(pg_catalog.…)`, so a hostile `search_path` cannot substitute its own,
 /// and a role past its `VALID UNTIL` is not found (PgBouncer's CVE-2025-2291).
@@ -588,6 +616,7 @@ impl Default for General {
             transaction_routing: TransactionRouting::Primary,
             read_your_writes: ReadYourWrites::Lsn,
             read_your_writes_wait: Dur::secs(0),
+            read_your_writes_scope: ReadYourWritesScope::Database,
             read_only_functions: Vec::new(),
             max_parse_length: 16384,
             classify_cache_size: 4096,
@@ -672,6 +701,9 @@ pub struct DatabaseSection {
     /// Overrides `[general] primary_reads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_reads: Option<PrimaryReads>,
+    /// Overrides `[general] read_your_writes_scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_your_writes_scope: Option<ReadYourWritesScope>,
     /// Overrides `[general] session_state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_state: Option<SessionState>,
@@ -771,6 +803,9 @@ pub struct UserSection {
     /// Overrides the database's and the general `route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<Route>,
+    /// Overrides the database's and the general `read_your_writes_scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_your_writes_scope: Option<ReadYourWritesScope>,
     /// Overrides the database's and the general `session_state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_state: Option<SessionState>,

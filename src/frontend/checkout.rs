@@ -37,11 +37,13 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
         return primary(set).await;
     };
     let cluster = set.cluster();
-    let ryw = router.ryw(d, cluster);
     let wait_until = Instant::now() + router.policy().ryw_wait;
+    let arrived = cluster.now_ms();
     let mut exclude = d.exclude;
     let mut waited = false;
     loop {
+        // (Again each time: a write pending when the read arrived resolves with a probe.)
+        let ryw = router.ryw(d, cluster, arrived);
         let load = |i: usize| set.pools()[i].in_use();
         match router.pick(cluster, load, ryw, exclude, Instant::now() < wait_until) {
             Pick::Host(i) => {
@@ -75,7 +77,7 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
                 tokio::time::sleep(RYW_POLL.min(wait_until.saturating_duration_since(Instant::now()))).await;
             }
             Pick::NoReplica => return Err(pool::Error::NoReplica(cluster.name().into())),
-            Pick::Fallback => {
+            Pick::Fallback { behind } => {
                 // A change of topology while this read waits for the primary (the primary
                 // declared down, a failover) may make a replica eligible: pick again then.
                 let seen = cluster.primary();
@@ -91,6 +93,12 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
                     _ = changed => continue,
                 };
                 RouteStats::bump(&stats.fallbacks);
+                if behind {
+                    RouteStats::bump(&stats.ryw_fallbacks);
+                    // Measure the replicas again now (rate-capped), so the reads after
+                    // this one find them caught up without waiting for the next interval.
+                    cluster.request_probe();
+                }
                 RouteStats::bump(&stats.reads_primary);
                 router.resolve_ryw(cluster);
                 return g;
@@ -112,7 +120,7 @@ pub fn try_check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision) -
         return Some(g);
     };
     let cluster = set.cluster();
-    let ryw = router.ryw(d, cluster);
+    let ryw = router.ryw(d, cluster, cluster.now_ms());
     let load = |i: usize| set.pools()[i].in_use();
     let Pick::Host(i) = router.pick(cluster, load, ryw, d.exclude, false) else { return None };
     let g = set.pools()[i].try_check_out()?;

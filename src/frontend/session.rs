@@ -280,15 +280,20 @@ impl Session {
         // Session mode keeps one server for the whole session: the primary. A single host
         // has nothing to route between.
         let route = if l.mode == PoolMode::Session || !multi_host { Route::Primary } else { cfg.route(&l.db, &l.user) };
-        let router = (route != Route::Primary).then(|| {
+        // A client whose requests all go to the primary needs a router only to note its
+        // writes for other clients' reads (`read_your_writes_scope`).
+        let shared_ryw = multi_host && l.mode != PoolMode::Session && cfg.ryw_shared(&l.db);
+        let router = (route != Route::Primary || shared_ryw).then(|| {
             let policy = Policy {
                 route,
                 primary_reads: l.db.primary_reads,
                 transaction_routing: g.transaction_routing,
                 read_your_writes: g.read_your_writes,
                 ryw_wait: g.read_your_writes_wait.0,
+                ryw_scope: cfg.ryw_scope(&l.db, &l.user),
             };
-            Box::new(Router::new(policy, shared.classifier.clone()))
+            let clocks = shared_ryw.then(|| l.pool.cluster().write_clocks(&l.user));
+            Box::new(Router::new(policy, shared.classifier.clone(), clocks))
         });
         let idle_limit_ms =
             g.client_idle_timeout.nonzero().map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);

@@ -60,6 +60,12 @@ const HOST_BREAKER_REFUSED: Spec = Spec::counter(
     "Connection attempts to the host refused by its open circuit breaker.",
     HOST,
 );
+const HOST_PROBES: Spec = Spec::counter(
+    "pgsluice_host_probes_total",
+    "Health-probe queries sent to the host (scheduled, and on request: read-your-writes waits and fallbacks, \
+     failed connections).",
+    HOST,
+);
 const FAILOVERS: Spec =
     Spec::counter("pgsluice_failovers_total", "Primary changes seen after the first election.", &["database"]);
 
@@ -71,10 +77,19 @@ const ROUTE_DECISIONS: Spec = Spec::counter(
      (reads sent to the primary because no replica was eligible; a subset of reads_primary).",
     &["database", "user", "decision"],
 );
+const RYW: &[&str] = &["database", "user", "scope"];
+
 const ROUTE_RYW_WAITS: Spec = Spec::counter(
     "pgsluice_route_ryw_waits_total",
-    "Reads that waited for a replica to replay the client's last write (read-your-writes).",
-    SET,
+    "Reads that waited for a replica to replay the writes they must see (read-your-writes; scope: \
+     read_your_writes_scope of the pool set).",
+    RYW,
+);
+const ROUTE_RYW_FALLBACKS: Spec = Spec::counter(
+    "pgsluice_route_ryw_fallbacks_total",
+    "Reads sent to the primary because no eligible replica was known to have replayed the writes they must \
+     see (a subset of the fallbacks decisions).",
+    RYW,
 );
 const ROUTE_RETRIES: Spec =
     Spec::counter("pgsluice_route_retries_total", "Reads retried on another host after a connection failure.", SET);
@@ -179,6 +194,7 @@ fn hosts(shared: &Shared, out: &mut Families) {
     let mut breaker_open = Family::new(&HOST_BREAKER_OPEN);
     let mut breaker_state = Family::new(&HOST_BREAKER_STATE);
     let mut refused = Family::new(&HOST_BREAKER_REFUSED);
+    let mut probes = Family::new(&HOST_PROBES);
     let mut failovers = Family::new(&FAILOVERS);
     for name in names {
         let c = &clusters[name];
@@ -201,10 +217,13 @@ fn hosts(shared: &Shared, out: &mut Families) {
                 breaker_state.add(&[&h.database, &h.addr, state], flag(h.breaker.as_str() == state));
             }
             refused.add(&l, h.breaker_refused as f64);
+            probes.add(&l, h.probes as f64);
         }
         failovers.add(&[name], c.failovers() as f64);
     }
-    for f in [info, up, primary, lag_bytes, lag_seconds, timeline, breaker_open, breaker_state, refused, failovers] {
+    for f in
+        [info, up, primary, lag_bytes, lag_seconds, timeline, breaker_open, breaker_state, refused, probes, failovers]
+    {
         out.push(f);
     }
 }
@@ -215,6 +234,8 @@ fn sets(shared: &Shared, out: &mut Families) {
     sets.sort_by(|a, b| a.0.cmp(&b.0));
     let mut decisions = Family::new(&ROUTE_DECISIONS);
     let mut ryw = Family::new(&ROUTE_RYW_WAITS);
+    let mut ryw_fallbacks = Family::new(&ROUTE_RYW_FALLBACKS);
+    let cfg = shared.config.load();
     let mut retries = Family::new(&ROUTE_RETRIES);
     let mut resends = Family::new(&ROUTE_READ_RESENDS);
     let mut xact = Family::new(&TRANSACTION_DURATION);
@@ -230,7 +251,9 @@ fn sets(shared: &Shared, out: &mut Families) {
         ] {
             decisions.add(&[db, user, decision], n as f64);
         }
-        ryw.add(&[db, user], r.ryw_waits as f64);
+        let scope = cfg.databases.get(db).map_or("", |d| cfg.ryw_scope(d, user).as_str());
+        ryw.add(&[db, user, scope], r.ryw_waits as f64);
+        ryw_fallbacks.add(&[db, user, scope], r.ryw_fallbacks as f64);
         retries.add(&[db, user], r.retries as f64);
         resends.add(&[db, user], r.read_resends as f64);
         let [x, q, w] = show::latency_of(set);
@@ -238,7 +261,7 @@ fn sets(shared: &Shared, out: &mut Families) {
         query.add_histogram(&[db, user], &q);
         wait.add_histogram(&[db, user], &w);
     }
-    for f in [decisions, ryw, retries, resends, xact, query, wait] {
+    for f in [decisions, ryw, ryw_fallbacks, retries, resends, xact, query, wait] {
         out.push(f);
     }
 }

@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod auth;
 mod auth_query;
+mod causal;
 mod drivers;
 mod hostile_server;
 mod lifecycle;
