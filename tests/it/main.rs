@@ -21,6 +21,7 @@ mod review;
 mod robustness;
 mod routing;
 mod server_tls;
+mod service;
 mod session_state;
 mod topology;
 mod unix_sockets;
