@@ -261,7 +261,10 @@ pub fn assign(sockets: &[(&str, SocketKind)]) -> Result<Plan, Error> {
             (false, SocketKind::Unix) => &mut plan.unix,
         };
         if slot.replace(i).is_some() {
-            return Err(Error::Mapping(format!("more than one {} socket", if name == METRICS_NAME { "metrics" } else { "Unix" })));
+            return Err(Error::Mapping(format!(
+                "more than one {} socket",
+                if name == METRICS_NAME { "metrics" } else { "Unix" }
+            )));
         }
     }
     if plan.clients.is_empty() {
@@ -374,7 +377,8 @@ pub struct SystemdEnv {
 }
 
 /// The variables [`SystemdEnv::take`] reads and removes.
-const VARS: [&str; 6] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const VARS: [&str; 6] =
+    ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
 
 impl SystemdEnv {
     /// Reads the service manager's variables and removes them from the environment. Call it
@@ -420,7 +424,10 @@ mod tests {
             parse_notify_socket(OsStr::new("/run/systemd/notify")),
             Some(NotifyAddr::Path("/run/systemd/notify".into()))
         );
-        assert_eq!(parse_notify_socket(OsStr::new("@sd-notify/1")), Some(NotifyAddr::Abstract(b"sd-notify/1".to_vec())));
+        assert_eq!(
+            parse_notify_socket(OsStr::new("@sd-notify/1")),
+            Some(NotifyAddr::Abstract(b"sd-notify/1".to_vec()))
+        );
         for bad in ["", "@", "relative/path", "vsock:2:1234"] {
             assert_eq!(parse_notify_socket(OsStr::new(bad)), None, "{bad:?}");
         }
