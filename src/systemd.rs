@@ -91,12 +91,14 @@ pub fn parse_notify_socket(value: &OsStr) -> Option<NotifyAddr> {
 /// Sends `sd_notify` states; a no-op when not started by systemd (`$NOTIFY_SOCKET` unset).
 pub struct Notifier {
     target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    /// A failed send was logged (once: the watchdog would repeat it every few seconds).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
     /// A notifier that sends nothing.
     pub fn disabled() -> Notifier {
-        Notifier { target: None }
+        Notifier { target: None, warned: Default::default() }
     }
 
     /// A notifier sending to `addr`.
@@ -110,7 +112,7 @@ impl Notifier {
         };
         let sock = UnixDatagram::unbound()?;
         sock.set_nonblocking(true)?;
-        Ok(Notifier { target: Some((sock, to)) })
+        Ok(Notifier { target: Some((sock, to)), warned: Default::default() })
     }
 
     /// Whether notifications go anywhere.
@@ -122,7 +124,9 @@ impl Notifier {
     pub fn notify(&self, state: &str) {
         if let Some((sock, to)) = &self.target {
             if let Err(e) = sock.send_to_addr(state.as_bytes(), to) {
-                tracing::warn!(error = %e, "cannot notify the service manager");
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot notify the service manager (logged once)");
+                }
             }
         }
     }
