@@ -16,6 +16,7 @@
 //! - [`prepared`], [`pipeline`]: named prepared statements in transaction mode, and the
 //!   queue of answers a server owes its current client.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
+//! - [`systemd`]: `sd_notify`, the watchdog and socket activation (used by `main`).
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
 //! - [`admin`]: the PgBouncer-compatible admin console (`SHOW POOLS`, `PAUSE`, `RELOAD`…).
 //! - [`stats`]: traffic counters and the live client/server registries the console and
@@ -52,6 +53,7 @@ pub mod shared;
 pub mod shutdown;
 pub mod sql;
 pub mod stats;
+pub mod systemd;
 
 /// pgsluice's version (`SHOW VERSION`, admin `server_version`).
 pub const VERSION_NUMBER: &str = env!("CARGO_PKG_VERSION");

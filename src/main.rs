@@ -1,7 +1,8 @@
 //! The `pgsluice` binary: CLI parsing, logging setup (text or JSON), the Tokio runtime,
-//! signal handling (SIGHUP reload; SIGINT, SIGTERM, SIGQUIT and admin `SHUTDOWN` stop modes,
-//! a second stop request is immediate) and the metrics endpoint. Everything else lives in
-//! the library.
+//! signal handling (SIGHUP reload; SIGUSR1 / SIGUSR2 pause / resume; SIGINT, SIGTERM, SIGQUIT
+//! and admin `SHUTDOWN` stop modes, a second stop request is immediate), the metrics
+//! endpoint, and systemd (`READY=1`, `RELOADING=1`, `STOPPING=1`, the watchdog, socket
+//! activation; see [`pgsluice::systemd`]). Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use pgsluice::config::{Config, LogFormat};
 use pgsluice::server::ServerHandle;
 use pgsluice::shared::Shared;
 use pgsluice::shutdown::{Signal, Signals, StopMode};
+use pgsluice::systemd::{Activation, Notifier, SystemdEnv};
 
 #[derive(Parser)]
 #[command(name = "pgsluice", version, about = "PostgreSQL connection pooler")]
@@ -132,25 +134,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(rt.block_on(pgsluice::demo::run(port, tls))?)
         }
         None => {
+            // Still one thread: read (and clear) the service manager's variables now.
+            let sd = SystemdEnv::take()?;
             let cfg = Config::load(&cli.config)?;
             init_tracing(cfg.general().log_format);
             for w in cfg.general().warnings() {
                 tracing::warn!("{w}");
             }
+            let activation = Activation::take(&sd.listen)?;
             let rt = runtime(cfg.general().worker_threads)?;
-            rt.block_on(serve(cfg))
+            rt.block_on(serve(cfg, sd, activation))
         }
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, sd: SystemdEnv, activation: Option<Activation>) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let metrics_addr = cfg.file.metrics.listen_addr.clone();
     let shared = Shared::new(cfg);
     let mut signals = Signals::new();
-    let handle =
-        ServerHandle::start(shared.clone(), None).await.with_context(|| format!("cannot listen on {listen}"))?;
-    if !metrics_addr.is_empty() {
+    let notifier = std::sync::Arc::new(sd.notifier());
+    let (handle, metrics_listener) = match activation {
+        Some(a) => {
+            tracing::info!("socket activation: serving the service manager's sockets instead of listen_addr");
+            let handle = ServerHandle::start_inherited(shared.clone(), a.clients, a.unix)
+                .context("cannot use the sockets from the service manager")?;
+            (handle, a.metrics)
+        }
+        None => {
+            let handle = ServerHandle::start(shared.clone(), None)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            (handle, None)
+        }
+    };
+    if let Some(l) = metrics_listener {
+        l.set_nonblocking(true).context("metrics socket")?;
+        let l = tokio::net::TcpListener::from_std(l).context("metrics socket")?;
+        let bound = pgsluice::metrics::serve_on(shared.clone(), l).context("metrics socket")?;
+        tracing::info!(addr = %bound, "metrics endpoint listening on a socket from the service manager");
+    } else if !metrics_addr.is_empty() {
         let addr = metrics_addr.parse().with_context(|| format!("[metrics] listen_addr {metrics_addr}"))?;
         let bound = pgsluice::metrics::serve(shared.clone(), addr)
             .await
@@ -158,11 +181,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %bound, "metrics endpoint listening");
     }
     tracing::info!(addr = %handle.addr, version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "pgsluice listening");
+    // Every listener is bound (connections queue in the kernel from here on).
+    notifier.ready(&format!("serving on {}", handle.addr));
+    if let Some(timeout) = sd.watchdog.filter(|_| notifier.is_enabled()) {
+        tokio::spawn(watchdog(notifier.clone(), timeout));
+    }
     let mut requests = shared.take_stop_requests().context("stop requests already taken")?;
     let mode = loop {
         tokio::select! {
             s = signals.recv() => match s {
-                Signal::Reload => reload(&shared),
+                Signal::Reload => reload(&shared, &notifier),
                 Signal::Pause => pause(&shared, true),
                 Signal::Resume => pause(&shared, false),
                 Signal::Stop(m) => break m,
@@ -180,6 +208,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         StopMode::Immediate => tracing::info!("shutting down now"),
     }
+    notifier.stopping(match mode {
+        StopMode::WaitForServers => "stopping: closing clients as their transactions end",
+        StopMode::WaitForClients => "stopping: waiting for clients to disconnect",
+        StopMode::Immediate => "stopping now",
+    });
     let stopping = handle.stop(mode, timeout);
     tokio::pin!(stopping);
     loop {
@@ -191,7 +224,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 break;
             }
             s = signals.recv() => match s {
-                Signal::Reload => reload(&shared),
+                // (No RELOADING=1 / READY=1 while stopping: READY=1 would read as started.)
+                Signal::Reload => reload(&shared, &Notifier::disabled()),
                 Signal::Pause | Signal::Resume => {}
                 Signal::Stop(_) => {
                     tracing::warn!("second stop signal: closing all connections now");
@@ -221,10 +255,29 @@ fn pause(shared: &Shared, on: bool) {
     }
 }
 
-/// SIGHUP: reload, or keep the running config and log why not.
-fn reload(shared: &std::sync::Arc<Shared>) {
+/// SIGHUP: reload, or keep the running config and log why not. The service manager sees
+/// `RELOADING=1` before and `READY=1` after, also when the reload failed (the process goes on
+/// serving with its running configuration; the status line says so).
+fn reload(shared: &std::sync::Arc<Shared>, notifier: &Notifier) {
     tracing::info!("got SIGHUP, re-reading config");
-    if let Err(e) = pgsluice::reload::reload(shared) {
-        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+    notifier.reloading();
+    let status = match pgsluice::reload::reload(shared) {
+        Ok(_) => "serving; configuration reloaded".to_string(),
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            format!("serving; reload failed, running configuration kept: {e}")
+        }
+    };
+    notifier.ready(&status);
+}
+
+/// `WatchdogSec=`: a keep-alive at half the timeout, from a task on the runtime (so a stuck
+/// runtime misses it and systemd restarts the service). Runs until the process exits.
+async fn watchdog(notifier: std::sync::Arc<Notifier>, timeout: std::time::Duration) {
+    tracing::info!(timeout = ?timeout, "systemd watchdog enabled");
+    let mut tick = tokio::time::interval(timeout / 2);
+    loop {
+        tick.tick().await;
+        notifier.watchdog();
     }
 }

@@ -42,7 +42,7 @@ use crate::admin::show;
 use crate::shared::Shared;
 use crate::stats::{HistogramSnapshot, LATENCY_BUCKETS_US};
 
-pub use http::serve;
+pub use http::{serve, serve_on};
 
 /// `Content-Type` of a scrape response (text exposition format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;

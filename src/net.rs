@@ -111,15 +111,25 @@ pub struct UnixListening {
     /// `<dir>/.s.PGSQL.<port>`.
     pub path: std::path::PathBuf,
     /// Device and inode of the file, so that only this process's file is removed at exit
-    /// (an online restart's new process may have replaced it).
-    id: (u64, u64),
+    /// (an online restart's new process may have replaced it); `None` for a socket the
+    /// service manager created, whose file is its own to remove.
+    id: Option<(u64, u64)>,
 }
 
 impl UnixListening {
+    /// A listening Unix socket handed over by the service manager (socket activation). Its
+    /// file is never removed by this process. Must run inside a Tokio runtime.
+    pub fn inherited(listener: std::os::unix::net::UnixListener) -> std::io::Result<UnixListening> {
+        listener.set_nonblocking(true)?;
+        let path = listener.local_addr()?.as_pathname().map(std::path::Path::to_path_buf).unwrap_or_default();
+        Ok(UnixListening { listener: tokio::net::UnixListener::from_std(listener)?, path, id: None })
+    }
+
     /// Removes the socket file if it is still the one this process created.
     pub fn remove(&self) {
         use std::os::unix::fs::MetadataExt;
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+        let Some(id) = self.id else { return };
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -148,7 +158,7 @@ pub fn bind_unix(dir: &str, port: u16, mode: u32, gid: Option<u32>, take_over: b
         std::os::unix::fs::chown(&path, None, Some(gid))?;
     }
     let m = std::fs::metadata(&path)?;
-    Ok(UnixListening { listener, path, id: (m.dev(), m.ino()) })
+    Ok(UnixListening { listener, path, id: Some((m.dev(), m.ino())) })
 }
 
 /// The id of group `name` (from `/etc/group`), or of a numeric id.

@@ -1,7 +1,8 @@
 //! The listener: accepts connections, enforces `max_client_conn`, spawns one session task
 //! per client, runs pool upkeep once a second and the statistics period. Stops accepting
 //! on shutdown (or on its own for `SHUTDOWN WAIT_FOR_CLIENTS`), and [`ServerHandle::stop`]
-//! carries out the three stop modes.
+//! carries out the three stop modes. The listeners are bound here ([`ServerHandle::start`]) or
+//! handed over by the service manager ([`ServerHandle::start_inherited`], socket activation).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -267,11 +268,51 @@ impl ServerHandle {
             tracing::info!(path = %u.path.display(), "listening on a Unix socket");
             Some(u)
         };
+        Ok(ServerHandle::spawn(shared, addr, listeners, unix))
+    }
+
+    /// Starts accepting on listening sockets the service manager handed over (socket
+    /// activation) instead of binding `listen_addr` and `unix_socket_dir`. `tcp` must not be
+    /// empty. Must run inside a Tokio runtime.
+    pub fn start_inherited(
+        shared: Arc<Shared>,
+        tcp: Vec<std::net::TcpListener>,
+        unix: Option<std::os::unix::net::UnixListener>,
+    ) -> std::io::Result<ServerHandle> {
+        if tcp.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no TCP socket for clients"));
+        }
+        let mut listeners = Vec::with_capacity(tcp.len());
+        for l in tcp {
+            l.set_nonblocking(true)?;
+            let l = TcpListener::from_std(l)?;
+            tracing::info!(addr = %l.local_addr()?, "listening on a socket from the service manager");
+            listeners.push(l);
+        }
+        let unix = match unix {
+            Some(u) => {
+                let u = UnixListening::inherited(u)?;
+                tracing::info!(path = %u.path.display(), "listening on a Unix socket from the service manager");
+                Some(u)
+            }
+            None => None,
+        };
+        let addr = listeners[0].local_addr()?;
+        Ok(ServerHandle::spawn(shared, addr, listeners, unix))
+    }
+
+    /// Spawns the accept loop over bound `listeners`, the first of which is at `addr`.
+    fn spawn(
+        shared: Arc<Shared>,
+        addr: SocketAddr,
+        listeners: Vec<TcpListener>,
+        unix: Option<UnixListening>,
+    ) -> ServerHandle {
         let controller = ShutdownController::new();
         let (stop_accepting, accept_rx) = watch::channel(false);
         let task =
             tokio::spawn(run(listeners, unix, shared.clone(), controller.subscribe(), accept_rx, controller.token()));
-        Ok(ServerHandle { addr, shared, controller, stop_accepting, task })
+        ServerHandle { addr, shared, controller, stop_accepting, task }
     }
 
     /// Stops as `mode` says (PgBouncer's `SHUTDOWN` variants). Returns whether every session

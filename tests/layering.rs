@@ -29,7 +29,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (15, &["exchange"]),
     (12, &["config"]),
     (10, &["prepared", "params", "stats", "auth", "shutdown", "localpg"]),
-    (5, &["net"]),
+    (5, &["net", "systemd"]),
     (0, &["sql", "protocol"]),
 ];
 

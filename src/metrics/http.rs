@@ -44,6 +44,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     // With so_reuseport, a second pgsluice started for an online restart can bind it too.
     let listener = crate::net::bind(addr, shared.config.load().general().so_reuseport)?;
+    serve_on(shared, listener)
+}
+
+/// Serves on a listener bound elsewhere (socket activation); returns its address.
+pub fn serve_on(shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     tokio::spawn(accept_loop(listener, Arc::downgrade(&shared)));
     Ok(bound)

@@ -22,6 +22,7 @@ mod review;
 mod robustness;
 mod routing;
 mod server_tls;
+mod service;
 mod session_state;
 mod topology;
 mod unix_sockets;
