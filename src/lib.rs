@@ -16,6 +16,7 @@
 //! - [`prepared`], [`pipeline`]: named prepared statements in transaction mode, and the
 //!   queue of answers a server owes its current client.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
+//! - [`import`]: `pgsluice import-pgbouncer`, a pgbouncer.ini turned into a pgsluice config.
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
 //! - [`admin`]: the PgBouncer-compatible admin console (`SHOW POOLS`, `PAUSE`, `RELOAD`…).
 //! - [`stats`]: traffic counters and the live client/server registries the console and
@@ -37,6 +38,7 @@ pub mod demo;
 pub mod error;
 pub mod exchange;
 pub mod frontend;
+pub mod import;
 pub mod localpg;
 pub mod metrics;
 pub mod net;

@@ -9,6 +9,7 @@ mod auth;
 mod auth_query;
 mod drivers;
 mod hostile_server;
+mod import;
 mod lifecycle;
 mod login_errors;
 mod metrics;
