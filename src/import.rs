@@ -205,10 +205,12 @@ impl Builder {
         let fate = match value::convert(kind, &l.value, &self.ctx(l)) {
             Ok(v) => {
                 let at = self.entries.len();
-                let item = Item { key: target.into(), value: v, comment: format!("{} {}", l.origin, l.key), entry: Some(at) };
+                let item =
+                    Item { key: target.into(), value: v, comment: format!("{} {}", l.origin, l.key), entry: Some(at) };
                 let replaced = if tls { self.tls.set(item) } else { self.general.set(item) };
                 if let Some(old) = replaced {
-                    self.entries[old].fate = Fate::Same(format!("superseded by {} (the last line wins, as in PgBouncer)", l.origin));
+                    self.entries[old].fate =
+                        Fate::Same(format!("superseded by {} (the last line wins, as in PgBouncer)", l.origin));
                 }
                 Fate::Mapped(format!("{}.{target}", if tls { "tls" } else { "general" }))
             }
@@ -256,7 +258,9 @@ impl Builder {
             let cwd = std::env::current_dir().unwrap_or_default();
             let path = value::path(&u.display().to_string(), &PathCtx { from: &cwd, out: self.out_dir.as_deref() });
             let comment = format!("--userlist {}", u.display());
-            if let Some(old) = self.general.set(Item { key: "auth_file".into(), value: V::String(path), comment, entry: None }) {
+            if let Some(old) =
+                self.general.set(Item { key: "auth_file".into(), value: V::String(path), comment, entry: None })
+            {
                 self.entries[old].fate = Fate::Same(format!("replaced by --userlist {}", u.display()));
             }
         }
@@ -365,7 +369,12 @@ impl Builder {
             Some(_) => format!("{} host, port", l.origin),
             None => format!("{} no host: PgBouncer's Unix socket in unix_socket_dir", l.origin),
         };
-        section.set(Item { key: "hosts".into(), value: toml::Value::Array(addrs), comment: hosts_comment, entry: None });
+        section.set(Item {
+            key: "hosts".into(),
+            value: toml::Value::Array(addrs),
+            comment: hosts_comment,
+            entry: None,
+        });
         if hosts.len() > 1 {
             self.notes.push(format!(
                 "databases.{}: PgBouncer spreads connections over its {} hosts round-robin; pgsluice treats them as \
@@ -382,7 +391,11 @@ impl Builder {
             }
             self.pair(l, &sect, (k, v), table::rule(table::DATABASE, k), &mut section);
         }
-        self.databases.push(Named { name: l.key.clone(), comment: format!("{} [databases] {}", l.origin, l.key), section });
+        self.databases.push(Named {
+            name: l.key.clone(),
+            comment: format!("{} [databases] {}", l.origin, l.key),
+            section,
+        });
         Ok(())
     }
 

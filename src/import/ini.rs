@@ -63,7 +63,8 @@ pub struct IniError {
 pub fn read(path: &Path) -> Result<Vec<Line>, IniError> {
     let root_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut reader = Reader { root_dir, section: None, stack: Vec::new(), lines: Vec::new() };
-    let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+    let shown =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
     reader.file(path, shown, None)?;
     Ok(reader.lines)
 }

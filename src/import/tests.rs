@@ -187,8 +187,9 @@ fn client_tls_needs_both_files() {
     assert!(!imp.toml.contains("\n[tls]\n"), "{}", imp.toml);
     let (_dir, imp) = import_text("[pgbouncer]\nauth_file = userlist.txt\nclient_tls_sslmode = require\n");
     assert!(matches!(fate(&imp, "pgbouncer", "client_tls_sslmode"), Fate::Dropped(w) if w.contains("both")));
-    let (_dir, imp) =
-        import_text("[pgbouncer]\nauth_file = userlist.txt\nclient_tls_key_file = k.pem\nclient_tls_cert_file = c.pem\n");
+    let (_dir, imp) = import_text(
+        "[pgbouncer]\nauth_file = userlist.txt\nclient_tls_key_file = k.pem\nclient_tls_cert_file = c.pem\n",
+    );
     let file: ConfigFile = toml::from_str(&imp.toml).unwrap();
     let tls = file.tls.expect("[tls]");
     assert_eq!((tls.cert_file.as_str(), tls.key_file.as_str()), ("c.pem", "k.pem"));
@@ -201,7 +202,10 @@ fn the_fixture_is_imported_whole() {
     let imp = import(&fixture, None, None).unwrap();
     // Every documented setting appears in the fixture, and each gets a fate.
     for (section, key) in SETTINGS.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('.')) {
-        let found = imp.entries.iter().any(|e| e.key == key && (e.section == section || e.section.starts_with(&format!("{section}."))));
+        let found = imp
+            .entries
+            .iter()
+            .any(|e| e.key == key && (e.section == section || e.section.starts_with(&format!("{section}."))));
         assert!(found, "the fixture does not use {section}.{key}");
     }
     for e in &imp.entries {

@@ -48,7 +48,9 @@ pub(super) fn render(b: &Builder, source: &str) -> String {
         b.entries
             .iter()
             .filter_map(|e| match &e.fate {
-                Fate::Dropped(why) if want_dropped => Some(format!("# {} [{}] {}: {why}\n", e.origin, e.section, e.key)),
+                Fate::Dropped(why) if want_dropped => {
+                    Some(format!("# {} [{}] {}: {why}\n", e.origin, e.section, e.key))
+                }
                 Fate::Same(why) if !want_dropped => Some(format!("# {} [{}] {}: {why}\n", e.origin, e.section, e.key)),
                 _ => None,
             })
