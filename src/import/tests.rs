@@ -221,3 +221,34 @@ fn the_fixture_is_imported_whole() {
     assert_eq!(file.databases["reports"].reserve_pool_size, Some(1));
     assert!(imp.entries.iter().any(|e| e.origin.file == "pgbouncer-databases.ini"));
 }
+
+#[test]
+fn the_migration_guide_lists_every_setting() {
+    let doc = include_str!("../../docs/migrating-from-pgbouncer.md");
+    let section = |heading: &str| {
+        let start = doc.find(heading).unwrap_or_else(|| panic!("{heading}"));
+        let rest = &doc[start + heading.len()..];
+        &rest[..rest.find("\n### ").unwrap_or(rest.len())]
+    };
+    for (heading, table) in [
+        ("### `[pgbouncer]`", table::PGBOUNCER),
+        ("### `[databases]`", table::DATABASE),
+        ("### `[users]`", table::USER),
+    ] {
+        let rows = section(heading);
+        for (name, rule) in table {
+            let row = rows
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{heading}: no row for {name}"));
+            // The row says what the importer does.
+            let ok = match rule {
+                Rule::Key(target, _) => row.contains(&format!("{target}`")),
+                Rule::Tls(target, _) => row.contains(&format!("`[tls] {target}`")),
+                Rule::Fixed(_, why) => row.contains("nothing to set") && row.contains(why),
+                Rule::Drop(why) => row.contains("| dropped |") && row.contains(why),
+            };
+            assert!(ok, "{heading}: the row of {name} does not match the importer: {row}");
+        }
+    }
+}
