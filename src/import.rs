@@ -293,8 +293,10 @@ impl Builder {
         let fate = match rule {
             Some(Rule::Key(target, kind)) => match value::convert(kind, v, &self.ctx(l)) {
                 Ok(value) => {
-                    let comment = format!("{} {k}", l.origin);
-                    into.set(Item { key: target.into(), value, comment, entry: None });
+                    let (comment, at) = (format!("{} {k}", l.origin), self.entries.len());
+                    if let Some(old) = into.set(Item { key: target.into(), value, comment, entry: Some(at) }) {
+                        self.entries[old].fate = Fate::Same(format!("superseded by a later {k} on the same line"));
+                    }
                     Fate::Mapped(format!("{sect}.{target}"))
                 }
                 Err(why) => Fate::Dropped(why),

@@ -169,7 +169,12 @@ fn passwords_never_appear_in_comments_or_entries() {
 fn a_later_line_wins_and_userlist_replaces_auth_file() {
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("pgbouncer.ini");
-    std::fs::write(&ini, "[pgbouncer]\ndefault_pool_size = 5\nauth_file = old.txt\ndefault_pool_size = 6\n").unwrap();
+    std::fs::write(
+        &ini,
+        "[pgbouncer]\ndefault_pool_size = 5\nauth_file = old.txt\ndefault_pool_size = 6\n\
+         [databases]\napp = host=h pool_size=1 reserve_pool=2 pool_size=3 reserve_pool_size=4\n",
+    )
+    .unwrap();
     let users = dir.path().join("users.txt");
     let imp = import(&ini, Some(&users), Some(&dir.path().join("out.toml"))).unwrap();
     let file: ConfigFile = toml::from_str(&imp.toml).unwrap();
@@ -178,6 +183,10 @@ fn a_later_line_wins_and_userlist_replaces_auth_file() {
     let sizes: Vec<&Fate> = imp.entries.iter().filter(|e| e.key == "default_pool_size").map(|e| &e.fate).collect();
     assert!(matches!(&sizes[..], [Fate::Same(w), Fate::Mapped(_)] if w.contains("pgbouncer.ini:4")), "{sizes:?}");
     assert!(matches!(fate(&imp, "pgbouncer", "auth_file"), Fate::Same(w) if w.contains("--userlist")));
+    let app = &file.databases["app"];
+    assert_eq!((app.pool_size, app.reserve_pool_size), (Some(3), Some(4)));
+    let superseded = imp.entries.iter().filter(|e| e.section == "databases.app" && matches!(e.fate, Fate::Same(_)));
+    assert_eq!(superseded.map(|e| e.key.as_str()).collect::<Vec<_>>(), ["pool_size", "reserve_pool"]);
 }
 
 #[test]
