@@ -17,6 +17,7 @@
 //!   queue of answers a server owes its current client.
 //! - [`cancel`], [`shared`], [`shutdown`], [`error`]: cross-cutting pieces.
 //! - [`systemd`]: `sd_notify`, the watchdog and socket activation (used by `main`).
+//! - [`import`]: `pgsluice import-pgbouncer`, a pgbouncer.ini turned into a pgsluice config.
 //! - [`localpg`]: throw-away local PostgreSQL clusters for `pgsluice demo` and the tests.
 //! - [`admin`]: the PgBouncer-compatible admin console (`SHOW POOLS`, `PAUSE`, `RELOAD`…).
 //! - [`stats`]: traffic counters and the live client/server registries the console and
@@ -38,6 +39,7 @@ pub mod demo;
 pub mod error;
 pub mod exchange;
 pub mod frontend;
+pub mod import;
 pub mod localpg;
 pub mod metrics;
 pub mod net;

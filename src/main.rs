@@ -33,6 +33,19 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Write a pgsluice config equivalent to a pgbouncer.ini (docs/migrating-from-pgbouncer.md).
+    /// Exit 0: everything imported; 2: written, but some settings were not imported (listed on
+    /// stderr with the reason); 1: error.
+    ImportPgbouncer {
+        /// The pgbouncer.ini to read (its %include files are followed).
+        ini: PathBuf,
+        /// auth_file to use instead of the ini's auth_file.
+        #[arg(long)]
+        userlist: Option<PathBuf>,
+        /// Where to write the TOML (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Start a throw-away local PostgreSQL cluster and serve it on a port until Ctrl-C.
     Demo {
         /// Port for pgsluice.
@@ -127,6 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.users.len()
             );
             Ok(())
+        }
+        Some(Command::ImportPgbouncer { ini, userlist, output }) => {
+            std::process::exit(pgsluice::import::run(&ini, userlist.as_deref(), output.as_deref()))
         }
         Some(Command::Demo { port, tls }) => {
             init_tracing(LogFormat::Text);

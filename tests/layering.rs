@@ -27,6 +27,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (25, &["cluster", "cancel"]),
     (20, &["backend"]),
     (15, &["exchange"]),
+    (13, &["import"]),
     (12, &["config"]),
     (10, &["prepared", "params", "stats", "auth", "shutdown", "localpg"]),
     (5, &["net", "systemd"]),

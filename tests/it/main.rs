@@ -10,6 +10,7 @@ mod auth_query;
 mod causal;
 mod drivers;
 mod hostile_server;
+mod import;
 mod lifecycle;
 mod login_errors;
 mod metrics;
