@@ -261,11 +261,13 @@ impl Router {
         let begin = self.deferred_begin.take();
         self.note_write = false;
         let classifies = self.policy.classifies();
+        // A client routed to the primary is judged only to know whether it may have written
+        // (its writes hold back other clients' reads: `read_your_writes_scope`).
+        let judges = classifies || (self.policy.route == Route::Primary && self.clocks.is_some());
         // The keyword scan assumes standard_conforming_strings: with it off, a backslash in a
         // literal could hide a write from it, so nothing is classified.
-        let scs_off = classifies && params.get("standard_conforming_strings").is_some_and(|v| v == "off");
-        let class =
-            if classifies && !scs_off { classify_request(&self.classifier, buf, stmts, max_body) } else { None };
+        let scs_off = judges && params.get("standard_conforming_strings").is_some_and(|v| v == "off");
+        let class = if judges && !scs_off { classify_request(&self.classifier, buf, stmts, max_body) } else { None };
         let want = if classifies && !scs_off {
             let read_only = params.get("default_transaction_read_only").is_some_and(|v| v == "on");
             want(&self.policy, class, read_only)
@@ -296,6 +298,9 @@ impl Router {
         self.resolve_ryw(cluster);
         let own = Ryw { lsn: self.ryw_lsn, since: self.ryw_since };
         let clock = match (&self.clocks, self.policy.ryw_scope) {
+            // (A client routed to replicas chose them, like a hint: it never writes there,
+            // and other clients' writes do not hold it back either.)
+            _ if self.policy.route == Route::Replica => return own,
             (None, _) | (_, ReadYourWritesScope::Client) => return own,
             (Some(c), ReadYourWritesScope::User) => &c.user,
             (Some(c), ReadYourWritesScope::Database) => &c.database,

@@ -414,12 +414,28 @@ pub struct ClientInfo {
     /// Pinned to its server by session state it set (`session_state = pin`).
     pinned: AtomicBool,
     killed: AtomicBool,
+    /// Where its requests go ([`ROUTE_NAMES`] index; 0: not a pooled client).
+    route: AtomicU8,
     /// The session task's waker, woken by [`ClientInfo::kill`] and [`ClientInfo::wake`]
     /// (registered, not taken: a session needs no new future to hear of a stop).
     waker: Mutex<Option<std::task::Waker>>,
 }
 
+/// The routes `SHOW CLIENTS` names (see [`ClientInfo::set_route`]).
+pub const ROUTE_NAMES: [&str; 4] = ["", "auto", "primary", "replica"];
+
 impl ClientInfo {
+    /// Records where the client's requests go: one of [`ROUTE_NAMES`].
+    pub fn set_route(&self, name: &str) {
+        let i = ROUTE_NAMES.iter().position(|n| *n == name).unwrap_or(0);
+        self.route.store(i as u8, Ordering::Relaxed);
+    }
+
+    /// Where the client's requests go (`SHOW CLIENTS` `route`; "" for the console).
+    pub fn route(&self) -> &'static str {
+        ROUTE_NAMES.get(usize::from(self.route.load(Ordering::Relaxed))).copied().unwrap_or("")
+    }
+
     /// A client that just logged in (idle).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -452,6 +468,7 @@ impl ClientInfo {
             prepared: AtomicU32::new(0),
             pinned: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            route: AtomicU8::new(0),
             waker: Mutex::new(None),
         }
     }

@@ -425,8 +425,20 @@ const SOCKET_COLUMNS: [(&str, u32); 21] = [
     ("id", INT4),
 ];
 
+/// `SHOW CLIENTS`: PgBouncer's columns, then pgsluice's `route` (where the client's
+/// requests go: `auto`, `primary` or `replica`).
+const CLIENT_COLUMNS: [(&str, u32); 22] = {
+    let mut c = [("route", TEXT); 22];
+    let mut i = 0;
+    while i < SOCKET_COLUMNS.len() {
+        c[i] = SOCKET_COLUMNS[i];
+        i += 1;
+    }
+    c
+};
+
 fn clients(shared: &Shared) -> Table {
-    let mut t = Table::new(&SOCKET_COLUMNS);
+    let mut t = Table::new(&CLIENT_COLUMNS);
     let clock = shared.clock;
     let now = clock.now_us();
     for c in shared.clients.all() {
@@ -460,6 +472,7 @@ fn clients(shared: &Shared) -> Table {
             c.application_name.as_ref().into(),
             c.prepared_statements().into(),
             c.id.into(),
+            c.route().into(),
         ]);
     }
     t

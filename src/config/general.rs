@@ -434,6 +434,22 @@ pub enum Route {
     Replica,
 }
 
+impl Route {
+    /// `auto`, `primary` or `replica`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Auto => "auto",
+            Route::Primary => "primary",
+            Route::Replica => "replica",
+        }
+    }
+
+    /// A route by name, case-insensitively (a client's `pgsluice.route`).
+    pub fn parse(s: &str) -> Option<Route> {
+        [Route::Auto, Route::Primary, Route::Replica].into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
 /// Whether reads may use the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

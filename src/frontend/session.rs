@@ -279,7 +279,12 @@ impl Session {
         let multi_host = shared.cluster(&l.db.name).is_some_and(|c| c.hosts().len() > 1);
         // Session mode keeps one server for the whole session: the primary. A single host
         // has nothing to route between.
-        let route = if l.mode == PoolMode::Session || !multi_host { Route::Primary } else { cfg.route(&l.db, &l.user) };
+        let route = if l.mode == PoolMode::Session || !multi_host {
+            Route::Primary
+        } else {
+            l.route.unwrap_or_else(|| cfg.route(&l.db, &l.user))
+        };
+        reg.info.set_route(route.as_str());
         // A client whose requests all go to the primary needs a router only to note its
         // writes for other clients' reads (`read_your_writes_scope`).
         let shared_ryw = multi_host && l.mode != PoolMode::Session && cfg.ryw_shared(&l.db);
@@ -1094,6 +1099,7 @@ mod tests {
             cancel: shared.cancel.register(),
             params: ClientParams::default(),
             session_state: crate::config::SessionState::Pin,
+            route: None,
         };
         let ctl = crate::shutdown::ShutdownController::new();
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
@@ -1231,6 +1237,7 @@ mod tests {
             cancel: shared.cancel.register(),
             params: ClientParams::default(),
             session_state: crate::config::SessionState::Pin,
+            route: None,
         });
         let session =
             std::mem::size_of_val(&serve(shared.clone(), login, peer, ctl.subscribe(), ctl.token(), permit()));

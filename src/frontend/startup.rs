@@ -58,6 +58,8 @@ pub struct LoggedIn {
     pub params: ClientParams,
     /// Its `session_state` policy, from the configuration it logged in under.
     pub session_state: crate::config::SessionState,
+    /// The route it chose itself (`pgsluice.route`), over its user's and database's.
+    pub route: Option<crate::config::Route>,
 }
 
 /// How a connection's startup ended.
@@ -285,16 +287,18 @@ async fn login(
     let mut user = None;
     let mut database = None;
     let mut client_params = ClientParams::default();
+    let mut route = None;
     let mut unrecognized = Vec::new();
     // PostgreSQL applies `options` first, so a parameter of its own wins over `-c`.
     for (_, v) in params.iter().filter(|(k, _)| k == "options") {
-        apply_options(cfg, v, &mut client_params)?;
+        apply_options(cfg, v, &mut client_params, &mut route)?;
     }
     for (k, v) in &params {
         match k.as_str() {
             "user" => user = Some(v.clone()),
             "database" => database = Some(v.clone()),
             "options" => {}
+            k if k.eq_ignore_ascii_case(ROUTE_PARAMETER) => route = Some(parse_route(v)?),
             k if k.starts_with("_pq_.") => unrecognized.push(k.to_string()),
             k => match cfg.tracked.lookup(k) {
                 Some(name) => client_params.set(name, v),
@@ -429,6 +433,7 @@ async fn login(
         cancel,
         params: client_params,
         session_state,
+        route,
     }))))
 }
 
@@ -540,13 +545,39 @@ fn ignored_parameter(cfg: &Config, name: &str) -> bool {
     cfg.general().ignore_startup_parameters.iter().any(|i| i.eq_ignore_ascii_case(name))
 }
 
+/// The startup parameter (or `-c` item of `options`) by which a client chooses its route.
+const ROUTE_PARAMETER: &str = "pgsluice.route";
+
+/// A client's `pgsluice.route` value; anything but `primary`, `replica` or `auto` is a FATAL
+/// as PostgreSQL answers an invalid parameter value at startup.
+fn parse_route(value: &str) -> LoginResult<crate::config::Route> {
+    crate::config::Route::parse(value).ok_or_else(|| {
+        Some(ClientError::fatal(
+            "22023",
+            format!(
+                "invalid value for parameter \"{ROUTE_PARAMETER}\": \"{value}\" (expected primary, replica or auto)"
+            ),
+            ErrorSource::Client,
+        ))
+    })
+}
+
 /// Applies the `options` startup parameter: `-c name=value` items of tracked parameters
-/// are taken like startup parameters. Anything else is refused as PgBouncer does, unless
-/// ignored: by name, or all of it when `options` itself is in `ignore_startup_parameters`.
-fn apply_options(cfg: &Config, options: &str, client_params: &mut ClientParams) -> LoginResult<()> {
+/// are taken like startup parameters, `-c pgsluice.route=…` chooses the route. Anything
+/// else is refused as PgBouncer does, unless ignored: by name, or all of it when `options`
+/// itself is in `ignore_startup_parameters`.
+fn apply_options(
+    cfg: &Config,
+    options: &str,
+    client_params: &mut ClientParams,
+    route: &mut Option<crate::config::Route>,
+) -> LoginResult<()> {
     let ignore_all = ignored_parameter(cfg, "options");
     for item in parse_options(options) {
         match item {
+            StartupOption::Set { name, value } if name.eq_ignore_ascii_case(ROUTE_PARAMETER) => {
+                *route = Some(parse_route(&value)?);
+            }
             StartupOption::Set { name, value } => match cfg.tracked.lookup(&name) {
                 Some(tracked) => client_params.set(tracked, &value),
                 None if ignore_all || ignored_parameter(cfg, &name) => {}

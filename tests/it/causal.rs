@@ -289,8 +289,13 @@ async fn measure_scope_costs_on_a_mixed_load() {
     .await;
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     psql(&nodes[0], "GRANT ALL ON ALL TABLES IN SCHEMA public TO app").await;
+    // PGSLUICE_MEASURE_SYNC=on: the primary with synchronous_commit = on (the test servers
+    // run with off, where WAL reaches the replicas up to wal_writer_delay = 200 ms late).
+    let sync = std::env::var("PGSLUICE_MEASURE_SYNC").unwrap_or_else(|_| "off".into());
+    psql(&nodes[0], &format!("ALTER SYSTEM SET synchronous_commit = '{sync}'")).await;
+    psql(&nodes[0], "SELECT pg_reload_conf()").await;
     let mut nodes = Some(nodes);
-    for (scope, wait) in [("client", "0s"), ("user", "0s"), ("database", "0s"), ("database", "50ms")] {
+    for (scope, wait) in [("client", "0s"), ("user", "0s"), ("database", "0s"), ("database", "20ms")] {
         let wait_line = format!("read_your_writes_wait = \"{wait}\"");
         let t = topo(nodes.take().unwrap(), scope, &["health_check_interval = \"1s\"", &wait_line], &[]).await;
         let probes = |t: &Topo| t.cluster(APP).snapshot()[0].probes;
@@ -320,7 +325,7 @@ async fn measure_scope_costs_on_a_mixed_load() {
         let c = t.counts(APP);
         let reads = c.reads_replica + c.reads_primary;
         println!(
-            "SCOPE {scope} wait {wait}: writer {} tps, readers {} tps; replica share of reads {:.1} %; reader p95 {:.2} \
+            "SCOPE synchronous_commit {sync}, {scope} wait {wait}: writer {} tps, readers {} tps; replica share of reads {:.1} %; reader p95 {:.2} \
              ms; ryw fallbacks {} waits {}; probes of the primary {:.1}/s",
             w.field("number of transactions actually processed:") as f64 / 20.0,
             r.field("number of transactions actually processed:") as f64 / 20.0,
@@ -335,4 +340,56 @@ async fn measure_scope_costs_on_a_mixed_load() {
         pooler.shutdown(Duration::from_secs(5)).await;
         nodes = Some(n);
     }
+}
+
+/// A client of `APP` with `options` in its startup packet.
+async fn connect_with_options(t: &Topo, options: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(t.pooler.addr.port()).user(APP).password(APP_PW).dbname(APP).options(options);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_chooses_its_route_in_the_startup_packet() {
+    let t = topo(start_nodes(2).await, "database", &["admin_users = [\"app\"]"], &[]).await;
+    let replicas = t.replica_ports();
+    let primary = t.port(0);
+
+    let to_primary = connect_with_options(&t, "-c pgsluice.route=primary").await.expect("route=primary");
+    let to_replica = connect_with_options(&t, "-c pgsluice.route=Replica").await.expect("route=replica");
+    let auto = connect_with_options(&t, "-c pgsluice.route=auto").await.expect("route=auto");
+    for _ in 0..20 {
+        assert_eq!(crate::routing::read_port(&to_primary).await.unwrap(), primary, "pgsluice.route=primary reads");
+        assert!(replicas.contains(&crate::routing::read_port(&to_replica).await.unwrap()), "route=replica reads");
+        assert!(replicas.contains(&crate::routing::read_port(&auto).await.unwrap()), "route=auto reads");
+    }
+    to_primary.batch_execute("INSERT INTO t (id, v) VALUES (1, 'chosen')").await.expect("a write on route=primary");
+    // A client that chose replicas is not held back by others' writes (database scope).
+    assert!(replicas.contains(&crate::routing::read_port(&to_replica).await.unwrap()), "route=replica after a write");
+    let e =
+        to_replica.batch_execute("INSERT INTO t (id, v) VALUES (2, 'chosen')").await.expect_err("write on a replica");
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{}", short(&e));
+
+    // An unknown value ends the login with a FATAL naming the parameter.
+    for options in ["-c pgsluice.route=sideways", "-c pgsluice.route="] {
+        let e = connect_with_options(&t, options).await.err().expect("login refused");
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{options}: not a server error: {e}"));
+        assert_eq!((db.severity(), db.code().code()), ("FATAL", "22023"), "{options}");
+        assert!(db.message().contains("pgsluice.route"), "{}", db.message());
+    }
+
+    // SHOW CLIENTS says where each client's requests go.
+    let admin = t.pooler.try_connect(APP, APP_PW, "pgbouncer").await.expect("console login");
+    let msgs = admin.simple_query("SHOW CLIENTS").await.expect("SHOW CLIENTS");
+    let mut routes: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.get("database") == Some(APP) => r.get("route").map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    routes.sort();
+    assert_eq!(routes, ["auto", "primary", "replica"]);
 }

@@ -78,9 +78,11 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("pgsluice_host_breaker_open", HOST),
     ("pgsluice_host_breaker_state", &["database", "host", "state"]),
     ("pgsluice_host_breaker_refused_total", HOST),
+    ("pgsluice_host_probes_total", HOST),
     ("pgsluice_failovers_total", DB),
     ("pgsluice_route_decisions_total", &["database", "user", "decision"]),
-    ("pgsluice_route_ryw_waits_total", POOL),
+    ("pgsluice_route_ryw_waits_total", &["database", "user", "scope"]),
+    ("pgsluice_route_ryw_fallbacks_total", &["database", "user", "scope"]),
     ("pgsluice_route_retries_total", POOL),
     ("pgsluice_route_read_resends_total", POOL),
     ("pgsluice_transaction_duration_seconds", POOL),
@@ -453,6 +455,7 @@ async fn scrape_under_load_matches_the_admin_console() {
         assert_eq!(got, row[decision].parse::<f64>().unwrap(), "decision {decision}");
     }
     assert_eq!(after.get("pgsluice_route_ryw_waits_total", &set), row["ryw_waits"].parse::<f64>().unwrap());
+    assert_eq!(after.get("pgsluice_route_ryw_fallbacks_total", &set), row["ryw_fallbacks"].parse::<f64>().unwrap());
     assert_eq!(after.get("pgsluice_route_retries_total", &set), row["retries"].parse::<f64>().unwrap());
     assert_eq!(after.get("pgsluice_route_read_resends_total", &set), row["read_resends"].parse::<f64>().unwrap());
     assert_eq!(after.get("pgsluice_failovers_total", &dbl), row["failovers"].parse::<f64>().unwrap());

@@ -71,7 +71,7 @@ pub(crate) async fn leave_wal_page_start(primary: &Node) {
 }
 
 /// pgsluice serving `app` over all `nodes` (probing as the superuser), with `general` lines
-/// and alias databases `(name, extra section lines)` over the same hosts and PostgreSQL
+/// (`read_your_writes_scope = "client"` unless they set it) and alias databases `(name, extra section lines)` over the same hosts and PostgreSQL
 /// database, and raw TOML `sections`; users `app` and `writer` in the auth_file.
 pub(crate) async fn start_pooler(
     nodes: &[Node],
@@ -94,6 +94,11 @@ pub(crate) async fn start_pooler(
     }
     for line in general {
         b = b.general(line);
+    }
+    // These tests are about routing between connections that do not wait for each other's
+    // writes (tests/it/causal.rs is about the scopes).
+    if !general.iter().any(|l| l.starts_with("read_your_writes_scope")) {
+        b = b.general("read_your_writes_scope = \"client\"");
     }
     b.start().await
 }
