@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -58,7 +58,10 @@ pub async fn send_cancel_if(t: CancelTarget, still: impl Fn() -> bool) -> bool {
         }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => {
+            tracing::debug!(server = %t.addr, pid = t.pid, "cancel request sent to the server");
+            true
+        }
         Ok(Err(e)) => {
             tracing::warn!(server = %t.addr, error = %e, "could not forward cancel request");
             false
@@ -314,13 +317,24 @@ impl CancelRegistry {
     }
 }
 
-/// Writes a CancelRequest `buf` on a fresh connection `s` if `still()` holds, then closes it.
-async fn deliver<S: AsyncWrite + Unpin>(mut s: S, buf: &[u8], still: impl Fn() -> bool) -> std::io::Result<()> {
+/// Writes a CancelRequest `buf` on a fresh connection `s` if `still()` holds, then waits
+/// for the other end to close it. PostgreSQL closes a cancel connection once it has
+/// signalled the backend (twice: the process and its group), and a pgsluice peer once its
+/// own cancel is through, so "delivered" means done, as libpq's `PQcancel` waits for:
+/// a signal still in flight when the query has already ended can cancel the next one.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    buf: &[u8],
+    still: impl Fn() -> bool,
+) -> std::io::Result<()> {
     if !still() {
         return Err(std::io::Error::other("the server moved on before the cancel could be sent"));
     }
     s.write_all(buf).await?;
-    s.shutdown().await
+    s.shutdown().await?;
+    let mut sink = [0u8; 64];
+    while s.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 #[cfg(test)]

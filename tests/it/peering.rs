@@ -180,6 +180,8 @@ async fn cancels_for_unknown_peers_and_out_of_hops_are_dropped() {
 async fn two_instances_sharing_a_port_with_so_reuseport_cancel_each_others_clients() {
     let db = fresh_db("peer_reuse");
     let dir = tempfile::tempdir().unwrap();
+    eprintln!("DIR {}", dir.path().display());
+    let dir = Box::leak(Box::new(dir));
     let port = free_port();
     // Each instance also listens on a Unix socket of its own: that is how its peers reach
     // it, since the shared TCP port lands on either.
@@ -196,6 +198,7 @@ async fn two_instances_sharing_a_port_with_so_reuseport_cancel_each_others_clien
     let b = Instance::start(dir.path(), "b", &config(&db, port, &gb, &peers), 2, port).await;
     let shared = a.addr;
     for i in 0..50 {
+        eprintln!("iteration {i}");
         cancel_via(&db, shared, shared, if i % 2 == 0 { 0 } else { 2 }).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
