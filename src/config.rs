@@ -9,6 +9,7 @@
 
 mod duration;
 mod general;
+mod peers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -20,10 +21,12 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 pub use general::{
-    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PoolMode, PrimaryReads,
-    ReadYourWrites, ReadYourWritesScope, RoleHint, Route, SecretValue, ServerTlsMode, SessionState, TlsSection,
+    AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PeerSection, PoolMode,
+    PrimaryReads, ReadYourWrites, ReadYourWritesScope, RoleHint, Route, SecretValue, ServerTlsMode, SessionState,
+    TlsSection,
     TransactionRouting, UserSection, MIN_PROBE_GAP,
 };
+pub use peers::{Peer, MAX_PEER_ID, PEER_ID_ENV};
 
 use crate::auth::{scram::Verifier, Secret};
 
@@ -47,6 +50,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "read_only_functions",
     "max_parse_length",
     "classify_cache_size",
+    "peer_id",
 ];
 
 /// A config that could not be loaded, with a message precise enough to fix it.
@@ -78,6 +82,9 @@ pub struct ConfigFile {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Peered instances by `peer_id` (`[peers.N]`), for forwarded CancelRequests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, PeerSection>,
 }
 
 /// A backend address, `host:port`.
@@ -305,6 +312,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Parameters tracked per client: the built-in six plus `track_extra_parameters`.
     pub tracked: Arc<crate::params::Tracked>,
+    /// Other peered instances by `peer_id` (`[peers.N]` without this instance's own).
+    pub peers: HashMap<u16, Peer>,
 }
 
 impl std::fmt::Debug for Config {
@@ -314,11 +323,18 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// Reads, parses and validates the config file at `path`.
+    /// Reads, parses and validates the config file at `path`. The environment variable
+    /// [`PEER_ID_ENV`] (`PGSLUICE_PEER_ID`), when set, overrides `[general] peer_id`, so
+    /// peered instances can share one file (only here: text given to [`Config::from_str`]
+    /// is taken as it is).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { path: path.into(), message: format!("cannot read: {e}") })?;
-        Config::from_str(&text, path)
+        let err = |message: String| ConfigError { path: path.into(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        if let Some(v) = std::env::var_os(PEER_ID_ENV) {
+            file.general.peer_id = peers::peer_id_from_env(&v).map_err(err)?;
+        }
+        Config::from_file(file, path)
     }
 
     /// Parses and validates config text; `path` anchors relative paths and error messages.
@@ -674,6 +690,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
     }
 
     let mock_secret = crate::auth::MockSecret::typical(users.values().map(|u| &u.secret));
+    let peers = peers::validate(g, &file.peers)?;
     Ok(Config {
         listen: listen_all[0],
         listen_all,
@@ -684,6 +701,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         mock_secret,
         path: path.into(),
         tracked,
+        peers,
         file,
     })
 }

@@ -165,6 +165,7 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Report {
         ("max_parse_length", og.max_parse_length != ng.max_parse_length),
         ("classify_cache_size", og.classify_cache_size != ng.classify_cache_size),
         ("max_client_conn", og.max_client_conn != ng.max_client_conn),
+        ("peer_id", og.peer_id != ng.peer_id),
     ];
     report.restart_needed = restart.iter().filter(|(_, c)| *c).map(|(k, _)| k.to_string()).collect();
 

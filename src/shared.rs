@@ -69,6 +69,7 @@ impl Shared {
         let clusters: ClusterSet =
             config.databases.iter().map(|(name, db)| (name.clone(), Cluster::new(db, settings.clone()))).collect();
         let g = config.general();
+        let peer_id = g.peer_id;
         let classifier = Arc::new(crate::sql::classify::Classifier::new(crate::sql::classify::ClassifierSettings {
             read_only_functions: g.read_only_functions.clone(),
             max_parse_length: g.max_parse_length as usize,
@@ -96,7 +97,7 @@ impl Shared {
             clusters: ArcSwap::from_pointee(clusters),
             config: ArcSwap::from_pointee(config),
             pools: PoolRegistry::new(clock),
-            cancel: Arc::new(CancelRegistry::default()),
+            cancel: Arc::new(CancelRegistry::new(peer_id)),
             next_client_id: AtomicU64::new(1),
             mock_key: rand::random(),
         })
@@ -159,9 +160,13 @@ impl Shared {
     }
 
     /// Handles a client's CancelRequest: forwards it to the server the client holds right
-    /// now, if any. Returns whether a cancel was sent.
+    /// now, if any, or to the peered instance its key names. Returns whether a cancel was sent.
     pub async fn cancel_request(&self, pid: i32, secret: &[u8]) -> bool {
-        let Some(info) = self.cancel.find(pid, secret) else { return false };
+        let info = match self.cancel.route(pid, secret) {
+            crate::cancel::Routed::Client(info) => info,
+            crate::cancel::Routed::Forward(f) => return self.cancel.forward(&self.config.load_full().peers, f).await,
+            crate::cancel::Routed::Nobody => return false,
+        };
         let (server, _) = info.link();
         // (The server must still be this client's: it may have moved on since the link was read.)
         let Some(meta) =

@@ -379,6 +379,12 @@ pub struct General {
     /// Set `SO_REUSEPORT` on the listening socket, so a second pgsluice can listen on the same
     /// port during an online restart (see docs/operations.md). Default false. Restart to change.
     pub so_reuseport: bool,
+    /// This process's id among peered pgsluice instances (PgBouncer's `peer_id`), 1 to
+    /// 16383; 0 (the default) turns peering off. Client cancel keys carry it, and a
+    /// CancelRequest that names another id is forwarded to that id's `[peers.N]` (see
+    /// docs/scaling.md). The environment variable `PGSLUICE_PEER_ID` overrides the file, so
+    /// instances can share one file. Restart to change.
+    pub peer_id: u16,
     /// Directory for a Unix-domain listening socket `.s.PGSQL.<listen_port>`, besides TCP;
     /// empty (the default): none. Restart to change.
     pub unix_socket_dir: String,
@@ -410,6 +416,22 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A `[peers.N]` section: where pgsluice instance N (its `peer_id`) takes connections, for
+/// CancelRequests that reach another instance (PgBouncer's `[peers]`). A section for the
+/// instance's own id is allowed and ignored, so every instance can share the same list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// `"host:port"` (port 6432 if absent), `"[v6]:port"`, or a Unix socket directory
+    /// `"/dir"` / `"/dir:port"` (the socket `.s.PGSQL.<port>` in it). Host names are
+    /// resolved at each forward. Reloadable.
+    pub host: String,
+    /// Most CancelRequests forwarded to this peer at once (more wait their turn); default
+    /// `default_pool_size`. Reloadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
 }
 
 /// The `[metrics]` section: the Prometheus endpoint.
@@ -646,6 +668,7 @@ impl Default for General {
             log_stats: true,
             stats_period: Dur::secs(60),
             so_reuseport: false,
+            peer_id: 0,
             unix_socket_dir: String::new(),
             unix_socket_mode: "0777".into(),
             unix_socket_group: None,

@@ -2,6 +2,10 @@
 //! version and parameters), authentication, and the login reply (AuthenticationOk,
 //! ParameterStatus set, BackendKeyData, ReadyForQuery) — all within `client_login_timeout`.
 //!
+//! Protocol versions: 3.0 to 3.2, negotiated as PostgreSQL 18 does (a newer 3.x gets
+//! NegotiateProtocolVersion down to 3.2); a 3.2 client gets a 32-byte cancel secret, an
+//! older one 4 bytes ([`crate::cancel`]).
+//!
 //! Startup parameters: `user`, `database`, `_pq_.*` (negotiated away), tracked parameters
 //! (the built-in six and `track_extra_parameters`, see [`crate::params`]), given directly or
 //! as `-c name=value` inside `options`; anything else is refused with `08P01` before
@@ -22,12 +26,12 @@ use tokio::io::AsyncWriteExt;
 use crate::auth::scram::{ClientKeys, ScramServer, Verifier};
 use crate::auth::throttle::Admit;
 use crate::auth::{md5, Secret, SecretKind};
-use crate::cancel::CancelHandle;
+use crate::cancel::{CancelHandle, KeyLength};
 use crate::config::{AuthType, Config, Database, PoolMode};
 use crate::error::{ClientError, ErrorSource};
 use crate::net::{self, read_message, ReadError, Stream};
 use crate::pool::PoolSet;
-use crate::protocol::frontend::{self as fmsg, StartupPacket, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use crate::protocol::frontend::{self as fmsg, StartupPacket, LONG_CANCEL_KEYS_MINOR, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use crate::protocol::{ftag, status, write};
 use crate::shared::Shared;
 
@@ -272,6 +276,7 @@ async fn login(
         }
     };
     let stream = slot.as_mut().ok_or(None)?;
+    let requested_minor = minor;
     if major != PROTOCOL_MAJOR {
         return Err(Some(ClientError::protocol(format!(
             "unsupported frontend protocol {major}.{minor}: server supports {PROTOCOL_MAJOR}.0 to {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
@@ -307,10 +312,15 @@ async fn login(
             },
         }
     }
+    // As PostgreSQL 18: the client's minor version, or ours if it asked for a newer one; a
+    // NegotiateProtocolVersion (with that version) when it asked for a newer one or for
+    // `_pq_` options. 3.2 and up get long cancel keys.
+    let minor = minor.min(PROTOCOL_MINOR);
     let mut out = BytesMut::with_capacity(512);
-    if minor > PROTOCOL_MINOR || !unrecognized.is_empty() {
-        write::negotiate_protocol_version(&mut out, PROTOCOL_MINOR, unrecognized.iter().map(String::as_str));
+    if requested_minor > PROTOCOL_MINOR || !unrecognized.is_empty() {
+        write::negotiate_protocol_version(&mut out, minor, unrecognized.iter().map(String::as_str));
     }
+    let key_length = if minor >= LONG_CANCEL_KEYS_MINOR { KeyLength::Long } else { KeyLength::Short };
     let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
         Some(ClientError::fatal("28000", "no PostgreSQL user name specified in startup packet", ErrorSource::Client))
     })?;
@@ -365,7 +375,7 @@ async fn login(
         };
 
     if database == g.admin_database {
-        return admin_login(cfg, slot, buf, out, id, user, &client_params).await.map(Some);
+        return admin_login(cfg, slot, buf, out, (id, key_length), user, &client_params).await.map(Some);
     }
 
     // 4. Database and pool.
@@ -402,7 +412,7 @@ async fn login(
         }
     }
     let server_params = pool.server_params().await.map_err(|e| Some(ClientError::from(&e).into_fatal()))?;
-    let cancel = shared.cancel.register();
+    let (cancel, key) = shared.cancel.register_with(key_length);
 
     // 5. Login reply, one write.
     // Tracked parameters the client did not choose take the server default, so a value
@@ -412,7 +422,7 @@ async fn login(
     for (k, v) in server_params.iter() {
         write::parameter_status(&mut out, k, client_params.get(k).unwrap_or(v));
     }
-    write::backend_key_data(&mut out, cancel.key.0, cancel.key.1);
+    write::backend_key_data_secret(&mut out, key.pid, key.secret());
     write::ready_for_query(&mut out, status::IDLE);
     stream.write_all(&out).await.map_err(|_| None)?;
     // (TLS: rustls may hold the tail until flushed, and the session then waits to read.)
@@ -502,7 +512,7 @@ async fn admin_login(
     slot: &mut Option<Stream>,
     buf: &mut BytesMut,
     mut out: BytesMut,
-    id: u64,
+    (id, key_length): (u64, KeyLength),
     user: String,
     params: &ClientParams,
 ) -> LoginResult<Startup> {
@@ -525,7 +535,10 @@ async fn admin_login(
     for (k, v) in crate::admin::login_params(cfg) {
         write::parameter_status(&mut out, k, &v);
     }
-    write::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
+    // (A key of the client's length that names nothing: the console has nothing to cancel.)
+    let secret: [u8; crate::cancel::LONG_SECRET] = rand::random();
+    let len = if key_length == KeyLength::Long { secret.len() } else { 4 };
+    write::backend_key_data_secret(&mut out, rand::random::<i32>() & 0x7fff_ffff, &secret[..len]);
     write::ready_for_query(&mut out, status::IDLE);
     let mut stream = slot.take().ok_or(None)?;
     stream.write_all(&out).await.map_err(|_| None)?;

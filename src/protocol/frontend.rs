@@ -12,8 +12,20 @@ pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 /// Protocol major version we speak.
 pub const PROTOCOL_MAJOR: u16 = 3;
-/// Newest protocol minor version we speak (3.0).
-pub const PROTOCOL_MINOR: u16 = 0;
+/// Newest protocol minor version we speak with clients (3.2, PostgreSQL 18: the same
+/// messages as 3.0 except that BackendKeyData and CancelRequest carry a secret of any
+/// length from 4 to 256 bytes). 3.1 was never used by any release (reserved, as
+/// PostgreSQL's `PG_PROTOCOL_RESERVED_31`); a client asking for it gets what PostgreSQL
+/// gives it: 3.1 accepted, 4-byte keys.
+pub const PROTOCOL_MINOR: u16 = 2;
+/// First minor version whose cancel keys may be longer than 4 bytes.
+pub const LONG_CANCEL_KEYS_MINOR: u16 = 2;
+/// Longest cancel secret a CancelRequest may carry (protocol 3.2).
+pub const MAX_CANCEL_SECRET: usize = 256;
+/// Shortest cancel secret a CancelRequest may carry (protocol 3.0's length; PostgreSQL 18
+/// accepts 1 to 256 bytes, but a key pgsluice issued is never shorter than 4, so a shorter
+/// one can name nobody and is dropped as malformed).
+pub const MIN_CANCEL_SECRET: usize = 4;
 
 /// The first packet of a connection (after its `Int32` length, which the caller strips).
 #[derive(Debug, PartialEq, Eq)]
@@ -49,7 +61,7 @@ pub fn parse_startup(body: &[u8]) -> Result<StartupPacket<'_>, Error> {
         GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => {
             let (pid, secret) = read_i32(rest).ok_or(Error::Malformed("CancelRequest"))?;
-            if secret.len() < 4 || secret.len() > 256 {
+            if !(MIN_CANCEL_SECRET..=MAX_CANCEL_SECRET).contains(&secret.len()) {
                 return Err(Error::Malformed("CancelRequest"));
             }
             Ok(StartupPacket::CancelRequest { pid, secret })
@@ -148,6 +160,25 @@ mod tests {
         let mut short_cancel = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         short_cancel.extend_from_slice(&[0, 0, 0, 1, 9]);
         assert!(parse_startup(&short_cancel).is_err());
+    }
+
+    #[test]
+    fn cancel_requests_carry_secrets_of_4_to_256_bytes() {
+        let cancel = |len: usize| {
+            let mut c = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+            c.extend_from_slice(&7i32.to_be_bytes());
+            c.extend(std::iter::repeat_n(0xab, len));
+            c
+        };
+        for len in [4, 32, 256] {
+            let c = cancel(len);
+            assert_eq!(parse_startup(&c), Ok(StartupPacket::CancelRequest { pid: 7, secret: &c[8..] }), "{len}");
+        }
+        for len in [0, 3, 257] {
+            assert!(parse_startup(&cancel(len)).is_err(), "{len}-byte secret");
+        }
+        // No pid at all.
+        assert!(parse_startup(&CANCEL_REQUEST_CODE.to_be_bytes()).is_err());
     }
 
     #[test]

@@ -122,9 +122,15 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
 
 /// BackendKeyData (protocol 3.0: 4-byte secret).
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    backend_key_data_secret(buf, pid, &secret.to_be_bytes());
+}
+
+/// BackendKeyData with a secret of any length (protocol 3.2: 4 to 256 bytes; the caller
+/// gives a 3.0 client exactly 4).
+pub fn backend_key_data_secret(buf: &mut BytesMut, pid: i32, secret: &[u8]) {
     frame(buf, b'K', |b| {
         b.put_i32(pid);
-        b.put_i32(secret);
+        b.put_slice(secret);
     });
 }
 
@@ -323,5 +329,26 @@ mod tests {
         b.clear();
         negotiate_protocol_version(&mut b, 0, ["_pq_.x"].into_iter());
         assert_eq!(&b[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
+        b.clear();
+        negotiate_protocol_version(&mut b, 2, std::iter::empty());
+        assert_eq!(&b[..], b"v\0\0\0\x0c\0\x03\0\x02\0\0\0\0");
+    }
+
+    #[test]
+    fn backend_key_data_of_both_lengths_parses_back() {
+        let mut b = BytesMut::new();
+        backend_key_data(&mut b, 7, 0x0102_0304);
+        let (tag, body, _) = split_frame(&b, 1 << 20).unwrap().unwrap();
+        assert_eq!((tag, backend::parse_backend_key_data(body)), (b'K', Ok((7, &[1, 2, 3, 4][..]))));
+        let long = [0x5a; 32];
+        b.clear();
+        backend_key_data_secret(&mut b, 9, &long);
+        assert_eq!(b.len(), 1 + 4 + 4 + 32);
+        let (_, body, _) = split_frame(&b, 1 << 20).unwrap().unwrap();
+        assert_eq!(backend::parse_backend_key_data(body), Ok((9, &long[..])));
+        b.clear();
+        cancel_request(&mut b, 9, &long);
+        assert_eq!(&b[..4], &(12 + 32i32).to_be_bytes());
+        assert_eq!(b.len(), 12 + 32);
     }
 }

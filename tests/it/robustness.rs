@@ -203,27 +203,35 @@ async fn wrong_protocol_major_version_is_refused() {
 // === 4-6: negotiation and startup parameters ===
 
 #[tokio::test]
-async fn protocol_3_2_with_pq_option_gets_negotiate_protocol_version() {
+async fn pq_options_and_newer_minors_get_negotiate_protocol_version() {
     let db = fresh_db("rob_minor");
     let p = pooler().database(&db, &[]).user(&db.name, &db.password).start().await;
-    let mut s = raw(&p).await;
-    let params = [("user", db.name.as_str()), ("database", db.name.as_str()), ("_pq_.test_option", "on")];
-    s.write_all(&startup_packet(PROTOCOL_3_0 | 2, &params)).await.unwrap();
-    let v = expect_msg(&mut s).await;
-    assert_eq!(v.tag, b'v', "expected NegotiateProtocolVersion, got {v:?}");
-    assert_eq!(v.i32_at(0), PROTOCOL_3_0 as i32, "newest supported minor must be 0: {v:?}");
-    assert_eq!(v.i32_at(4), 1, "one unrecognised option: {v:?}");
-    assert_eq!(&v.body[8..], b"_pq_.test_option\0");
-    let r = expect_msg(&mut s).await;
-    assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "expected AuthenticationSASL after negotiation: {r:?}");
-    assert!(String::from_utf8_lossy(&r.body).contains("SCRAM-SHA-256"), "{r:?}");
-    // A newer minor alone (no options) is negotiated too, up to libpq 19's test version 3.9999.
-    for minor in [2, 9999] {
+    // As PostgreSQL 18: the version answered is the one asked for, or 3.2 if newer; the
+    // unknown `_pq_` options are listed.
+    for minor in [0, 2, 9999] {
         let mut s = raw(&p).await;
-        s.write_all(&startup_packet(PROTOCOL_3_0 | minor, &params[..2])).await.unwrap();
+        let params = [("user", db.name.as_str()), ("database", db.name.as_str()), ("_pq_.test_option", "on")];
+        s.write_all(&startup_packet(PROTOCOL_3_0 | minor, &params)).await.unwrap();
         let v = expect_msg(&mut s).await;
-        assert_eq!((v.tag, v.i32_at(0), v.i32_at(4)), (b'v', PROTOCOL_3_0 as i32, 0), "3.{minor}: {v:?}");
+        assert_eq!(v.tag, b'v', "3.{minor}: expected NegotiateProtocolVersion, got {v:?}");
+        assert_eq!(v.i32_at(0), (PROTOCOL_3_0 | minor.min(2)) as i32, "3.{minor}: {v:?}");
+        assert_eq!(v.i32_at(4), 1, "one unrecognised option: {v:?}");
+        assert_eq!(&v.body[8..], b"_pq_.test_option\0");
         let r = expect_msg(&mut s).await;
+        assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "expected AuthenticationSASL after negotiation: {r:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("SCRAM-SHA-256"), "{r:?}");
+    }
+    // A newer minor alone (no options) is negotiated down to 3.2, up to libpq 19's test
+    // version 3.9999; 3.2 itself is not negotiated (tests/it/protocol32.rs has the rest).
+    for (minor, negotiated) in [(2, false), (3, true), (9999, true)] {
+        let mut s = raw(&p).await;
+        let params = [("user", db.name.as_str()), ("database", db.name.as_str())];
+        s.write_all(&startup_packet(PROTOCOL_3_0 | minor, &params)).await.unwrap();
+        let mut r = expect_msg(&mut s).await;
+        if negotiated {
+            assert_eq!((r.tag, r.i32_at(0), r.i32_at(4)), (b'v', (PROTOCOL_3_0 | 2) as i32, 0), "3.{minor}: {r:?}");
+            r = expect_msg(&mut s).await;
+        }
         assert_eq!((r.tag, r.i32_at(0)), (b'R', 10), "3.{minor}: {r:?}");
     }
 }
