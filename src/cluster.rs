@@ -408,9 +408,9 @@ impl Cluster {
             last_throttled_probe: AtomicU64::new(0),
             primary_lsn: AtomicU64::new(0),
             primary_lsn_at: AtomicU64::new(0),
-            // Clients may have written just before this topology was made (a reload that
-            // rebuilt it): its first reads need a probe made after now.
-            db_clock: Arc::new(WriteClock::written_at(1)),
+            // (A reload that rebuilds the topology says that clients may have written just
+            // before: `assume_recent_writes`.)
+            db_clock: Arc::new(WriteClock::default()),
             user_clocks: Mutex::default(),
         })
     }
@@ -483,7 +483,13 @@ impl Cluster {
     /// `since_ms`. `None` until such a probe has answered.
     pub fn primary_lsn_after(&self, since_ms: u64) -> Option<u64> {
         let at = self.primary_lsn_at.load(Ordering::Acquire);
-        (at > since_ms).then(|| self.primary_lsn.load(Ordering::Acquire))
+        if at <= since_ms {
+            return None;
+        }
+        let lsn = self.primary_lsn.load(Ordering::Acquire);
+        // (A new primary clears both, time first: a position read across the clearing is 0,
+        // or the time has gone back.)
+        (lsn != 0 && self.primary_lsn_at.load(Ordering::Acquire) >= at).then_some(lsn)
     }
 
     /// The write clocks of `user`'s clients of this database.
@@ -503,6 +509,20 @@ impl Cluster {
             }
         };
         WriteClocks { database: self.db_clock.clone(), user, created: self.created }
+    }
+
+    /// The topology of `db` replacing `previous` (a reload changed its hosts or probe
+    /// settings): it keeps the write clocks and their time base, so that sessions still
+    /// holding the old clocks and those logging in now see each other's writes. Its own
+    /// position of the primary starts unknown, so the first reads after a write wait for
+    /// its probes.
+    pub fn replacing(db: &Database, settings: ClusterSettings, previous: &Cluster) -> Arc<Cluster> {
+        let mut c = Cluster::new(db, settings);
+        let fresh = Arc::get_mut(&mut c).expect("a new cluster has one owner");
+        fresh.created = previous.created;
+        fresh.db_clock = previous.db_clock.clone();
+        *fresh.user_clocks.get_mut() = previous.user_clocks.lock().clone();
+        c
     }
 
     /// Writes in flight now: of the whole database, or of `user`'s clients of it.

@@ -190,7 +190,10 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Report {
                     report.added.push(name.clone());
                 }
                 rebuilt.insert(name.clone());
-                let c = Cluster::new(db, settings.clone());
+                let c = match old_clusters.get(name) {
+                    Some(previous) => Cluster::replacing(db, settings.clone(), previous),
+                    None => Cluster::new(db, settings.clone()),
+                };
                 c.start();
                 c
             }

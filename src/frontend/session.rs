@@ -621,7 +621,10 @@ impl Session {
     fn attached(&mut self, mut g: PoolGuard, d: &Decision) -> State {
         if let Some(r) = &mut self.router {
             let host = g.pool().settings().host.index;
-            let on_primary = self.pool.cluster().primary() == crate::cluster::Primary::Host(host);
+            // (Checked out as the primary: a write there counts even if the topology moved
+            // since.)
+            let on_primary =
+                d.want == Want::Primary || self.pool.cluster().primary() == crate::cluster::Primary::Host(host);
             r.attached(d, on_primary, host, &self.buf, self.relay.rules.max_body as usize);
         }
         let status = if d.begin.is_some() { status::IN_TRANSACTION } else { status::IDLE };
@@ -634,8 +637,12 @@ impl Session {
             server.synced = Some(self.params.shared());
         }
         // A read-routed server takes one request at a time outside a transaction, so that a
-        // write pipelined behind the read is routed (and its WAL position learned) on its own.
-        x.attach(&mut server.state, status, d.want == Want::Read, self.max_prepared as usize);
+        // write pipelined behind the read is routed (and its WAL position learned) on its own;
+        // so does a read on the primary of a client whose writes move the write clocks, so
+        // that a write pipelined behind it is noted.
+        let one_request = d.want == Want::Read
+            || (!d.may_write && self.router.as_ref().is_some_and(|r| r.clocks().is_some()));
+        x.attach(&mut server.state, status, one_request, self.max_prepared as usize);
         self.relay.reset_timer();
         State::Active(g)
     }

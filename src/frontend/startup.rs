@@ -303,7 +303,11 @@ async fn login(
             "user" => user = Some(v.clone()),
             "database" => database = Some(v.clone()),
             "options" => {}
-            k if k.eq_ignore_ascii_case(ROUTE_PARAMETER) => route = Some(parse_route(v)?),
+            k if k.eq_ignore_ascii_case(ROUTE_PARAMETER) => {
+                if !ignored_parameter(cfg, ROUTE_PARAMETER) {
+                    route = Some(parse_route(v)?);
+                }
+            }
             k if k.starts_with("_pq_.") => unrecognized.push(k.to_string()),
             k => match cfg.tracked.lookup(k) {
                 Some(name) => client_params.set(name, v),
@@ -589,7 +593,11 @@ fn apply_options(
     for item in parse_options(options) {
         match item {
             StartupOption::Set { name, value } if name.eq_ignore_ascii_case(ROUTE_PARAMETER) => {
-                *route = Some(parse_route(&value)?);
+                // (An operator who lists it in ignore_startup_parameters keeps clients on
+                // their configured route.)
+                if !ignore_all && !ignored_parameter(cfg, ROUTE_PARAMETER) {
+                    *route = Some(parse_route(&value)?);
+                }
             }
             StartupOption::Set { name, value } => match cfg.tracked.lookup(&name) {
                 Some(tracked) => client_params.set(tracked, &value),

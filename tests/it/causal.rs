@@ -393,3 +393,27 @@ async fn a_client_chooses_its_route_in_the_startup_packet() {
     routes.sort();
     assert_eq!(routes, ["auto", "primary", "replica"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_the_topology_keeps_the_write_clocks() {
+    // A reload that changes a probe setting rebuilds the database's topology; a client
+    // logged in before it and one logged in after must still see each other's writes.
+    let t = topo(nodes_with_a_late_replica().await, "database", &[], &[]).await;
+    let before = t.client(APP).await;
+    let shared = t.pooler.handle.as_ref().unwrap().shared.clone();
+    let path = shared.config.load().path.clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("health_check_interval = \"200ms\"", "health_check_interval = \"250ms\"")).unwrap();
+    let old = t.cluster(APP);
+    let report = pgsluice::reload::reload(&shared).expect("reload");
+    assert!(!std::sync::Arc::ptr_eq(&old, &t.cluster(APP)), "the topology was rebuilt: {report:?}");
+    wait_settled(&t.cluster(APP), 0).await;
+    let after = t.client(APP).await;
+    let one = commit_then_read(&t, &before, &after, 1, 500, 50).await;
+    let other = commit_then_read(&t, &after, &before, 10_000, 500, 50).await;
+    println!(
+        "CAUSAL across a rebuilding reload: {}+{} stale, {}+{} missing of 2x500; reads {} / {}",
+        one.stale, other.stale, one.missing_relations, other.missing_relations, one.tally, other.tally
+    );
+    assert_eq!((one.stale, one.missing_relations, other.stale, other.missing_relations), (0, 0, 0, 0));
+}
