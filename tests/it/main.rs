@@ -12,6 +12,7 @@ mod hostile_server;
 mod lifecycle;
 mod login_errors;
 mod metrics;
+mod notify;
 mod operations;
 mod params;
 mod pooling;
