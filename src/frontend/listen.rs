@@ -73,6 +73,10 @@ pub fn request(
 ) -> Option<Request> {
     let (tag, body, _) = protocol::split_frame(buf, max_body).ok()??;
     if tag == ftag::QUERY {
+        // (The first bytes decide for nearly every query: no scan of its text.)
+        if !listen::may_be_listen(body) {
+            return None;
+        }
         let (text, _) = protocol::cstr(body)?;
         let ops = listen::parse(text)?;
         return Some(Request { steps: vec![Step::Run(ops), Step::Ready], len: protocol::HEADER_LEN + body.len() });
@@ -81,9 +85,7 @@ pub fn request(
         return None;
     }
     // Extended protocol: cheap test first (a Parse of something else is the common case).
-    if tag == ftag::PARSE
-        && !protocol::cstr(body).and_then(|(_, r)| protocol::cstr(r)).is_some_and(|(t, _)| listen::may_be_listen(t))
-    {
+    if tag == ftag::PARSE && !protocol::cstr(body).is_some_and(|(_, text)| listen::may_be_listen(text)) {
         return None;
     }
     let mut steps = Vec::new();

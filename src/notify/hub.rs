@@ -258,7 +258,12 @@ impl Hub {
                 } else {
                     out.clear();
                     write::query(&mut out, &sql);
-                    if let Err(e) = conn.stream.write_all(&out).await {
+                    // (Flushed: a TLS stream may keep the tail in rustls's buffer.)
+                    let sent = async {
+                        conn.stream.write_all(&out).await?;
+                        conn.stream.flush().await
+                    };
+                    if let Err(e) = sent.await {
                         return End::Lost(e.to_string());
                     }
                     inflight = Some((gen, want));
