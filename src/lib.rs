@@ -12,6 +12,8 @@
 //! - [`protocol`]: wire-format framing, views and encoders; pure and fuzzable.
 //! - [`config`]: TOML config, validated once into runtime types.
 //! - [`net`]: the plain/TLS `Stream` and rustls setup.
+//! - [`notify`]: LISTEN/NOTIFY in transaction mode: one listening server connection per
+//!   (database, user) fans notifications out to its clients.
 //! - [`params`]: tracked session parameters, shared between identical clients.
 //! - [`prepared`], [`pipeline`]: named prepared statements in transaction mode, and the
 //!   queue of answers a server owes its current client.
@@ -43,6 +45,7 @@ pub mod import;
 pub mod localpg;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod params;
 
 pub mod pool;

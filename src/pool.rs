@@ -316,6 +316,23 @@ impl Pool {
         &self.0.known
     }
 
+    /// Opens a connection with this pool's login (`application_name` replaced) that is not
+    /// the pool's: not counted in its size or limits, never checked in. For the LISTEN hub
+    /// (`crate::notify`), one per (database, user), which owns and closes it.
+    pub async fn connect_unpooled(&self, application_name: &str) -> Result<ServerConn, backend::Error> {
+        let s = &self.0.settings;
+        let cred = self.0.credential.lock().clone();
+        let login = LoginParams {
+            user: &s.user,
+            database: &s.dbname,
+            application_name,
+            keepalive: s.keepalive,
+            tls: &s.tls,
+            auth: s.auth,
+        };
+        ServerConn::connect(&s.host.addr, &login, &cred, s.connect_timeout).await
+    }
+
     /// Fast path of [`Pool::check_out`]: an idle connection that needs no health-check round
     /// trip, without waiting. `None` means "use `check_out`".
     pub fn try_check_out(&self) -> Option<PoolGuard> {

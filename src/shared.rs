@@ -60,6 +60,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Per-process key for mock SCRAM salts of unknown users.
     mock_key: [u8; 32],
+    /// LISTEN hubs, one per (database, user) with listening clients (`crate::notify`).
+    pub hubs: crate::notify::Hubs,
 }
 
 impl Shared {
@@ -79,6 +81,7 @@ impl Shared {
         let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Shared {
             clients: Arc::default(),
+            hubs: crate::notify::Hubs::default(),
             controls: Mutex::default(),
             paused_all: AtomicBool::new(false),
             logging_in: AtomicU64::new(0),

@@ -9,6 +9,7 @@
 
 pub mod classify;
 mod lexer;
+pub mod listen;
 pub mod session_state;
 
 pub use lexer::Hint;

@@ -23,6 +23,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (50, &["shared"]),
     (45, &["error"]),
     (40, &["router"]),
+    (35, &["notify"]),
     (30, &["pool", "auth_query"]),
     (25, &["cluster", "cancel"]),
     (20, &["backend"]),

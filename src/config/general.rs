@@ -261,6 +261,13 @@ pub struct General {
     /// beyond gets `53400`, and one larger than this on its own closes the client (`54000`)
     /// before it is read whole. Default 8 MiB (pgjdbc's own statement cache holds 5 MiB).
     pub max_client_prepared_bytes: u32,
+    /// (pgsluice) Channels one client may `LISTEN` on in transaction and statement mode (the
+    /// LISTEN hub keeps them); a `LISTEN` beyond gets `54000`. Default 1000.
+    pub max_client_listen_channels: u32,
+    /// (pgsluice) Bytes of notifications queued for one client that has not read them (in
+    /// a long transaction, or not reading its socket); past it the client is closed with
+    /// FATAL `53400`, never silently skipped. Default 1 MiB.
+    pub max_client_notification_bytes: u32,
     /// (pgsluice) How often each host of a database is probed (`pg_is_in_recovery()`, WAL
     /// positions, timeline). While a database has no primary, probes run 5× as often.
     /// Default 1s.
@@ -631,6 +638,8 @@ impl Default for General {
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
             max_client_prepared_bytes: 8 << 20,
+            max_client_listen_channels: 1000,
+            max_client_notification_bytes: 1 << 20,
             health_check_interval: Dur::secs(1),
             health_check_timeout: Dur::secs(2),
             health_check_fail_threshold: 3,

@@ -44,6 +44,9 @@ pub enum Event {
     ServerIo(io::Error),
     /// The client sent something that is not valid protocol.
     ClientProtocol(protocol::Error),
+    /// The client must be closed with this error (its notification queue overflowed; set
+    /// by the session, not by [`poll`]).
+    ClientFailed(Box<crate::error::ClientError>),
     /// The server sent something that is not valid protocol.
     ServerProtocol(protocol::Error),
     /// Statement mode: the client opened a transaction block.

@@ -37,6 +37,7 @@ use tokio::time::Sleep;
 use tracing::Instrument;
 
 use super::checkout;
+use super::listen::{self, Deliver, Listener, Step};
 use super::relay::{self, ClientIo, Event, Relay, RelayTimeouts};
 use super::startup::{self, Startup};
 use crate::cancel::CancelHandle;
@@ -51,6 +52,7 @@ use crate::protocol::{self, status, write};
 use crate::router::{Decision, Policy, Router, Want};
 use crate::shared::{DbControl, Shared};
 use crate::shutdown::{DrainToken, Shutdown};
+use crate::sql::listen::Op;
 use crate::stats::{ClientInfo, Registration};
 
 /// Serves one client connection from accept to close: logs it in, then spawns its
@@ -194,6 +196,8 @@ struct Session {
     reset_query: Option<Arc<str>>,
     /// PAUSE / RESUME of this client's database.
     control: Arc<DbControl>,
+    /// The client's LISTEN channels in transaction mode, made at its first `LISTEN`.
+    listener: Option<Box<Listener>>,
     /// This client in the registry (state for the admin console, KILL, stop wake-ups).
     reg: Registration,
     shared: Arc<Shared>,
@@ -317,6 +321,7 @@ impl Session {
             idle_limit_ms,
             reset_query,
             control: shared.control(&l.db.name),
+            listener: None,
             reg,
             shared: shared.clone(),
             shutdown,
@@ -367,6 +372,11 @@ impl Session {
         let max = self.relay.rules.max_body as usize;
         // (Not inside a deferred BEGIN: its answer would say "idle".)
         let deferred = self.router.as_ref().is_some_and(|r| r.in_deferred_begin());
+        if self.relay.release_on_idle && !deferred {
+            if let Some(r) = self.listen_request(max) {
+                return Box::pin(self.listen(r)).await;
+            }
+        }
         if self.relay.rules.track && !deferred {
             if let Some(out) = self.pool.current_primary().and_then(|p| {
                 exchange::answer_without_server(
@@ -419,6 +429,15 @@ impl Session {
             // (Before looking at the buffer: a killed client's buffered request gets no server.)
             if self.reg.info.is_killed() {
                 return Poll::Ready(Idle::Failed(killed()));
+            }
+            // Notifications first: the client is between messages.
+            if let Some(l) = &mut self.listener {
+                match l.poll_deliver(cx, &mut self.stream) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(Deliver::Closed(_))) => return Poll::Ready(Idle::Closed),
+                    Poll::Ready(Err(Deliver::Failed(e))) => return Poll::Ready(Idle::Failed(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             // A request pipelined before Terminate still runs (the relay closes after it).
             let max_whole = match self.relay.rules.track {
@@ -515,6 +534,97 @@ impl Session {
         self.params.intern(set.interner());
         self.pool = set;
         tracing::debug!("pools replaced by a reload: moved to the new ones");
+        Ok(())
+    }
+
+    /// The LISTEN-only request at the front of the buffer, if pgsluice answers it itself
+    /// (transaction and statement mode, outside a transaction). A `DISCARD ALL` ends the
+    /// client's LISTENs here (and goes on to the server).
+    fn listen_request(&mut self, max: usize) -> Option<listen::Request> {
+        let listener = &self.listener;
+        let defined = |name: &[u8]| listener.as_ref().and_then(|l| l.statement(name));
+        let r = listen::request(&self.buf, max, &self.stmts, &defined);
+        if r.is_none() && self.listener.is_some() && listen::is_discard_all(&self.buf, max) {
+            self.listener = None;
+        }
+        r
+    }
+
+    /// Answers a LISTEN-only request ([`listen::request`]) without a server: the client's
+    /// channels change in its hub (joined at its first `LISTEN`), and a `LISTEN` is
+    /// acknowledged once the hub's server listens. The statements of one Query apply all or
+    /// nothing, as PostgreSQL runs them in one transaction.
+    async fn listen(&mut self, r: listen::Request) -> State {
+        let cfg = self.shared.config.load_full();
+        let g = cfg.general();
+        let mut out = BytesMut::with_capacity(64);
+        let mut failed = false;
+        for step in r.steps {
+            match step {
+                Step::Ready => {
+                    write::ready_for_query(&mut out, status::IDLE);
+                    failed = false;
+                }
+                // (After an error the server would skip to Sync.)
+                _ if failed => {}
+                Step::Answer(bytes) => out.extend_from_slice(bytes),
+                Step::Define(name, ops) => self.listener(g).define(name, ops),
+                Step::Forget(name) => {
+                    if let Some(l) = &mut self.listener {
+                        l.forget(&name);
+                    }
+                }
+                Step::Run(ops) => match self.run_listen(&ops, g).await {
+                    Ok(()) => {
+                        for op in &ops {
+                            write::command_complete(
+                                &mut out,
+                                if matches!(op, Op::Listen(_)) { "LISTEN" } else { "UNLISTEN" },
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        e.encode(&mut out);
+                        failed = true;
+                    }
+                },
+            }
+        }
+        self.buf.advance(r.len);
+        self.reply(out).await;
+        State::Idle
+    }
+
+    /// The client's listener, made (and joined to its hub) if it has none.
+    fn listener(&mut self, g: &crate::config::General) -> &mut Listener {
+        let (shared, info, pool) = (&self.shared, &self.reg.info, &self.pool);
+        self.listener.get_or_insert_with(|| {
+            let hub = shared.hubs.hub(&info.database, &info.user, pool);
+            let sub = crate::notify::Subscriber::new(info.clone(), g.max_client_notification_bytes as usize);
+            Box::new(Listener::new(hub, sub))
+        })
+    }
+
+    /// Applies one statement's (or one Query's) LISTEN/UNLISTEN operations in the hub, and
+    /// waits until its server listens on new channels.
+    async fn run_listen(&mut self, ops: &[Op], g: &crate::config::General) -> Result<(), ClientError> {
+        let listens = ops.iter().any(|op| matches!(op, Op::Listen(_)));
+        if !listens && self.listener.is_none() {
+            // UNLISTEN by a client that never listened: nothing to undo.
+            return Ok(());
+        }
+        let limit = self.pool.current_primary().map_or(Duration::from_secs(5), |p| p.settings().connect_timeout);
+        let l = self.listener(g);
+        let done = l
+            .hub
+            .apply(&l.sub, ops, g.max_client_listen_channels as usize)
+            .map_err(|e| ClientError::error("54000", e.to_string(), ErrorSource::Client))?;
+        if listens {
+            if let Err(e) = l.hub.wait_listening(done.gen, limit).await {
+                l.hub.unlisten(&l.sub, Some(&done.added));
+                return Err(ClientError::error("08006", e.to_string(), ErrorSource::Server));
+            }
+        }
         Ok(())
     }
 
@@ -743,6 +853,18 @@ impl Session {
             return Poll::Ready(None);
         }
         let (pool, server, x) = g.parts();
+        if let Some(l) = self.listener.as_deref_mut().filter(|l| l.wants_delivery()) {
+            // Between transactions with nothing in flight (a pinned client), or finishing a
+            // write begun there: the client is between messages.
+            if l.writing() || (x.status() == status::IDLE && x.is_clean(&server.buf)) {
+                match l.poll_deliver(cx, &mut self.stream) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(Deliver::Closed(e))) => return Poll::Ready(Some(Event::ClientIo(e))),
+                    Poll::Ready(Err(Deliver::Failed(e))) => return Poll::Ready(Some(Event::ClientFailed(Box::new(e)))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
         let client = ClientIo {
             stream: &mut self.stream,
             buf: &mut self.buf,
@@ -806,6 +928,15 @@ impl Session {
             Event::ClientProtocol(e) => {
                 g.discard();
                 State::Closing(Some(client_protocol_error(e)))
+            }
+            Event::ClientFailed(e) => {
+                let (_, server, x) = g.parts();
+                if x.is_clean(&server.buf) {
+                    self.release(g).await;
+                } else {
+                    g.discard();
+                }
+                State::Closing(Some(*e))
             }
             Event::ServerClosed | Event::ServerIo(_) => {
                 tracing::warn!(event = ?ev, "server connection lost during a request");
@@ -1076,10 +1207,13 @@ mod tests {
     const TASK_FUTURE_BUDGET: usize = 296;
     /// The logged-in session's future: the `Session`, the dispatch state and the idle poll.
     /// What every idle client keeps (in a tokio task cell, rounded up to 128 bytes).
-    const SESSION_FUTURE_BUDGET: usize = 528;
+    /// 528 → 536 (issue 17): the `Session` grew by the LISTEN subscription's pointer.
+    const SESSION_FUTURE_BUDGET: usize = 536;
     /// The `Session` struct itself, a parked idle client's state (socket, buffer, parameter
     /// set and pool handles, relay settings, registrations).
-    const SESSION_BUDGET: usize = 288;
+    /// 288 → 296 (issue 17): `listener`, one `Option<Box<…>>` that stays `None` for a client
+    /// that never LISTENs in transaction mode.
+    const SESSION_BUDGET: usize = 296;
 
     /// A logged-in session over a loopback socket (`general` is added to `[general]`), not
     /// yet running, and the client's end of the socket. No server is needed until a request

@@ -116,7 +116,7 @@ async fn pgbench_prepared_and_extended_c100_pool20() {
 }
 
 /// The Python interpreter for the driver scripts, checked to import them (see the module docs).
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
     let python = match std::env::var_os("PGSLUICE_PYTHON") {
         Some(p) => PathBuf::from(p),
@@ -140,12 +140,12 @@ fn python() -> PathBuf {
     }
 }
 
-fn driver_script(name: &str) -> PathBuf {
+pub(crate) fn driver_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers").join(name)
 }
 
 /// `postgresql://` URI for the test role through pgsluice (asyncpg takes no keyword strings).
-fn uri(p: &Pooler, db: &TestDb) -> String {
+pub(crate) fn uri(p: &Pooler, db: &TestDb) -> String {
     let enc = |s: &str| -> String {
         s.bytes()
             .map(|b| match b {
@@ -185,23 +185,23 @@ fn pg_client_bin(name: &str) -> PathBuf {
 }
 
 /// Fails if the pool used more server connections than `pool_size`.
-fn assert_server_connections_at_most(db: &TestDb, pool_size: i64) {
+pub(crate) fn assert_server_connections_at_most(db: &TestDb, pool_size: i64) {
     let sql = format!("select count(*) from pg_stat_activity where usename = '{}'", db.name);
     let backends: i64 = su_sql("postgres", &sql).parse().expect("count");
     assert!(backends <= pool_size, "pool of {pool_size} used {backends} server connections");
 }
 
 /// What a client program did.
-struct Finished {
+pub(crate) struct Finished {
     what: String,
     /// `None`: killed after [`CLIENT_TIMEOUT`].
     status: Option<ExitStatus>,
-    stdout: String,
+    pub(crate) stdout: String,
     stderr: String,
 }
 
 impl Finished {
-    fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         let status = match self.status {
             Some(s) => format!("exited with {s}"),
             None => format!("timed out after {CLIENT_TIMEOUT:?} and was killed"),
@@ -214,13 +214,13 @@ impl Finished {
         )
     }
 
-    fn assert_success(&self) {
+    pub(crate) fn assert_success(&self) {
         assert!(self.status.is_some_and(|s| s.success()), "{}", self.report());
     }
 }
 
 /// Runs `cmd` with stdin closed, capturing its output, for at most [`CLIENT_TIMEOUT`].
-async fn run_client(what: &str, cmd: &mut Command) -> Finished {
+pub(crate) async fn run_client(what: &str, cmd: &mut Command) -> Finished {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
     let stdout = tokio::spawn(read_all(child.stdout.take()));

@@ -14,6 +14,7 @@ mod import;
 mod lifecycle;
 mod login_errors;
 mod metrics;
+mod notify;
 mod operations;
 mod params;
 mod peering;

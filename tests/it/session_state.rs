@@ -913,3 +913,29 @@ async fn shutdown_releases_a_pinned_idle_client_promptly() {
     let e = a.simple_query("SELECT 1").await.must_fail("the pinned client must have been closed");
     assert!(sqlstate(&e).as_deref() == Some("57P01") || e.is_closed(), "{}", short(&e));
 }
+
+// ---------------------------------------------------------------------------------------
+// LISTEN (issue 17): answered by pgsluice, no longer session state
+// ---------------------------------------------------------------------------------------
+
+/// A `LISTEN` of its own neither pins (`pin`) nor is refused (`reject`): another client gets
+/// the only server connection at once. One inside a transaction block still goes to the
+/// server and is session state.
+#[tokio::test]
+async fn a_listen_of_its_own_neither_pins_nor_is_refused() {
+    for policy in ["pin", "reject"] {
+        let db = fresh_db("ss_listen");
+        let setting = format!("session_state = \"{policy}\"");
+        let p = start(&db, &[&setting], &[]).await;
+        let a = p.connect(&db).await;
+        a.batch_execute("LISTEN jobs").await.unwrap_or_else(|e| panic!("{policy}: {}", message(&e)));
+        let b = p.connect(&db).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), scalar(&b, "select 1")).await;
+        assert!(matches!(got, Ok(Ok(Some(ref v))) if v == "1"), "{policy}: the pool's only server is free");
+        let in_block = a.batch_execute("BEGIN; LISTEN other; COMMIT").await;
+        match policy {
+            "reject" => assert_eq!(in_block.map_err(|e| sqlstate(&e)), Err(Some("0A000".into()))),
+            _ => assert!(in_block.is_ok(), "pin runs it on the server"),
+        }
+    }
+}
