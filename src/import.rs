@@ -130,7 +130,10 @@ pub fn import(ini: &Path, userlist: Option<&Path>, out: Option<&Path>) -> Result
     Ok(Import { toml, entries: b.entries, notes: b.notes })
 }
 
-const NO_PEERS: &str = "pgsluice has no peering of processes yet (peer_id, [peers])";
+/// The port of a `[peers]` entry that names none (PgBouncer's default `listen_port`).
+const PGBOUNCER_PEER_PORT: u16 = 6432;
+/// The largest `[peers]` name PgBouncer's loader accepts (`strtonum(name, 1, 0xFFFF)`).
+const PGBOUNCER_MAX_PEER_NAME: u32 = 0xFFFF;
 
 /// One key of an output section.
 struct Item {
@@ -165,7 +168,7 @@ impl Section {
     }
 }
 
-/// A `[databases.NAME]` or `[users.NAME]` to write.
+/// A `[databases.NAME]`, `[users.NAME]` or `[peers.N]` to write.
 struct Named {
     name: String,
     comment: String,
@@ -180,6 +183,9 @@ struct Builder {
     tls: Section,
     databases: Vec<Named>,
     users: Vec<Named>,
+    /// `[peers.N]` sections, each with the entries its line made (a later line for the same
+    /// id marks them superseded).
+    peers: Vec<(Named, std::ops::Range<usize>)>,
     notes: Vec<String>,
 }
 
@@ -401,12 +407,104 @@ impl Builder {
         Ok(())
     }
 
+    /// A `[peers]` line, `N = host=… port=… pool_size=…`, becomes `[peers.N]` with
+    /// `host = "host:port"` (a Unix socket directory as `"/dir:port"`; PgBouncer's port
+    /// default is 6432, as pgsluice's) and `pool_size`. What PgBouncer's loader refuses (a name
+    /// that is no id, no host, a bad port) is an error; what pgsluice cannot express drops the
+    /// peer with its reason.
     fn peer_line(&mut self, l: &Line) -> Result<(), ImportError> {
         let pairs = Self::pairs(l)?;
-        self.push(l, "peers", &l.key, "", Fate::Dropped(NO_PEERS.into()));
-        for (k, v) in &pairs {
-            self.push(l, &format!("peers.{}", l.key), k, v, Fate::Dropped(NO_PEERS.into()));
+        let refused = |message: String| ImportError::Line { place: l.origin.to_string(), message };
+        let id =
+            l.key.parse::<u32>().ok().filter(|id| (1..=PGBOUNCER_MAX_PEER_NAME).contains(id)).ok_or_else(|| {
+                refused(format!("peer {:?}: ids of peers must be a number from 1 to {PGBOUNCER_MAX_PEER_NAME}", l.key))
+            })?;
+        let last = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim());
+        let host = last("host").filter(|h| !h.is_empty());
+        let host = host.ok_or_else(|| refused(format!("host was not provided for peer {id}")))?;
+        let port = match last("port") {
+            None => PGBOUNCER_PEER_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| refused(format!("peer {id}: invalid port {p:?}")))?,
+        };
+        // A later line for the same id replaces the earlier one, as in PgBouncer.
+        let name = id.to_string();
+        if let Some(at) = self.peers.iter().position(|(p, _)| p.name == name) {
+            let (_, old) = self.peers.remove(at);
+            for e in old {
+                if matches!(self.entries[e].fate, Fate::Mapped(_)) {
+                    self.entries[e].fate =
+                        Fate::Same(format!("superseded by {} (the last line wins, as in PgBouncer)", l.origin));
+                }
+            }
         }
+        let sect = format!("peers.{}", l.key);
+        let first = self.entries.len();
+        let max = u32::from(crate::config::MAX_PEER_ID);
+        let why = if id > max {
+            Some(format!("peer id {id} is above {max}, the largest peer_id, so no instance can have it"))
+        } else if host.starts_with('@') {
+            Some(format!("host {host}: pgsluice has no abstract-namespace Unix sockets"))
+        } else if host.contains(',') {
+            Some(format!("host {host}: pgsluice takes one address per peer, not a list"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.push(l, "peers", &l.key, "", Fate::Dropped(why.clone()));
+            for (k, v) in &pairs {
+                self.push(l, &sect, k, v, Fate::Dropped(format!("peer {} not imported: {why}", l.key)));
+            }
+            return Ok(());
+        }
+        let target = format!("peers.{id}");
+        self.push(l, "peers", &l.key, "", Fate::Mapped(target.clone()));
+        let mut section = Section::default();
+        let address = if host.contains(':') && !host.starts_with('/') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let comment = match last("port") {
+            Some(_) => format!("{} host, port", l.origin),
+            None => format!("{} host; port: PgBouncer's default, 6432", l.origin),
+        };
+        section.set(Item { key: "host".into(), value: toml::Value::String(address), comment, entry: None });
+        for (k, v) in &pairs {
+            let fate = match k.as_str() {
+                "host" | "port" => Fate::Mapped(format!("{target}.host")),
+                "pool_size" => match value::int(v) {
+                    // PgBouncer's atoi: a negative size means default_pool_size, as no size.
+                    Ok(n) if n < 0 => {
+                        Fate::Same("a negative pool_size is default_pool_size, pgsluice's default too".into())
+                    }
+                    Ok(n) if n == 0 || n > i64::from(u32::MAX) => Fate::Dropped(format!(
+                        "pool_size {n}: pgsluice needs 1 to {} (without it, default_pool_size applies)",
+                        u32::MAX
+                    )),
+                    Ok(n) => {
+                        let (comment, at) = (format!("{} pool_size", l.origin), self.entries.len());
+                        let item =
+                            Item { key: "pool_size".into(), value: toml::Value::Integer(n), comment, entry: Some(at) };
+                        if let Some(old) = section.set(item) {
+                            self.entries[old].fate =
+                                Fate::Same("superseded by a later pool_size on the same line".into());
+                        }
+                        Fate::Mapped(format!("{target}.pool_size"))
+                    }
+                    Err(why) => Fate::Dropped(why),
+                },
+                _ => Fate::Dropped("not a PgBouncer 1.25 parameter here".into()),
+            };
+            self.push(l, &sect, k, v, fate);
+        }
+        self.peers.push((
+            Named { name, comment: format!("{} [peers] {}", l.origin, l.key), section },
+            first..self.entries.len(),
+        ));
         Ok(())
     }
 

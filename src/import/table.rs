@@ -1,7 +1,8 @@
 //! What becomes of each PgBouncer 1.25 setting: the `[pgbouncer]` section (all 99 settings of
 //! its `doc/config.md`, which match `src/main.c`), the `[databases]` connection-string keys
 //! and the `[users]` keys. Every name has exactly one [`Rule`]; a name missing here is
-//! reported as unknown, never skipped.
+//! reported as unknown, never skipped. (`[peers]` lines have three keys, `host`, `port` and
+//! `pool_size`, converted together in `Builder::peer_line`.)
 
 /// How a PgBouncer value is written as a pgsluice value.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,8 @@ pub enum Kind {
     CheckQuery,
     /// `unix_socket_dir`: an abstract-namespace socket (`@name`) has no equivalent.
     SocketDir,
+    /// `peer_id`: 0 (off) to 16383.
+    PeerId,
 }
 
 /// What becomes of one setting.
@@ -120,7 +123,7 @@ pub const PGBOUNCER: &[(&str, Rule)] = &[
     ("max_user_client_connections", Fixed(&["0"], "pgsluice has no per-user client limit (max_client_conn only)")),
     ("max_user_connections", Key("max_user_connections", Int)),
     ("min_pool_size", Key("min_pool_size", Int)),
-    ("peer_id", Fixed(&["0"], "pgsluice has no peering of processes yet (peer_id, [peers])")),
+    ("peer_id", Key("peer_id", PeerId)),
     ("pidfile", Drop("pgsluice writes no PID file: it does not daemonize (run it under a service manager)")),
     ("pkt_buf", Drop("pgsluice's buffers grow with the messages they hold; no setting")),
     ("pool_mode", Key("pool_mode", OneOf(POOL_MODES))),

@@ -117,8 +117,10 @@ fn what_cannot_be_imported_is_reported_with_its_reason() {
     let (_dir, imp) = import_text(
         "[pgbouncer]\nauth_file = userlist.txt\nlogfile = /var/log/p.log\nserver_round_robin = 0\n\
          server_round_robin = 1\nauth_type = pam\nmax_packet_size = 2147483647\nno_such_setting = 1\n\
+         peer_id = 16384\n\
          [databases]\n* = host=x\nabs = host=@sock\n[users]\nu = pool_size=3 pool_mode=session\n\
-         [peers]\n1 = host=/tmp/p1\n[bogus]\nk = v\n",
+         [peers]\n20000 = host=/tmp/p1\n2 = host=@pgb\n3 = host=a,b pool_size=2\n4 = host=h pool_size=0 sslmode=x\n\
+         [bogus]\nk = v\n",
     );
     let why = |s: &str, k: &str| match fate(&imp, s, k) {
         Fate::Dropped(w) => w.clone(),
@@ -132,8 +134,14 @@ fn what_cannot_be_imported_is_reported_with_its_reason() {
     assert!(why("databases.*", "host").contains("fallback"));
     assert!(why("databases", "abs").contains("abstract"));
     assert!(why("users.u", "pool_size").contains("per user"));
-    assert!(why("peers", "1").contains("peering"));
-    assert!(why("peers.1", "host").contains("peering"));
+    assert!(why("pgbouncer", "peer_id").contains("out of range (0 = off, 1 … 16383)"));
+    assert!(why("peers", "20000").contains("above 16383"));
+    assert!(why("peers.20000", "host").contains("peer 20000 not imported"));
+    assert!(why("peers", "2").contains("abstract"));
+    assert!(why("peers", "3").contains("one address per peer"));
+    assert!(why("peers.3", "pool_size").contains("peer 3 not imported"));
+    assert!(why("peers.4", "pool_size").contains("pgsluice needs 1 to"));
+    assert!(why("peers.4", "sslmode").contains("not a PgBouncer 1.25 parameter"));
     assert!(why("bogus", "k").contains("not a PgBouncer section"));
     // server_round_robin = 0 is what pgsluice does; = 1 is not.
     let rr: Vec<&Fate> = imp.entries.iter().filter(|e| e.key == "server_round_robin").map(|e| &e.fate).collect();
@@ -143,7 +151,73 @@ fn what_cannot_be_imported_is_reported_with_its_reason() {
     assert_eq!(file.general.auth_type, crate::config::AuthType::ScramSha256);
     assert!(file.databases.is_empty());
     assert_eq!(file.users["u"].pool_mode, Some(PoolMode::Session));
+    assert_eq!(file.general.peer_id, 0, "a dropped peer_id leaves peering off");
+    assert_eq!(file.peers.keys().collect::<Vec<_>>(), ["4"], "peer 4 is kept, without its pool_size");
+    assert_eq!(file.peers["4"].pool_size, None);
     assert!(imp.toml.contains("# Not imported:\n# pgbouncer.ini:3 [pgbouncer] logfile: pgsluice logs to stderr only"));
+}
+
+#[test]
+fn peers_are_imported_with_their_origin_and_pgbouncer_defaults() {
+    let (dir, imp) = import_text(
+        "[pgbouncer]\nauth_file = userlist.txt\npeer_id = 1\n[databases]\napp = host=h\n[peers]\n\
+         1 = host=10.0.0.11 pool_size=5\n2 = host=/var/run/pgbouncer port=6433\n3 = host=::1 port=7000 pool_size=-1\n\
+         4 = host=old\n04 = host=p4.internal pool_size=1 pool_size=2\n",
+    );
+    assert_eq!(imp.dropped().count(), 0, "{:?}", imp.dropped().collect::<Vec<_>>());
+    let t = &imp.toml;
+    assert!(t.contains("# pgbouncer.ini:3 peer_id\npeer_id = 1\n"), "{t}");
+    assert!(
+        t.contains(
+            "# pgbouncer.ini:7 [peers] 1\n[peers.1]\n# pgbouncer.ini:7 host; port: PgBouncer's default, 6432\n\
+             host = \"10.0.0.11:6432\"\n# pgbouncer.ini:7 pool_size\npool_size = 5\n"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("[peers.2]\n# pgbouncer.ini:8 host, port\nhost = \"/var/run/pgbouncer:6433\"\n"), "{t}");
+    assert_eq!(t.matches("\n[peers.4]\n").count(), 1, "{t}");
+
+    let file: ConfigFile = toml::from_str(t).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    assert_eq!(file.general.peer_id, 1);
+    assert_eq!(file.peers["3"].host, "[::1]:7000");
+    assert_eq!(file.peers["3"].pool_size, None, "PgBouncer's -1: default_pool_size");
+    assert_eq!((file.peers["4"].host.as_str(), file.peers["4"].pool_size), ("p4.internal:6432", Some(2)));
+
+    // pgsluice reads it: its own section is ignored, the Unix socket is the peer's.
+    let cfg = Config::from_str(t, &dir.path().join("pgsluice.toml")).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let mut ids: Vec<u16> = cfg.peers.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [2, 3, 4]);
+    assert_eq!(cfg.peers[&2].addr.unix_socket_path(), "/var/run/pgbouncer/.s.PGSQL.6433");
+    assert_eq!(cfg.peers[&3].pool_size, cfg.file.general.default_pool_size);
+
+    assert_eq!(fate(&imp, "pgbouncer", "peer_id"), &Fate::Mapped("general.peer_id".into()));
+    assert_eq!(fate(&imp, "peers", "1"), &Fate::Mapped("peers.1".into()));
+    assert_eq!(fate(&imp, "peers.2", "port"), &Fate::Mapped("peers.2.host".into()));
+    assert!(matches!(fate(&imp, "peers.3", "pool_size"), Fate::Same(w) if w.contains("default_pool_size")));
+    // A later line for the same id (04 is 4, as PgBouncer reads it) replaces the earlier.
+    assert!(matches!(fate(&imp, "peers", "4"), Fate::Same(w) if w.contains("superseded by pgbouncer.ini:11")));
+    assert!(matches!(fate(&imp, "peers.4", "host"), Fate::Same(_)));
+    let sizes: Vec<&Fate> = imp.entries.iter().filter(|e| e.section == "peers.04").map(|e| &e.fate).collect();
+    assert!(matches!(sizes[..], [Fate::Mapped(_), Fate::Same(_), Fate::Mapped(_)]), "{sizes:?}");
+}
+
+#[test]
+fn peers_pgbouncer_refuses_are_errors() {
+    for (line, needle) in [
+        ("x = host=h", "ids of peers"),
+        ("0 = host=h", "ids of peers"),
+        ("65536 = host=h", "ids of peers"),
+        ("1 = port=6432", "host was not provided for peer 1"),
+        ("1 = host=h port=0", "invalid port"),
+        ("1 = host=h port=x", "invalid port"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(&ini, format!("[peers]\n{line}\n")).unwrap();
+        let err = import(&ini, None, None).expect_err(line).to_string();
+        assert!(err.starts_with("pgbouncer.ini:2: ") && err.contains(needle), "{line}: {err}");
+    }
 }
 
 #[test]
@@ -228,6 +302,9 @@ fn the_fixture_is_imported_whole() {
     assert_eq!(file.databases["local"].hosts[0].addr(), "/var/run/pgbouncer:5432");
     assert_eq!(file.databases["weird.name"].hosts[0].addr(), "/var/run/postgresql:5432");
     assert_eq!(file.databases["reports"].reserve_pool_size, Some(1));
+    assert_eq!(file.general.peer_id, 1);
+    assert_eq!((file.peers["1"].host.as_str(), file.peers["1"].pool_size), ("/tmp/pgbouncer1:6432", Some(5)));
+    assert_eq!((file.peers["2"].host.as_str(), file.peers["2"].pool_size), ("10.0.0.12:6432", None));
     assert!(imp.entries.iter().any(|e| e.origin.file == "pgbouncer-databases.ini"));
 }
 
@@ -239,10 +316,10 @@ fn the_migration_guide_lists_every_setting() {
         let rest = &doc[start + heading.len()..];
         &rest[..rest.find("\n### ").unwrap_or(rest.len())]
     };
-    for (heading, table) in [
-        ("### `[pgbouncer]`", table::PGBOUNCER),
-        ("### `[databases]`", table::DATABASE),
-        ("### `[users]`", table::USER),
+    for (heading, table, prefix) in [
+        ("### `[pgbouncer]`", table::PGBOUNCER, "general."),
+        ("### `[databases]`", table::DATABASE, "databases.NAME."),
+        ("### `[users]`", table::USER, "users.NAME."),
     ] {
         let rows = section(heading);
         for (name, rule) in table {
@@ -252,7 +329,7 @@ fn the_migration_guide_lists_every_setting() {
                 .unwrap_or_else(|| panic!("{heading}: no row for {name}"));
             // The row says what the importer does.
             let ok = match rule {
-                Rule::Key(target, _) => row.contains(&format!("{target}`")),
+                Rule::Key(target, _) => row.contains(&format!("| `{prefix}{target}` |")),
                 Rule::Tls(target, _) => row.contains(&format!("`[tls] {target}`")),
                 Rule::Fixed(_, why) => row.contains("nothing to set") && row.contains(why),
                 Rule::Drop(why) => row.contains("| dropped |") && row.contains(why),

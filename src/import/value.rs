@@ -138,6 +138,13 @@ pub fn convert(kind: Kind, value: &str, ctx: &PathCtx<'_>) -> Result<toml::Value
             }
             V::String(v.to_string())
         }
+        Kind::PeerId => {
+            let (n, max) = (int(v)?, crate::config::MAX_PEER_ID);
+            if !(0..=i64::from(max)).contains(&n) {
+                return Err(format!("{v} is out of range (0 = off, 1 … {max})"));
+            }
+            V::Integer(n)
+        }
     })
 }
 
@@ -180,6 +187,10 @@ mod tests {
         assert_eq!(conv(Kind::CheckQuery, "<empty>"), Ok(V::String("select 1".into())));
         assert_eq!(conv(Kind::CheckQuery, ""), Ok(V::String("".into())));
         assert!(conv(Kind::SocketDir, "@pgb").is_err());
+        assert_eq!(conv(Kind::PeerId, "0"), Ok(V::Integer(0)));
+        assert_eq!(conv(Kind::PeerId, "16383"), Ok(V::Integer(16383)));
+        assert!(conv(Kind::PeerId, "16384").unwrap_err().contains("out of range"));
+        assert!(conv(Kind::PeerId, "-1").is_err() && conv(Kind::PeerId, "one").is_err());
     }
 
     #[test]

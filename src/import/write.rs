@@ -1,7 +1,7 @@
-//! Renders an import as TOML: `[general]`, `[tls]`, `[databases.NAME]`, `[users.NAME]`, each
-//! key preceded by a comment naming where its value came from (`# pgbouncer.ini:12
-//! default_pool_size`), then comment blocks listing what was not imported and what needed
-//! no setting. Values are rendered by the `toml` crate, so quoting is always valid TOML.
+//! Renders an import as TOML: `[general]`, `[tls]`, `[databases.NAME]`, `[users.NAME]`,
+//! `[peers.N]`, each key preceded by a comment naming where its value came from
+//! (`# pgbouncer.ini:12 default_pool_size`), then comment blocks listing what was not imported
+//! and what needed no setting. Values are rendered by the `toml` crate, so quoting is always valid TOML.
 
 use super::{Builder, Fate, Section};
 
@@ -43,6 +43,9 @@ pub(super) fn render(b: &Builder, source: &str) -> String {
     }
     for u in &b.users {
         section(&mut out, Some(&u.comment), &format!("users.{}", key(&u.name)), &u.section);
+    }
+    for (p, _) in &b.peers {
+        section(&mut out, Some(&p.comment), &format!("peers.{}", p.name), &p.section);
     }
     let listed = |want_dropped: bool| -> Vec<String> {
         b.entries

@@ -112,6 +112,22 @@ fn every_pgbouncer_setting_of_the_fixture_is_imported_or_reported() {
     assert!(written.contains("# pgbouncer.ini:18 [pgbouncer] default_pool_size: superseded by pgbouncer.ini:123"));
     assert!(written.contains("# pgbouncer.ini:123 default_pool_size\ndefault_pool_size = 25\n"), "{written}");
     assert!(written.contains("# pgbouncer-databases.ini:3 host, port\nhosts = [\"db1.example.com:5433\""), "{written}");
+    // Peering: peer_id and each [peers] line, a Unix socket directory and PgBouncer's port default.
+    assert!(written.contains("# pgbouncer.ini:29 peer_id\npeer_id = 1\n"), "{written}");
+    assert!(
+        written.contains(
+            "# pgbouncer.ini:132 [peers] 1\n[peers.1]\n# pgbouncer.ini:132 host, port\nhost = \"/tmp/pgbouncer1:6432\"\n\
+             # pgbouncer.ini:132 pool_size\npool_size = 5\n"
+        ),
+        "{written}"
+    );
+    assert!(
+        written.contains(
+            "[peers.2]\n# pgbouncer.ini:133 host; port: PgBouncer's default, 6432\nhost = \"10.0.0.12:6432\"\n"
+        ),
+        "{written}"
+    );
+    assert!(!stderr.contains("[peers"), "every peer of the fixture is imported\n{stderr}");
     assert_eq!(written.matches("fixture-secret").count(), 1, "{written}");
     assert!(!stderr.contains("fixture-secret") && !stderr.contains("ldap://"), "{stderr}");
 
@@ -237,6 +253,7 @@ async fn an_imported_config_serves_a_database_and_show_config_matches_the_ini() 
     let ini_file = dir.path().join("pgbouncer.ini");
     let ini_text = format!(
         "[databases]\nimported = host=127.0.0.1 port={port} dbname={db} pool_size=4 pool_mode=session\n\n\
+         [peers]\n1 = host=127.0.0.1 port=16440 pool_size=3\n3 = host={sock}\n\n\
          [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 16439\nunix_socket_dir = {sock}\n\
          unix_socket_mode = 0700\nauth_type = scram-sha-256\nauth_file = userlist.txt\npool_mode = transaction\n\
          max_client_conn = 77\ndefault_pool_size = 6\nmin_pool_size = 0\nreserve_pool_size = 2\n\
@@ -249,7 +266,7 @@ async fn an_imported_config_serves_a_database_and_show_config_matches_the_ini() 
          admin_users = {db}\nstats_users = someone, other\nlog_connections = 0\nlog_disconnections = 1\n\
          log_pooler_errors = 0\nlog_stats = 0\nstats_period = 30\nmax_packet_size = 65536\n\
          max_prepared_statements = 50\nso_reuseport = 0\nserver_tls_sslmode = disable\n\
-         server_tls_protocols = secure\nauth_dbname = {db}\nserver_round_robin = 0\n",
+         server_tls_protocols = secure\nauth_dbname = {db}\nserver_round_robin = 0\npeer_id = 3\n",
         port = pg().port(),
         db = db.name,
         sock = dir.path().display(),
@@ -261,6 +278,9 @@ async fn an_imported_config_serves_a_database_and_show_config_matches_the_ini() 
     std::fs::write(&out_file, &imp.toml).unwrap();
 
     let cfg = Config::load(&out_file).unwrap_or_else(|e| panic!("{e}\n{}", imp.toml));
+    // The peers: this instance is 3, so its own section is ignored.
+    assert_eq!(cfg.peers.keys().collect::<Vec<_>>(), [&1], "{:?}", cfg.peers);
+    assert_eq!((cfg.peers[&1].addr.to_string(), cfg.peers[&1].pool_size), ("127.0.0.1:16440".to_string(), 3));
     let handle = ServerHandle::start(Shared::new(cfg), Some("127.0.0.1:0".parse().unwrap())).await.expect("start");
     let port = handle.addr.port();
 
