@@ -374,7 +374,7 @@ async fn a_client_chooses_its_route_in_the_startup_packet() {
 
     // An unknown value ends the login with a FATAL naming the parameter.
     for options in ["-c pgsluice.route=sideways", "-c pgsluice.route="] {
-        let e = connect_with_options(&t, options).await.err().expect("login refused");
+        let e = connect_with_options(&t, options).await.expect_err("login refused");
         let db = e.as_db_error().unwrap_or_else(|| panic!("{options}: not a server error: {e}"));
         assert_eq!((db.severity(), db.code().code()), ("FATAL", "22023"), "{options}");
         assert!(db.message().contains("pgsluice.route"), "{}", db.message());
@@ -403,7 +403,8 @@ async fn a_reload_that_rebuilds_the_topology_keeps_the_write_clocks() {
     let shared = t.pooler.handle.as_ref().unwrap().shared.clone();
     let path = shared.config.load().path.clone();
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("health_check_interval = \"200ms\"", "health_check_interval = \"250ms\"")).unwrap();
+    std::fs::write(&path, text.replace("health_check_interval = \"200ms\"", "health_check_interval = \"250ms\""))
+        .unwrap();
     let old = t.cluster(APP);
     let report = pgsluice::reload::reload(&shared).expect("reload");
     assert!(!std::sync::Arc::ptr_eq(&old, &t.cluster(APP)), "the topology was rebuilt: {report:?}");
