@@ -3,8 +3,10 @@
 //! which applies WAL 300 ms late. With scope `database` no read is stale and no relation is
 //! missing; with `client` the other connection's reads are stale when they reach the late
 //! replica (counted and reported). `user` covers the writes of the same user only; the
-//! writes of a client routed to the primary count for everybody's reads; and what the
-//! console and `/metrics` report per scope.
+//! writes of a client routed to the primary count for everybody's reads; the clocks survive
+//! a reload that rebuilds the topology; psycopg and `pgbench -i` as the reports used
+//! them; a client's own `pgsluice.route`; and what the console and `/metrics` report per
+//! scope.
 
 use std::time::{Duration, Instant};
 
@@ -417,4 +419,19 @@ async fn a_reload_that_rebuilds_the_topology_keeps_the_write_clocks() {
         one.stale, other.stale, one.missing_relations, other.missing_relations, one.tally, other.tally
     );
     assert_eq!((one.stale, one.missing_relations, other.stale, other.missing_relations), (0, 0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_commit_then_read_on_another_connection() {
+    // The second report, with the driver it names: psycopg commits an insert, a new
+    // connection counts the row at once.
+    const ITERATIONS: &str = "2000";
+    let t = topo(nodes_with_a_late_replica().await, "database", &[], &[]).await;
+    let uri = format!("postgresql://{APP}:{APP_PW}@127.0.0.1:{}/{APP}?sslmode=disable", t.pooler.addr.port());
+    let mut cmd = tokio::process::Command::new(crate::drivers::python());
+    cmd.arg(crate::drivers::driver_script("causal_psycopg.py")).args([uri.as_str(), ITERATIONS, "1"]);
+    let out = crate::drivers::run_client("causal_psycopg.py", &mut cmd).await;
+    out.assert_success();
+    println!("CAUSAL psycopg, database scope: {}", out.stdout.trim());
+    assert!(out.stdout.contains("stale=0 missing=0 "), "{}", out.report());
 }
