@@ -14,6 +14,7 @@
 //!   `pgsluice_wait_duration_seconds`, the check-out wait (its count is the number of server
 //!   assignments, its sum `wait_time`).
 //! - `pgsluice_pinned_clients`: `SHOW POOLS`' `cl_pinned`, one series per row.
+//! - `pgsluice_listen_hub_*`, `pgsluice_listen_notifications_total`: one series per LISTEN hub.
 //! - Logins: authentication failures and connections still logging in.
 
 use std::sync::atomic::Ordering;
@@ -114,6 +115,25 @@ const WAIT_DURATION: Spec = Spec::histogram(
     "How long clients waited for a server connection, per server assignment (SHOW LATENCY wait_*).",
     SET,
 );
+const LISTEN_HUB_CONNECTED: Spec = Spec::gauge(
+    "pgsluice_listen_hub_connected",
+    "1 while the LISTEN hub of (database, user) holds its server connection (outside the pool), 0 while it reconnects.",
+    SET,
+);
+const LISTEN_HUB_CHANNELS: Spec =
+    Spec::gauge("pgsluice_listen_hub_channels", "Channels the LISTEN hub listens on for its clients.", SET);
+const LISTEN_HUB_SUBSCRIBERS: Spec =
+    Spec::gauge("pgsluice_listen_hub_subscribers", "Clients subscribed to at least one channel of the hub.", SET);
+const LISTEN_NOTIFICATIONS: Spec = Spec::counter(
+    "pgsluice_listen_notifications_total",
+    "Notifications the LISTEN hub received from its server (each fanned out to its subscribers).",
+    SET,
+);
+const LISTEN_HUB_LOST: Spec = Spec::counter(
+    "pgsluice_listen_hub_lost_total",
+    "Times the LISTEN hub lost its server connection (its clients got a NOTICE; notifications meanwhile are lost).",
+    SET,
+);
 const PINNED_CLIENTS: Spec = Spec::gauge(
     "pgsluice_pinned_clients",
     "Clients pinned to their server connection by session state they set (SHOW POOLS cl_pinned).",
@@ -157,6 +177,11 @@ pub(super) fn specs() -> impl Iterator<Item = &'static Spec> {
         &QUERY_DURATION,
         &WAIT_DURATION,
         &PINNED_CLIENTS,
+        &LISTEN_HUB_CONNECTED,
+        &LISTEN_HUB_CHANNELS,
+        &LISTEN_HUB_SUBSCRIBERS,
+        &LISTEN_NOTIFICATIONS,
+        &LISTEN_HUB_LOST,
         &AUTH_FAILURES,
         &LOGIN_THROTTLED,
         &LOGIN_THROTTLE_PAIRS,
@@ -174,6 +199,7 @@ pub(super) fn collect(shared: &Shared, pools: &[PoolRow], out: &mut Families) {
         pinned.add(&[&r.database, &r.user], r.cl_pinned.into());
     }
     out.push(pinned);
+    hubs(shared, out);
     out.single(&AUTH_FAILURES, shared.auth_failures.load(Ordering::Relaxed) as f64);
     let mut throttled = Family::new(&LOGIN_THROTTLED);
     throttled.add(&["delayed"], shared.throttle.delayed.load(Ordering::Relaxed) as f64);
@@ -181,6 +207,28 @@ pub(super) fn collect(shared: &Shared, pools: &[PoolRow], out: &mut Families) {
     out.push(throttled);
     out.single(&LOGIN_THROTTLE_PAIRS, shared.throttle.len() as f64);
     out.single(&LOGGING_IN, shared.logging_in.load(Ordering::Relaxed) as f64);
+}
+
+/// Per LISTEN hub (one per (database, user) with listening clients).
+fn hubs(shared: &Shared, out: &mut Families) {
+    let mut rows = shared.hubs.snapshot();
+    rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+    let mut connected = Family::new(&LISTEN_HUB_CONNECTED);
+    let mut channels = Family::new(&LISTEN_HUB_CHANNELS);
+    let mut subscribers = Family::new(&LISTEN_HUB_SUBSCRIBERS);
+    let mut received = Family::new(&LISTEN_NOTIFICATIONS);
+    let mut lost = Family::new(&LISTEN_HUB_LOST);
+    for h in &rows {
+        let l = [&*h.database, &*h.user];
+        connected.add(&l, if h.server_pid.is_some() { 1.0 } else { 0.0 });
+        channels.add(&l, h.channels as f64);
+        subscribers.add(&l, h.subscribers as f64);
+        received.add(&l, h.received as f64);
+        lost.add(&l, h.lost as f64);
+    }
+    for f in [connected, channels, subscribers, received, lost] {
+        out.push(f);
+    }
 }
 
 fn hosts(shared: &Shared, out: &mut Families) {

@@ -351,9 +351,22 @@ fn family_names_list_every_rendered_family_once() {
     assert_eq!(in_order, listed);
     in_order.sort_unstable();
     assert_eq!(in_order, rendered);
-    // Only lag and timeline (unknown until a probe) are missing from this fixture.
+    // Only lag and timeline (unknown until a probe) and the LISTEN hubs (none until a client
+    // listens) are missing from this fixture.
     let missing: Vec<&str> = names.iter().copied().filter(|n| !types.contains_key(*n)).collect();
-    assert_eq!(missing, ["pgsluice_host_lag_bytes", "pgsluice_host_lag_seconds", "pgsluice_host_timeline"]);
+    assert_eq!(
+        missing,
+        [
+            "pgsluice_host_lag_bytes",
+            "pgsluice_host_lag_seconds",
+            "pgsluice_host_timeline",
+            "pgsluice_listen_hub_connected",
+            "pgsluice_listen_hub_channels",
+            "pgsluice_listen_hub_subscribers",
+            "pgsluice_listen_notifications_total",
+            "pgsluice_listen_hub_lost_total"
+        ]
+    );
 }
 
 /// docs/metrics.md has a table row for every family.

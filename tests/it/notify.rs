@@ -200,6 +200,17 @@ async fn a_killed_hub_connection_sends_a_notice_and_delivery_resumes() {
     }
     assert!(got.is_some_and(|(ch, _)| ch == "k"), "no notification after the hub reconnected");
     assert_eq!(hub_backends(&db), 1);
+    // /metrics tells the loss, and the hub back with its one channel and subscriber.
+    let text = pgsluice::metrics::render(&p.handle.as_ref().unwrap().shared);
+    let series = |name: &str| {
+        let prefix = format!("{name}{{database=\"{}\",user=\"{}\"}} ", db.name, db.name);
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(str::to_string)
+    };
+    assert_eq!(series("pgsluice_listen_hub_lost_total").as_deref(), Some("1"), "{text}");
+    assert_eq!(series("pgsluice_listen_hub_connected").as_deref(), Some("1"));
+    assert_eq!(series("pgsluice_listen_hub_channels").as_deref(), Some("1"));
+    assert_eq!(series("pgsluice_listen_hub_subscribers").as_deref(), Some("1"));
+    assert!(series("pgsluice_listen_notifications_total").is_some_and(|n| n != "0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
