@@ -80,6 +80,17 @@ pub struct HubRow {
 }
 
 impl Hubs {
+    /// After a reload: each hub takes the current pools of its (database, user) from `find`
+    /// (a hub on retired pools would not follow the new topology).
+    pub fn rebind_all(&self, find: impl Fn(&str, &str) -> Option<PoolSet>) {
+        let hubs: Vec<(HubKey, Arc<Hub>)> = self.hubs.lock().iter().map(|(k, h)| (k.clone(), h.clone())).collect();
+        for ((db, user), hub) in hubs {
+            if let Some(set) = find(&db, &user) {
+                hub.rebind(&set);
+            }
+        }
+    }
+
     /// The hub of (`database`, `user`), made if needed; `pools` is where it connects.
     pub fn hub(&self, database: &Arc<str>, user: &Arc<str>, pools: &PoolSet) -> Arc<Hub> {
         let mut hubs = self.hubs.lock();

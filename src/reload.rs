@@ -257,6 +257,12 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Report {
         report.replaced.push(label);
     }
     shared.pools.set_limits(&new);
+    // LISTEN hubs follow their (database, user)'s new pools.
+    let sets = shared.pools.sets();
+    shared.hubs.rebind_all(|db, user| {
+        let backend = new.databases.get(db)?.fixed_user.as_deref().unwrap_or(user);
+        sets.iter().find(|((d, u), _)| d == db && u == backend).map(|(_, s)| s.clone())
+    });
 
     // Old clusters no longer serving anything stop probing.
     for (name, c) in old_clusters.iter() {

@@ -430,8 +430,10 @@ impl Session {
             if self.reg.info.is_killed() {
                 return Poll::Ready(Idle::Failed(killed()));
             }
-            // Notifications first: the client is between messages.
-            if let Some(l) = &mut self.listener {
+            // Notifications first: the client is between messages (but not after a `BEGIN`
+            // pgsluice answered itself: the client is in a transaction block).
+            let in_block = self.router.as_ref().is_some_and(|r| r.in_deferred_begin());
+            if let Some(l) = self.listener.as_mut().filter(|_| !in_block) {
                 match l.poll_deliver(cx, &mut self.stream) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(Deliver::Closed(_))) => return Poll::Ready(Idle::Closed),

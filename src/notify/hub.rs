@@ -119,20 +119,29 @@ impl Hub {
     /// Applies a client's `LISTEN`/`UNLISTEN` statements in order, all or nothing: past
     /// `max_channels` for the client nothing changes and the error says how many it wanted.
     pub fn apply(self: &Arc<Self>, sub: &Arc<Subscriber>, ops: &[Op], max_channels: usize) -> Result<Listened, Error> {
+        // A request is linear in its statements under the locks below: a client cannot make
+        // everyone's hub wait with a huge one (more statements than four times its channel
+        // limit is refused as too many).
+        if ops.len() > max_channels.saturating_mul(4).max(1024) {
+            return Err(Error::TooManyChannels(ops.len()));
+        }
         let mut st = self.st.lock();
         let mut q = sub.q.lock();
         // The client's channels after the request, checked before anything changes.
-        let mut after: Vec<&str> = q.channels.iter().map(|c| &**c).collect();
+        let mut after: std::collections::HashSet<&str> = q.channels.iter().map(|c| &**c).collect();
         for op in ops {
             match op {
-                Op::Listen(c) if !after.contains(&&**c) => after.push(c),
-                Op::Listen(_) => {}
-                Op::Unlisten(c) => after.retain(|x| *x != &**c),
+                Op::Listen(c) => {
+                    after.insert(c);
+                    if after.len() > max_channels {
+                        return Err(Error::TooManyChannels(after.len()));
+                    }
+                }
+                Op::Unlisten(c) => {
+                    after.remove(&**c);
+                }
                 Op::UnlistenAll => after.clear(),
             }
-        }
-        if after.len() > max_channels {
-            return Err(Error::TooManyChannels(after.len()));
         }
         let mut out = Listened::default();
         let mut union_changed = false;
@@ -212,6 +221,9 @@ impl Hub {
     /// The connection was lost: every subscriber is told with a NOTICE.
     fn lost(&self, why: &str) {
         self.lost.fetch_add(1, Ordering::Relaxed);
+        // Nothing is listened on until the next connection catches up: a `LISTEN` made
+        // meanwhile waits for it (even on a channel others listen on already).
+        self.done.send_replace(0);
         let mut notice = BytesMut::new();
         write::notice(
             &mut notice,
@@ -283,6 +295,10 @@ impl Hub {
                 _ = tick.tick() => {
                     if pools.cluster().primary() != Primary::Host(host) {
                         return End::Lost("the primary changed".into());
+                    }
+                    // A reload replaced the pools (and maybe the topology): follow them.
+                    if !self.st.lock().pools.same(pools) {
+                        return End::Lost("the pools were replaced by a reload".into());
                     }
                 }
             }
@@ -379,8 +395,14 @@ async fn run(hub: Arc<Hub>) {
         if let Some((pool, host)) = primary {
             match pool.connect_unpooled(APPLICATION_NAME).await {
                 Ok(conn) => {
-                    backoff = MIN_BACKOFF;
-                    match hub.serve(conn, &pools, host).await {
+                    let served = tokio::time::Instant::now();
+                    let end = hub.serve(conn, &pools, host).await;
+                    // (Only a connection that served a while resets the backoff: one that
+                    // fails at once, e.g. a LISTEN refused by a standby, must not loop fast.)
+                    if served.elapsed() >= MAX_BACKOFF {
+                        backoff = MIN_BACKOFF;
+                    }
+                    match end {
                         End::Idle => return,
                         End::Lost(why) => {
                             tracing::warn!(db = %hub.database, user = %hub.user, error = %why, "LISTEN hub connection lost; reconnecting");

@@ -64,6 +64,11 @@ impl PoolSet {
         }
     }
 
+    /// Whether `other` is this very set (not an equal one).
+    pub fn same(&self, other: &PoolSet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Whether [`PoolSet::retire`] was called.
     #[inline]
     pub fn is_retired(&self) -> bool {
