@@ -351,7 +351,9 @@ async fn reads_are_spread_evenly_over_the_replicas() {
     assert_eq!(tally.total(), CLIENTS * PER_CLIENT);
     assert_eq!(tally.other, 0, "{tally}");
     assert!(share >= 90.0, "only {share:.1}% of the reads on replicas: {tally}; {}", t.describe(APP));
-    assert!((40.0..=60.0).contains(&split1), "replica split {split1:.1}/{:.1}: {tally}", 100.0 - split1);
+    // (Least outstanding requests first: on a loaded machine a replica whose backend is
+    // descheduled keeps requests longer and gets fewer, so the split is not 50/50.)
+    assert!((30.0..=70.0).contains(&split1), "replica split {split1:.1}/{:.1}: {tally}", 100.0 - split1);
     // (Extended-protocol reads are two routed requests each: Parse/Describe/Sync, then
     // Bind/Execute/Sync.)
     assert!(counts.reads_replica as usize >= on_replicas, "route stats {counts:?} vs what the clients saw {tally}");
