@@ -65,7 +65,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             // Rewriting needs some messages whole; wait for them, up to a bound: nothing
             // larger than a client's statements may hold is read whole.
             let named = !(hdr.tag == ftag::PARSE && first == Some(0));
-            if needs_whole(hdr.tag, frame_len, ctx.track && named, ctx.session.is_some()) {
+            if needs_whole(hdr.tag, frame_len, ctx.track && named, reads_text(ctx)) {
                 let limit = super::max_read_whole(ctx.statement_limits);
                 if frame_len > limit {
                     let (len, limit) = ((frame_len - 1) as u32, (limit - 1) as u32);
@@ -92,7 +92,8 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         }
         match hdr.tag {
             ftag::QUERY => {
-                if whole && ctx.session.is_some() && session_state(c, ctx, frame_len, false) {
+                let mut resets = Vec::new();
+                if whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, false, &mut resets) {
                     continue;
                 }
                 ctx.x.txn.pending += 1;
@@ -104,6 +105,11 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
                 ctx.x.queue.push_back(Expect::forward(Kind::Query));
                 boundary(ctx);
+                if !resets.is_empty() {
+                    c.pass(frame_len);
+                    restore(c, ctx, resets);
+                    continue;
+                }
             }
             ftag::FUNCTION_CALL => {
                 ctx.x.txn.pending += 1;
@@ -118,6 +124,13 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 ctx.x.txn.flushed = false;
                 ctx.x.queue.push_back(Expect::forward(Kind::Sync));
                 boundary(ctx);
+                if let Some(resets) = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)) {
+                    if !resets.is_empty() {
+                        c.pass(frame_len);
+                        restore(c, ctx, resets);
+                        continue;
+                    }
+                }
             }
             ftag::EXECUTE => {
                 ctx.x.txn.unsynced = true;
@@ -127,8 +140,15 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
                 ctx.x.txn.unsynced = true;
-                if hdr.tag == ftag::PARSE && whole && ctx.session.is_some() && session_state(c, ctx, frame_len, true) {
-                    continue;
+                if hdr.tag == ftag::PARSE && whole && reads_text(ctx) {
+                    let mut resets = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)).unwrap_or_default();
+                    let refused = inspect_text(c, ctx, frame_len, true, &mut resets);
+                    if !resets.is_empty() {
+                        ctx.x.restore.get_or_insert_with(Default::default).at_sync = resets;
+                    }
+                    if refused {
+                        continue;
+                    }
                 }
                 if ctx.track {
                     match rewrite(c, ctx, hdr)? {
@@ -227,21 +247,56 @@ fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
     }
 }
 
+/// Sends, right after the client's request just passed (a Query, or the Sync ending an
+/// extended-protocol batch), pgsluice's own query setting the parameters in `names` back to
+/// the client's startup values: PostgreSQL's `RESET` goes to the value of the startup
+/// packet, and the server connection's is pgsluice's, not the client's. Its answers are
+/// dropped ([`Action::Restore`]); the server scan replaces the ParameterStatus the `RESET`
+/// caused by the startup value, before the request's ReadyForQuery. The server runs it
+/// before anything the client sends next, in the same transaction if there is one (a
+/// rollback undoes both, as it undoes a `RESET`).
+fn restore(c: &mut Half<'_>, ctx: &mut Ctx<'_>, names: Vec<crate::params::ParamName>) {
+    let Some(sql) = ctx.params.and_then(|p| p.restore_sql(&names)) else { return };
+    c.spill(&mut ctx.x.to_server);
+    write::query(&mut ctx.x.to_server, &sql);
+    ctx.x.txn.pending += 1;
+    ctx.conn.statements.next_batch();
+    ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::Restore, undo: None });
+    ctx.x.restore.get_or_insert_with(Default::default).queued.push_back(names);
+}
+
 /// Text a refused statement is replaced with: it fails to parse, so the server answers with
 /// an error (aborting a transaction, as the refused statement's error would), which the
 /// server scan replaces with pgsluice's own.
 const REJECT_SQL: &str = "pgsluice_refused_statement";
 
-/// Applies the session-state rules to a whole `Query` (or `Parse`, `parse`) at the scan
-/// position. Returns true when the message was refused and replaced (the scan position is
-/// past it and its answer is queued).
-fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool) -> bool {
-    let Some(rules) = ctx.session else { return false };
+/// Whether query texts are read: for the session-state rules, and for `RESET`s of
+/// parameters the client chose at startup.
+#[inline]
+fn reads_text(ctx: &Ctx<'_>) -> bool {
+    ctx.session.is_some() || ctx.params.is_some()
+}
+
+/// Reads a whole `Query` (or `Parse`, `parse`) at the scan position: notes in `resets` the
+/// tracked parameters it resets that the client chose at startup, and applies the
+/// session-state rules. Returns true when the message was refused and replaced (the scan
+/// position is past it and its answer is queued).
+fn inspect_text(
+    c: &mut Half<'_>,
+    ctx: &mut Ctx<'_>,
+    frame_len: usize,
+    parse: bool,
+    resets: &mut Vec<crate::params::ParamName>,
+) -> bool {
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let text = if parse { cstr(body).and_then(|(_, rest)| cstr(rest)) } else { cstr(body) };
     // The common statement is decided on its bytes, before any UTF-8 check.
     let Some((text, _)) = text.filter(|(q, _)| !session_state::surely_stateless(q)) else { return false };
     let Ok(text) = std::str::from_utf8(text) else { return false };
+    if let Some(params) = ctx.params {
+        session_state::param_effects(text, &mut |e| params.note_reset(e, resets));
+    }
+    let Some(rules) = ctx.session else { return false };
     match rules.policy {
         crate::config::SessionState::Reject => {
             let Some(d) = session_state::first_change(text, &|n| rules.is_tracked(n)) else { return false };

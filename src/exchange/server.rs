@@ -93,7 +93,7 @@ pub(super) fn scan_server(
         let shape = matches!(tag, b'T' | b'n') && super::retry::records_shape(head);
         let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
             || (tag == btag::ERROR_RESPONSE && (action != Action::Forward || hdr.body_len <= MAX_INSPECTED))
-            || matches!(action, Action::Swallow | Action::RetryOwn)
+            || matches!(action, Action::Swallow | Action::RetryOwn | Action::Restore)
             || shape;
         if inspect {
             if hdr.body_len > MAX_INSPECTED {
@@ -148,9 +148,23 @@ pub(super) fn scan_server(
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
             crate::params::set_param(sink.conn, k, v);
+            if restored(ctx, k) {
+                // The `RESET` of a parameter the client chose at startup: the server holds its
+                // own default until pgsluice's query behind this request sets the client's
+                // value, which the client is told at this request's ReadyForQuery.
+                *sink.synced = None;
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+                continue;
+            }
+            // (What the restore reports is passed on only if the client was not told.)
+            let known = action == Action::Restore && sink.client.get(k) == Some(v);
             sink.client.observe(k, v);
             *sink.synced = Some(sink.client.shared());
-            s.pass(frame_len);
+            if known {
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+            } else {
+                s.pass(frame_len);
+            }
             continue;
         }
         let Some(head) = head else {
@@ -199,7 +213,7 @@ pub(super) fn scan_server(
             ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
             ctx.x.txn.status = st;
             // A ReadyForQuery of pgsluice's own (a retry's) is dropped, not counted.
-            let own = matches!(action, Action::Swallow | Action::RetryDecide);
+            let own = matches!(action, Action::Swallow | Action::RetryDecide | Action::Restore);
             if !own && ctx.x.tally.ready(st, ctx.x.txn.pending > 0, ctx.stats) {
                 if let Some(stats) = ctx.stats {
                     stats.add(&mut ctx.x.tally);
@@ -219,6 +233,9 @@ pub(super) fn scan_server(
                     super::retry::decide(ctx, st);
                 }
             } else {
+                if ctx.x.queue.front().is_some_and(|e| e.action == Action::Restore) {
+                    tell_restored(s, ctx, sink);
+                }
                 s.pass(frame_len);
             }
             super::retry::finished(ctx);
@@ -226,11 +243,19 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
+        if error && restore_behind(ctx).is_some() {
+            if let Some(r) = &mut ctx.x.restore {
+                r.failed = true;
+            }
+        }
         if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
             ctx.x.copy_in = true;
         }
         match action {
             Action::Swallow if !error => s.drop_frame(&mut ctx.x.to_client, frame_len),
+            // (An error too: the client's transaction failed, and its rollback undoes the
+            // `RESET` as well.)
+            Action::Restore => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::RetryOwn => super::retry::own_answer(s, ctx, tag, frame_len),
             Action::DescribeAgain if tag == b't' => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
@@ -280,6 +305,48 @@ pub(super) fn scan_server(
                 advance(s, ctx);
             }
         }
+    }
+}
+
+/// The names pgsluice sets back to the client's startup values right after the client's
+/// request now answered (an [`Action::Restore`] queued behind the end of that request, see
+/// `client::restore`).
+fn restore_behind<'a>(ctx: &'a Ctx<'_>) -> Option<&'a [crate::params::ParamName]> {
+    let r = ctx.x.restore.as_ref()?;
+    let mut q = ctx.x.queue.iter();
+    let end = q.find(|e| e.action == Action::Restore || e.kind.ends_with_ready())?;
+    if end.action == Action::Restore || q.next()?.action != Action::Restore {
+        return None;
+    }
+    r.queued.front().map(Vec::as_slice)
+}
+
+/// Whether a ParameterStatus for `name` answers a client's `RESET` of a parameter that
+/// pgsluice sets back to the client's startup value right after ([`restore_behind`]).
+fn restored(ctx: &Ctx<'_>, name: &str) -> bool {
+    restore_behind(ctx).is_some_and(|n| n.iter().any(|n| n.as_str().eq_ignore_ascii_case(name)))
+}
+
+/// Before the ReadyForQuery of a request that reset parameters the client chose at startup
+/// (an [`Action::Restore`] is now at the front): tells the client each reported one that
+/// now has its startup value again, unless it already holds that value (PostgreSQL reports
+/// a parameter only when it changes).
+fn tell_restored(s: &mut Half<'_>, ctx: &mut Ctx<'_>, sink: &mut ParamSink<'_>) {
+    let Some(r) = ctx.x.restore.as_mut() else { return };
+    if std::mem::take(&mut r.failed) || ctx.x.txn.status == status::FAILED {
+        // The `RESET` may not have happened: the restore's own ParameterStatus tells.
+        return;
+    }
+    let Some(names) = r.queued.front() else { return };
+    for name in names {
+        let Some(value) = sink.client.startup_value(name.as_str()) else { continue };
+        if !sink.client.is_reported(name.as_str()) || sink.client.get(name.as_str()) == Some(value) {
+            continue;
+        }
+        let value: Box<str> = value.into();
+        s.spill(&mut ctx.x.to_client);
+        write::parameter_status(&mut ctx.x.to_client, name.as_str(), &value);
+        sink.client.observe(name.as_str(), &value);
     }
 }
 
