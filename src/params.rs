@@ -21,6 +21,14 @@
 //!   `server_reset_query`, see [`ClientParams::forget_unreported`]). A `SET` of such a
 //!   parameter inside a session is invisible to pgsluice and stays on the server connection.
 //!
+//! # RESET
+//! PostgreSQL's reset value of a parameter is the startup packet's, and a server connection's
+//! startup packet is pgsluice's. The login set marks the values the client chose at startup
+//! ([`ClientParams::startup_value`]); the exchange notes a `RESET` of one
+//! ([`ClientParams::note_reset`]) and sets it again right after the request
+//! ([`ClientParams::restore_sql`]). A client's set keeps its login set (one pointer) once a
+//! chosen value changes, so the startup values stay known without a copy per client.
+//!
 //! # Cost
 //! A client's wanted values are an immutable, shared [`ParamSet`] (`Arc`, copy-on-write):
 //! clients with identical settings share one allocation (interned per pool), and a server

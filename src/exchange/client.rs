@@ -5,6 +5,10 @@
 //! either forward it untouched (in place), or rewrite it into the side buffer, or drop it and
 //! let the queue answer for it. Statement names are rewritten in `Parse`, `Bind`,
 //! `Describe 'S'` and `Close 'S'`; everything else passes as opaque bytes.
+//!
+//! A request that resets a tracked parameter the client set at startup (`RESET`, `RESET ALL`,
+//! `DISCARD ALL`, `SET … TO DEFAULT`) is followed by pgsluice's own query setting the startup
+//! value again ([`restore`], answered by [`Action::Restore`]).
 
 use std::sync::Arc;
 
