@@ -269,11 +269,6 @@ impl Ctx<'_> {
     #[inline]
     pub fn pop_front(&mut self) -> Option<Expect> {
         let e = self.x.queue.pop_front()?;
-        if e.action == Action::Restore {
-            if let Some(r) = &mut self.x.restore {
-                r.queued.pop_front();
-            }
-        }
         if e.kind.ends_with_ready() {
             self.conn.statements.batch_done();
         }

@@ -96,8 +96,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         }
         match hdr.tag {
             ftag::QUERY => {
-                let mut resets = Vec::new();
-                if whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, false, &mut resets) {
+                if whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, false) {
                     continue;
                 }
                 ctx.x.txn.pending += 1;
@@ -109,9 +108,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
                 ctx.x.queue.push_back(Expect::forward(Kind::Query));
                 boundary(ctx);
-                if !resets.is_empty() {
-                    c.pass(frame_len);
-                    restore(c, ctx, resets);
+                if ctx.x.restore.is_some() && restore(c, ctx, frame_len) {
                     continue;
                 }
             }
@@ -128,12 +125,8 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 ctx.x.txn.flushed = false;
                 ctx.x.queue.push_back(Expect::forward(Kind::Sync));
                 boundary(ctx);
-                if let Some(resets) = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)) {
-                    if !resets.is_empty() {
-                        c.pass(frame_len);
-                        restore(c, ctx, resets);
-                        continue;
-                    }
+                if ctx.x.restore.is_some() && restore(c, ctx, frame_len) {
+                    continue;
                 }
             }
             ftag::EXECUTE => {
@@ -144,15 +137,8 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
                 ctx.x.txn.unsynced = true;
-                if hdr.tag == ftag::PARSE && whole && reads_text(ctx) {
-                    let mut resets = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)).unwrap_or_default();
-                    let refused = inspect_text(c, ctx, frame_len, true, &mut resets);
-                    if !resets.is_empty() {
-                        ctx.x.restore.get_or_insert_with(Default::default).at_sync = resets;
-                    }
-                    if refused {
-                        continue;
-                    }
+                if hdr.tag == ftag::PARSE && whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, true) {
+                    continue;
                 }
                 if ctx.track {
                     match rewrite(c, ctx, hdr)? {
@@ -251,22 +237,42 @@ fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
     }
 }
 
-/// Sends, right after the client's request just passed (a Query, or the Sync ending an
-/// extended-protocol batch), pgsluice's own query setting the parameters in `names` back to
-/// the client's startup values: PostgreSQL's `RESET` goes to the value of the startup
-/// packet, and the server connection's is pgsluice's, not the client's. Its answers are
-/// dropped ([`Action::Restore`]); the server scan replaces the ParameterStatus the `RESET`
-/// caused by the startup value, before the request's ReadyForQuery. The server runs it
-/// before anything the client sends next, in the same transaction if there is one (a
-/// rollback undoes both, as it undoes a `RESET`).
-fn restore(c: &mut Half<'_>, ctx: &mut Ctx<'_>, names: Vec<crate::params::ParamName>) {
-    let Some(sql) = ctx.params.and_then(|p| p.restore_sql(&names)) else { return };
+/// After the client's request at the scan position (a Query, or the Sync ending an
+/// extended-protocol batch, `frame_len` bytes) was queued: if its text reset parameters the
+/// client chose at startup ([`Restoring::at_sync`](super::Restoring)), passes it and sends
+/// pgsluice's own query setting them back to the client's startup values, and returns true.
+/// PostgreSQL's `RESET` goes to the value of the startup packet, and the server
+/// connection's is pgsluice's, not the client's. The query's answers are dropped
+/// ([`Action::Restore`]); the server scan replaces the ParameterStatus the `RESET` caused by
+/// the startup value, before the request's ReadyForQuery. The server runs it before anything
+/// the client sends next, in the same transaction if there is one (a rollback undoes both,
+/// as it undoes a `RESET`).
+#[cold]
+#[inline(never)]
+fn restore(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
+    let Some(r) = ctx.x.restore.as_mut() else { return false };
+    let names = std::mem::take(&mut r.at_sync);
+    let Some(sql) = ctx.params.and_then(|p| p.restore_sql(&names)) else { return false };
+    c.pass(frame_len);
     c.spill(&mut ctx.x.to_server);
     write::query(&mut ctx.x.to_server, &sql);
     ctx.x.txn.pending += 1;
     ctx.conn.statements.next_batch();
     ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::Restore, undo: None });
     ctx.x.restore.get_or_insert_with(Default::default).queued.push_back(names);
+    true
+}
+
+/// Notes in [`Restoring::at_sync`](super::Restoring) the tracked parameters `text` resets
+/// that the client chose at startup (applied by [`restore`] at the end of the request).
+#[cold]
+#[inline(never)]
+fn note_resets(ctx: &mut Ctx<'_>, params: &crate::params::ClientParams, text: &str) {
+    let mut resets = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)).unwrap_or_default();
+    session_state::param_effects(text, &mut |e| params.note_reset(e, &mut resets));
+    if !resets.is_empty() {
+        ctx.x.restore.get_or_insert_with(Default::default).at_sync = resets;
+    }
 }
 
 /// Text a refused statement is replaced with: it fails to parse, so the server answers with
@@ -281,24 +287,25 @@ fn reads_text(ctx: &Ctx<'_>) -> bool {
     ctx.session.is_some() || ctx.params.is_some()
 }
 
-/// Reads a whole `Query` (or `Parse`, `parse`) at the scan position: notes in `resets` the
-/// tracked parameters it resets that the client chose at startup, and applies the
+/// Reads a whole `Query` (or `Parse`, `parse`) at the scan position: notes the tracked
+/// parameters it resets that the client chose at startup ([`note_resets`]), and applies the
 /// session-state rules. Returns true when the message was refused and replaced (the scan
 /// position is past it and its answer is queued).
-fn inspect_text(
-    c: &mut Half<'_>,
-    ctx: &mut Ctx<'_>,
-    frame_len: usize,
-    parse: bool,
-    resets: &mut Vec<crate::params::ParamName>,
-) -> bool {
+fn inspect_text(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool) -> bool {
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let text = if parse { cstr(body).and_then(|(_, rest)| cstr(rest)) } else { cstr(body) };
     // The common statement is decided on its bytes, before any UTF-8 check.
     let Some((text, _)) = text.filter(|(q, _)| !session_state::surely_stateless(q)) else { return false };
     let Ok(text) = std::str::from_utf8(text) else { return false };
     if let Some(params) = ctx.params {
-        session_state::param_effects(text, &mut |e| params.note_reset(e, resets));
+        // (A refused text never runs: it resets nothing.)
+        let refused = ctx.session.is_some_and(|r| {
+            matches!(r.policy, crate::config::SessionState::Reject)
+                && session_state::first_change(text, &|n| r.is_tracked(n)).is_some()
+        });
+        if !refused {
+            note_resets(ctx, params, text);
+        }
     }
     let Some(rules) = ctx.session else { return false };
     match rules.policy {

@@ -148,7 +148,7 @@ pub(super) fn scan_server(
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
             crate::params::set_param(sink.conn, k, v);
-            if restored(ctx, k) {
+            if ctx.x.restore.is_some() && restored(ctx, k) {
                 // The `RESET` of a parameter the client chose at startup: the server holds its
                 // own default until pgsluice's query behind this request sets the client's
                 // value, which the client is told at this request's ReadyForQuery.
@@ -228,12 +228,17 @@ pub(super) fn scan_server(
                 return Ok(());
             }
             if own {
+                if let (Action::Restore, Some(r)) = (action, &mut ctx.x.restore) {
+                    // (A restore ends only here: it follows a Sync or Query, so no skipping
+                    // after an error reaches it.)
+                    r.queued.pop_front();
+                }
                 s.drop_frame(&mut ctx.x.to_client, frame_len);
                 if action == Action::RetryDecide {
                     super::retry::decide(ctx, st);
                 }
             } else {
-                if ctx.x.queue.front().is_some_and(|e| e.action == Action::Restore) {
+                if ctx.x.restore.is_some() && ctx.x.queue.front().is_some_and(|e| matches!(e.action, Action::Restore)) {
                     tell_restored(s, ctx, sink);
                 }
                 s.pass(frame_len);
@@ -243,7 +248,7 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
-        if error && restore_behind(ctx).is_some() {
+        if error && ctx.x.restore.is_some() && restore_behind(ctx).is_some() {
             if let Some(r) = &mut ctx.x.restore {
                 r.failed = true;
             }
@@ -331,6 +336,8 @@ fn restored(ctx: &Ctx<'_>, name: &str) -> bool {
 /// (an [`Action::Restore`] is now at the front): tells the client each reported one that
 /// now has its startup value again, unless it already holds that value (PostgreSQL reports
 /// a parameter only when it changes).
+#[cold]
+#[inline(never)]
 fn tell_restored(s: &mut Half<'_>, ctx: &mut Ctx<'_>, sink: &mut ParamSink<'_>) {
     let Some(r) = ctx.x.restore.as_mut() else { return };
     if std::mem::take(&mut r.failed) || ctx.x.txn.status == status::FAILED {
@@ -481,5 +488,114 @@ fn undo(ctx: &mut Ctx<'_>, e: Expect) {
     }
     if let Some(k) = closed {
         ctx.conn.statements.restore(k);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    //! The restore after a client's `RESET` (issue 17), through [`crate::exchange::Sim`].
+
+    use crate::exchange::Sim;
+    use crate::params::{ClientParams, Tracked};
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    fn status(k: &str, v: &str) -> Vec<u8> {
+        msg(b'S', format!("{k}\0{v}\0").as_bytes())
+    }
+
+    /// The tags of the messages in `bytes`, and the ParameterStatus bodies.
+    fn tags(bytes: &[u8]) -> (String, Vec<String>) {
+        let (mut tags, mut statuses, mut i) = (String::new(), Vec::new(), 0);
+        while i + 5 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+            tags.push(bytes[i] as char);
+            if bytes[i] == b'S' {
+                statuses.push(String::from_utf8_lossy(&bytes[i + 5..i + 1 + len]).replace('\0', "|"));
+            }
+            i += 1 + len;
+        }
+        (tags, statuses)
+    }
+
+    fn client_with_date_style() -> Sim {
+        let tracked = Tracked::default();
+        let mut params = ClientParams::default();
+        params.set("DateStyle", "SQL, DMY");
+        params.complete_login(&tracked, &[("DateStyle".into(), "ISO, MDY".into())]);
+        Sim { params, ..Sim::default() }
+    }
+
+    /// The answer to pgsluice's restore query, with the ParameterStatus it causes.
+    fn restore_answer(reported: Option<&str>) -> Vec<u8> {
+        let mut v = msg(b'T', b"\0\x01set_config\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\0\0");
+        v.extend(msg(b'D', b"\0\x01\0\0\0\x08SQL, DMY"));
+        v.extend(msg(b'C', b"SELECT 1\0"));
+        if let Some(r) = reported {
+            v.extend(status("DateStyle", r));
+        }
+        v.extend(msg(b'Z', b"I"));
+        v
+    }
+
+    #[test]
+    fn a_reset_is_followed_by_the_startup_value_and_the_client_sees_only_it() {
+        let mut sim = client_with_date_style();
+        sim.client(&[query("SET DateStyle = ISO"), query("RESET DateStyle")].concat()).unwrap();
+        let sent = sim.sent();
+        let (t, _) = tags(&sent);
+        assert_eq!(t, "QQQ", "the client's two queries, then pgsluice's");
+        let text = String::from_utf8_lossy(&sent);
+        assert!(text.contains("RESET DateStyle\0Q"), "the restore right after the RESET: {text:?}");
+        assert!(text.contains("E'SQL, DMY'"), "{text:?}");
+
+        let set = [status("DateStyle", "ISO, DMY"), msg(b'C', b"SET\0"), msg(b'Z', b"I")].concat();
+        let reset = [status("DateStyle", "ISO, MDY"), msg(b'C', b"RESET\0"), msg(b'Z', b"I")].concat();
+        sim.server(&[set, reset].concat()).unwrap();
+        assert!(!sim.releasable(), "the restore is still owed");
+        let (t, s) = tags(&sim.received());
+        assert_eq!(t, "SCZCSZ", "the RESET's own status dropped, the startup value told before its ReadyForQuery");
+        assert_eq!(s, ["DateStyle|ISO, DMY|", "DateStyle|SQL, DMY|"], "the RESET's status is the startup value");
+        assert_eq!(sim.params.get("DateStyle"), Some("SQL, DMY"));
+
+        sim.server(&restore_answer(Some("SQL, DMY"))).unwrap();
+        assert_eq!(tags(&sim.received()).0, "", "the restore's answers are dropped");
+        assert!(sim.releasable());
+        assert_eq!(sim.server_params, [("DateStyle".to_string(), "SQL, DMY".to_string())]);
+        assert!(sim.synced.as_ref().is_some_and(|s| sim.params.is_same(s)));
+    }
+
+    #[test]
+    fn a_failed_reset_tells_the_client_only_what_the_restore_reports() {
+        let mut sim = client_with_date_style();
+        sim.client(&query("RESET ALL; SELECT 1/0")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "QQ");
+        let error = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+        sim.server(&[error, msg(b'Z', b"I")].concat()).unwrap();
+        assert_eq!(tags(&sim.received()).0, "EZ", "no ParameterStatus: the RESET was rolled back");
+        // The restore set nothing (the value came from the session): no report.
+        sim.server(&restore_answer(None)).unwrap();
+        assert_eq!(tags(&sim.received()).0, "");
+        assert!(sim.releasable());
+    }
+
+    #[test]
+    fn clients_that_chose_nothing_and_sets_after_the_reset_get_no_restore() {
+        let mut sim = Sim::default();
+        sim.client(&query("RESET ALL")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "Q");
+        let mut sim = client_with_date_style();
+        sim.client(&query("RESET DateStyle; SET DateStyle = German")).unwrap();
+        sim.client(&query("RESET TimeZone")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "QQ", "German wins; TimeZone was not chosen at startup");
     }
 }
