@@ -488,3 +488,24 @@ async fn reset_inside_a_transaction_and_in_the_extended_protocol() {
     assert_eq!(a.reported("DateStyle"), None, "{a:?}");
     assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
 }
+
+#[tokio::test]
+async fn reset_returns_to_the_startup_values_in_session_mode_too() {
+    let db = fresh_db("params_reset_session");
+    let p = pooler()
+        .general("auth_type = \"any\"")
+        .general("pool_mode = \"session\"")
+        .database_with_login(&db, &["pool_size = 1"])
+        .start()
+        .await;
+    let (mut s, _) = raw_login(
+        &p,
+        &[("user", &db.name), ("database", &db.name), ("options", "-c DateStyle=SQL,\\ DMY -c TimeZone=Asia/Tokyo")],
+    )
+    .await;
+    ok(&mut s, "SET DateStyle = ISO; SET TimeZone = 'UTC'").await;
+    let a = ok(&mut s, "RESET ALL").await;
+    assert_eq!((a.reported("DateStyle"), a.reported("TimeZone")), (Some("SQL, DMY"), Some("Asia/Tokyo")), "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["SQL, DMY"]);
+    assert_eq!(ok(&mut s, "SHOW TimeZone").await.rows, ["Asia/Tokyo"]);
+}
