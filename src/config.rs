@@ -23,7 +23,8 @@ pub use duration::Dur;
 pub use general::{
     AuthType, ClientTlsMode, DatabaseSection, General, HostEntry, LogFormat, MetricsSection, PeerSection, PoolMode,
     PrimaryReads, ReadYourWrites, ReadYourWritesScope, RoleHint, Route, SecretValue, ServerTlsMode, SessionState,
-    TlsSection, TransactionRouting, UserSection, MIN_PROBE_GAP,
+    TlsSection,
+    TransactionRouting, UserSection, MIN_PROBE_GAP,
 };
 pub use peers::{Peer, MAX_PEER_ID, PEER_ID_ENV};
 

@@ -750,8 +750,8 @@ impl Session {
         // write pipelined behind the read is routed (and its WAL position learned) on its own;
         // so does a read on the primary of a client whose writes move the write clocks, so
         // that a write pipelined behind it is noted.
-        let one_request =
-            d.want == Want::Read || (!d.may_write && self.router.as_ref().is_some_and(|r| r.clocks().is_some()));
+        let one_request = d.want == Want::Read
+            || (!d.may_write && self.router.as_ref().is_some_and(|r| r.clocks().is_some()));
         x.attach(&mut server.state, status, one_request, self.max_prepared as usize);
         self.relay.reset_timer();
         State::Active(g)

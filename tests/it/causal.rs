@@ -403,8 +403,7 @@ async fn a_reload_that_rebuilds_the_topology_keeps_the_write_clocks() {
     let shared = t.pooler.handle.as_ref().unwrap().shared.clone();
     let path = shared.config.load().path.clone();
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("health_check_interval = \"200ms\"", "health_check_interval = \"250ms\""))
-        .unwrap();
+    std::fs::write(&path, text.replace("health_check_interval = \"200ms\"", "health_check_interval = \"250ms\"")).unwrap();
     let old = t.cluster(APP);
     let report = pgsluice::reload::reload(&shared).expect("reload");
     assert!(!std::sync::Arc::ptr_eq(&old, &t.cluster(APP)), "the topology was rebuilt: {report:?}");
