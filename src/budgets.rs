@@ -10,8 +10,9 @@ use std::mem::size_of;
 
 /// `Exchange`: the protocol state of one attachment (scan positions, the transaction
 /// bookkeeping, the reply queue's header, two side buffers, the retry capture, the tally).
-/// One per server connection, not per client.
-const EXCHANGE: usize = 408;
+/// One per server connection, not per client. (+8: the startup values to set again after a
+/// client's `RESET`, boxed.)
+const EXCHANGE: usize = 416;
 /// `ServerConn`: socket, read buffer, cancel key, parameter list, timestamps, lasting state
 /// (statements, shapes, flags). One per server connection.
 const SERVER_CONN: usize = 304;

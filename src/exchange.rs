@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use crate::params::{ClientParams, ParamSet};
+use crate::params::{ClientParams, ParamName, ParamSet};
 use crate::prepared::{ClientStatements, KnownStatements, ServerState};
 use crate::protocol::{self, status};
 use crate::stats::{PoolStats, Tally};
@@ -258,6 +258,9 @@ pub(crate) struct Ctx<'a> {
     pub session: Option<SessionRules>,
     pub stats: Option<&'a PoolStats>,
     pub client: Option<&'a crate::stats::ClientInfo>,
+    /// The client's parameters, if it chose any at startup (client scan only): a `RESET` of
+    /// one is followed by [`Action::Restore`].
+    pub params: Option<&'a ClientParams>,
 }
 
 impl Ctx<'_> {
@@ -320,6 +323,21 @@ pub(crate) struct State {
     pub retry: retry::Capture,
     /// Traffic counted since the last fold into the pool's statistics.
     pub tally: Tally,
+    /// Startup values to set again after a client's `RESET`; allocated at the first one.
+    pub restore: Option<Box<Restoring>>,
+}
+
+/// Tracked parameters a client reset that it had chosen at startup (PostgreSQL's reset
+/// value is the startup packet's; a server connection's is not the client's).
+#[derive(Debug, Default)]
+pub(crate) struct Restoring {
+    /// Reset by extended-protocol statements (`Parse` texts) since the last `Sync`.
+    pub at_sync: Vec<ParamName>,
+    /// The names each queued [`Action::Restore`] request sets, oldest first.
+    pub queued: VecDeque<Vec<ParamName>>,
+    /// The client's request ahead of the first queued restore got an error (its `RESET`
+    /// may have been rolled back): the client is told only what the restore reports.
+    pub failed: bool,
 }
 
 impl State {
@@ -400,6 +418,7 @@ impl Exchange {
         st.to_client.clear();
         st.tally.clear_timers();
         st.retry.reset();
+        st.restore = None;
         conn.statements.set_capacity(max_prepared);
         self.c = ScanPos::default();
         self.s = ScanPos::default();
@@ -419,6 +438,7 @@ impl Exchange {
             session: rules.session,
             stats: env.stats,
             client: env.client,
+            params: env.params.has_startup().then_some(&*env.params),
         }
     }
 
@@ -460,6 +480,7 @@ impl Exchange {
             session: rules.session,
             stats: env.stats,
             client: env.client,
+            params: None,
         };
         server::scan_server(&mut s, &mut ctx, &mut sink)
     }

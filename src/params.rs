@@ -21,6 +21,14 @@
 //!   `server_reset_query`, see [`ClientParams::forget_unreported`]). A `SET` of such a
 //!   parameter inside a session is invisible to pgsluice and stays on the server connection.
 //!
+//! # RESET
+//! PostgreSQL's reset value of a parameter is the startup packet's, and a server connection's
+//! startup packet is pgsluice's. The login set marks the values the client chose at startup
+//! ([`ClientParams::startup_value`]); the exchange notes a `RESET` of one
+//! ([`ClientParams::note_reset`]) and sets it again right after the request
+//! ([`ClientParams::restore_sql`]). A client's set keeps its login set (one pointer) once a
+//! chosen value changes, so the startup values stay known without a copy per client.
+//!
 //! # Cost
 //! A client's wanted values are an immutable, shared [`ParamSet`] (`Arc`, copy-on-write):
 //! clients with identical settings share one allocation (interned per pool), and a server
@@ -184,6 +192,10 @@ impl Tracked {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParamSet {
     entries: Vec<Entry>,
+    /// Some entry was chosen at startup (a `RESET` of it must give the client's value).
+    restorable: bool,
+    /// The set as it was at login, once a chosen value changed: the startup values.
+    login: Option<Arc<ParamSet>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +205,8 @@ struct Entry {
     value: Option<Box<str>>,
     /// Whether the server reports this parameter (ParameterStatus).
     reported: bool,
+    /// The client chose it at startup (its reset value is the client's, not the server's).
+    chosen: bool,
 }
 
 impl ParamSet {
@@ -211,8 +225,13 @@ impl ParamSet {
                 e.value = value.map(Into::into);
                 e.reported = reported;
             }
-            None => self.entries.push(Entry { name, value: value.map(Into::into), reported }),
+            None => self.entries.push(Entry { name, value: value.map(Into::into), reported, chosen: false }),
         }
+    }
+
+    /// The value the client chose at startup for `name`, if it chose one.
+    fn chosen(&self, name: &str) -> Option<&Entry> {
+        self.find(name).filter(|e| e.chosen && e.value.is_some())
     }
 }
 
@@ -236,6 +255,12 @@ impl ClientParams {
         let unchanged =
             self.set.find(name.as_str()).is_some_and(|e| e.value.as_deref() == value && e.reported == reported);
         if !unchanged {
+            if self.set.restorable && self.set.login.is_none() {
+                // The first change after login: the login set (shared, interned) keeps the
+                // startup values, at the cost of a pointer.
+                let login = self.set.clone();
+                Arc::make_mut(&mut self.set).login = Some(login);
+            }
             Arc::make_mut(&mut self.set).put(name, value, reported);
         }
     }
@@ -264,11 +289,20 @@ impl ClientParams {
     /// default" if the server does not report it. Then sorts the set (for interning).
     pub fn complete_login(&mut self, tracked: &Tracked, server_params: &[(String, String)]) {
         let set = Arc::make_mut(&mut self.set);
+        for e in &mut set.entries {
+            e.chosen = true;
+            set.restorable |= e.value.is_some();
+        }
         for name in tracked.all() {
             let reported = lookup(server_params, name.as_str());
             match set.entries.iter_mut().find(|e| e.name == name) {
                 Some(e) => e.reported = reported.is_some(),
-                None => set.entries.push(Entry { name, value: reported.map(Into::into), reported: reported.is_some() }),
+                None => set.entries.push(Entry {
+                    name,
+                    value: reported.map(Into::into),
+                    reported: reported.is_some(),
+                    chosen: false,
+                }),
             }
         }
         let folded = |e: &Entry| e.name.as_str().bytes().map(|b| b.to_ascii_lowercase()).collect::<Vec<u8>>();
@@ -283,6 +317,83 @@ impl ClientParams {
         } else if sets.len() < Interner::MAX {
             sets.push(self.set.clone());
         }
+    }
+
+    /// Whether the client chose any tracked value at startup (only then can a `RESET`
+    /// differ from the server's).
+    #[inline]
+    pub fn has_startup(&self) -> bool {
+        self.set.restorable
+    }
+
+    /// The set as it was at login.
+    fn login(&self) -> &ParamSet {
+        self.set.login.as_deref().unwrap_or(&self.set)
+    }
+
+    /// The value the client chose at startup for `name` (its reset value), if it chose one.
+    pub fn startup_value(&self, name: &str) -> Option<&str> {
+        self.login().chosen(name).and_then(|e| e.value.as_deref())
+    }
+
+    /// Applies a statement's effect on tracked parameters to `restore`, the names whose
+    /// startup value must be set again after a `RESET` (PostgreSQL's reset value is the
+    /// startup packet's, a server connection's is pgsluice's): `RESET name`, `SET name TO
+    /// DEFAULT` add `name` if the client chose it at startup, `RESET ALL` (and `DISCARD ALL`)
+    /// every name it chose, and a later `SET name` removes it again.
+    pub fn note_reset(&self, effect: crate::sql::session_state::ParamEffect<'_>, restore: &mut Vec<ParamName>) {
+        use crate::sql::session_state::ParamEffect;
+        if !self.set.restorable {
+            return;
+        }
+        let startup = self.login();
+        match effect {
+            ParamEffect::ResetAll => {
+                for e in startup.entries.iter().filter(|e| e.chosen && e.value.is_some()) {
+                    if !restore.contains(&e.name) {
+                        restore.push(e.name.clone());
+                    }
+                }
+            }
+            ParamEffect::Reset(name) => {
+                if let Some(e) = startup.chosen(name) {
+                    if !restore.contains(&e.name) {
+                        restore.push(e.name.clone());
+                    }
+                }
+            }
+            ParamEffect::Set(name) => restore.retain(|n| !n.is(name)),
+        }
+    }
+
+    /// The query that sets `names` back to this client's startup values, or `None` if there
+    /// is none. Each is set (`pg_catalog.set_config(…, false)`) only if the server's value
+    /// does not come from the session (`pg_settings.source`): a `RESET` that failed with its
+    /// Query, or a `SET` after it, leaves the value alone.
+    pub fn restore_sql(&self, names: &[ParamName]) -> Option<String> {
+        let mut values = String::new();
+        for name in names {
+            let Some(v) = self.startup_value(name.as_str()) else { continue };
+            values.push_str(if values.is_empty() { "(" } else { ", (" });
+            push_literal(&mut values, name.as_str());
+            values.push_str(", ");
+            push_literal(&mut values, v);
+            values.push(')');
+        }
+        if values.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES {values}) AS v(n, v) WHERE NOT EXISTS \
+             (SELECT FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) = pg_catalog.lower(v.n) \
+             AND s.source = 'session')"
+        ))
+    }
+
+    /// Whether the server reports `name` (ParameterStatus), as far as this client's set
+    /// knows.
+    pub fn is_reported(&self, name: &str) -> bool {
+        self.set.find(name).map_or(canonical(name).is_some(), |e| e.reported)
     }
 
     /// The query that brings a server (parameter list `server_params`, last synced to

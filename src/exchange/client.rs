@@ -5,6 +5,10 @@
 //! either forward it untouched (in place), or rewrite it into the side buffer, or drop it and
 //! let the queue answer for it. Statement names are rewritten in `Parse`, `Bind`,
 //! `Describe 'S'` and `Close 'S'`; everything else passes as opaque bytes.
+//!
+//! A request that resets a tracked parameter the client set at startup (`RESET`, `RESET ALL`,
+//! `DISCARD ALL`, `SET … TO DEFAULT`) is followed by pgsluice's own query setting the startup
+//! value again ([`restore`], answered by [`Action::Restore`]).
 
 use std::sync::Arc;
 
@@ -65,7 +69,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             // Rewriting needs some messages whole; wait for them, up to a bound: nothing
             // larger than a client's statements may hold is read whole.
             let named = !(hdr.tag == ftag::PARSE && first == Some(0));
-            if needs_whole(hdr.tag, frame_len, ctx.track && named, ctx.session.is_some()) {
+            if needs_whole(hdr.tag, frame_len, ctx.track && named, reads_text(ctx)) {
                 let limit = super::max_read_whole(ctx.statement_limits);
                 if frame_len > limit {
                     let (len, limit) = ((frame_len - 1) as u32, (limit - 1) as u32);
@@ -92,7 +96,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
         }
         match hdr.tag {
             ftag::QUERY => {
-                if whole && ctx.session.is_some() && session_state(c, ctx, frame_len, false) {
+                if whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, false) {
                     continue;
                 }
                 ctx.x.txn.pending += 1;
@@ -104,6 +108,9 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 }
                 ctx.x.queue.push_back(Expect::forward(Kind::Query));
                 boundary(ctx);
+                if ctx.x.restore.is_some() && restore(c, ctx, frame_len) {
+                    continue;
+                }
             }
             ftag::FUNCTION_CALL => {
                 ctx.x.txn.pending += 1;
@@ -118,6 +125,9 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
                 ctx.x.txn.flushed = false;
                 ctx.x.queue.push_back(Expect::forward(Kind::Sync));
                 boundary(ctx);
+                if ctx.x.restore.is_some() && restore(c, ctx, frame_len) {
+                    continue;
+                }
             }
             ftag::EXECUTE => {
                 ctx.x.txn.unsynced = true;
@@ -127,7 +137,7 @@ fn scan_messages(c: &mut Half<'_>, ctx: &mut Ctx<'_>) -> Result<bool, protocol::
             }
             ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE => {
                 ctx.x.txn.unsynced = true;
-                if hdr.tag == ftag::PARSE && whole && ctx.session.is_some() && session_state(c, ctx, frame_len, true) {
+                if hdr.tag == ftag::PARSE && whole && reads_text(ctx) && inspect_text(c, ctx, frame_len, true) {
                     continue;
                 }
                 if ctx.track {
@@ -227,21 +237,77 @@ fn needs_whole(tag: u8, frame_len: usize, track: bool, session: bool) -> bool {
     }
 }
 
+/// After the client's request at the scan position (a Query, or the Sync ending an
+/// extended-protocol batch, `frame_len` bytes) was queued: if its text reset parameters the
+/// client chose at startup ([`Restoring::at_sync`](super::Restoring)), passes it and sends
+/// pgsluice's own query setting them back to the client's startup values, and returns true.
+/// PostgreSQL's `RESET` goes to the value of the startup packet, and the server
+/// connection's is pgsluice's, not the client's. The query's answers are dropped
+/// ([`Action::Restore`]); the server scan replaces the ParameterStatus the `RESET` caused by
+/// the startup value, before the request's ReadyForQuery. The server runs it before anything
+/// the client sends next, in the same transaction if there is one (a rollback undoes both,
+/// as it undoes a `RESET`).
+#[cold]
+#[inline(never)]
+fn restore(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize) -> bool {
+    let Some(r) = ctx.x.restore.as_mut() else { return false };
+    let names = std::mem::take(&mut r.at_sync);
+    let Some(sql) = ctx.params.and_then(|p| p.restore_sql(&names)) else { return false };
+    c.pass(frame_len);
+    c.spill(&mut ctx.x.to_server);
+    write::query(&mut ctx.x.to_server, &sql);
+    ctx.x.txn.pending += 1;
+    ctx.conn.statements.next_batch();
+    ctx.x.queue.push_back(Expect { kind: Kind::Query, action: Action::Restore, undo: None });
+    ctx.x.restore.get_or_insert_with(Default::default).queued.push_back(names);
+    true
+}
+
+/// Notes in [`Restoring::at_sync`](super::Restoring) the tracked parameters `text` resets
+/// that the client chose at startup (applied by [`restore`] at the end of the request).
+#[cold]
+#[inline(never)]
+fn note_resets(ctx: &mut Ctx<'_>, params: &crate::params::ClientParams, text: &str) {
+    let mut resets = ctx.x.restore.as_mut().map(|r| std::mem::take(&mut r.at_sync)).unwrap_or_default();
+    session_state::param_effects(text, &mut |e| params.note_reset(e, &mut resets));
+    if !resets.is_empty() {
+        ctx.x.restore.get_or_insert_with(Default::default).at_sync = resets;
+    }
+}
+
 /// Text a refused statement is replaced with: it fails to parse, so the server answers with
 /// an error (aborting a transaction, as the refused statement's error would), which the
 /// server scan replaces with pgsluice's own.
 const REJECT_SQL: &str = "pgsluice_refused_statement";
 
-/// Applies the session-state rules to a whole `Query` (or `Parse`, `parse`) at the scan
-/// position. Returns true when the message was refused and replaced (the scan position is
-/// past it and its answer is queued).
-fn session_state(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool) -> bool {
-    let Some(rules) = ctx.session else { return false };
+/// Whether query texts are read: for the session-state rules, and for `RESET`s of
+/// parameters the client chose at startup.
+#[inline]
+fn reads_text(ctx: &Ctx<'_>) -> bool {
+    ctx.session.is_some() || ctx.params.is_some()
+}
+
+/// Reads a whole `Query` (or `Parse`, `parse`) at the scan position: notes the tracked
+/// parameters it resets that the client chose at startup ([`note_resets`]), and applies the
+/// session-state rules. Returns true when the message was refused and replaced (the scan
+/// position is past it and its answer is queued).
+fn inspect_text(c: &mut Half<'_>, ctx: &mut Ctx<'_>, frame_len: usize, parse: bool) -> bool {
     let body = &c.buf[c.pos.fwd + HEADER_LEN..c.pos.fwd + frame_len];
     let text = if parse { cstr(body).and_then(|(_, rest)| cstr(rest)) } else { cstr(body) };
     // The common statement is decided on its bytes, before any UTF-8 check.
     let Some((text, _)) = text.filter(|(q, _)| !session_state::surely_stateless(q)) else { return false };
     let Ok(text) = std::str::from_utf8(text) else { return false };
+    if let Some(params) = ctx.params {
+        // (A refused text never runs: it resets nothing.)
+        let refused = ctx.session.is_some_and(|r| {
+            matches!(r.policy, crate::config::SessionState::Reject)
+                && session_state::first_change(text, &|n| r.is_tracked(n)).is_some()
+        });
+        if !refused {
+            note_resets(ctx, params, text);
+        }
+    }
+    let Some(rules) = ctx.session else { return false };
     match rules.policy {
         crate::config::SessionState::Reject => {
             let Some(d) = session_state::first_change(text, &|n| rules.is_tracked(n)) else { return false };

@@ -101,6 +101,9 @@ pub enum Action {
     /// that fails to parse (so a transaction fails as PostgreSQL would fail it) and replaces
     /// the server's error by its own ([`Undo::reject`]).
     Reject,
+    /// pgsluice's query setting a client's startup values again after its `RESET` (see
+    /// `exchange::client::restore`): every answer is dropped, ParameterStatus included.
+    Restore,
 }
 
 /// Statement bookkeeping to roll back when the server fails or skips the message.

@@ -93,7 +93,7 @@ pub(super) fn scan_server(
         let shape = matches!(tag, b'T' | b'n') && super::retry::records_shape(head);
         let inspect = matches!(tag, btag::READY_FOR_QUERY | btag::PARAMETER_STATUS | btag::COMMAND_COMPLETE)
             || (tag == btag::ERROR_RESPONSE && (action != Action::Forward || hdr.body_len <= MAX_INSPECTED))
-            || matches!(action, Action::Swallow | Action::RetryOwn)
+            || matches!(action, Action::Swallow | Action::RetryOwn | Action::Restore)
             || shape;
         if inspect {
             if hdr.body_len > MAX_INSPECTED {
@@ -148,9 +148,23 @@ pub(super) fn scan_server(
         if tag == btag::PARAMETER_STATUS {
             let (k, v) = bmsg::parse_parameter_status(&rest[HEADER_LEN..frame_len])?;
             crate::params::set_param(sink.conn, k, v);
+            if ctx.x.restore.is_some() && restored(ctx, k) {
+                // The `RESET` of a parameter the client chose at startup: the server holds its
+                // own default until pgsluice's query behind this request sets the client's
+                // value, which the client is told at this request's ReadyForQuery.
+                *sink.synced = None;
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+                continue;
+            }
+            // (What the restore reports is passed on only if the client was not told.)
+            let known = action == Action::Restore && sink.client.get(k) == Some(v);
             sink.client.observe(k, v);
             *sink.synced = Some(sink.client.shared());
-            s.pass(frame_len);
+            if known {
+                s.drop_frame(&mut ctx.x.to_client, frame_len);
+            } else {
+                s.pass(frame_len);
+            }
             continue;
         }
         let Some(head) = head else {
@@ -199,7 +213,7 @@ pub(super) fn scan_server(
             ctx.x.txn.pending = ctx.x.txn.pending.saturating_sub(1);
             ctx.x.txn.status = st;
             // A ReadyForQuery of pgsluice's own (a retry's) is dropped, not counted.
-            let own = matches!(action, Action::Swallow | Action::RetryDecide);
+            let own = matches!(action, Action::Swallow | Action::RetryDecide | Action::Restore);
             if !own && ctx.x.tally.ready(st, ctx.x.txn.pending > 0, ctx.stats) {
                 if let Some(stats) = ctx.stats {
                     stats.add(&mut ctx.x.tally);
@@ -214,11 +228,19 @@ pub(super) fn scan_server(
                 return Ok(());
             }
             if own {
+                if let (Action::Restore, Some(r)) = (action, &mut ctx.x.restore) {
+                    // (A restore ends only here: it follows a Sync or Query, so no skipping
+                    // after an error reaches it.)
+                    r.queued.pop_front();
+                }
                 s.drop_frame(&mut ctx.x.to_client, frame_len);
                 if action == Action::RetryDecide {
                     super::retry::decide(ctx, st);
                 }
             } else {
+                if ctx.x.restore.is_some() && ctx.x.queue.front().is_some_and(|e| matches!(e.action, Action::Restore)) {
+                    tell_restored(s, ctx, sink);
+                }
                 s.pass(frame_len);
             }
             super::retry::finished(ctx);
@@ -226,11 +248,19 @@ pub(super) fn scan_server(
             continue;
         }
         let error = tag == btag::ERROR_RESPONSE;
+        if error && ctx.x.restore.is_some() && restore_behind(ctx).is_some() {
+            if let Some(r) = &mut ctx.x.restore {
+                r.failed = true;
+            }
+        }
         if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
             ctx.x.copy_in = true;
         }
         match action {
             Action::Swallow if !error => s.drop_frame(&mut ctx.x.to_client, frame_len),
+            // (An error too: the client's transaction failed, and its rollback undoes the
+            // `RESET` as well.)
+            Action::Restore => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::RetryOwn => super::retry::own_answer(s, ctx, tag, frame_len),
             Action::DescribeAgain if tag == b't' => s.drop_frame(&mut ctx.x.to_client, frame_len),
             Action::Duplicate if error && bmsg::parse_error_fields(&rest[HEADER_LEN..frame_len]).code == "42P05" => {
@@ -280,6 +310,50 @@ pub(super) fn scan_server(
                 advance(s, ctx);
             }
         }
+    }
+}
+
+/// The names pgsluice sets back to the client's startup values right after the client's
+/// request now answered (an [`Action::Restore`] queued behind the end of that request, see
+/// `client::restore`).
+fn restore_behind<'a>(ctx: &'a Ctx<'_>) -> Option<&'a [crate::params::ParamName]> {
+    let r = ctx.x.restore.as_ref()?;
+    let mut q = ctx.x.queue.iter();
+    let end = q.find(|e| e.action == Action::Restore || e.kind.ends_with_ready())?;
+    if end.action == Action::Restore || q.next()?.action != Action::Restore {
+        return None;
+    }
+    r.queued.front().map(Vec::as_slice)
+}
+
+/// Whether a ParameterStatus for `name` answers a client's `RESET` of a parameter that
+/// pgsluice sets back to the client's startup value right after ([`restore_behind`]).
+fn restored(ctx: &Ctx<'_>, name: &str) -> bool {
+    restore_behind(ctx).is_some_and(|n| n.iter().any(|n| n.as_str().eq_ignore_ascii_case(name)))
+}
+
+/// Before the ReadyForQuery of a request that reset parameters the client chose at startup
+/// (an [`Action::Restore`] is now at the front): tells the client each reported one that
+/// now has its startup value again, unless it already holds that value (PostgreSQL reports
+/// a parameter only when it changes).
+#[cold]
+#[inline(never)]
+fn tell_restored(s: &mut Half<'_>, ctx: &mut Ctx<'_>, sink: &mut ParamSink<'_>) {
+    let Some(r) = ctx.x.restore.as_mut() else { return };
+    if std::mem::take(&mut r.failed) || ctx.x.txn.status == status::FAILED {
+        // The `RESET` may not have happened: the restore's own ParameterStatus tells.
+        return;
+    }
+    let Some(names) = r.queued.front() else { return };
+    for name in names {
+        let Some(value) = sink.client.startup_value(name.as_str()) else { continue };
+        if !sink.client.is_reported(name.as_str()) || sink.client.get(name.as_str()) == Some(value) {
+            continue;
+        }
+        let value: Box<str> = value.into();
+        s.spill(&mut ctx.x.to_client);
+        write::parameter_status(&mut ctx.x.to_client, name.as_str(), &value);
+        sink.client.observe(name.as_str(), &value);
     }
 }
 
@@ -414,5 +488,114 @@ fn undo(ctx: &mut Ctx<'_>, e: Expect) {
     }
     if let Some(k) = closed {
         ctx.conn.statements.restore(k);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    //! The restore after a client's `RESET` (issue 17), through [`crate::exchange::Sim`].
+
+    use crate::exchange::Sim;
+    use crate::params::{ClientParams, Tracked};
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    fn status(k: &str, v: &str) -> Vec<u8> {
+        msg(b'S', format!("{k}\0{v}\0").as_bytes())
+    }
+
+    /// The tags of the messages in `bytes`, and the ParameterStatus bodies.
+    fn tags(bytes: &[u8]) -> (String, Vec<String>) {
+        let (mut tags, mut statuses, mut i) = (String::new(), Vec::new(), 0);
+        while i + 5 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+            tags.push(bytes[i] as char);
+            if bytes[i] == b'S' {
+                statuses.push(String::from_utf8_lossy(&bytes[i + 5..i + 1 + len]).replace('\0', "|"));
+            }
+            i += 1 + len;
+        }
+        (tags, statuses)
+    }
+
+    fn client_with_date_style() -> Sim {
+        let tracked = Tracked::default();
+        let mut params = ClientParams::default();
+        params.set("DateStyle", "SQL, DMY");
+        params.complete_login(&tracked, &[("DateStyle".into(), "ISO, MDY".into())]);
+        Sim { params, ..Sim::default() }
+    }
+
+    /// The answer to pgsluice's restore query, with the ParameterStatus it causes.
+    fn restore_answer(reported: Option<&str>) -> Vec<u8> {
+        let mut v = msg(b'T', b"\0\x01set_config\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\0\0");
+        v.extend(msg(b'D', b"\0\x01\0\0\0\x08SQL, DMY"));
+        v.extend(msg(b'C', b"SELECT 1\0"));
+        if let Some(r) = reported {
+            v.extend(status("DateStyle", r));
+        }
+        v.extend(msg(b'Z', b"I"));
+        v
+    }
+
+    #[test]
+    fn a_reset_is_followed_by_the_startup_value_and_the_client_sees_only_it() {
+        let mut sim = client_with_date_style();
+        sim.client(&[query("SET DateStyle = ISO"), query("RESET DateStyle")].concat()).unwrap();
+        let sent = sim.sent();
+        let (t, _) = tags(&sent);
+        assert_eq!(t, "QQQ", "the client's two queries, then pgsluice's");
+        let text = String::from_utf8_lossy(&sent);
+        assert!(text.contains("RESET DateStyle\0Q"), "the restore right after the RESET: {text:?}");
+        assert!(text.contains("E'SQL, DMY'"), "{text:?}");
+
+        let set = [status("DateStyle", "ISO, DMY"), msg(b'C', b"SET\0"), msg(b'Z', b"I")].concat();
+        let reset = [status("DateStyle", "ISO, MDY"), msg(b'C', b"RESET\0"), msg(b'Z', b"I")].concat();
+        sim.server(&[set, reset].concat()).unwrap();
+        assert!(!sim.releasable(), "the restore is still owed");
+        let (t, s) = tags(&sim.received());
+        assert_eq!(t, "SCZCSZ", "the RESET's own status dropped, the startup value told before its ReadyForQuery");
+        assert_eq!(s, ["DateStyle|ISO, DMY|", "DateStyle|SQL, DMY|"], "the RESET's status is the startup value");
+        assert_eq!(sim.params.get("DateStyle"), Some("SQL, DMY"));
+
+        sim.server(&restore_answer(Some("SQL, DMY"))).unwrap();
+        assert_eq!(tags(&sim.received()).0, "", "the restore's answers are dropped");
+        assert!(sim.releasable());
+        assert_eq!(sim.server_params, [("DateStyle".to_string(), "SQL, DMY".to_string())]);
+        assert!(sim.synced.as_ref().is_some_and(|s| sim.params.is_same(s)));
+    }
+
+    #[test]
+    fn a_failed_reset_tells_the_client_only_what_the_restore_reports() {
+        let mut sim = client_with_date_style();
+        sim.client(&query("RESET ALL; SELECT 1/0")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "QQ");
+        let error = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+        sim.server(&[error, msg(b'Z', b"I")].concat()).unwrap();
+        assert_eq!(tags(&sim.received()).0, "EZ", "no ParameterStatus: the RESET was rolled back");
+        // The restore set nothing (the value came from the session): no report.
+        sim.server(&restore_answer(None)).unwrap();
+        assert_eq!(tags(&sim.received()).0, "");
+        assert!(sim.releasable());
+    }
+
+    #[test]
+    fn clients_that_chose_nothing_and_sets_after_the_reset_get_no_restore() {
+        let mut sim = Sim::default();
+        sim.client(&query("RESET ALL")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "Q");
+        let mut sim = client_with_date_style();
+        sim.client(&query("RESET DateStyle; SET DateStyle = German")).unwrap();
+        sim.client(&query("RESET TimeZone")).unwrap();
+        assert_eq!(tags(&sim.sent()).0, "QQ", "German wins; TimeZone was not chosen at startup");
     }
 }

@@ -231,3 +231,43 @@ fn options_parser_never_panics() {
         }
     }
 }
+
+#[test]
+fn reset_restores_only_what_the_client_chose_at_startup() {
+    use crate::sql::session_state::ParamEffect::{Reset, ResetAll, Set};
+    let t = Tracked::new(&["search_path"]);
+    let mut c = logged_in(&t, &[("DateStyle", "SQL, DMY"), ("search_path", "app, public")]);
+    assert!(c.has_startup());
+    assert_eq!(c.startup_value("datestyle"), Some("SQL, DMY"));
+    assert_eq!(c.startup_value("TimeZone"), None, "filled in from the server, not chosen");
+    // A SET changes the wanted value, not the startup value.
+    let login = c.shared();
+    c.observe("DateStyle", "ISO, MDY");
+    assert!(!c.is_same(&login));
+    assert_eq!((c.get("DateStyle"), c.startup_value("DateStyle")), (Some("ISO, MDY"), Some("SQL, DMY")));
+    c.observe("DateStyle", "German");
+    assert_eq!(c.startup_value("DateStyle"), Some("SQL, DMY"), "still after a second change");
+
+    let mut names = Vec::new();
+    c.note_reset(Reset("TimeZone"), &mut names);
+    assert!(names.is_empty(), "not chosen: RESET gives the server default");
+    c.note_reset(Reset("datestyle"), &mut names);
+    c.note_reset(Reset("DateStyle"), &mut names);
+    assert_eq!(names, [ParamName::from("DateStyle")]);
+    c.note_reset(Set("DATESTYLE"), &mut names);
+    assert!(names.is_empty(), "a SET after the RESET wins");
+    c.note_reset(ResetAll, &mut names);
+    assert_eq!(names.iter().map(ParamName::as_str).collect::<Vec<_>>(), ["DateStyle", "search_path"]);
+    let sql = c.restore_sql(&names).expect("two values");
+    assert!(sql.contains("(VALUES (E'DateStyle', E'SQL, DMY'), (E'search_path', E'app, public'))"), "{sql}");
+    assert!(sql.contains("s.source = 'session'"), "{sql}");
+    assert!(c.is_reported("DateStyle") && !c.is_reported("search_path"));
+    assert_eq!(c.restore_sql(&[ParamName::from("TimeZone")]), None);
+
+    // A client that chose nothing has nothing to restore.
+    let plain = logged_in(&t, &[]);
+    assert!(!plain.has_startup());
+    let mut names = Vec::new();
+    plain.note_reset(ResetAll, &mut names);
+    assert!(names.is_empty());
+}

@@ -272,6 +272,104 @@ fn apply_effect(e: Effect, st: &mut PinState) -> Option<Reason> {
     None
 }
 
+/// A statement's effect on the value of a session parameter, as far as restoring a
+/// client's startup values after `RESET` needs it ([`param_effects`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamEffect<'a> {
+    /// `SET [SESSION] name {TO | =} value` (also `SET TIME ZONE value`, `SET NAMES value`).
+    Set(&'a str),
+    /// `RESET name`, `SET [SESSION] name {TO | =} DEFAULT` (also `RESET TIME ZONE`,
+    /// `SET TIME ZONE {DEFAULT | LOCAL}`, `SET NAMES DEFAULT`).
+    Reset(&'a str),
+    /// `RESET ALL`, `DISCARD ALL`.
+    ResetAll,
+}
+
+/// Reports, in order, each statement of `text` that sets or resets a session parameter
+/// (names as written; `TIME ZONE` as `TimeZone`, `NAMES` as `client_encoding`). `SET LOCAL`
+/// and `set_config` calls are not reported; neither are statements inside functions.
+/// Never allocates. Callers skip texts that [`surely_stateless`] clears.
+pub fn param_effects<'a>(text: &'a str, on: &mut dyn FnMut(ParamEffect<'a>)) {
+    let mut lx = Lexer::new(text.as_bytes());
+    loop {
+        let mut toks = [Tok::End; 5];
+        let mut k = 0;
+        let mut depth = 0u32;
+        let last = loop {
+            let Ok(t) = lx.next() else { return };
+            match t {
+                Tok::End => break true,
+                Tok::Punct(b';') if depth == 0 => break false,
+                Tok::Punct(b'(') => depth += 1,
+                Tok::Punct(b')') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if let Some(slot) = toks.get_mut(k) {
+                *slot = t;
+                k += 1;
+            }
+        };
+        if let Some(e) = param_effect(text, &toks[..k]) {
+            on(e);
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// The effect of one statement (its first tokens) for [`param_effects`].
+fn param_effect<'a>(text: &'a str, toks: &[Tok]) -> Option<ParamEffect<'a>> {
+    let word = |i: usize| -> &'a str {
+        match toks.get(i) {
+            Some(&Tok::Word(s, e)) => text.get(s..e).unwrap_or(""),
+            _ => "",
+        }
+    };
+    let is = |i: usize, kw: &str| word(i).eq_ignore_ascii_case(kw);
+    // A value that means "the reset value": `DEFAULT` (and `LOCAL` for the time zone).
+    let default_at = |i: usize, local: bool| (is(i, "DEFAULT") || (local && is(i, "LOCAL"))) && toks.len() == i + 1;
+    if is(0, "DISCARD") && is(1, "ALL") {
+        return Some(ParamEffect::ResetAll);
+    }
+    if is(0, "RESET") {
+        return Some(if is(1, "ALL") {
+            ParamEffect::ResetAll
+        } else if is(1, "TIME") && is(2, "ZONE") {
+            ParamEffect::Reset("TimeZone")
+        } else if !word(1).is_empty() && toks.len() == 2 && !is(1, "ROLE") {
+            ParamEffect::Reset(word(1))
+        } else {
+            return None;
+        });
+    }
+    if !is(0, "SET") {
+        return None;
+    }
+    let i = if is(1, "SESSION") { 2 } else { 1 };
+    if is(i, "LOCAL") || is(i, "ROLE") || is(i, "AUTHORIZATION") || is(i, "CHARACTERISTICS") {
+        return None;
+    }
+    if is(i, "TIME") && is(i + 1, "ZONE") {
+        return Some(if default_at(i + 2, true) {
+            ParamEffect::Reset("TimeZone")
+        } else {
+            ParamEffect::Set("TimeZone")
+        });
+    }
+    if is(i, "NAMES") {
+        let name = "client_encoding";
+        return Some(if default_at(i + 1, false) { ParamEffect::Reset(name) } else { ParamEffect::Set(name) });
+    }
+    let name = word(i);
+    // A dotted (extension) name, or no name: nothing tracked.
+    if name.is_empty() || matches!(toks.get(i + 1), Some(Tok::Punct(b'.'))) {
+        return None;
+    }
+    let to = is(i + 1, "TO") || matches!(toks.get(i + 1), Some(Tok::Punct(b'=')));
+    Some(if to && default_at(i + 2, false) { ParamEffect::Reset(name) } else { ParamEffect::Set(name) })
+}
+
 /// Whether the text may call a state-changing function (an ASCII case-insensitive search,
 /// so that statements without one are not scanned token by token).
 fn mentions_state_function(b: &[u8]) -> bool {
@@ -552,6 +650,29 @@ mod tests {
 
     fn pins(sql: &str) -> Option<Reason> {
         first_change(sql, &tracked).map(|d| d.reason)
+    }
+
+    fn effects(sql: &str) -> Vec<ParamEffect<'_>> {
+        let mut v = Vec::new();
+        param_effects(sql, &mut |e| v.push(e));
+        v
+    }
+
+    #[test]
+    fn parameter_resets_are_reported_in_order() {
+        use ParamEffect::{Reset, ResetAll, Set};
+        assert_eq!(effects("RESET DateStyle"), [Reset("DateStyle")]);
+        assert_eq!(effects("reset all; discard all"), [ResetAll, ResetAll]);
+        assert_eq!(
+            effects("SET DateStyle = ISO; RESET timezone; set session DateStyle to default"),
+            [Set("DateStyle"), Reset("timezone"), Reset("DateStyle")]
+        );
+        assert_eq!(effects("RESET TIME ZONE; SET TIME ZONE LOCAL"), [Reset("TimeZone"), Reset("TimeZone")]);
+        assert_eq!(effects("SET TIME ZONE 'UTC'; SET NAMES DEFAULT"), [Set("TimeZone"), Reset("client_encoding")]);
+        assert_eq!(effects("SET DateStyle = 'default'"), [Set("DateStyle")], "a quoted 'default' is a value");
+        assert!(effects("SET LOCAL DateStyle TO DEFAULT; RESET ROLE; SELECT 1; DISCARD TEMP").is_empty());
+        assert!(effects("SET SESSION AUTHORIZATION DEFAULT; SET myext.x = DEFAULT").is_empty());
+        assert_eq!(effects("SELECT ';'; RESET DateStyle"), [Reset("DateStyle")]);
     }
 
     #[test]

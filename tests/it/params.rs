@@ -304,3 +304,208 @@ async fn startup_parameters_win_over_options_and_show_in_the_login_reply() {
         assert_eq!(raw_query(&mut o, "show DateStyle").await, ["ISO, MDY"]);
     }
 }
+
+// === RESET: back to the client's startup values ===
+
+/// What a request's answer held, up to its ReadyForQuery.
+#[derive(Debug, Default)]
+struct Answer {
+    /// First column of each DataRow.
+    rows: Vec<String>,
+    /// ParameterStatus messages, in order.
+    status: Vec<(String, String)>,
+    /// SQLSTATEs of the ErrorResponses.
+    errors: Vec<String>,
+    /// Status byte of the ReadyForQuery that ended it (ParameterStatus after it would count
+    /// for the next request).
+    ready: u8,
+}
+
+impl Answer {
+    /// The last value reported for `name`.
+    fn reported(&self, name: &str) -> Option<&str> {
+        self.status.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `bytes` (one request: a Query, or an extended batch ending with Sync) and reads the
+/// answer up to its ReadyForQuery.
+async fn raw_request(s: &mut TcpStream, bytes: &[u8]) -> Answer {
+    s.write_all(bytes).await.unwrap();
+    let mut a = Answer::default();
+    loop {
+        match read_msg(s).await {
+            (b'D', body) => {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                a.rows.push(String::from_utf8_lossy(&body[6..6 + len.max(0) as usize]).into_owned());
+            }
+            (b'S', body) => {
+                let kv = cstrings(&body);
+                a.status.push((kv[0].clone(), kv.get(1).cloned().unwrap_or_default()));
+            }
+            (b'E', body) => {
+                let code = Msg { tag: b'E', body }.code();
+                a.errors.push(code);
+            }
+            (b'Z', body) => {
+                a.ready = body[0];
+                return a;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A simple query through [`raw_request`]; panics on an error.
+async fn ok(s: &mut TcpStream, sql: &str) -> Answer {
+    let a = raw_request(s, &query(sql)).await;
+    assert!(a.errors.is_empty(), "{sql}: {:?}", a.errors);
+    a
+}
+
+#[tokio::test]
+async fn reset_returns_to_the_values_the_client_chose_at_startup() {
+    let db = fresh_db("params_reset");
+    create_schemas(&db);
+    let p = pooler()
+        .general("auth_type = \"any\"")
+        .general("track_extra_parameters = [\"search_path\"]")
+        .database_with_login(&db, &["pool_size = 1"])
+        .start()
+        .await;
+    // DateStyle as a startup parameter, TimeZone and search_path inside `options`.
+    let (mut s, _) = raw_login(
+        &p,
+        &[
+            ("user", &db.name),
+            ("database", &db.name),
+            ("DateStyle", "SQL, DMY"),
+            ("options", "-c TimeZone=Asia/Tokyo -c search_path=sa"),
+        ],
+    )
+    .await;
+    // Another client of the same server connection that chose nothing.
+    let (mut o, _) = raw_login(&p, &[("user", &db.name), ("database", &db.name)]).await;
+    let (date, zone) = ("SQL, DMY", "Asia/Tokyo");
+
+    for round in 0..3 {
+        // In one Query: PostgreSQL reports a parameter at the end of the Query, and only if
+        // it changed (it did not, for the client).
+        let a = ok(&mut s, "SET DateStyle = ISO; RESET DateStyle").await;
+        assert_eq!(a.reported("DateStyle").unwrap_or(date), date, "round {round}: {a:?}");
+        assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
+        // The other client is unaffected, and its RESET gives the server default.
+        assert_eq!(ok(&mut o, "SHOW DateStyle").await.rows, ["ISO, MDY"]);
+        assert_ne!(ok(&mut o, "SHOW TimeZone").await.rows, [zone]);
+        ok(&mut o, "SET DateStyle = German").await;
+        let a = ok(&mut o, "RESET DateStyle").await;
+        assert_eq!(a.reported("DateStyle"), Some("ISO, MDY"), "{a:?}");
+        assert_eq!(ok(&mut o, "SHOW DateStyle").await.rows, ["ISO, MDY"]);
+
+        // In separate Queries; SET … TO DEFAULT too.
+        assert_eq!(ok(&mut s, "SET DateStyle = ISO").await.reported("DateStyle"), Some("ISO, DMY"));
+        ok(&mut s, "SET TimeZone = 'UTC'").await;
+        let a = ok(&mut s, "RESET DateStyle").await;
+        assert_eq!(a.reported("DateStyle"), Some(date), "{a:?}");
+        let a = ok(&mut s, "SET TimeZone TO DEFAULT").await;
+        assert_eq!(a.reported("TimeZone"), Some(zone), "{a:?}");
+        assert_eq!(
+            ok(&mut s, "SELECT current_setting('DateStyle') || ' ' || current_setting('TimeZone')").await.rows,
+            [format!("{date} {zone}")]
+        );
+
+        // RESET ALL, and DISCARD ALL, for both; an unreported tracked parameter too.
+        for reset in ["RESET ALL", "DISCARD ALL"] {
+            ok(&mut s, "SET DateStyle = ISO; SET TimeZone = 'UTC'").await;
+            let a = ok(&mut s, reset).await;
+            assert_eq!((a.reported("DateStyle"), a.reported("TimeZone")), (Some(date), Some(zone)), "{reset}: {a:?}");
+            assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date], "{reset}");
+            assert_eq!(ok(&mut s, "SHOW TimeZone").await.rows, [zone], "{reset}");
+            assert_eq!(ok(&mut s, "SELECT v FROM t").await.rows, ["from sa"], "{reset}: search_path");
+            assert_eq!(ok(&mut o, "SHOW DateStyle").await.rows, ["ISO, MDY"], "{reset}");
+            assert_eq!(ok(&mut o, "SELECT v FROM t").await.rows, ["from public"], "{reset}");
+        }
+        // A SET after the RESET in the same Query wins.
+        let a = ok(&mut s, "RESET DateStyle; SET DateStyle = German").await;
+        assert_eq!(a.reported("DateStyle"), Some("German, DMY"), "{a:?}");
+        assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["German, DMY"]);
+        ok(&mut s, "RESET DateStyle").await;
+    }
+}
+
+#[tokio::test]
+async fn reset_inside_a_transaction_and_in_the_extended_protocol() {
+    let db = fresh_db("params_reset_txn");
+    let p = pooler().general("auth_type = \"any\"").database_with_login(&db, &["pool_size = 1"]).start().await;
+    let (mut s, _) = raw_login(
+        &p,
+        &[("user", &db.name), ("database", &db.name), ("DateStyle", "SQL, DMY"), ("options", "-c TimeZone=Asia/Tokyo")],
+    )
+    .await;
+    let (mut o, _) = raw_login(&p, &[("user", &db.name), ("database", &db.name)]).await;
+    let date = "SQL, DMY";
+
+    // A statement after the RESET in the same transaction sees the startup value.
+    assert_eq!(ok(&mut s, "BEGIN").await.ready, b'T');
+    ok(&mut s, "SET DateStyle = ISO; SET TimeZone = 'UTC'").await;
+    let a = ok(&mut s, "RESET ALL").await;
+    assert_eq!((a.reported("DateStyle"), a.reported("TimeZone"), a.ready), (Some(date), Some("Asia/Tokyo"), b'T'));
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
+    assert_eq!(ok(&mut s, "SELECT current_setting('TimeZone')").await.rows, ["Asia/Tokyo"]);
+    assert_eq!(ok(&mut s, "COMMIT").await.ready, b'I');
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
+    assert_eq!(ok(&mut o, "SHOW DateStyle").await.rows, ["ISO, MDY"]);
+
+    // A rollback undoes a RESET, as in PostgreSQL.
+    ok(&mut s, "SET DateStyle = ISO").await;
+    ok(&mut s, "BEGIN").await;
+    assert_eq!(ok(&mut s, "RESET DateStyle").await.reported("DateStyle"), Some(date));
+    let a = ok(&mut s, "ROLLBACK").await;
+    assert_eq!(a.reported("DateStyle"), Some("ISO, DMY"), "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["ISO, DMY"]);
+
+    // A RESET in a failed transaction fails once, and changes nothing.
+    ok(&mut s, "BEGIN").await;
+    assert_eq!(raw_request(&mut s, &query("SELECT 1/0")).await.errors, ["22012"]);
+    let a = raw_request(&mut s, &query("RESET DateStyle")).await;
+    assert_eq!((a.errors.as_slice(), a.ready), (&["25P02".to_string()][..], b'E'), "{a:?}");
+    ok(&mut s, "ROLLBACK").await;
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["ISO, DMY"]);
+    // A RESET in a Query that fails outside a transaction block is rolled back with it.
+    let a = raw_request(&mut s, &query("RESET DateStyle; SELECT 1/0")).await;
+    assert_eq!((a.errors.as_slice(), a.reported("DateStyle")), (&["22012".to_string()][..], None), "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["ISO, DMY"]);
+
+    // Extended protocol: Parse/Bind/Execute/Sync.
+    let batch = [parse("RESET DateStyle"), bind(&[]), execute(), sync()].concat();
+    let a = raw_request(&mut s, &batch).await;
+    assert!(a.errors.is_empty(), "{a:?}");
+    assert_eq!(a.reported("DateStyle"), Some(date), "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
+    assert_eq!(ok(&mut o, "SHOW DateStyle").await.rows, ["ISO, MDY"]);
+    // A RESET when the value is already the startup one reports nothing new, as PostgreSQL.
+    let a = ok(&mut s, "RESET DateStyle").await;
+    assert_eq!(a.reported("DateStyle"), None, "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, [date]);
+}
+
+#[tokio::test]
+async fn reset_returns_to_the_startup_values_in_session_mode_too() {
+    let db = fresh_db("params_reset_session");
+    let p = pooler()
+        .general("auth_type = \"any\"")
+        .general("pool_mode = \"session\"")
+        .database_with_login(&db, &["pool_size = 1"])
+        .start()
+        .await;
+    let (mut s, _) = raw_login(
+        &p,
+        &[("user", &db.name), ("database", &db.name), ("options", "-c DateStyle=SQL,\\ DMY -c TimeZone=Asia/Tokyo")],
+    )
+    .await;
+    ok(&mut s, "SET DateStyle = ISO; SET TimeZone = 'UTC'").await;
+    let a = ok(&mut s, "RESET ALL").await;
+    assert_eq!((a.reported("DateStyle"), a.reported("TimeZone")), (Some("SQL, DMY"), Some("Asia/Tokyo")), "{a:?}");
+    assert_eq!(ok(&mut s, "SHOW DateStyle").await.rows, ["SQL, DMY"]);
+    assert_eq!(ok(&mut s, "SHOW TimeZone").await.rows, ["Asia/Tokyo"]);
+}
