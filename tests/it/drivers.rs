@@ -26,15 +26,21 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of a client's stdout and stderr shown when it fails.
 const SHOWN_LINES: usize = 150;
 
+/// pgsluice for a driver test: `db` with `pool_size` server connections, room for 200
+/// clients, the role's SCRAM verifier in the auth_file.
+pub(crate) async fn driver_pooler(db: &TestDb, pool_size: u32) -> Pooler {
+    pooler()
+        .general("max_client_conn = 200")
+        .database(db, &[&format!("pool_size = {pool_size}")])
+        .user(&db.name, &db.verifier())
+        .start()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_100_tasks_pool_5() {
     let db = fresh_db("drv_asyncpg");
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 5"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = driver_pooler(&db, 5).await;
     let mut cmd = Command::new(python());
     cmd.arg(driver_script("asyncpg_mixed.py")).arg(uri(&p, &db)).args(["100", "5"]);
     let out = run_client("asyncpg_mixed.py", &mut cmd).await;
@@ -60,12 +66,7 @@ async fn asyncpg_across_a_schema_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_prepare_threshold_0() {
     let db = fresh_db("drv_psycopg");
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 3"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = driver_pooler(&db, 3).await;
     let mut cmd = Command::new(python());
     cmd.arg(driver_script("psycopg_prepared.py")).arg(p.connstr(&db.name, &db.password, &db.name)).args(["8", "10"]);
     let out = run_client("psycopg_prepared.py", &mut cmd).await;
@@ -82,12 +83,7 @@ async fn pgbench_prepared_and_extended_c100_pool20() {
     init.args(["-i", "-s", "1", "-q"]).arg(&db.name);
     run_client("pgbench -i", &mut init).await.assert_success();
 
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 20"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = driver_pooler(&db, 20).await;
     // `-M prepared` prepares each command with a blocking PQprepare (Parse + Sync) on first
     // use, the first one before BEGIN, while the same thread's other clients hold servers in
     // open transactions. pgsluice answers a Parse + Sync of a statement the pool already knows

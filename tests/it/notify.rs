@@ -247,12 +247,7 @@ fn assert_fanout(out: &crate::drivers::Finished, db: &TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_notifies_100_listeners_pool_5() {
     let db = fresh_db("ntf_psycopg");
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 5"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = crate::drivers::driver_pooler(&db, 5).await;
     let mut cmd = tokio::process::Command::new(crate::drivers::python());
     cmd.arg(crate::drivers::driver_script("notify_psycopg.py"))
         .arg(p.connstr(&db.name, &db.password, &db.name))
@@ -263,12 +258,7 @@ async fn psycopg_notifies_100_listeners_pool_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_add_listener_100_listeners_pool_5() {
     let db = fresh_db("ntf_asyncpg");
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 5"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = crate::drivers::driver_pooler(&db, 5).await;
     let mut cmd = tokio::process::Command::new(crate::drivers::python());
     cmd.arg(crate::drivers::driver_script("notify_asyncpg.py")).arg(crate::drivers::uri(&p, &db)).args(["100", "20"]);
     assert_fanout(&crate::drivers::run_client("notify_asyncpg.py", &mut cmd).await, &db);
@@ -278,12 +268,7 @@ async fn asyncpg_add_listener_100_listeners_pool_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_notification_100_listeners_pool_5() {
     let db = fresh_db("ntf_node");
-    let p = pooler()
-        .general("max_client_conn = 200")
-        .database(&db, &["pool_size = 5"])
-        .user(&db.name, &db.verifier())
-        .start()
-        .await;
+    let p = crate::drivers::driver_pooler(&db, 5).await;
     let script = crate::drivers::driver_script("notify_node.js");
     let modules = script.with_file_name("node_modules").join("pg");
     assert!(modules.is_dir(), "{} is missing: run scripts/test (it runs npm ci in tests/drivers)", modules.display());

@@ -266,16 +266,22 @@ async fn raw_query(s: &mut TcpStream, sql: &str) -> Vec<String> {
     }
 }
 
+/// pgsluice for the raw-protocol tests: `db` (schemas `sa`/`sb` made) on one server
+/// connection, any user name, `search_path` tracked.
+async fn raw_pooler(db: &TestDb) -> Pooler {
+    create_schemas(db);
+    pooler()
+        .general("auth_type = \"any\"")
+        .general("track_extra_parameters = [\"search_path\"]")
+        .database_with_login(db, &["pool_size = 1"])
+        .start()
+        .await
+}
+
 #[tokio::test]
 async fn startup_parameters_win_over_options_and_show_in_the_login_reply() {
     let db = fresh_db("params_raw");
-    create_schemas(&db);
-    let p = pooler()
-        .general("auth_type = \"any\"")
-        .general("track_extra_parameters = [\"search_path\"]")
-        .database_with_login(&db, &["pool_size = 1"])
-        .start()
-        .await;
+    let p = raw_pooler(&db).await;
     let (mut s, status) = raw_login(
         &p,
         &[
@@ -366,13 +372,7 @@ async fn ok(s: &mut TcpStream, sql: &str) -> Answer {
 #[tokio::test]
 async fn reset_returns_to_the_values_the_client_chose_at_startup() {
     let db = fresh_db("params_reset");
-    create_schemas(&db);
-    let p = pooler()
-        .general("auth_type = \"any\"")
-        .general("track_extra_parameters = [\"search_path\"]")
-        .database_with_login(&db, &["pool_size = 1"])
-        .start()
-        .await;
+    let p = raw_pooler(&db).await;
     // DateStyle as a startup parameter, TimeZone and search_path inside `options`.
     let (mut s, _) = raw_login(
         &p,
