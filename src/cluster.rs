@@ -364,7 +364,12 @@ impl WriteClocks {
 
 impl Cluster {
     /// The topology of `db`, not yet probing (see [`Cluster::start`]).
-    pub fn new(db: &Database, mut settings: ClusterSettings) -> Arc<Cluster> {
+    pub fn new(db: &Database, settings: ClusterSettings) -> Arc<Cluster> {
+        Cluster::build(db, settings, None)
+    }
+
+    /// [`Cluster::new`], or [`Cluster::replacing`] `previous`.
+    fn build(db: &Database, mut settings: ClusterSettings, previous: Option<&Cluster>) -> Arc<Cluster> {
         if db.hosts.len() < 2 {
             // No replica whose lag needs following.
             settings.period = settings.interval;
@@ -404,14 +409,14 @@ impl Cluster {
             signals,
             started: AtomicBool::new(false),
             failovers: AtomicU64::new(0),
-            created: Instant::now(),
+            created: previous.map_or_else(Instant::now, |p| p.created),
             last_throttled_probe: AtomicU64::new(0),
             primary_lsn: AtomicU64::new(0),
             primary_lsn_at: AtomicU64::new(0),
-            // (A reload that rebuilds the topology says that clients may have written just
-            // before: `assume_recent_writes`.)
-            db_clock: Arc::new(WriteClock::default()),
-            user_clocks: Mutex::default(),
+            // (A topology rebuilt by a reload keeps its predecessor's clocks and time base,
+            // so sessions on either see each other's writes.)
+            db_clock: previous.map_or_else(Arc::default, |p| p.db_clock.clone()),
+            user_clocks: Mutex::new(previous.map(|p| p.user_clocks.lock().clone()).unwrap_or_default()),
         })
     }
 
@@ -517,12 +522,7 @@ impl Cluster {
     /// position of the primary starts unknown, so the first reads after a write wait for
     /// its probes.
     pub fn replacing(db: &Database, settings: ClusterSettings, previous: &Cluster) -> Arc<Cluster> {
-        let mut c = Cluster::new(db, settings);
-        let fresh = Arc::get_mut(&mut c).expect("a new cluster has one owner");
-        fresh.created = previous.created;
-        fresh.db_clock = previous.db_clock.clone();
-        *fresh.user_clocks.get_mut() = previous.user_clocks.lock().clone();
-        c
+        Cluster::build(db, settings, Some(previous))
     }
 
     /// Writes in flight now: of the whole database, or of `user`'s clients of it.

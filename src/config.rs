@@ -156,6 +156,10 @@ pub struct Database {
     pub primary_reads: PrimaryReads,
     /// Whose writes its clients' reads must see, unless the user overrides it.
     pub ryw_scope: ReadYourWritesScope,
+    /// Whether some client of it may need to see other clients' writes
+    /// (`read_your_writes = "lsn"` and a scope other than `client` for it or for some
+    /// user), so every client's writes there must be noted. Decided at load.
+    pub ryw_shared: bool,
     /// How the health probes log in; `None`: the database is not probed (single host only).
     pub probe: Option<ProbeLogin>,
     /// Backend database name.
@@ -372,19 +376,6 @@ impl Config {
         self.file.users.get(user).and_then(|u| u.read_your_writes_scope).unwrap_or(db.ryw_scope)
     }
 
-    /// Whether some client of `db` may need to see other clients' writes (a scope other
-    /// than `client` for the database or for some user), so every client's writes there
-    /// must be noted.
-    pub fn ryw_shared(&self, db: &Database) -> bool {
-        self.file.general.read_your_writes == ReadYourWrites::Lsn
-            && (db.ryw_scope != ReadYourWritesScope::Client
-                || self
-                    .file
-                    .users
-                    .values()
-                    .any(|u| u.read_your_writes_scope.is_some_and(|s| s != ReadYourWritesScope::Client)))
-    }
-
     /// Effective `session_state` policy for `db` and `user` (user overrides database
     /// overrides general).
     pub fn session_state(&self, db: &str, user: &str) -> SessionState {
@@ -581,6 +572,9 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
         crate::auth::require::ServerAuthMethods::parse(&g.server_auth_methods).map_err(|e| format!("[general] {e}"))?;
 
     let mut databases = HashMap::new();
+    // A user whose own scope is shared makes every database's writers note their writes.
+    let user_shares_writes =
+        file.users.values().any(|u| u.read_your_writes_scope.is_some_and(|s| s != ReadYourWritesScope::Client));
     for (name, d) in &file.databases {
         let ctx = |m: String| format!("[databases.{name}] {m}");
         let overrides_tls = d.server_tls_sslmode.is_some()
@@ -662,6 +656,7 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
                 hosts.len()
             )));
         }
+        let ryw_scope = d.read_your_writes_scope.unwrap_or(g.read_your_writes_scope);
         databases.insert(
             name.clone(),
             Arc::new(Database {
@@ -671,7 +666,9 @@ fn validate(file: ConfigFile, base: &Path, path: &Path) -> Result<Config, String
                 weights,
                 route: d.route.unwrap_or(g.route),
                 primary_reads: d.primary_reads.unwrap_or(g.primary_reads),
-                ryw_scope: d.read_your_writes_scope.unwrap_or(g.read_your_writes_scope),
+                ryw_scope,
+                ryw_shared: g.read_your_writes == ReadYourWrites::Lsn
+                    && (ryw_scope != ReadYourWritesScope::Client || user_shares_writes),
                 probe,
                 dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
                 fixed_user: d.user.clone(),

@@ -287,11 +287,12 @@ impl Router {
         }
     }
 
-    /// What a read that arrived at `arrived` (a [`Cluster::now_ms`]) must see: the client's
-    /// last write and, by `read_your_writes_scope`, its scope's, unless read-your-writes is
-    /// off or the client chose a replica itself. (Writes released after `arrived` count as
-    /// made at `arrived`: the target does not move while the read waits.)
-    pub fn ryw(&mut self, d: &Decision, cluster: &Cluster, arrived: u64) -> Ryw {
+    /// What a read that arrived at `arrived` (a [`Cluster::now_ms`]; `None`: now, read only
+    /// if a shared scope needs it) must see: the client's last write and, by
+    /// `read_your_writes_scope`, its scope's, unless read-your-writes is off or the client
+    /// chose a replica itself. (Writes released after `arrived` count as made at `arrived`:
+    /// the target does not move while the read waits.)
+    pub fn ryw(&mut self, d: &Decision, cluster: &Cluster, arrived: Option<u64>) -> Ryw {
         if self.policy.read_your_writes != ReadYourWrites::Lsn || d.hinted_replica {
             return Ryw::default();
         }
@@ -305,6 +306,7 @@ impl Router {
             (Some(c), ReadYourWritesScope::User) => &c.user,
             (Some(c), ReadYourWritesScope::Database) => &c.database,
         };
+        let arrived = arrived.unwrap_or_else(|| cluster.now_ms());
         let shared = clock.requirement(arrived).min(arrived);
         if shared == 0 {
             return own;

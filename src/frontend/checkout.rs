@@ -43,7 +43,7 @@ pub async fn check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision)
     let mut waited = false;
     loop {
         // (Again each time: a write pending when the read arrived resolves with a probe.)
-        let ryw = router.ryw(d, cluster, arrived);
+        let ryw = router.ryw(d, cluster, Some(arrived));
         let load = |i: usize| set.pools()[i].in_use();
         match router.pick(cluster, load, ryw, exclude, Instant::now() < wait_until) {
             Pick::Host(i) => {
@@ -120,7 +120,7 @@ pub fn try_check_out(set: &PoolSet, router: Option<&mut Router>, d: &Decision) -
         return Some(g);
     };
     let cluster = set.cluster();
-    let ryw = router.ryw(d, cluster, cluster.now_ms());
+    let ryw = router.ryw(d, cluster, None);
     let load = |i: usize| set.pools()[i].in_use();
     let Pick::Host(i) = router.pick(cluster, load, ryw, d.exclude, false) else { return None };
     let g = set.pools()[i].try_check_out()?;

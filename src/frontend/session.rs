@@ -291,7 +291,7 @@ impl Session {
         reg.info.set_route(route.as_str());
         // A client whose requests all go to the primary needs a router only to note its
         // writes for other clients' reads (`read_your_writes_scope`).
-        let shared_ryw = multi_host && l.mode != PoolMode::Session && cfg.ryw_shared(&l.db);
+        let shared_ryw = multi_host && l.mode != PoolMode::Session && l.db.ryw_shared;
         let router = (route != Route::Primary || shared_ryw).then(|| {
             let policy = Policy {
                 route,
